@@ -478,6 +478,19 @@ class PersonalizedLVLM(nn.Module):
         extra = extra.masked_fill(~mask, float("-inf"))
         return torch.cat([base, extra], dim=-1)
 
+    def logits_for_rows(self, hidden: torch.Tensor, rows: torch.Tensor, concepts: ConceptTensors) -> torch.Tensor:
+        """Gathered ``hidden`` ``[N, d]`` from batch rows ``rows`` ``[N]`` → logits ``[N, V + C]``.
+
+        The training path: only answer positions need logits, so the LM head runs on N ≪ B·T rows.
+        """
+        base = self.model.get_output_embeddings()(hidden)
+        if concepts.e_weight.shape[1] == 0:
+            return base
+        e_weight = concepts.e_weight.to(hidden.device, hidden.dtype)[rows]  # [N, C, d]
+        extra = torch.einsum("nd,ncd->nc", hidden, e_weight)
+        extra = extra.masked_fill(~concepts.mask.to(hidden.device)[rows], float("-inf"))
+        return torch.cat([base, extra], dim=-1)
+
     def forward(self, batch: PersonalizedBatch, concepts: ConceptTensors) -> torch.Tensor:
         """Full logits ``[B, T, V + C]`` of the personalized prompt."""
         hidden, _ = self.hidden_states(batch, concepts)

