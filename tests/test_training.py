@@ -91,3 +91,43 @@ def test_resume_is_exact(tmp_path):
     rows_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
     rows_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert [json.loads(r)["loss"] for r in rows_a] == [json.loads(r)["loss"] for r in rows_b]
+
+
+class ColourCaptions:
+    """Generic toy data for stage 1: name the colour of the square."""
+
+    names = ["red", "green", "blue", "yellow"]
+
+    def examples(self, index: int, n: int):
+        from plvm.training.stage1_task import GenericExample
+
+        rng = np.random.default_rng([3, index])
+        out = []
+        for _ in range(n):
+            c = int(rng.integers(len(COLOURS)))
+            out.append(GenericExample([square(COLOURS[c], rng)], "What colour is the square?", self.names[c]))
+        return out
+
+    def describe(self):
+        return {"source": "colour-captions"}
+
+
+def test_stage1_trains_only_the_projector(tmp_path):
+    from plvm.training.stage1_task import ProjectorTrainingTask
+
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    task = ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2)
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if "multi_modal_projector" not in k}
+    proj_before = {k: v.clone() for k, v in task.trainable_state_dict().items()}
+    fixed = ColourCaptions().examples(999, 8)
+    with torch.no_grad():
+        before = task.loss(fixed)[0].item()
+    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
+    with torch.no_grad():
+        after = task.loss(fixed)[0].item()
+    assert after < before - 0.1, (before, after)  # a random 2-layer LM: only the projector can move
+    state = model.state_dict()
+    for k, v in frozen_before.items():
+        assert torch.equal(state[k], v), k
+    assert any(not torch.equal(v, proj_before[k]) for k, v in task.trainable_state_dict().items())
