@@ -131,3 +131,37 @@ def test_stage1_trains_only_the_projector(tmp_path):
     for k, v in frozen_before.items():
         assert torch.equal(state[k], v), k
     assert any(not torch.equal(v, proj_before[k]) for k, v in task.trainable_state_dict().items())
+
+
+def test_folder_source_reads_the_training_layout(tmp_path):
+    from plvm.training.data import FolderPersonalSource
+
+    rng = np.random.default_rng(0)
+    for cid, colour, ext in (("c1", COLOURS[0], "jpg"), ("c2", COLOURS[1], "png")):
+        (tmp_path / cid).mkdir()
+        square(colour, rng).save(tmp_path / cid / f"ref_img.{ext}")
+        square(colour, rng).save(tmp_path / cid / "q0.png")
+    items = [
+        {"concept": "c1", "query_img": "c1/q0.png", "question": "Is <sks> here?", "answer": "Yes, <sks> is.",
+         "kind": "recog_pos"},
+        {"concept": "c2", "query_img": None, "question": "What colour is <sks>?", "answer": "<sks> is green.",
+         "kind": "attribute"},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(items))
+    source = FolderPersonalSource(tmp_path, seed=3)
+    batch = source.examples(0, 6)
+    again = source.examples(0, 6)  # deterministic per batch index
+    assert [(e.kind, e.question) for e in batch] == [(e.kind, e.question) for e in again]
+    assert {e.kind for e in batch} == {"recog_pos", "attribute"}
+    for ex in batch:
+        if ex.kind == "attribute":
+            assert ex.query is None and ex.answer == "<sks> is green."
+            assert COLOURS[1] in set(ex.reference.getdata())  # c2's own reference image
+        else:
+            assert ex.query is not None and ex.question == "Is <sks> here?"
+    (tmp_path / "train.json").write_text(json.dumps([{"concept": "../etc", "question": "q", "answer": "a",
+                                                        "query_img": "../../x.png"}]))
+    import pytest
+
+    with pytest.raises((ValueError, FileNotFoundError)):
+        FolderPersonalSource(tmp_path).examples(0, 1)

@@ -130,6 +130,55 @@ def train_base(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("export")
+def export(
+    checkpoint: Path = typer.Argument(..., help="a training checkpoint directory (checkpoint-NNNNNN)"),
+    out: Path = typer.Argument(..., help="destination .safetensors"),
+) -> None:
+    """Write a checkpoint's trained weights as a standalone safetensors file (with its training state)."""
+    from safetensors.torch import load_file, save_file
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    tensors = load_file(str(checkpoint / "trainable.safetensors"))
+    metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
+                "loop": json.dumps(state["loop"], sort_keys=True)}
+    if state["task"].get("kind") == "projector":
+        from .models.mini import VISION_FEATURE_LAYER
+
+        metadata["vision_feature_layer"] = str(VISION_FEATURE_LAYER)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=metadata)
+    typer.echo(f"wrote {out} ({len(tensors)} tensors, step {state['step']})")
+
+
+@app.command("eval-base")
+def eval_base(
+    projector: Optional[Path] = typer.Option(None, help="projector.safetensors or a stage-1 checkpoint dir"),
+    n_vqa: int = typer.Option(200),
+    n_same: int = typer.Option(200),
+    seed: int = typer.Option(1234),
+    world_seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+) -> None:
+    """Held-out generic VQA and two-image same/different accuracy of LLaVA-mini (no personalization)."""
+    from .injection import PersonalizedLVLM
+    from .models.base_eval import evaluate_base
+    from .models.mini import build_llava_mini
+    from .synth.avatarworld import AvatarWorld
+
+    if projector is not None and projector.is_dir():
+        projector = projector / "trainable.safetensors"
+    model, processor = build_llava_mini(projector=projector) if projector else __import__(
+        "plvm.models.base", fromlist=["load_base"]).load_base("mini")
+    lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
+    result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed)
+    result.config["projector"] = str(projector) if projector else "committed"
+    typer.echo(result.to_json())
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(result.to_json())
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo's images are written"),
