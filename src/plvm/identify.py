@@ -1,0 +1,264 @@
+"""Who is in this photo? Rank stored concepts by reference-encoder similarity to a query image.
+
+Each stored concept carries the feature vector of its reference image under the Aligner's frozen encoder
+(DINOv2's CLS token, the same ``z_ref[:, 0]`` the Aligner's ``f_word``/``f_weight`` read). A query image —
+and, when given, regions of it — is encoded the same way, and the cosine similarity with *every* stored
+concept is **one matrix product** ``Q [R, d] @ M.T [d, N]`` against the store's cached, L2-normalised
+feature matrix (:meth:`plvm.store.ConceptStore.feature_matrix`).
+
+Regions come from explicit boxes and/or an optional face backend: any object with
+``detect_and_embed(image) -> list[Face]`` where a ``Face`` has ``box`` ``(x0, y0, x1, y1)``, ``score`` and
+``embedding`` (the interface of ``plvm.encoders.face.FaceEncoder``). With a face backend:
+
+* detected face boxes are added as regions for the reference-encoder similarity, and
+* face embeddings are matched against concepts whose reference image had a face (their face embedding is
+  stored at add time under the kind ``face:<backend name>``), with their own threshold.
+
+Scores are cosine similarities in ``[-1, 1]``; a concept is *present* when its best score reaches the
+threshold of the source that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .concept import ConceptEmbedding
+from .store import ConceptStore, EncodedConcept
+
+Box = tuple[float, float, float, float]
+
+DEFAULT_THRESHOLD = 0.6
+DEFAULT_FACE_THRESHOLD = 0.4
+
+
+class FaceLike(Protocol):
+    box: Sequence[float]
+    score: float
+    embedding: Any
+
+
+class FaceBackend(Protocol):
+    """What :class:`Identifier` needs from a face detector/embedder (e.g. ``plvm.encoders.face.FaceEncoder``)."""
+
+    def detect_and_embed(self, image: Image.Image) -> Sequence[FaceLike]: ...
+
+
+def face_kind(backend: Any) -> str:
+    """Feature kind under which a backend's face embeddings are stored: ``face:<name>``."""
+    name = getattr(backend, "name", None) or type(backend).__name__
+    return f"face:{name}"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def clamp_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Round and clip ``(x0, y0, x1, y1)`` to the image; ``None`` if nothing is left."""
+    if len(box) != 4:
+        raise ValueError(f"a box is (x0, y0, x1, y1), got {tuple(box)}")
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    bx = (max(0, int(round(x0))), max(0, int(round(y0))), min(w, int(round(x1))), min(h, int(round(y1))))
+    return bx if bx[2] - bx[0] >= 2 and bx[3] - bx[1] >= 2 else None
+
+
+# ---------------------------------------------------------------------- encoding
+class ReferenceEncoder:
+    """The Aligner's frozen encoder as a feature extractor, and the one-pass concept maker of the store.
+
+    Args:
+        plvm: A :class:`plvm.pipeline.PLVM`.
+        face: Optional face backend; if given, a concept's reference image also yields a face embedding.
+    """
+
+    def __init__(self, plvm: Any, face: FaceBackend | None = None):
+        self.plvm = plvm
+        self.face = face
+        cfg = plvm.aligner.config
+        self.kind = f"ref:{cfg.encoder}:{cfg.d_enc}:{cfg.image_size}"
+
+    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = self.plvm.reference_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        return out["pixel_values"]
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        """CLS features ``[N, d_enc]`` (float32, not normalised) of ``images``."""
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            z_ref = self.plvm.aligner.encode_reference(self._pixels(images[i : i + batch_size]))
+            chunks.append(z_ref[:, 0].float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.plvm.aligner.config.d_enc), np.float32)
+
+    @torch.no_grad()
+    def encode(self, name: str, image: Image.Image) -> EncodedConcept:
+        """One encoder pass → the concept's embeddings and its feature vector(s)."""
+        z_ref = self.plvm.aligner.encode_reference(self._pixels([image]))
+        concept: ConceptEmbedding = self.plvm.aligner.make_concepts([name], z_ref=z_ref)[0]
+        features = {self.kind: z_ref[0, 0].float().cpu().numpy()}
+        if self.face is not None:
+            faces = list(self.face.detect_and_embed(image))
+            if faces:
+                best = max(faces, key=lambda f: float(f.score) * _box_area(f.box))
+                features[face_kind(self.face)] = np.asarray(best.embedding, dtype=np.float32).reshape(-1)
+        return EncodedConcept(concept, features)
+
+
+def _box_area(box: Sequence[float]) -> float:
+    return max(0.0, float(box[2]) - float(box[0])) * max(0.0, float(box[3]) - float(box[1]))
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Match:
+    """One stored concept's best score on the query.
+
+    Attributes:
+        name: Concept name (bare).
+        score: Cosine similarity of the best-matching query region.
+        source: ``"image"`` (whole photo), ``"region"`` (a given box), or ``"face"`` (face embedding).
+        box: The region that matched best, or ``None`` for the whole image.
+        present: ``score`` reached the threshold for ``source``.
+    """
+
+    name: str
+    score: float
+    source: str
+    box: tuple[int, int, int, int] | None
+    present: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "token": f"<{self.name}>", "score": round(self.score, 4), "source": self.source,
+                "box": list(self.box) if self.box else None, "present": self.present}
+
+
+@dataclass
+class IdentifyResult:
+    """Ranked matches (best first) and the thresholds used."""
+
+    matches: list[Match]
+    threshold: float
+    face_threshold: float | None = None
+    regions: list[tuple[int, int, int, int]] = field(default_factory=list)
+    num_concepts: int = 0
+
+    @property
+    def present(self) -> list[Match]:
+        return [m for m in self.matches if m.present]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "face_threshold": self.face_threshold,
+            "num_concepts": self.num_concepts,
+            "regions": [list(r) for r in self.regions],
+            "matches": [m.to_dict() for m in self.matches],
+            "present": [m.name for m in self.present],
+        }
+
+
+# ---------------------------------------------------------------------- identification
+class Identifier:
+    """Ranks a store's concepts against query images.
+
+    Args:
+        store: The concept store (its feature matrix is cached and invalidated on writes).
+        encoder: The :class:`ReferenceEncoder` whose features the store holds.
+        face: Optional face backend (used for extra regions and face-embedding matches).
+        threshold: Cosine similarity from which a concept counts as present (reference features).
+        face_threshold: The same for face embeddings.
+    """
+
+    def __init__(
+        self,
+        store: ConceptStore,
+        encoder: ReferenceEncoder,
+        face: FaceBackend | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        face_threshold: float = DEFAULT_FACE_THRESHOLD,
+    ):
+        self.store = store
+        self.encoder = encoder
+        self.face = face if face is not None else encoder.face
+        self.threshold = threshold
+        self.face_threshold = face_threshold
+
+    def identify(
+        self,
+        image: Image.Image,
+        regions: Iterable[Sequence[float]] | None = None,
+        threshold: float | None = None,
+        top_k: int | None = 10,
+        whole_image: bool = True,
+    ) -> IdentifyResult:
+        """Score every stored concept on ``image`` (and its ``regions``); best ``top_k`` first."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        image = image.convert("RGB")
+        boxes = [b for b in (clamp_box(r, image.size) for r in (regions or [])) if b is not None]
+        faces: list[FaceLike] = []
+        if self.face is not None:
+            faces = list(self.face.detect_and_embed(image))
+            boxes += [b for b in (clamp_box(f.box, image.size) for f in faces) if b is not None]
+        boxes = list(dict.fromkeys(boxes))
+        crops = ([image] if whole_image else []) + [image.crop(b) for b in boxes]
+        crop_boxes: list[tuple[int, int, int, int] | None] = ([None] if whole_image else []) + boxes
+        best: dict[str, Match] = {}
+        ref = self.store.feature_matrix(self.encoder.kind)
+        if len(ref) and crops:
+            query = _unit(self.encoder.features(crops))  # [R, d]
+            if query.shape[1] != ref.matrix.shape[1]:
+                raise ValueError(
+                    f"stored features have width {ref.matrix.shape[1]}, the encoder gives {query.shape[1]}")
+            scores = query @ ref.matrix.T  # [R, N] — the one matrix product over all stored concepts
+            rows = scores.argmax(axis=0)
+            top = scores[rows, np.arange(scores.shape[1])]
+            keep = np.arange(len(top))
+            if top_k is not None and len(top) > top_k:  # only the best k need Match objects
+                keep = np.argpartition(-top, max(0, int(top_k)))[: max(0, int(top_k))]
+            for j in keep:
+                name, box, score = ref.names[int(j)], crop_boxes[int(rows[j])], float(top[j])
+                best[name] = Match(name, score, "image" if box is None else "region", box, score >= threshold)
+        face_threshold = None
+        if self.face is not None:
+            face_threshold = self.face_threshold
+            fm = self.store.feature_matrix(face_kind(self.face))
+            embeddings = [np.asarray(f.embedding, dtype=np.float32).reshape(-1) for f in faces]
+            if len(fm) and embeddings:
+                fscores = _unit(np.stack(embeddings)) @ fm.matrix.T  # [F, N_face]
+                rows = fscores.argmax(axis=0)
+                for j, name in enumerate(fm.names):
+                    score = float(fscores[rows[j], j])
+                    present = score >= face_threshold
+                    current = best.get(name)
+                    if current is None or (present and not current.present) or (
+                        present == current.present and score > current.score
+                    ):
+                        best[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, image.size),
+                                           present)
+        matches = sorted(best.values(), key=lambda m: (not m.present, -m.score))
+        if top_k is not None:
+            matches = matches[: max(0, int(top_k))]
+        return IdentifyResult(matches, threshold, face_threshold, boxes, len(ref))
+
+
+__all__ = [
+    "Box",
+    "DEFAULT_FACE_THRESHOLD",
+    "DEFAULT_THRESHOLD",
+    "FaceBackend",
+    "IdentifyResult",
+    "Identifier",
+    "Match",
+    "ReferenceEncoder",
+    "clamp_box",
+    "face_kind",
+]

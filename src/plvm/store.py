@@ -1,0 +1,772 @@
+"""The local concept store: concepts made once from one reference photo, kept for later conversations.
+
+Layout of a store directory::
+
+    index.sqlite                 names, metadata, feature vectors (SQLite, WAL journal)
+    concepts/<id>.safetensors    one ConceptEmbedding each; <id> is a random 32-hex id, never the name
+    images/<sha256>.<ext>        the original reference images, by content hash (shared when identical)
+    .write.lock                  advisory lock serialising writers across processes
+
+Guarantees:
+
+* **Concurrent writers lose nothing.** Every mutation runs under an exclusive ``flock`` on
+  ``.write.lock`` *and* inside one SQLite transaction (``BEGIN IMMEDIATE``); files are written to a
+  temporary name and ``os.replace``-d into place before the row that points at them is committed, and
+  removed only after the row is gone. A crash leaves at worst an orphan file, never a dangling row.
+* **No path traversal.** File names come from random hex ids and SHA-256 digests checked against a
+  pattern, never from concept names or imported headers; names are validated by
+  :func:`plvm.concept.normalize_name` (letters, digits, ``-``, ``_``).
+* **One base model per store.** The store records the base model id and hidden size of the first model
+  that used it (:class:`StoreIdentity`) and refuses another with :class:`StoreMismatchError`.
+* **Names are unique ignoring case** (``<Bo>`` and ``<bo>`` would be too easy to confuse); adding an
+  existing name fails with :class:`ConceptExistsError` unless ``replace=True``.
+
+The store knows nothing about models: :meth:`ConceptStore.add_from_image` takes any
+:class:`ConceptEncoderLike` (see :class:`plvm.identify.ReferenceEncoder`).
+
+Feature vectors (e.g. the reference encoder's CLS feature, or a face embedding) are stored per concept
+and *kind*; :meth:`ConceptStore.feature_matrix` returns all vectors of a kind as one L2-normalised matrix,
+cached in memory and invalidated by a generation counter bumped on every write (by any process), so
+identifying against 10⁴ concepts is one matrix product.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .concept import (
+    FORMAT_VERSION,
+    ConceptEmbedding,
+    ConceptError,
+    IncompatibleConceptError,
+    normalize_name,
+)
+from .conversation import UnknownConceptError
+from .images import DEFAULT_LIMITS, EXTENSIONS, ImageLimits, ImageSource, LoadedImage, decode_image, load_image
+
+SCHEMA_VERSION = "1"
+EXPORT_FORMAT = "plvm.concept-export"
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_KIND_RE = re.compile(r"^[A-Za-z0-9_.:/+-]{1,128}$")
+_IMAGE_EXTS = frozenset(EXTENSIONS.values())
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+
+
+def default_store_path() -> Path:
+    """``$PLVM_STORE`` if set, else ``$XDG_DATA_HOME/plvm`` (``~/.local/share/plvm``)."""
+    env = os.environ.get("PLVM_STORE")
+    if env:
+        return Path(env).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "plvm"
+
+
+# ---------------------------------------------------------------------- errors
+class StoreError(Exception):
+    """A concept-store operation failed; ``str(err)`` is a one-line message for the user."""
+
+
+class StoreMismatchError(StoreError, IncompatibleConceptError):
+    """The store was made for another base model (or hidden size)."""
+
+
+class ConceptExistsError(StoreError, ConceptError):
+    """A concept with this name (ignoring case) is already stored."""
+
+
+class ConceptNotFoundError(StoreError, UnknownConceptError):
+    """No stored concept has this name."""
+
+
+# ---------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class StoreIdentity:
+    """The base model a store serves: concepts are only usable with the model they were made for."""
+
+    base_model: str
+    hidden_size: int
+
+    @classmethod
+    def of(cls, plvm: Any) -> "StoreIdentity":
+        """The identity of a :class:`plvm.pipeline.PLVM` (its LVLM's base model id and hidden size)."""
+        return cls(plvm.lvlm.base_model_id, int(plvm.lvlm.hidden_size))
+
+    def describe(self) -> str:
+        return f"{self.base_model!r} (hidden size {self.hidden_size})"
+
+
+@dataclass
+class EncodedConcept:
+    """What an encoder makes of one reference image: the concept and its feature vectors by kind."""
+
+    concept: ConceptEmbedding
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ConceptEncoderLike(Protocol):
+    """Anything that turns ``(name, RGB image)`` into an :class:`EncodedConcept` (one forward pass)."""
+
+    def encode(self, name: str, image: Image.Image) -> EncodedConcept: ...
+
+
+@dataclass(frozen=True)
+class ConceptRecord:
+    """The stored facts about one concept (everything but its tensors)."""
+
+    name: str
+    id: str
+    base_model: str
+    hidden_size: int
+    num_context_tokens: int
+    image_sha256: str | None
+    image_ext: str | None
+    image_width: int | None
+    image_height: int | None
+    created_at: float
+    updated_at: float
+    feature_kinds: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return f"<{self.name}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["feature_kinds"] = list(self.feature_kinds)
+        d["metadata"] = dict(self.metadata)
+        d["token"] = self.token
+        return d
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """All stored vectors of one feature kind: ``matrix`` ``[N, d]`` (rows L2-normalised), ``names[i]``."""
+
+    kind: str
+    names: tuple[str, ...]
+    matrix: np.ndarray
+    generation: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class NewConcept:
+    """One concept to add with :meth:`ConceptStore.add_many`."""
+
+    concept: ConceptEmbedding
+    image: LoadedImage | None = None
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _known_list(names: Sequence[str], limit: int = 20) -> str:
+    if not names:
+        return "none (add one with `plvm concepts add NAME IMAGE`)"
+    shown = ", ".join(f"<{n}>" for n in names[:limit])
+    return shown + (f" … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _as_vector(value: Any, kind: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    vec = np.asarray(value, dtype=np.float32).reshape(-1)
+    if vec.size == 0 or not np.isfinite(vec).all():
+        raise ConceptError(f"feature {kind!r} is empty or has non-finite values")
+    return vec
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _FileLock:
+    """An exclusive advisory lock on a file (``fcntl.flock``), re-entrant within one store object."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._depth == 0:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    import fcntl
+
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                except ImportError:  # pragma: no cover - non-POSIX: SQLite's own locking still applies
+                    pass
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    os.close(self._fd)  # closing releases the flock
+                    self._fd = None
+
+
+# ---------------------------------------------------------------------- the store
+class ConceptStore:
+    """A directory of concepts with a SQLite index. See the module docstring for the guarantees.
+
+    Args:
+        root: The store directory (created if missing).
+        identity: The model that will use the store. A new store records it; an existing store made for
+            another model raises :class:`StoreMismatchError`. ``None`` opens the store for management
+            only (list, show, rename, remove, export); the first :meth:`add` then binds it.
+    """
+
+    def __init__(self, root: str | os.PathLike, identity: StoreIdentity | None = None):
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "concepts").mkdir(exist_ok=True)
+        (self.root / "images").mkdir(exist_ok=True)
+        self._lock = _FileLock(self.root / ".write.lock")
+        self._db_lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(self.root / "index.sqlite"), timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._matrix_cache: dict[str, FeatureMatrix] = {}
+        with self._lock.hold(), self._db_lock:
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._create_schema()
+        self.identity: StoreIdentity | None = None
+        if identity is not None:
+            self.bind(identity)
+        else:
+            self.identity = self.recorded_identity()
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+
+    def __enter__(self) -> "ConceptStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ConceptStore({str(self.root)!r}, identity={self.identity})"
+
+    def _create_schema(self) -> None:
+        self._db.executescript(
+            """
+            BEGIN IMMEDIATE;
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS concepts (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                base_model TEXT NOT NULL,
+                hidden_size INTEGER NOT NULL,
+                num_context_tokens INTEGER NOT NULL,
+                image_sha256 TEXT,
+                image_ext TEXT,
+                image_width INTEGER,
+                image_height INTEGER,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                metadata TEXT NOT NULL DEFAULT '{}'
+            );
+            CREATE TABLE IF NOT EXISTS features (
+                concept_id TEXT NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                dim INTEGER NOT NULL,
+                vector BLOB NOT NULL,
+                PRIMARY KEY (concept_id, kind)
+            );
+            CREATE INDEX IF NOT EXISTS features_kind ON features(kind);
+            INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+            INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0');
+            COMMIT;
+            """
+        )
+        version = self._meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"store {self.root} has schema version {version}; this plvm reads {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """Exclusive write section: file lock + one IMMEDIATE transaction that bumps the generation."""
+        with self._lock.hold(), self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute(
+                    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'"
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._matrix_cache.clear()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._db_lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every write from any process (used to invalidate caches)."""
+        return int(self._meta("generation") or 0)
+
+    # ------------------------------------------------------------------ identity
+    def recorded_identity(self) -> StoreIdentity | None:
+        base, hidden = self._meta("base_model"), self._meta("hidden_size")
+        return StoreIdentity(base, int(hidden)) if base is not None and hidden is not None else None
+
+    def bind(self, identity: StoreIdentity) -> None:
+        """Record ``identity`` in a new store, or check an existing store was made for it."""
+        with self._write() as db:
+            recorded = self.recorded_identity()
+            if recorded is None:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('base_model', ?)", (identity.base_model,))
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('hidden_size', ?)",
+                           (str(identity.hidden_size),))
+                recorded = identity
+        if recorded != identity:
+            raise StoreMismatchError(
+                f"concept store {self.root} was made for base model {recorded.describe()}, "
+                f"not {identity.describe()}: use another store (--store DIR or $PLVM_STORE) "
+                "or re-create the concepts from their reference images with this model"
+            )
+        self.identity = identity
+
+    def _check_concept(self, concept: ConceptEmbedding) -> None:
+        if self.identity is None:
+            self.bind(StoreIdentity(concept.base_model, concept.hidden_size))
+        assert self.identity is not None
+        try:
+            concept.check_compatible(self.identity.base_model, self.identity.hidden_size)
+        except IncompatibleConceptError as exc:
+            raise StoreMismatchError(f"{exc} (store {self.root} serves {self.identity.describe()})") from None
+
+    # ------------------------------------------------------------------ paths (never from names)
+    def _concept_path(self, concept_id: str) -> Path:
+        if not _ID_RE.match(concept_id):
+            raise StoreError(f"corrupt store index: bad concept id {concept_id!r}")
+        return self.root / "concepts" / f"{concept_id}.safetensors"
+
+    def _image_path(self, sha: str, ext: str) -> Path:
+        if not _SHA_RE.match(sha) or ext not in _IMAGE_EXTS:
+            raise StoreError(f"corrupt store index: bad image reference {sha!r}.{ext!r}")
+        return self.root / "images" / f"{sha}.{ext}"
+
+    # ------------------------------------------------------------------ reading
+    def _row(self, name: str) -> sqlite3.Row:
+        bare = normalize_name(name)
+        rows = self._query("SELECT * FROM concepts WHERE name = ? COLLATE BINARY", (bare,))
+        if not rows:
+            raise ConceptNotFoundError(f"unknown concept <{bare}>; stored concepts: {_known_list(self.names())}")
+        return rows[0]
+
+    def _record(self, row: sqlite3.Row) -> ConceptRecord:
+        kinds = tuple(r["kind"] for r in self._query(
+            "SELECT kind FROM features WHERE concept_id = ? ORDER BY kind", (row["id"],)))
+        return ConceptRecord(
+            name=row["name"],
+            id=row["id"],
+            base_model=row["base_model"],
+            hidden_size=row["hidden_size"],
+            num_context_tokens=row["num_context_tokens"],
+            image_sha256=row["image_sha256"],
+            image_ext=row["image_ext"],
+            image_width=row["image_width"],
+            image_height=row["image_height"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            feature_kinds=kinds,
+            metadata=json.loads(row["metadata"] or "{}"),
+        )
+
+    def names(self) -> list[str]:
+        """All stored names, sorted case-insensitively."""
+        return [r["name"] for r in self._query("SELECT name FROM concepts ORDER BY name COLLATE NOCASE")]
+
+    def __len__(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM concepts")[0]["n"])
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self._row(str(name))
+        except (ConceptError, StoreError):
+            return False
+        return True
+
+    def list(self) -> list[ConceptRecord]:
+        rows = self._query("SELECT * FROM concepts ORDER BY name COLLATE NOCASE")
+        return [self._record(r) for r in rows]
+
+    def get(self, name: str) -> ConceptRecord:
+        """The record of ``name`` (``bo`` or ``<bo>``); :class:`ConceptNotFoundError` lists the known ones."""
+        return self._record(self._row(name))
+
+    def load(self, name: str) -> ConceptEmbedding:
+        """The concept's embeddings, checked against the store's base model."""
+        row = self._row(name)
+        path = self._concept_path(row["id"])
+        if not path.exists():
+            raise StoreError(f"concept <{row['name']}> is in the index but its file {path.name} is missing")
+        identity = self.identity or StoreIdentity(row["base_model"], row["hidden_size"])
+        try:
+            concept = ConceptEmbedding.load(path, base_model=identity.base_model, hidden_size=identity.hidden_size)
+        except IncompatibleConceptError as exc:
+            raise StoreMismatchError(str(exc)) from None
+        return concept if concept.name == row["name"] else concept.renamed(row["name"])
+
+    def load_many(self, names: Iterable[str]) -> list[ConceptEmbedding]:
+        return [self.load(n) for n in names]
+
+    def image_file(self, name: str) -> Path:
+        """Path of the original reference image of ``name``."""
+        row = self._row(name)
+        if not row["image_sha256"]:
+            raise StoreError(f"concept <{row['name']}> has no stored reference image")
+        path = self._image_path(row["image_sha256"], row["image_ext"])
+        if not path.exists():
+            raise StoreError(f"reference image of <{row['name']}> is missing from the store")
+        return path
+
+    def features(self, name: str) -> dict[str, np.ndarray]:
+        row = self._row(name)
+        return {
+            r["kind"]: np.frombuffer(r["vector"], dtype=np.float32).copy()
+            for r in self._query("SELECT kind, vector FROM features WHERE concept_id = ?", (row["id"],))
+        }
+
+    def feature_kinds(self) -> dict[str, int]:
+        """Stored feature kinds and how many concepts have each."""
+        rows = self._query("SELECT kind, COUNT(*) AS n FROM features GROUP BY kind ORDER BY kind")
+        return {r["kind"]: int(r["n"]) for r in rows}
+
+    def feature_matrix(self, kind: str) -> FeatureMatrix:
+        """All vectors of ``kind`` as one L2-normalised ``[N, d]`` float32 matrix (cached until a write)."""
+        generation = self.generation
+        cached = self._matrix_cache.get(kind)
+        if cached is not None and cached.generation == generation:
+            return cached
+        rows = self._query(
+            "SELECT c.name AS name, f.dim AS dim, f.vector AS vector FROM features f "
+            "JOIN concepts c ON c.id = f.concept_id WHERE f.kind = ? ORDER BY c.name COLLATE NOCASE",
+            (kind,),
+        )
+        dims = {r["dim"] for r in rows}
+        if len(dims) > 1:
+            raise StoreError(f"feature {kind!r} has mixed dimensions {sorted(dims)} in {self.root}")
+        dim = dims.pop() if dims else 0
+        matrix = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32).reshape(len(rows), dim).copy()
+        if len(rows):
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        result = FeatureMatrix(kind, tuple(r["name"] for r in rows), matrix, generation)
+        self._matrix_cache[kind] = result
+        return result
+
+    # ------------------------------------------------------------------ writing
+    def check_available(self, name: str, replace: bool = False) -> str:
+        """Validate ``name`` and check it is free (or ``replace``); returns the bare name.
+
+        Called before the (slow) encoder pass so users get collisions at once; :meth:`add` checks again
+        inside its transaction.
+        """
+        bare = normalize_name(name)
+        if not replace:
+            rows = self._query("SELECT name FROM concepts WHERE name = ?", (bare,))
+            if rows:
+                raise ConceptExistsError(self._exists_message(bare, rows[0]["name"]))
+        return bare
+
+    @staticmethod
+    def _exists_message(new: str, old: str) -> str:
+        same = "" if new == old else f" (names are unique ignoring case: <{old}> is stored)"
+        return f"concept <{new}> already exists{same}; use --replace (replace=true) to overwrite it"
+
+    def add(
+        self,
+        concept: ConceptEmbedding,
+        image: LoadedImage | None = None,
+        features: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ConceptRecord:
+        """Store one concept (its embeddings, original image and feature vectors) atomically."""
+        item = NewConcept(concept, image, dict(features or {}), dict(metadata or {}))
+        return self.add_many([item], replace=replace)[0]
+
+    def add_many(self, items: Sequence[NewConcept], replace: bool = False) -> list[ConceptRecord]:
+        """Store several concepts in one transaction (all or none)."""
+        if not items:
+            return []
+        prepared = []
+        seen: set[str] = set()
+        for item in items:
+            self._check_concept(item.concept)
+            if item.concept.name.lower() in seen:
+                raise ConceptExistsError(f"concept <{item.concept.name}> is given twice")
+            seen.add(item.concept.name.lower())
+            vectors = {}
+            for kind, value in item.features.items():
+                if not _KIND_RE.match(kind):
+                    raise ConceptError(f"invalid feature kind {kind!r}")
+                vectors[kind] = _as_vector(value, kind)
+            prepared.append((item, vectors))
+        created: list[Path] = []
+        obsolete: list[tuple[str, str | None, str | None]] = []  # (id, sha, ext) of replaced rows
+        now = time.time()
+        try:
+            with self._write() as db:
+                for item, vectors in prepared:
+                    c = item.concept
+                    old = db.execute("SELECT id, name, image_sha256, image_ext, created_at FROM concepts WHERE name = ?",
+                                     (c.name,)).fetchone()
+                    if old is not None and not replace:
+                        raise ConceptExistsError(self._exists_message(c.name, old["name"]))
+                    concept_id = secrets.token_hex(16)
+                    path = self._concept_path(concept_id)
+                    c.save(path)
+                    created.append(path)
+                    sha = ext = None
+                    width = height = None
+                    if item.image is not None:
+                        sha, ext = item.image.sha256, item.image.ext
+                        width, height = item.image.image.size
+                        img_path = self._image_path(sha, ext)
+                        if not img_path.exists():
+                            _atomic_write_bytes(img_path, item.image.data)
+                            created.append(img_path)
+                    if old is not None:
+                        db.execute("DELETE FROM concepts WHERE id = ?", (old["id"],))
+                        obsolete.append((old["id"], old["image_sha256"], old["image_ext"]))
+                    meta = dict(c.metadata)
+                    meta.update(item.metadata)
+                    db.execute(
+                        "INSERT INTO concepts(id, name, base_model, hidden_size, num_context_tokens, image_sha256, "
+                        "image_ext, image_width, image_height, created_at, updated_at, metadata) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (concept_id, c.name, c.base_model, c.hidden_size, c.num_context_tokens, sha, ext, width,
+                         height, old["created_at"] if old is not None else now, now,
+                         json.dumps(meta, sort_keys=True, default=str)),
+                    )
+                    db.executemany(
+                        "INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
+                        [(concept_id, kind, int(v.size), v.tobytes()) for kind, v in vectors.items()],
+                    )
+                # inside the lock: nobody else can start referencing the files we remove
+                self._remove_files(db, obsolete)
+        except BaseException:
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+        return [self.get(item.concept.name) for item, _ in prepared]
+
+    def add_from_image(
+        self,
+        name: str,
+        source: ImageSource | LoadedImage,
+        encoder: ConceptEncoderLike,
+        replace: bool = False,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ConceptRecord:
+        """Validate the name, load the image safely, encode it once and store the result."""
+        bare = self.check_available(name, replace)
+        loaded = source if isinstance(source, LoadedImage) else load_image(source, limits)
+        encoded = encoder.encode(bare, loaded.image)
+        meta = {"image_sha256": loaded.sha256, "image_format": loaded.format, "image_mode": loaded.original_mode}
+        meta.update(metadata or {})
+        return self.add(encoded.concept, loaded, encoded.features, replace=replace, metadata=meta)
+
+    def rename(self, old: str, new: str, replace: bool = False) -> ConceptRecord:
+        """Rename a concept (its files are named by id, so only the index changes)."""
+        new_bare = normalize_name(new)
+        obsolete = []
+        with self._write() as db:
+            row = self._row(old)
+            clash = db.execute("SELECT id, name, image_sha256, image_ext FROM concepts WHERE name = ? AND id != ?",
+                               (new_bare, row["id"])).fetchone()
+            if clash is not None:
+                if not replace:
+                    raise ConceptExistsError(self._exists_message(new_bare, clash["name"]))
+                db.execute("DELETE FROM concepts WHERE id = ?", (clash["id"],))
+                obsolete.append((clash["id"], clash["image_sha256"], clash["image_ext"]))
+            db.execute("UPDATE concepts SET name = ?, updated_at = ? WHERE id = ?", (new_bare, time.time(), row["id"]))
+            self._remove_files(db, obsolete)
+        return self.get(new_bare)
+
+    def remove(self, name: str) -> ConceptRecord:
+        """Delete a concept, its file, and its reference image if no other concept uses it."""
+        with self._write() as db:
+            record = self._record(self._row(name))
+            db.execute("DELETE FROM concepts WHERE id = ?", (record.id,))
+            self._remove_files(db, [(record.id, record.image_sha256, record.image_ext)])
+        return record
+
+    def _remove_files(self, db: sqlite3.Connection, obsolete: Sequence[tuple[str, str | None, str | None]]) -> None:
+        """Unlink files of deleted rows (called with the write lock held; the rows are already deleted)."""
+        for concept_id, sha, ext in obsolete:
+            with contextlib.suppress(FileNotFoundError):
+                self._concept_path(concept_id).unlink()
+            if sha:
+                still_used = db.execute("SELECT 1 FROM concepts WHERE image_sha256 = ? LIMIT 1", (sha,)).fetchone()
+                if still_used is None:
+                    with contextlib.suppress(FileNotFoundError, StoreError):
+                        self._image_path(sha, ext or "").unlink()
+
+    # ------------------------------------------------------------------ export / import
+    def export(self, name: str, path: str | os.PathLike, include_image: bool = True) -> Path:
+        """Write one self-contained ``.safetensors`` file: embeddings, feature vectors, reference image.
+
+        The file is also a valid concept file for :meth:`ConceptEmbedding.load` (extra tensors and header
+        keys are ignored there). No pickle anywhere.
+        """
+        record = self.get(name)
+        concept = self.load(record.name)
+        tensors = concept.to_tensors()
+        header = concept.header()
+        feature_names: dict[str, str] = {}
+        for i, (kind, vec) in enumerate(sorted(self.features(record.name).items())):
+            feature_names[kind] = f"feature_{i}"
+            tensors[f"feature_{i}"] = torch.from_numpy(vec.copy())
+        header.update(
+            export_format=EXPORT_FORMAT,
+            features=json.dumps(feature_names, sort_keys=True),
+            record_metadata=json.dumps(dict(record.metadata), sort_keys=True, default=str),
+        )
+        if include_image and record.image_sha256:
+            data = self.image_file(record.name).read_bytes()
+            tensors["reference_image"] = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+            header.update(image_sha256=record.image_sha256, image_ext=record.image_ext or "")
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return out
+
+    def import_file(
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        replace: bool = False,
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> ConceptRecord:
+        """Add a concept from an exported file (or a plain concept ``.safetensors``), optionally renamed.
+
+        The header's name is validated like any name and never used as a path; the embedded image is
+        checked against its hash and decoded with the usual limits; the base model must match the store.
+        """
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"no such file: {path}") from None
+        if size > MAX_IMPORT_BYTES:
+            raise StoreError(f"{path} is {size} bytes; concept files are at most {MAX_IMPORT_BYTES}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise ConceptError(f"{path} is not a readable concept file: {' '.join(str(exc).split())[:200]}") from None
+        if header.get("format") != "plvm.concept":
+            raise ConceptError(f"{path} is not a plvm concept file (missing format header)")
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ConceptError(f"{path}: unsupported concept format version {header.get('format_version')!r}")
+        missing = {"e_word", "e_weight", "context"} - set(tensors)
+        if missing:
+            raise ConceptError(f"{path}: missing tensors {sorted(missing)}")
+        try:
+            concept_meta = json.loads(header.get("metadata", "{}"))
+            feature_names = json.loads(header.get("features", "{}"))
+            record_meta = json.loads(header.get("record_metadata", "{}"))
+        except json.JSONDecodeError as exc:
+            raise ConceptError(f"{path}: corrupt header ({exc})") from None
+        concept = ConceptEmbedding(
+            name=header.get("name", ""),
+            e_word=tensors["e_word"].float(),
+            e_weight=tensors["e_weight"].float(),
+            context=tensors["context"].float(),
+            base_model=header.get("base_model", ""),
+            metadata=concept_meta if isinstance(concept_meta, dict) else {},
+        )
+        if name is not None:
+            concept = concept.renamed(name)
+        self.check_available(concept.name, replace)
+        features = {}
+        if isinstance(feature_names, dict):
+            for kind, tensor_name in feature_names.items():
+                if tensor_name in tensors:
+                    features[str(kind)] = tensors[tensor_name].float().numpy()
+        image = None
+        if "reference_image" in tensors:
+            data = tensors["reference_image"].to(torch.uint8).numpy().tobytes()
+            image = decode_image(data, limits, label=f"reference image in {path.name}")
+            if header.get("image_sha256") and header["image_sha256"] != image.sha256:
+                raise ConceptError(f"{path}: the embedded reference image does not match its recorded hash")
+        meta = record_meta if isinstance(record_meta, dict) else {}
+        meta["imported_from"] = path.name
+        return self.add(concept, image, features, replace=replace, metadata=meta)
+
+
+__all__ = [
+    "ConceptEncoderLike",
+    "ConceptExistsError",
+    "ConceptNotFoundError",
+    "ConceptRecord",
+    "ConceptStore",
+    "EncodedConcept",
+    "FeatureMatrix",
+    "NewConcept",
+    "StoreError",
+    "StoreIdentity",
+    "StoreMismatchError",
+    "default_store_path",
+]
