@@ -26,8 +26,12 @@ _mount_optional("synth", "plvm.synth.cli", "Synthesize data (AvatarWorld).")
 
 def _register_product_commands() -> None:
     from .cli_product import register
+    from .eval.cli import eval_command
 
     register(app)
+    app.command("eval", help="Evaluate PLVM and its baselines (recognition, QA, multi-concept, captions).")(
+        eval_command
+    )
 
 
 _register_product_commands()

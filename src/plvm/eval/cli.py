@@ -1,0 +1,157 @@
+"""``plvm eval``: the evaluation harness from the command line (a typer sub-app).
+
+Mount it on the main CLI with ``app.add_typer(plvm.eval.cli.app)`` (no ``name=``: the sub-app holds the one
+command ``eval``), or ``app.command("eval")(plvm.eval.cli.eval_command)``. Standalone:
+``python -m plvm.eval.cli --help``.
+
+Examples::
+
+    plvm eval --model mini --data data/avatarworld-eval --out docs/results/mini
+    plvm eval --model tiny --toy --data /tmp/toy --out /tmp/toy-eval --yollava-steps 3   # smoke test
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(help="Evaluate PLVM and its baselines (recognition, QA, multi-concept, captioning).",
+                  add_completion=False, no_args_is_help=False)
+
+
+def tiny_plvm(seed: int = 0) -> Any:
+    """A random tiny LLaVA + a random tiny Aligner (k = 4) — for smoke tests only, answers are noise."""
+    import torch
+    from transformers import Dinov2Model
+
+    from ..aligner import Aligner
+    from ..config import AlignerConfig
+    from ..injection import PersonalizedLVLM
+    from ..models.tiny import tiny_dinov2_config, tiny_llava
+    from ..pipeline import PLVM, reference_image_processor
+
+    model, processor = tiny_llava(seed=seed)
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    torch.manual_seed(seed + 1)
+    config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=lvlm.hidden_size, mlp_hidden=64, resampler_hidden=32,
+                           resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model="tiny")
+    aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
+    return PLVM(lvlm, aligner, reference_image_processor(28), preset="tiny")
+
+
+def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False) -> Any:
+    """``"tiny"`` → :func:`tiny_plvm`; a preset name (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``."""
+    if model == "tiny":
+        return tiny_plvm()
+    from ..pipeline import PLVM
+
+    return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option("mini", help="tiny (random, smoke tests) | mini | llava-1.5-7b | onevision-7b"),
+    data: Optional[Path] = typer.Option(None, help="dataset folder (PLVM validation or Yo'LLaVA layout, "
+                                                   "optional multi/)"),
+    data_format: str = typer.Option("auto", "--format", help="auto | plvm | yollava"),
+    tasks: str = typer.Option("recog,textqa,vqa,multi,caption", help="comma-separated tasks"),
+    baselines: str = typer.Option("none,text,image,yollava,plvm", help="comma-separated methods"),
+    out: Path = typer.Option(Path("runs/eval"), help="output folder (results.json/.md/.png, predictions.jsonl)"),
+    limit: Optional[int] = typer.Option(None, help="at most N items per task (seeded subset)"),
+    caption_limit: Optional[int] = typer.Option(None, help="at most N caption items (default: --limit)"),
+    scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),
+    negatives: int = typer.Option(3, help="recognition negatives per query image"),
+    batch_size: int = typer.Option(8),
+    seed: int = typer.Option(0),
+    aligner_weights: Optional[Path] = typer.Option(None, help="trained Aligner (default: the preset's)"),
+    allow_untrained: bool = typer.Option(False, help="run PLVM with a random Aligner (sanity checks only)"),
+    yollava_steps: int = typer.Option(100, help="Yo'LLaVA tuning steps per concept"),
+    yollava_lr: float = typer.Option(5e-3),
+    yollava_batch: int = typer.Option(4),
+    k: Optional[int] = typer.Option(None, "--k", help="Yo'LLaVA context tokens (default: PLVM's k)"),
+    text_tokens: Optional[int] = typer.Option(None, help="text-prompt description length (default: PLVM's k)"),
+    caption_tokens: int = typer.Option(48, help="caption length in tokens"),
+    distractors: int = typer.Option(1, help="captioning: concepts introduced that are not in the photo"),
+    phrase: str = typer.Option("the person", help="neutral phrase of the no-personalization rewrite"),
+    subject: str = typer.Option("person", help="what the concepts are (text-prompt description instruction)"),
+    no_controls: bool = typer.Option(False, help="skip the wrong-concept / no-personalization QA controls"),
+    recognition_question: str = typer.Option("Is <sks> in this photo?", help="recognition question (<sks>)"),
+    mc_instruction: Optional[str] = typer.Option(None, help="instruction after MC options (default: LLaVA's "
+                                                            "\"Answer with the option's letter from the given "
+                                                            "choices directly.\")"),
+    max_set_size: int = typer.Option(4, help="multi-concept: largest concept set asked at once"),
+    reference_index: int = typer.Option(0, help="Yo'LLaVA layout: which train image is the reference"),
+    negative_examples: bool = typer.Option(False, help="Yo'LLaVA layout: read train/<id>/negative_example/ "
+                                                       "(extra negatives for Yo'LLaVA tuning)"),
+    toy: bool = typer.Option(False, help="first write a tiny synthetic dataset into --data (smoke tests)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    no_progress: bool = typer.Option(False, help="hide progress bars"),
+) -> None:
+    """Evaluate PLVM and baselines on one dataset at the same token budget; write JSON, Markdown, PNG, JSONL."""
+    from .baselines import MethodOptions, YoLLaVAConfig, build_methods
+    from .config import EvalConfig
+    from .harness import run_evaluation
+    from .readers import DatasetFormatError, detect_format, read_dataset
+    from .toydata import write_toy_dataset
+
+    if data is None:
+        raise typer.BadParameter("--data is required (use --toy --data DIR for a synthetic smoke-test set)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if toy:
+        write_toy_dataset(data)
+    try:
+        fmt = detect_format(data) if data_format == "auto" else data_format
+        extra = {"reference_index": reference_index, "negative_examples": negative_examples} if fmt == "yollava" else {}
+        dataset = read_dataset(data, format=fmt, **extra)
+    except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        config = EvalConfig(tasks=tuple(_split(tasks)), seed=seed, scoring=scoring, negatives_per_image=negatives,
+                            limit=limit, caption_limit=caption_limit, batch_size=batch_size,
+                            caption_max_new_tokens=caption_tokens, caption_distractors=distractors,
+                            phrase=phrase, controls=not no_controls, recognition_question=recognition_question,
+                            max_set_size=max_set_size,
+                            **({"mc_instruction": mc_instruction} if mc_instruction is not None else {}))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc))
+    keys = _split(baselines)
+    plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys)
+    options = MethodOptions(
+        phrase=phrase,
+        text_tokens=text_tokens,
+        describe_prompt=f"Describe the {subject} in this image in one short sentence.",
+        yollava=YoLLaVAConfig(steps=yollava_steps, lr=yollava_lr, batch_size=yollava_batch, seed=seed),
+        yollava_k=k,
+    )
+    try:
+        methods = build_methods(keys, plvm.lvlm, plvm, options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc))
+    meta: dict[str, Any] = {"model": model, "data": str(data), "title": f"plvm eval — {model} on {dataset.name}",
+                            "aligner_weights": str(aligner_weights) if aligner_weights else None}
+    if model == "tiny":
+        meta["warning"] = "random tiny model and random Aligner (smoke test): the numbers are noise."
+    elif allow_untrained and "plvm" in keys:
+        meta["warning"] = "PLVM ran with an UNTRAINED (random) Aligner: its numbers are meaningless."
+    result = run_evaluation(methods, dataset, config.tasks, out, config, progress=not no_progress, meta=meta)
+    typer.echo(Path(result.files["markdown"]).read_text())
+    typer.echo(json.dumps(result.files, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Metrics of the evaluation harness, computed from plain predictions (no model in here).
+
+Conventions (the same everywhere in :mod:`plvm.eval`):
+
+* A binary prediction is ``True`` (the model said Yes), ``False`` (No) or ``None`` (the answer could not be
+  parsed). ``None`` is never correct: it counts as a miss for a positive and as an error for a negative, but
+  it is *not* a predicted positive, so it does not enter the precision denominator.
+* Every ratio with an empty denominator is defined as ``0.0`` (no exception, no NaN): precision with zero
+  predicted positives, recall with zero positives, F1 when precision + recall = 0, accuracy of an empty set.
+  The counts are always reported next to the ratios so a reader can tell "0 because empty" from "0 because
+  wrong".
+* ``mean_acc`` is the paper's "mean accuracy" (§4.1, Table 1): the average of the positive accuracy and the
+  negative accuracy (a balanced accuracy), not the accuracy over all examples (that is ``acc``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+
+def safe_div(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or ``0.0`` when the denominator is 0."""
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def f1_score(precision: float, recall: float) -> float:
+    """Harmonic mean of precision and recall; ``0.0`` when both are 0."""
+    return safe_div(2.0 * precision * recall, precision + recall)
+
+
+@dataclass
+class BinaryMetrics:
+    """Confusion counts and the ratios derived from them.
+
+    Attributes:
+        tp, fp, tn, fn: confusion counts; an unparsed answer (``None``) on a positive is a ``fn``, on a
+            negative it is counted in ``invalid_neg`` (an error, but not a predicted positive).
+        invalid: number of unparsed answers (``invalid_pos + invalid_neg``).
+        pos_acc: accuracy on positives (= recall).
+        neg_acc: accuracy on negatives (``tn / n_neg``).
+        mean_acc: ``(pos_acc + neg_acc) / 2`` — the paper's mean accuracy.
+        acc: accuracy over all examples.
+        precision, recall, f1: for the positive class.
+    """
+
+    n: int
+    n_pos: int
+    n_neg: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    invalid: int
+    invalid_pos: int
+    invalid_neg: int
+    pos_acc: float
+    neg_acc: float
+    mean_acc: float
+    acc: float
+    precision: float
+    recall: float
+    f1: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def binary_metrics(labels: Sequence[bool], predictions: Sequence[Optional[bool]]) -> BinaryMetrics:
+    """Recognition-style metrics of Yes/No predictions.
+
+    Args:
+        labels: ``[N]`` ground truth (True = the concept is there / the answer is Yes).
+        predictions: ``[N]`` True / False / None (unparsed).
+    """
+    if len(labels) != len(predictions):
+        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+    tp = fp = tn = fn = inv_pos = inv_neg = 0
+    for label, pred in zip(labels, predictions):
+        label = bool(label)
+        if pred is None:
+            if label:
+                fn += 1
+                inv_pos += 1
+            else:
+                inv_neg += 1
+        elif label and pred:
+            tp += 1
+        elif label:
+            fn += 1
+        elif pred:
+            fp += 1
+        else:
+            tn += 1
+    n_pos, n_neg = tp + fn, fp + tn + inv_neg
+    pos_acc, neg_acc = safe_div(tp, n_pos), safe_div(tn, n_neg)
+    precision, recall = safe_div(tp, tp + fp), safe_div(tp, n_pos)
+    return BinaryMetrics(
+        n=n_pos + n_neg,
+        n_pos=n_pos,
+        n_neg=n_neg,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        invalid=inv_pos + inv_neg,
+        invalid_pos=inv_pos,
+        invalid_neg=inv_neg,
+        pos_acc=pos_acc,
+        neg_acc=neg_acc,
+        mean_acc=(pos_acc + neg_acc) / 2.0,
+        acc=safe_div(tp + tn, n_pos + n_neg),
+        precision=precision,
+        recall=recall,
+        f1=f1_score(precision, recall),
+    )
+
+
+@dataclass
+class ChoiceMetrics:
+    """Multiple-choice accuracy. ``invalid`` answers (no letter could be read) are wrong."""
+
+    n: int
+    correct: int
+    invalid: int
+    acc: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def choice_metrics(answers: Sequence[str], predictions: Sequence[Optional[str]]) -> ChoiceMetrics:
+    """Accuracy of predicted option letters ``[N]`` (``None`` = unparsed) against the correct letters ``[N]``."""
+    if len(answers) != len(predictions):
+        raise ValueError(f"{len(answers)} answers but {len(predictions)} predictions")
+    correct = sum(1 for a, p in zip(answers, predictions) if p is not None and p.upper() == a.upper())
+    invalid = sum(1 for p in predictions if p is None)
+    return ChoiceMetrics(n=len(answers), correct=correct, invalid=invalid, acc=safe_div(correct, len(answers)))
+
+
+@dataclass
+class MentionMetrics:
+    """Micro-averaged precision / recall / F1 of concept mentions (captioning).
+
+    Per caption: ``tp`` = mentioned concepts that are in the image, ``fp`` = mentioned concepts that are
+    not, ``fn`` = concepts in the image that were not mentioned; summed over captions.
+    ``captions_with_mention`` counts captions that mention at least one concept.
+    """
+
+    n: int
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    captions_with_mention: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def mention_metrics(gold: Iterable[Iterable[str]], mentioned: Iterable[Iterable[str]]) -> MentionMetrics:
+    """Mentions in ``[N]`` captions (sets of concept ids) against the concepts present ``[N]``."""
+    gold, mentioned = [set(g) for g in gold], [set(m) for m in mentioned]
+    if len(gold) != len(mentioned):
+        raise ValueError(f"{len(gold)} gold sets but {len(mentioned)} mention sets")
+    tp = sum(len(g & m) for g, m in zip(gold, mentioned))
+    fp = sum(len(m - g) for g, m in zip(gold, mentioned))
+    fn = sum(len(g - m) for g, m in zip(gold, mentioned))
+    precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
+    return MentionMetrics(
+        n=len(gold),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=precision,
+        recall=recall,
+        f1=f1_score(precision, recall),
+        captions_with_mention=sum(1 for m in mentioned if m),
+    )
+
+
+__all__ = [
+    "BinaryMetrics",
+    "ChoiceMetrics",
+    "MentionMetrics",
+    "binary_metrics",
+    "choice_metrics",
+    "f1_score",
+    "mention_metrics",
+    "safe_div",
+]

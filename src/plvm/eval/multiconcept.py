@@ -1,0 +1,128 @@
+"""Multi-concept recognition (MC-LLaVA protocol) on the ``multi/`` split.
+
+The *scenario* is the set ``S`` of concepts named in ``multi/annotations.json`` (in dataset order). Every
+image — single-concept, multi-concept, or external (none of ``S``) — is asked
+
+* about each concept of ``S`` alone: "Can you see <a> in this photo? …" → Yes iff ``a`` is in the image
+  (``kind="concept"``);
+* about the full set: "Can you see <a> and <b> in this photo? …" → Yes iff *all* of them are in the image
+  (``kind="set"``; asked when ``|S| ≥ 2``). If ``|S| > max_set_size`` the set is the image's own concepts
+  first, then seeded other concepts of ``S``, up to ``max_set_size``.
+
+If the annotations hold no single-concept image, the single split uses the query photos of the concepts
+in ``S`` (reported in ``info``). Metrics per split (single / multi / external) and per kind: accuracy,
+precision, recall, F1 (external images have no positive — their recall and precision are 0 by convention,
+read their ``neg_acc`` / ``acc``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .baselines import Binding, Method
+from .config import EvalConfig, TaskContext, chunks, limit_items
+from .metrics import binary_metrics
+from .prompts import join_names
+from .readers import EvalDataset
+
+SPLITS = ("single", "multi", "external")
+
+
+@dataclass(frozen=True)
+class MultiItem:
+    """Ask whether all of ``query`` (concept ids) are in ``image``; ``label`` is the answer."""
+
+    image: Path
+    split: str
+    present: tuple[str, ...]
+    query: tuple[str, ...]
+    kind: str  # "concept" | "set"
+    label: bool
+
+
+def _split_of(present: tuple[str, ...]) -> str:
+    return "external" if not present else ("single" if len(present) == 1 else "multi")
+
+
+def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiItem], dict[str, Any]]:
+    """The per-concept and set questions for every image of the multi split (then ``config.limit``)."""
+    rng = config.rng("multi")
+    in_scenario = {c for m in dataset.multi for c in m.concepts}
+    scenario = [c for c in dataset.concepts if c in in_scenario]
+    images: list[tuple[Path, tuple[str, ...]]] = [(m.path, tuple(m.concepts)) for m in dataset.multi]
+    single_from_folders = False
+    if scenario and not any(len(p) == 1 for _, p in images):
+        single_from_folders = True
+        images += [(q, (c,)) for c in scenario for q in dataset.concepts[c].query_images]
+    items: list[MultiItem] = []
+    counts = dict.fromkeys(SPLITS, 0)
+    for path, present in images:
+        split = _split_of(present)
+        counts[split] += 1
+        for c in scenario:
+            items.append(MultiItem(path, split, present, (c,), "concept", c in present))
+        if len(scenario) >= 2:
+            if len(scenario) <= config.max_set_size:
+                chosen = list(scenario)
+            else:
+                own = [c for c in scenario if c in present][: config.max_set_size]
+                rest = [c for c in scenario if c not in own]
+                extra = rng.choice(len(rest), size=config.max_set_size - len(own), replace=False).tolist()
+                chosen_set = set(own) | {rest[i] for i in extra}
+                chosen = [c for c in scenario if c in chosen_set]
+            items.append(MultiItem(path, split, present, tuple(chosen), "set", all(c in present for c in chosen)))
+    total = len(items)
+    items = limit_items(items, config.limit, config.rng("multi-limit"))
+    info = {
+        "scenario": scenario,
+        "images": counts,
+        "single_split_from_concept_folders": single_from_folders,
+        "max_set_size": config.max_set_size,
+        "items_before_limit": total,
+        "items": len(items),
+        "question": config.multi_question,
+        "scoring": config.scoring,
+    }
+    return items, info
+
+
+def _split_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    def m(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return binary_metrics([r["label"] for r in rows], [r["pred"] for r in rows]).to_dict()
+
+    out: dict[str, Any] = {"all": m(records)}
+    for split in SPLITS:
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            out[split] = {"all": m(rows), "concept": m([r for r in rows if r["kind"] == "concept"]),
+                          "set": m([r for r in rows if r["kind"] == "set"])}
+    return out
+
+
+def evaluate(method: Method, items: list[MultiItem], ctx: TaskContext) -> tuple[dict[str, Any], list[dict]]:
+    """Score ``method`` on the multi-concept items: → (metrics per split and kind, prediction records)."""
+    cfg, ds = ctx.config, ctx.dataset
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), desc=f"{method.key}: multi-concept", disable=not ctx.progress, leave=False)
+    for chunk in chunks(items, cfg.batch_size):
+        convs = []
+        for it in chunk:
+            names = [ds.name_of(c) for c in it.query]
+            text = cfg.multi_question.format(names=join_names(names))
+            convs.append(method.conversation(text, [Binding(n, c) for n, c in zip(names, it.query)],
+                                             [ds.image(it.image)]))
+        for it, dec in zip(chunk, ctx.scorer.decide_yes_no(convs, cfg.scoring, cfg.answer_max_new_tokens)):
+            records.append({"task": "multi", "method": method.key, "image": ctx.rel(it.image), "split": it.split,
+                            "kind": it.kind, "present": list(it.present), "query": list(it.query),
+                            "label": it.label, "pred": dec.pred, "score": dec.score, "answer": dec.text,
+                            "correct": dec.pred == it.label})
+        bar.update(len(chunk))
+    bar.close()
+    return _split_metrics(records), records
+
+
+__all__ = ["MultiItem", "SPLITS", "build_items", "evaluate"]
