@@ -22,6 +22,7 @@ def _mount_optional(name: str, module: str, help_text: str) -> None:
 
 
 _mount_optional("synth", "plvm.synth.cli", "Synthesize data (AvatarWorld).")
+_mount_optional("bench", "plvm.bench.cli", "Benchmarks: what personalization costs (docs/BENCHMARKS.md).")
 
 
 def _register_product_commands() -> None:

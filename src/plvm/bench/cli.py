@@ -1,0 +1,238 @@
+"""``plvm bench …`` — cost benchmarks of PLVM (typer ``app``; also ``python -m plvm.bench.cli``).
+
+Commands: ``cost`` (Table 7 at real size), ``concept-add`` (Table 6), ``recognition`` (throughput),
+``scaling`` (concepts, identify, memory), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report``
+(re-render the doc from JSON). Every command prints its Markdown tables and writes a JSON file;
+``--tiny`` runs it on random tiny models in seconds (smoke test — not results).
+"""
+
+from __future__ import annotations
+
+import gc
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .common import BenchResult
+
+app = typer.Typer(help="Cost benchmarks: Aligner vs LVLM (Table 7), concept add (Table 6), recognition throughput, "
+                       "scaling. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
+                  no_args_is_help=True)
+
+DEFAULT_DOC = Path("docs/BENCHMARKS.md")
+TINY_DIR = Path("runs/bench-tiny")
+RUN_DIR = Path("runs/bench")
+
+
+class Skipped(Exception):
+    """A benchmark of ``all`` that cannot run meaningfully here (the message says why)."""
+
+
+def _csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
+    return [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _emit(result: BenchResult, json_path: Optional[Path]) -> None:
+    path = json_path or ((TINY_DIR if result.tiny else RUN_DIR) / f"{result.name}.json")
+    result.save(path)
+    typer.echo(result.markdown())
+    typer.echo(f"\n(JSON: {path})", err=True)
+
+
+THREADS = typer.Option(None, "--threads", help="torch threads (default: all usable CPUs)")
+TINY = typer.Option(False, "--tiny", help="random tiny models, seconds — a smoke test, not results")
+JSON = typer.Option(None, "--json", help="JSON output (default: runs/bench/NAME.json, runs/bench-tiny/ with --tiny)")
+
+
+@app.command("cost")
+def cost_command(
+    sizes: str = typer.Option("7b,mini", "--sizes", help="7b (LLaVA-1.5-7B, ~15 GB RAM) and/or mini"),
+    repeats: int = typer.Option(3, "--repeats"),
+    warmup: int = typer.Option(1, "--warmup"),
+    aligner_runs: int = typer.Option(3, "--aligner-runs", help="Aligner encodes per LVLM repeat"),
+    dtype_7b: str = typer.Option("bfloat16", "--dtype-7b"),
+    dtype_mini: str = typer.Option("float32", "--dtype-mini"),
+    params_only: bool = typer.Option(False, "--params-only", help="count parameters only (no 7B materialisation, no timing)"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """Table 7: Aligner vs LVLM — parameters and time of one personalized answer's prefill + first token."""
+    from .cost import bench_cost
+
+    _emit(bench_cost(_csv(sizes), repeats, warmup, aligner_runs, threads, dtype_7b, dtype_mini, params_only, tiny),
+          json_path)
+
+
+@app.command("concept-add")
+def concept_add_command(
+    data: Optional[str] = typer.Option(None, "--data", help="eval set folder (default: render a small AvatarWorld set)"),
+    aligner: Optional[str] = typer.Option(None, "--aligner", help="trained mini Aligner weights (file or checkpoint dir)"),
+    allow_untrained: bool = typer.Option(False, "--allow-untrained", help="run with a random Aligner (target meaningless)"),
+    concepts: int = typer.Option(2, "--concepts", help="concepts to tune Yo'LLaVA-style"),
+    identities: int = typer.Option(8, "--identities", help="identities in the rendered set"),
+    queries: int = typer.Option(4, "--queries", help="query photos per identity in the rendered set"),
+    encode_repeats: int = typer.Option(20, "--encode-repeats"),
+    warmup: int = typer.Option(3, "--warmup"),
+    cap_minutes: float = typer.Option(10.0, "--cap-minutes", help="tuning time cap per concept"),
+    eval_every: int = typer.Option(10, "--eval-every", help="tuning steps between accuracy checks"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    yollava_lr: Optional[float] = typer.Option(None, "--yollava-lr"),
+    target: Optional[float] = typer.Option(None, "--target", help="accuracy Yo'LLaVA must reach (default: PLVM's "
+                                                                 "accuracy on the same items)"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """Table 6: PLVM encode (ms) vs Yo'LLaVA-style tuning to the same recognition accuracy (minutes)."""
+    from .concept_add import bench_concept_add
+
+    _emit(bench_concept_add(tiny, data, aligner, allow_untrained, concepts, identities, queries, encode_repeats, warmup,
+                            cap_minutes, eval_every, max_steps, yollava_lr=yollava_lr, target=target, threads=threads),
+          json_path)
+
+
+@app.command("recognition")
+def recognition_command(
+    data: Optional[str] = typer.Option(None, "--data"),
+    aligner: Optional[str] = typer.Option(None, "--aligner"),
+    queries: int = typer.Option(32, "--queries"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+    repeats: int = typer.Option(3, "--repeats"),
+    warmup: int = typer.Option(1, "--warmup"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """Recognition throughput: `score_yes_no` vs generate-and-parse (queries/s, agreement)."""
+    from .throughput import bench_recognition
+
+    _emit(bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads), json_path)
+
+
+@app.command("scaling")
+def scaling_command(
+    only: str = typer.Option("concepts,identify,memory", "--only", help="parts: concepts, identify, memory"),
+    counts: str = typer.Option("1,2,4,8", "--counts", help="active concepts per prompt"),
+    store_sizes: str = typer.Option("100,1000,10000", "--store-sizes", help="stored concepts for identify"),
+    repeats: int = typer.Option(10, "--repeats"),
+    warmup: int = typer.Option(2, "--warmup"),
+    identify_repeats: int = typer.Option(50, "--identify-repeats"),
+    store_concepts: int = typer.Option(100, "--store-concepts", help="concepts added to measure store growth"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """Prompt tokens/latency vs active concepts; identify vs store size; memory per stored concept."""
+    from .scaling import bench_scaling
+
+    _emit(bench_scaling(tiny, _csv(only), _csv(counts, int), _csv(store_sizes, int), repeats, warmup, identify_repeats,
+                        store_concepts, threads), json_path)
+
+
+@app.command("all")
+def all_command(
+    out: Optional[Path] = typer.Option(None, "--out", help="the Markdown document (default: docs/BENCHMARKS.md; "
+                                                          "runs/bench-tiny/BENCHMARKS.md with --tiny)"),
+    json_dir: Optional[Path] = typer.Option(None, "--json-dir", help="(default: a 'benchmarks' folder next to --out)"),
+    skip: str = typer.Option("", "--skip", help="benchmarks to leave out: cost, concept-add, recognition, scaling"),
+    sizes: str = typer.Option("7b,mini", "--sizes", help="sizes for `cost`"),
+    aligner: Optional[str] = typer.Option(None, "--aligner", help="trained mini Aligner weights"),
+    allow_untrained: bool = typer.Option(False, "--allow-untrained", help="run concept-add with a random Aligner"),
+    cap_minutes: float = typer.Option(10.0, "--cap-minutes", help="Yo'LLaVA tuning cap per concept"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+) -> None:
+    """Run every benchmark with its defaults and (re)write the Markdown document and JSON files."""
+    from .report import FILES, write_report
+
+    out = out or ((TINY_DIR / "BENCHMARKS.md") if tiny else DEFAULT_DOC)
+    json_dir = json_dir or (out.parent / "benchmarks")
+    skipped = {s.replace("-", "_") for s in _csv(skip)}
+    results: dict[str, BenchResult | None] = {}
+    errors: dict[str, str] = {}
+
+    def concept_add() -> BenchResult:
+        from ..pipeline import MINI_ALIGNER
+        from .concept_add import bench_concept_add
+
+        if not tiny and not allow_untrained and aligner is None and not MINI_ALIGNER.exists():
+            raise Skipped(f"skipped: no trained mini Aligner at {MINI_ALIGNER}; pass --aligner PATH (or "
+                          "--allow-untrained, which makes the accuracy target meaningless)")
+        return bench_concept_add(tiny, None, aligner, allow_untrained, cap_minutes=(0.05 if tiny else cap_minutes),
+                                 max_steps=(2 if tiny else None), eval_every=(1 if tiny else 10),
+                                 encode_repeats=(3 if tiny else 20), warmup=(1 if tiny else 3), threads=threads)
+
+    def cost() -> BenchResult:
+        from .cost import bench_cost
+
+        return bench_cost(_csv(sizes), repeats=(2 if tiny else 3), warmup=1, threads=threads, tiny=tiny)
+
+    def recognition() -> BenchResult:
+        from .throughput import bench_recognition
+
+        return bench_recognition(tiny, aligner=aligner, queries=(4 if tiny else 32), repeats=(1 if tiny else 3),
+                                 max_new_tokens=(4 if tiny else 8), threads=threads)
+
+    def scaling() -> BenchResult:
+        from .scaling import bench_scaling
+
+        return bench_scaling(tiny, counts=((1, 2) if tiny else (1, 2, 4, 8)),
+                             store_sizes=((100, 1000) if tiny else (100, 1000, 10000)),
+                             repeats=(2 if tiny else 10), warmup=1 if tiny else 2,
+                             identify_repeats=(5 if tiny else 50), store_concepts=(5 if tiny else 100), threads=threads)
+
+    steps = {"cost": cost, "concept_add": concept_add, "recognition": recognition, "scaling": scaling}
+    for name, fn in steps.items():
+        if name in skipped:
+            results[name] = None
+            continue
+        typer.echo(f"== plvm bench {name.replace('_', '-')} ==", err=True)
+        try:
+            res = fn()
+        except Skipped as exc:
+            errors[name] = str(exc)
+            typer.secho(f"{name}: {exc}", fg=typer.colors.YELLOW, err=True)
+            results[name] = None
+        except Exception as exc:  # one failing benchmark must not lose the others
+            errors[name] = " ".join(f"failed: {type(exc).__name__}: {exc}".split())[:300]
+            typer.secho(f"{name} {errors[name]}", fg=typer.colors.RED, err=True)
+            traceback.print_exc()
+            results[name] = None
+        else:
+            res.save(json_dir / FILES[name])
+            results[name] = res
+            typer.echo(res.markdown(), err=True)
+        gc.collect()
+        write_report(out, results, errors=errors, json_dir=str(json_dir))
+    typer.echo(f"wrote {out} and {json_dir}/", err=True)
+    if any(e.startswith("failed") for e in errors.values()):
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_command(
+    json_dir: Path = typer.Option(Path("docs/benchmarks"), "--json-dir",
+                                  help="folder with cost.json, concept_add.json, … (runs/bench for single runs)"),
+    out: Path = typer.Option(DEFAULT_DOC, "--out"),
+    smoke_dir: Optional[Path] = typer.Option(None, "--smoke-dir", help="also show a tiny smoke run's JSON (labelled)"),
+) -> None:
+    """Re-render the Markdown document from JSON results (missing ones: 'not yet measured')."""
+    from .report import load_results, write_report
+
+    results = load_results(json_dir)
+    smoke = load_results(smoke_dir) if smoke_dir is not None else None
+    # name the JSON folder in the document only when it is a repository-relative path
+    write_report(out, results, smoke=smoke, json_dir=None if json_dir.is_absolute() else str(json_dir))
+    typer.echo(f"wrote {out} ({len(results)} benchmark(s) from {json_dir})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Smoke tests of ``plvm bench`` (src/plvm/bench): the code runs on tiny models, and the Table 7 parameter
+counts of the paper's configuration are right. No timing is asserted anywhere."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+# ---------------------------------------------------------------------- independent arithmetic
+LLAMA2_7B = dict(vocab=32064, d=4096, ffn=11008, layers=32)
+CLIP_L14_336 = dict(d=1024, ffn=4096, layers=24, patch=14, image=336)
+DINOV2_BASE = dict(d=768, ffn=3072, layers=12, patch=14, image=518)
+
+
+def linear(i: int, o: int, bias: bool = True) -> int:
+    return i * o + (o if bias else 0)
+
+
+def llama_params(vocab: int, d: int, ffn: int, layers: int) -> int:
+    attn = 4 * linear(d, d, bias=False)
+    mlp = 3 * linear(d, ffn, bias=False)
+    norms = 2 * d
+    return vocab * d + layers * (attn + mlp + norms) + d  # embeddings, blocks, final RMSNorm (LM head apart)
+
+
+def clip_vision_params(d: int, ffn: int, layers: int, patch: int, image: int) -> int:
+    positions = (image // patch) ** 2 + 1
+    embeddings = 3 * patch * patch * d + d + positions * d  # patch conv (no bias), class embedding, positions
+    block = 4 * linear(d, d) + linear(d, ffn) + linear(ffn, d) + 2 * 2 * d
+    return embeddings + 2 * d + layers * block + 2 * d  # pre- and post-LayerNorm
+
+
+def dinov2_params(d: int, ffn: int, layers: int, patch: int, image: int) -> int:
+    positions = (image // patch) ** 2 + 1
+    embeddings = d + d + positions * d + linear(3 * patch * patch, d)  # cls, mask token, positions, patch conv
+    block = 2 * 2 * d + 4 * linear(d, d) + linear(d, ffn) + linear(ffn, d) + 2 * d  # norms, attn, mlp, layer-scales
+    return embeddings + layers * block + 2 * d
+
+
+def aligner_trainable(d_enc: int, d_llm: int, mlp: int, h: int, blocks: int, k: int) -> int:
+    f = linear(d_enc, mlp) + linear(mlp, mlp) + linear(mlp, d_llm)
+    block = 3 * 2 * h + (3 * h * h + 3 * h) + linear(h, h) + linear(h, 4 * h) + linear(4 * h, h)
+    resampler = k * h + linear(d_enc, h) + blocks * block + 2 * h + linear(h, d_llm)
+    return 2 * f + resampler
+
+
+def test_table7_parameter_counts_of_the_7b_preset_on_meta():
+    from plvm.bench.cost import params_7b
+
+    p = params_7b()
+    llama = llama_params(**LLAMA2_7B) + LLAMA2_7B["vocab"] * LLAMA2_7B["d"]  # + untied LM head
+    clip = clip_vision_params(**CLIP_L14_336)
+    projector = linear(1024, 4096) + linear(4096, 4096)
+    assert p["lvlm"]["vision_tower"] == clip == 303_507_456
+    assert p["lvlm"]["projector"] == projector == 20_979_712
+    assert p["lvlm"]["language_model"] + p["lvlm"]["lm_head"] == llama
+    assert p["lvlm"]["total"] == llama + clip + projector == 7_063_427_072  # "7.06 B"
+
+    trainable = aligner_trainable(768, 4096, 4096, 1024, 4, 16)
+    assert p["aligner"]["trainable"] == trainable == 128_822_272
+    assert p["aligner"]["encoder"] == dinov2_params(**DINOV2_BASE) == 86_580_480
+    assert p["aligner"]["with_encoder"] == trainable + 86_580_480
+    assert p["ratio_trainable"] == pytest.approx(128_822_272 / 7_063_427_072, rel=1e-12)
+    assert abs(p["ratio_trainable"] - 0.018) < 0.001  # the paper's "≈ 1.8 %"
+    assert p["ratio_with_encoder"] == pytest.approx((128_822_272 + 86_580_480) / 7_063_427_072, rel=1e-12)
+
+
+def test_materialize_gives_real_memory_and_keeps_buffers():
+    from transformers import LlavaForConditionalGeneration
+
+    from plvm.bench.cost import empty_init, materialize_
+    from plvm.models.tiny import tiny_llava
+
+    reference, _ = tiny_llava(template="llava15")
+    with empty_init():
+        model = LlavaForConditionalGeneration(reference.config)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    nbytes = materialize_(model, torch.bfloat16)
+    params = list(model.parameters())
+    assert all(p.device.type == "cpu" and p.dtype == torch.bfloat16 for p in params)
+    assert nbytes == sum(p.numel() * 2 for p in params)
+    lm = model.model.language_model
+    assert torch.equal(lm.rotary_emb.inv_freq, reference.model.language_model.rotary_emb.inv_freq)
+    assert torch.all(lm.norm.weight == 1)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    assert torch.isfinite(out.logits.float()).all()
+
+
+def test_tune_until_watches_the_real_yollava_tune(tmp_path):
+    from plvm.bench.concept_add import tune_until
+    from plvm.eval.baselines import YoLLaVA, YoLLaVAConfig
+    from plvm.eval.readers import read_dataset
+    from plvm.eval.toydata import write_toy_dataset
+    from plvm.models.tiny_plvm import tiny_plvm
+
+    plvm = tiny_plvm()
+    ds = read_dataset(write_toy_dataset(tmp_path / "toy"))
+    cid = next(iter(ds.concepts))
+    cfg = YoLLaVAConfig(k=4, steps=3, batch_size=2)
+    calls = []
+
+    def evaluate(concept):
+        calls.append(concept)
+        return {"positive": 0.5, "negative": 0.5, "mean": 0.5}
+
+    outcome, watched = tune_until(YoLLaVA(plvm.lvlm, cfg), ds, cid, evaluate, target=1.01, cap_s=600.0,
+                                  eval_every=1, max_steps=3)
+    assert outcome["stop"] == "max steps" and not outcome["reached"] and outcome["steps"] == 3
+    assert [c["step"] for c in outcome["curve"]] == [0, 1, 2, 3] and len(calls) == 4
+    assert torch.optim.AdamW.__name__ == "AdamW"  # the hook is removed again
+    plain = YoLLaVA(plvm.lvlm, cfg).tune(ds, cid)  # the unwatched baseline reaches the same tensors
+    for name in ("e_word", "e_weight", "context"):
+        assert torch.allclose(getattr(watched, name), getattr(plain, name), atol=1e-6)
+    reached, _ = tune_until(YoLLaVA(plvm.lvlm, cfg), ds, cid, evaluate, target=0.5, cap_s=600.0, eval_every=1)
+    assert reached["reached"] and reached["steps"] == 0
+
+
+def test_bench_all_tiny_runs_and_writes_the_document(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from plvm.bench.cli import app
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    threads = torch.get_num_threads()
+    out = tmp_path / "BENCHMARKS.md"
+    try:
+        res = CliRunner().invoke(app, ["all", "--tiny", "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    doc = out.read_text()
+    for name in ("cost", "concept_add", "recognition", "scaling"):
+        data = json.loads((tmp_path / "benchmarks" / f"{name}.json").read_text())
+        assert data["tiny"] is True and data["tables"] and data["machine"]["cpu"]
+        assert data["command"].startswith("plvm bench ") and "--tiny" in data["command"]
+        assert data["command"] in doc
+    from plvm.bench.common import NOT_MEASURED
+
+    assert "Last run of `plvm bench all`" not in doc  # nothing failed or was skipped
+    assert doc.count(NOT_MEASURED) == 1  # only the sentence explaining the placeholder
+    assert doc.count("**Tiny smoke run**") == 4
+    assert "128,822,272" in doc and "7,063,427,072" in doc  # the 7B counts are computed even in --tiny
+    rec = json.loads((tmp_path / "benchmarks" / "recognition.json").read_text())["data"]
+    assert rec["agreement_b1_vs_batched"] == 1.0
+
+
+def test_report_without_results_says_not_measured(tmp_path):
+    from plvm.bench.common import NOT_MEASURED
+    from plvm.bench.report import render
+
+    doc = render({})
+    assert doc.count(NOT_MEASURED) >= 6
+    for command in ("plvm bench all --out docs/BENCHMARKS.md", "plvm bench cost", "plvm bench concept-add",
+                    "plvm bench recognition", "plvm bench scaling"):
+        assert command in doc
