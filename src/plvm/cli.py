@@ -59,6 +59,7 @@ def train(
     steps: int = typer.Option(2000),
     batch_size: int = typer.Option(2),
     lr: float = typer.Option(1e-4),
+    warmup_steps: int = typer.Option(0),
     word_weight: float = typer.Option(10.0, help="w of Eq. 2 (Yes/No answer word weight)"),
     num_queries: Optional[int] = typer.Option(None, "--k", help="number of context tokens k (preset default)"),
     positive_ratio: float = typer.Option(0.6, help="p, share of positive recognition samples"),
@@ -105,8 +106,8 @@ def train(
     enc, ref_proc = load_reference_encoder(cfg)
     aligner = Aligner(cfg, enc)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
-    loop = LoopConfig(steps=steps, lr=lr, save_every=save_every, log_every=log_every, seed=seed,
-                      grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
+    loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every, log_every=log_every,
+                      seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
 

@@ -105,6 +105,16 @@ def avatarworld(
         console.print(f"  {k}: {v}")
 
 
+def _register_ipadapter() -> None:
+    """§3.3's full-scale pipeline (diffusers, GPU) lives in its own module; its command joins this group."""
+    from .cli_ipadapter import ipadapter
+
+    app.command("ipadapter")(ipadapter)
+
+
+_register_ipadapter()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,21 @@
+"""PLVM §3.3 training-data synthesis with Stable Diffusion + IP-Adapter (face), filters and QA construction.
+
+* :mod:`.generator` — :class:`IPAdapterGenerator` (diffusers), per-image seeds, batching;
+* :mod:`.run` — :func:`run_synthesis`, the resumable run over a folder of reference faces;
+* :mod:`.qa` — recognition pairs from the paper's templates, attribute answers from the base LVLM;
+* :mod:`.tiny` — tiny random components in the real layouts (tests, ``--tiny``).
+
+Prompts live in :mod:`plvm.synth.prompts_bank`, filters in :mod:`plvm.synth.filters`, the command line in
+:mod:`plvm.synth.cli_ipadapter`. ``diffusers`` is imported only when a generator is built.
+"""
+
+from .qa import (ConceptData, CallableAnswerer, LVLMAnswerer, attribute_questions, build_items,
+                 to_concept_answer, to_this_person)
+from .run import (Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed,
+                  run_synthesis)
+
+__all__ = [
+    "CallableAnswerer", "ConceptData", "LVLMAnswerer", "Reference", "RunReport", "SettingsMismatch", "SynthConfig",
+    "attribute_questions", "build_items", "discover_references", "image_seed", "run_synthesis",
+    "to_concept_answer", "to_this_person",
+]
