@@ -55,6 +55,31 @@ def normalize_name(raw: str) -> str:
     return name
 
 
+def read_concept_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header and tensors of a concept ``.safetensors`` file, after checking its format.
+
+    Raises :class:`ConceptError` for unreadable files, foreign files, other format versions and missing
+    tensors (``FileNotFoundError`` passes through). Extra tensors (e.g. a store's export) are returned too.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ConceptError(f"{path} is not a readable concept file: {' '.join(str(exc).split())[:200]}") from None
+    if header.get("format") != "plvm.concept":
+        raise ConceptError(f"{path} is not a plvm concept file (missing format header)")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ConceptError(f"{path}: unsupported concept format version {header.get('format_version')!r}")
+    missing = {"e_word", "e_weight", "context"} - set(tensors)
+    if missing:
+        raise ConceptError(f"{path}: missing tensors {sorted(missing)}")
+    return header, tensors
+
+
 @dataclass
 class ConceptEmbedding:
     """One personalized concept for one base model.
@@ -162,21 +187,7 @@ class ConceptEmbedding:
     ) -> "ConceptEmbedding":
         """Read a concept file; with ``base_model``/``hidden_size`` given, refuse other models' concepts."""
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ConceptError(f"{path} is not a readable concept file: {exc}") from exc
-        if header.get("format") != "plvm.concept":
-            raise ConceptError(f"{path} is not a plvm concept file (missing format header)")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ConceptError(f"{path}: unsupported concept format version {header.get('format_version')!r}")
-        missing = {"e_word", "e_weight", "context"} - set(tensors)
-        if missing:
-            raise ConceptError(f"{path}: missing tensors {sorted(missing)}")
+        header, tensors = read_concept_file(path)
         concept = cls(
             name=header["name"],
             e_word=tensors["e_word"],

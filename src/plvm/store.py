@@ -48,15 +48,14 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .concept import (
-    FORMAT_VERSION,
     ConceptEmbedding,
     ConceptError,
     IncompatibleConceptError,
     normalize_name,
+    read_concept_file,
 )
 from .conversation import UnknownConceptError
 from .images import DEFAULT_LIMITS, EXTENSIONS, ImageLimits, ImageSource, LoadedImage, decode_image, load_image
@@ -710,19 +709,7 @@ class ConceptStore:
             raise StoreError(f"no such file: {path}") from None
         if size > MAX_IMPORT_BYTES:
             raise StoreError(f"{path} is {size} bytes; concept files are at most {MAX_IMPORT_BYTES}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ConceptError(f"{path} is not a readable concept file: {' '.join(str(exc).split())[:200]}") from None
-        if header.get("format") != "plvm.concept":
-            raise ConceptError(f"{path} is not a plvm concept file (missing format header)")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ConceptError(f"{path}: unsupported concept format version {header.get('format_version')!r}")
-        missing = {"e_word", "e_weight", "context"} - set(tensors)
-        if missing:
-            raise ConceptError(f"{path}: missing tensors {sorted(missing)}")
+        header, tensors = read_concept_file(path)
         try:
             concept_meta = json.loads(header.get("metadata", "{}"))
             feature_names = json.loads(header.get("features", "{}"))
