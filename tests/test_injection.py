@@ -231,3 +231,14 @@ def test_incompatible_concept_is_refused():
     wrong_size = make_concept("bo", lv.hidden_size + 8, 16)
     with pytest.raises(ValueError, match="hidden size"):
         lv.score_yes_no(single_turn("Is <bo> here?", [wrong_size], image=image(6)))
+
+
+def test_only_a_yes_no_first_word_is_flagged():
+    model, processor = tiny_llava(template="chatml")
+    lv = PersonalizedLVLM(model, processor, base_model="tiny")
+    bo = make_concept("bo", lv.hidden_size, 17)
+    attribute = lv.encode(single_turn("What is <bo>'s hair color?", [bo], answer="<bo>'s hair is brown."))
+    assert not any(attribute.answer_word)  # Eq. 2 weights the Yes/No word only
+    negative = lv.encode(single_turn("Is <bo> here?", [bo], image=image(7), answer="No, <bo> is not here."))
+    flagged = [t for t, w in zip(negative.ids, negative.answer_word) if w]
+    assert lv.decode(flagged, ["bo"]) == "No"

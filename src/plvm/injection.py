@@ -284,12 +284,13 @@ class PersonalizedLVLM(nn.Module):
         self,
         conversation: Conversation,
         add_generation_prompt: bool = True,
-        answer_word_weighting: bool = True,
+        answer_words: Sequence[str] = ("Yes", "No"),
     ) -> EncodedPrompt:
         """Tokenize a conversation with concept markers into an :class:`EncodedPrompt`.
 
         If the conversation ends with an assistant turn, that turn is the training target: its tokens (and
-        the template's end-of-turn) get labels; with ``answer_word_weighting`` its first word is flagged.
+        the template's end-of-turn) get labels, and if its first word is one of ``answer_words`` (Eq. 2's
+        Yes/No word) the tokens of that word are flagged in ``answer_word``.
         """
         messages = conversation.to_messages()
         names = [c.name for c in conversation.concepts]
@@ -321,7 +322,7 @@ class PersonalizedLVLM(nn.Module):
             raise ValueError("more images than <image> placeholders in the rendered prompt")
         if answer is not None:
             first = answer.split(maxsplit=1)[0].rstrip(",.!?") if answer.strip() else ""
-            cut = answer.index(first) + len(first) if (answer_word_weighting and first) else 0
+            cut = answer.index(first) + len(first) if first in answer_words else 0
             no_images: Iterator[int] = iter(())
             if cut:
                 self._append_text(enc, answer[:cut], k_by_name, no_images, label=True, word=True)
