@@ -87,12 +87,23 @@ def load_model(name: str) -> Any:
 
 
 def load_face_backend() -> Any:
-    """``plvm.encoders.face.FaceEncoder()`` if that module is installed."""
+    """The face encoder named by ``$PLVM_FACE_BACKEND`` (default ``dlib``, CC0 weights).
+
+    ``insightface`` additionally needs ``PLVM_ALLOW_NONCOMMERCIAL=1``: its weights are licensed for
+    non-commercial research only.
+    """
     try:
-        from .encoders.face import FaceEncoder  # type: ignore[import-not-found]
+        from .encoders.face import FaceConfig, FaceEncoder
     except ImportError as exc:
         raise ModelUnavailableError(f"no face backend available ({exc})") from None
-    return FaceEncoder()
+    config = FaceConfig(
+        backend=os.environ.get("PLVM_FACE_BACKEND", "dlib"),
+        allow_noncommercial=os.environ.get("PLVM_ALLOW_NONCOMMERCIAL") == "1",
+    )
+    try:
+        return FaceEncoder.from_config(config)
+    except (ImportError, PermissionError, ValueError) as exc:
+        raise ModelUnavailableError(f"face backend {config.backend!r} unavailable: {exc}") from None
 
 
 def open_store(store: Optional[Path], plvm: Any = None) -> ConceptStore:

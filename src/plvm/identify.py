@@ -175,7 +175,8 @@ class Identifier:
         encoder: The :class:`ReferenceEncoder` whose features the store holds.
         face: Optional face backend (used for extra regions and face-embedding matches).
         threshold: Cosine similarity from which a concept counts as present (reference features).
-        face_threshold: The same for face embeddings.
+        face_threshold: The same for face embeddings; ``None`` takes the face backend's own calibrated
+            ``threshold`` (dlib 0.93, insightface 0.40 — docs/FACE.md), else ``DEFAULT_FACE_THRESHOLD``.
     """
 
     def __init__(
@@ -184,12 +185,14 @@ class Identifier:
         encoder: ReferenceEncoder,
         face: FaceBackend | None = None,
         threshold: float = DEFAULT_THRESHOLD,
-        face_threshold: float = DEFAULT_FACE_THRESHOLD,
+        face_threshold: float | None = None,
     ):
         self.store = store
         self.encoder = encoder
         self.face = face if face is not None else encoder.face
         self.threshold = threshold
+        if face_threshold is None:
+            face_threshold = float(getattr(self.face, "threshold", DEFAULT_FACE_THRESHOLD))
         self.face_threshold = face_threshold
 
     def identify(
