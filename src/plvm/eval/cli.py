@@ -13,6 +13,8 @@ Examples::
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -139,7 +141,8 @@ def eval_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     meta: dict[str, Any] = {"model": model, "data": str(data), "title": f"plvm eval — {model} on {dataset.name}",
-                            "aligner_weights": str(aligner_weights) if aligner_weights else None}
+                            "aligner_weights": str(aligner_weights) if aligner_weights else None,
+                            "command": "plvm eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])}
     if model == "tiny":
         meta["warning"] = "random tiny model and random Aligner (smoke test): the numbers are noise."
     elif allow_untrained and "plvm" in keys:

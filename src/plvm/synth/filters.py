@@ -284,12 +284,9 @@ def face_embedder(backend: str = "dlib", allow_noncommercial: bool = False, **kw
     if backend == "insightface" and not allow_noncommercial:
         raise ValueError("the insightface ArcFace weights are licensed for NON-COMMERCIAL research only; "
                          "pass allow_noncommercial=True (CLI: --allow-noncommercial) to use them, or use 'dlib' (CC0)")
-    from plvm.encoders.face import FaceEncoder  # owned by plvm.encoders (may be absent in old checkouts)
+    from plvm.encoders.face import FaceConfig, FaceEncoder
 
-    try:
-        encoder = FaceEncoder(backend=backend, allow_noncommercial=allow_noncommercial, **kw)
-    except TypeError:  # an encoder without the licence switch
-        encoder = FaceEncoder(backend=backend, **kw)
+    encoder = FaceEncoder.from_config(FaceConfig(backend=backend, allow_noncommercial=allow_noncommercial, **kw))
 
     def embed(image: Image.Image) -> Any:
         face = _main_face(encoder, image)
