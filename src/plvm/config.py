@@ -77,41 +77,33 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# §3.1 / §4.1: DINOv2-base reference encoder, MLP hidden 4096, 4-block resampler of width 1024, k = 16.
+_PAPER_ALIGNER = AlignerConfig(
+    encoder="facebook/dinov2-base",
+    d_enc=768,
+    d_llm=4096,
+    mlp_hidden=4096,
+    resampler_hidden=1024,
+    resampler_blocks=4,
+    resampler_heads=16,
+    num_queries=16,
+    image_size=224,
+    base_model="llava-hf/llava-1.5-7b-hf",
+)
+
 PRESETS: dict[str, Preset] = {
     "llava-1.5-7b": Preset(
         name="llava-1.5-7b",
         base_model="llava-hf/llava-1.5-7b-hf",
         family="llava",
-        aligner=AlignerConfig(
-            encoder="facebook/dinov2-base",
-            d_enc=768,
-            d_llm=4096,
-            mlp_hidden=4096,
-            resampler_hidden=1024,
-            resampler_blocks=4,
-            resampler_heads=16,
-            num_queries=16,
-            image_size=224,
-            base_model="llava-hf/llava-1.5-7b-hf",
-        ),
+        aligner=_PAPER_ALIGNER,
         notes="The paper's configuration (§3.1, §4.1).",
     ),
     "onevision-7b": Preset(
         name="onevision-7b",
         base_model="llava-hf/llava-onevision-qwen2-7b-ov-hf",
         family="onevision",
-        aligner=AlignerConfig(
-            encoder="facebook/dinov2-base",
-            d_enc=768,
-            d_llm=3584,
-            mlp_hidden=4096,
-            resampler_hidden=1024,
-            resampler_blocks=4,
-            resampler_heads=16,
-            num_queries=16,
-            image_size=224,
-            base_model="llava-hf/llava-onevision-qwen2-7b-ov-hf",
-        ),
+        aligner=_PAPER_ALIGNER.replace(d_llm=3584, base_model="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
         notes="Multi-image variant of the paper on LLaVA-OneVision (Qwen2-7B, hidden 3584).",
     ),
     "mini": Preset(
