@@ -136,14 +136,24 @@ def test_face_embedder_adapts_the_face_encoder(monkeypatch):
         def __init__(self, v):
             self.embedding = np.asarray(v, dtype=np.float32)
 
-    class FaceEncoder:
+    class FaceConfig:  # the shape of plvm.encoders.face.FaceConfig
         def __init__(self, backend="dlib", allow_noncommercial=False):
             self.backend = backend
+            self.allow_noncommercial = allow_noncommercial
+
+    class FaceEncoder:
+        def __init__(self, config):
+            self.backend = config.backend
+
+        @classmethod
+        def from_config(cls, config):
+            return cls(config)
 
         def main_face(self, image):
             return None if image.getpixel((0, 0)) == (0, 0, 0) else Face([0.6, 0.8])
 
     fake = types.ModuleType("plvm.encoders.face")
+    fake.FaceConfig = FaceConfig
     fake.FaceEncoder = FaceEncoder
     monkeypatch.setitem(sys.modules, "plvm.encoders", types.ModuleType("plvm.encoders"))
     monkeypatch.setitem(sys.modules, "plvm.encoders.face", fake)
