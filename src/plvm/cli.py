@@ -177,14 +177,13 @@ def eval_base(
 ) -> None:
     """Held-out generic VQA and two-image same/different accuracy of LLaVA-mini (no personalization)."""
     from .injection import PersonalizedLVLM
+    from .models.base import load_base
     from .models.base_eval import evaluate_base
-    from .models.mini import build_llava_mini
     from .synth.avatarworld import AvatarWorld
 
     if projector is not None and projector.is_dir():
         projector = projector / "trainable.safetensors"
-    model, processor = build_llava_mini(projector=projector) if projector else __import__(
-        "plvm.models.base", fromlist=["load_base"]).load_base("mini")
+    model, processor = load_base("mini", projector=projector)  # None: the committed projector
     lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed)
     result.config["projector"] = str(projector) if projector else "committed"
