@@ -126,21 +126,31 @@ def train_base(
     log_every: int = typer.Option(10),
     threads: Optional[int] = typer.Option(None),
     no_resume: bool = typer.Option(False),
+    lora_r: int = typer.Option(0, help="rank of LoRA adapters on the LM (0 = projector only)"),
+    lora_alpha: int = typer.Option(32),
+    mix: str = typer.Option("0.4,0.4,0.2", help="proportions of caption, visual QA, same-person samples"),
+    init_projector: Optional[Path] = typer.Option(None, help="start from this projector file"),
+    mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (accelerate autocast)"),
 ) -> None:
-    """Stage 1 of LLaVA-mini: train the projector on AvatarWorld's generic data; resumable."""
+    """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
     from .models.mini import build_llava_mini
+    from .models.mini_lora import MiniLoraConfig
     from .synth.avatarworld import AvatarWorld
     from .training.data import AvatarWorldGenericSource
     from .training.loop import LoopConfig, run_training
     from .training.stage1_task import ProjectorTrainingTask
 
-    model, processor = build_llava_mini(projector=None)
+    weights = tuple(float(x) for x in mix.split(","))
+    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+        raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
+    model, processor = build_llava_mini(projector=init_projector)
     lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
-    task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed), batch_size)
+    lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
+    task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights), batch_size, lora)
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every,
-                      log_every=log_every, seed=seed, threads=threads)
+                      log_every=log_every, seed=seed, threads=threads, mixed_precision=mixed_precision)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
 
@@ -150,17 +160,21 @@ def export(
     checkpoint: Path = typer.Argument(..., help="a training checkpoint directory (checkpoint-NNNNNN)"),
     out: Path = typer.Argument(..., help="destination .safetensors"),
 ) -> None:
-    """Write a checkpoint's trained weights as a standalone safetensors file (with its training state)."""
+    """Write a checkpoint's trained weights as a standalone safetensors file (with its training state).
+
+    A LLaVA-mini stage-1 checkpoint with LM LoRA also writes ``lm_lora.safetensors`` beside ``out``."""
     from safetensors.torch import load_file, save_file
 
     state = json.loads((checkpoint / "state.json").read_text())
-    tensors = load_file(str(checkpoint / "trainable.safetensors"))
     metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
                 "loop": json.dumps(state["loop"], sort_keys=True)}
     if state["task"].get("kind") == "projector":
-        from .models.mini import VISION_FEATURE_LAYER
+        from .models.mini import export_stage1
 
-        metadata["vision_feature_layer"] = str(VISION_FEATURE_LAYER)
+        projector, lora = export_stage1(checkpoint, out, metadata)
+        typer.echo(f"wrote {projector}" + (f" and {lora}" if lora else "") + f" (step {state['step']})")
+        return
+    tensors = load_file(str(checkpoint / "trainable.safetensors"))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=metadata)
     typer.echo(f"wrote {out} ({len(tensors)} tensors, step {state['step']})")
@@ -181,12 +195,18 @@ def eval_base(
     from .models.base_eval import evaluate_base
     from .synth.avatarworld import AvatarWorld
 
-    if projector is not None and projector.is_dir():
-        projector = projector / "trainable.safetensors"
-    model, processor = load_base("mini", projector=projector)  # None: the committed projector
+    import tempfile
+
+    from .models.mini import export_stage1
+
+    tmp, source = tempfile.TemporaryDirectory(), projector
+    if projector is not None and projector.is_dir():  # a training checkpoint: split it like `plvm export`
+        projector, _ = export_stage1(projector, Path(tmp.name) / "projector.safetensors")
+    model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ its LoRA)
+    tmp.cleanup()
     lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed)
-    result.config["projector"] = str(projector) if projector else "committed"
+    result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
   :func:`plvm.models.mini.build_llava_mini` with the trained projector committed at
   ``models/llava-mini/projector.safetensors`` (repository checkout) or shipped at
   ``plvm/data/llava-mini/projector.safetensors`` (installed package); without one, a random projector and
-  a loud warning.
+  a loud warning. A projector trained together with LM LoRA names its ``lm_lora.safetensors`` (beside it)
+  in its metadata; the LoRA is merged into the LM at load.
 * anything else → a hub name or local directory of a full-scale model: ``AutoConfig`` decides between
   ``LlavaForConditionalGeneration`` (``model_type == "llava"``) and
   ``LlavaOnevisionForConditionalGeneration`` (``"llava_onevision"``); the processor comes from
@@ -55,7 +56,7 @@ def load_base(name_or_path: str, **kw: Any) -> tuple[PreTrainedModel, ProcessorM
         name_or_path: ``"mini"`` (LLaVA-mini) or a hub id / local directory of a LLaVA or LLaVA-OneVision
             model saved with ``save_pretrained``.
         **kw: For LLaVA-mini: ``projector`` (path; default: the committed trained projector),
-            ``image_size``, ``dtype``. Otherwise: passed to ``from_pretrained`` of the model (e.g.
+            ``lora`` (default: the one the projector names), ``image_size``, ``dtype``. Otherwise: passed to ``from_pretrained`` of the model (e.g.
             ``dtype``, ``local_files_only``, ``revision``); ``processor_kwargs`` (dict) goes to
             ``AutoProcessor.from_pretrained``; ``processor`` (a ready processor) skips ``AutoProcessor``.
 

@@ -30,13 +30,15 @@ DINOv2 use).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoTokenizer,
     Dinov2Config,
@@ -249,16 +251,70 @@ def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> di
     return metadata
 
 
+LORA_FILE_KEY = "lm_lora"
+LORA_SHA_KEY = "lm_lora_sha256"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def projector_lora(projector: str | Path) -> Path | None:
+    """The LM LoRA file a projector was trained with (named in its metadata, beside it), or ``None``.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` when the named file is missing or is not the one the
+    projector was trained with (sha256 recorded at export).
+    """
+    projector = Path(projector)
+    _, meta = read_projector(projector)
+    name = meta.get(LORA_FILE_KEY)
+    if not name:
+        return None
+    path = projector.with_name(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{projector} was trained together with the LM LoRA {path}, which is missing")
+    if meta.get(LORA_SHA_KEY) and _sha256(path) != meta[LORA_SHA_KEY]:
+        raise ValueError(f"{path} is not the LoRA {projector} was trained with (sha256 differs)")
+    return path
+
+
+def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, str] | None = None
+                  ) -> tuple[Path, Path | None]:
+    """Split a stage-1 training checkpoint into ``out`` (projector) and, if LoRA trained, ``lm_lora.safetensors``
+    beside it; the projector's metadata names the LoRA file and its sha256, so they load as a pair."""
+    from plvm.models.mini_lora import MiniLoraConfig, save_lora
+    from plvm.training.stage1_task import LORA_KEY, PROJECTOR_KEY
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    state = json.loads((checkpoint / "state.json").read_text())
+    tensors = load_file(str(checkpoint / "trainable.safetensors"))
+    meta = {"vision_feature_layer": str(VISION_FEATURE_LAYER), **(metadata or {})}
+    lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
+    lora_path = None
+    if lora:
+        config = MiniLoraConfig.from_metadata(state["task"]["lora"])
+        lora_path = save_lora(lora, config, out.with_name("lm_lora.safetensors"), meta)
+        meta.update({LORA_FILE_KEY: lora_path.name, LORA_SHA_KEY: _sha256(lora_path)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v for k, v in tensors.items() if k.startswith(PROJECTOR_KEY)}, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out, lora_path
+
+
 def build_llava_mini(
     projector: str | Path | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
     dtype: torch.dtype = torch.float32,
+    lora: str | Path | None | bool = True,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Assemble LLaVA-mini (eval mode) and its processor.
 
     Args:
         projector: A projector safetensors file (:func:`save_projector`); ``None`` → random projector
             (seed :data:`PROJECTOR_SEED`).
+        lora: ``True`` → the stage-1 LM LoRA the projector names in its metadata (if any), merged into the
+            LM (:mod:`plvm.models.mini_lora`); a path → that LoRA file; ``False``/``None`` → none.
         image_size: Side of the square model input in pixels (multiple of 14):
             ``(image_size/14)²`` image tokens per image (168 → 144).
         dtype: Parameter dtype (the conversion is float32).
@@ -297,6 +353,11 @@ def build_llava_mini(
         init_projector(model, PROJECTOR_SEED)
     else:
         metadata = load_projector(model, projector)
+        lora_path = projector_lora(projector) if lora is True else (Path(lora) if lora else None)
+        if lora_path is not None:
+            from plvm.models.mini_lora import merge_lora
+
+            merge_lora(model, lora_path)
         trained = metadata.get("image_size")
         if trained and trained != str(image_size):
             warnings.warn(

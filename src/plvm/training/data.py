@@ -74,14 +74,17 @@ class AvatarWorldPersonalSource:
 class AvatarWorldGenericSource:
     """Generic (non-personalized) AvatarWorld data for LLaVA-mini's stage 1."""
 
-    def __init__(self, world: Any, seed: int = 0, split: str = "train"):
+    def __init__(self, world: Any, seed: int = 0, split: str = "train",
+                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2)):
+        """``mix``: proportions of caption, generic visual QA and same-person samples."""
         self.world = world
         self.seed = seed
         self.split = split
+        self.mix = tuple(float(x) for x in mix)
 
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
-        stream = self.world.iter_generic_samples(rng, split=self.split)
+        stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -90,7 +93,7 @@ class AvatarWorldGenericSource:
 
     def describe(self) -> dict[str, Any]:
         return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
-                "split": self.split}
+                "split": self.split, "mix": list(self.mix)}
 
 
 def find_reference(concept_dir: Path) -> Path:

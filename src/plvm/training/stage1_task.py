@@ -4,6 +4,10 @@ The LLaVA recipe's first stage: the vision tower and the language model stay fro
 2-layer MLP projector learns to map DINOv2 patch features into SmolLM2's embedding space, from captions,
 generic visual QA and two-image "same person?" questions (AvatarWorld's generic data). The loss is the
 masked LM loss over the answer (Eq. 2 with w = 1).
+
+Optionally (``lora=MiniLoraConfig(...)``) low-rank adapters on the LM train together with the projector
+(:mod:`plvm.models.mini_lora`); they are merged into the LM when LLaVA-mini is built, so the base the
+Aligner later sees is still a plain, frozen ``LlavaForConditionalGeneration``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 
 from ..conversation import Conversation
 from ..injection import ConceptTensors, PersonalizedLVLM
+from ..models.mini_lora import MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
 from .loss import shift_targets, weighted_answer_loss
 
 
@@ -42,29 +47,53 @@ def generic_conversation(example: GenericExample, with_answer: bool = True) -> C
     return conv
 
 
-class ProjectorTrainingTask:
-    """:class:`~plvm.training.loop.TrainingTask` that trains ``multi_modal_projector`` only."""
+PROJECTOR_KEY = "multi_modal_projector."
+LORA_KEY = "lm_lora."
 
-    def __init__(self, lvlm: PersonalizedLVLM, data: GenericDataSource, batch_size: int = 2):
+
+class ProjectorTrainingTask:
+    """:class:`~plvm.training.loop.TrainingTask` that trains ``multi_modal_projector`` (+ optional LM LoRA).
+
+    Checkpoint tensors: ``multi_modal_projector.*`` and, with LoRA, ``lm_lora.*`` (peft adapter keys).
+    """
+
+    def __init__(self, lvlm: PersonalizedLVLM, data: GenericDataSource, batch_size: int = 2,
+                 lora: MiniLoraConfig | None = None):
         self.lvlm = lvlm
         self.data = data
         self.batch_size = batch_size
+        self.lora = lora
         self.projector: nn.Module = lvlm.model.model.multi_modal_projector
+        lvlm.model.requires_grad_(False)
+        self.tuner = add_lora(lvlm.model, lora) if lora is not None else None
 
     def trainable_module(self) -> nn.Module:
         self.projector.requires_grad_(True)
-        return self.projector
+        if self.tuner is None:
+            return self.projector
+        for name, p in self.tuner.named_parameters():
+            p.requires_grad_("lora_" in name)
+        return nn.ModuleDict({"projector": self.projector, "lm": self.tuner})
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"multi_modal_projector.{k}": v for k, v in self.projector.state_dict().items()}
+        state = {PROJECTOR_KEY + k: v for k, v in self.projector.state_dict().items()}
+        if self.tuner is not None:
+            state.update({LORA_KEY + k: v for k, v in lora_state_dict(self.tuner).items()})
+        return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        prefix = "multi_modal_projector."
-        self.projector.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True)
+        proj = {k[len(PROJECTOR_KEY):]: v for k, v in state.items() if k.startswith(PROJECTOR_KEY)}
+        lora = {k[len(LORA_KEY):]: v for k, v in state.items() if k.startswith(LORA_KEY)}
+        if bool(lora) != (self.tuner is not None) or len(proj) + len(lora) != len(state):
+            raise ValueError("checkpoint and task disagree on what trains (projector only vs projector + LoRA)")
+        self.projector.load_state_dict(proj, strict=True)
+        if self.tuner is not None:
+            load_lora_state_dict(self.tuner, lora)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "projector", "base_model": self.lvlm.base_model_id, "data": self.data.describe(),
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size,
+                "lora": None if self.lora is None else self.lora.metadata()}
 
     def batch(self, step: int) -> list[GenericExample]:
         return self.data.examples(step, self.batch_size)
