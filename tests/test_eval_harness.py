@@ -228,6 +228,59 @@ def test_tiny_model_end_to_end(toy, tmp_path):
     assert "Mean acc" in md and "## QA controls" in md and "## Multi-concept" in md and "## Captioning" in md
 
 
+class SquareFaces:
+    """Face-backend stand-in for the toy set: the coloured square is the 'face', its mean colour the embedding."""
+
+    name = "squares"
+    threshold = 0.99
+
+    def detect_and_embed(self, image):
+        from types import SimpleNamespace
+
+        import numpy as np
+
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+        mask = (np.abs(arr - 245).max(-1) > 40)
+        if not mask.any():
+            return []
+        ys, xs = np.nonzero(mask)
+        return [SimpleNamespace(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), score=1.0,
+                                embedding=arr[mask].mean(0) - 127.0)]
+
+
+def test_identify_methods_rows(toy, tmp_path):
+    ds = read_dataset(toy)
+    plvm = tiny_plvm()
+    methods = build_methods(["identify", "plvm-idp", "plvm"], plvm.lvlm, plvm, MethodOptions(face=SquareFaces()))
+    identify, idp, plain = methods
+    assert identify.index is idp.index  # one index, one photo cache
+    result = run_evaluation(methods, ds, ["recog", "vqa"], tmp_path, EvalConfig(negatives_per_image=2),
+                            progress=False)
+    data = result.data["methods"]
+    # identify answers recognition only, from the face match; on the toy set the colours identify perfectly
+    assert set(data["identify"]["results"]) == {"recog"} and data["identify"]["concept_tokens"] == 0
+    assert data["identify"]["results"]["recog"]["acc"] == 1.0
+    assert data["identify"]["identify"]["references_with_face"] == 3
+    rows = [r for r in result.predictions if r["method"] == "identify"]
+    assert len(rows) == 18 and {r["answer"] for r in rows} == {"face"}
+    # plvm-idp: the same PLVM concepts, plus a hint exactly when identify found the concept in the photo
+    assert set(data["plvm-idp"]["results"]) == {"recog", "vqa"}
+    assert data["plvm-idp"]["concept_tokens"] == data["plvm"]["concept_tokens"]
+    photo = ds.image(ds.concepts["toy_red"].query_images[0])
+    hint = idp.hint([Binding("bo", "toy_red")], photo)
+    assert hint.startswith("<bo> is the person ") and hint.endswith(".")
+    assert idp.hint([Binding("bo", "toy_blue")], photo) == ""
+    conv = idp.conversation("Is <bo> in this photo?", [Binding("bo", "toy_red")], [photo])
+    assert conv.turns[0].text == f"{hint}\nIs <bo> in this photo?"
+    assert plain.conversation("Is <bo> in this photo?", [Binding("bo", "toy_red")], [photo]).turns[0].text == \
+        "Is <bo> in this photo?"
+    # hints: the 6 recognition positives + each visual question about its own concept (6); none for the 12
+    # recognition negatives nor for the wrong-concept control (that identity is not in the photo)
+    assert data["plvm-idp"]["questions_with_photo"] == 18 + 2 * len(ds.visual_qa)
+    assert data["plvm-idp"]["questions_with_hint"] == 6 + len(ds.visual_qa)
+    assert "| PLVM + identify prompt |" in Path(result.files["markdown"]).read_text()
+
+
 # ============================================================================ 3. CLI
 def test_cli_mounted_as_plvm_eval(tmp_path):
     root = typer.Typer()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import sqlite3
-import time
 
 import numpy as np
 import pytest
@@ -273,6 +272,69 @@ def test_face_backend_hook_adds_regions_and_face_matches(tmp_path, plvm):
     assert top.name == "red" and top.source == "face" and top.present
 
 
+class ListedFaces:
+    """A face backend returning fixed faces (box, score, embedding)."""
+
+    name = "listed"
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect_and_embed(self, image):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(box=b, score=s, embedding=np.asarray(e, np.float32)) for b, s, e in self.faces]
+
+
+def test_main_face_is_the_large_central_one_and_no_face_is_recorded(tmp_path, plvm):
+    from plvm.identify import main_face
+
+    edge_big = ((0, 0, 60, 60), 0.99, [1, 0, 0])  # bigger, but in the corner
+    centre = ((70, 70, 130, 128), 0.80, [0, 1, 0])
+    tiny = ((95, 95, 105, 105), 0.99, [0, 0, 1])
+    faces = ListedFaces([edge_big, centre, tiny]).detect_and_embed(None)
+    assert main_face(faces, (200, 200)).box == centre[0]
+    assert main_face(faces[:1], (200, 200)).box == edge_big[0] and main_face([], (10, 10)) is None
+
+    store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
+    with_face = store.add_from_image("bo", png(1, (200, 200)), ReferenceEncoder(plvm, face=ListedFaces([edge_big, centre])))
+    assert with_face.metadata["face"] == {"backend": "face:listed", "faces_found": 2, "box": [70.0, 70.0, 130.0, 128.0],
+                                          "score": 0.8}
+    assert list(store.feature_matrix("face:listed").names) == ["bo"]
+    np.testing.assert_allclose(store.feature_matrix("face:listed").matrix[0], [0, 1, 0], atol=1e-6)
+    mug = store.add_from_image("mug", png(2, (200, 200)), ReferenceEncoder(plvm, face=ListedFaces([])))
+    assert mug.metadata["face"] == {"backend": "face:listed", "faces_found": 0}
+    assert "face:listed" not in mug.feature_kinds and any(k.startswith("ref:") for k in mug.feature_kinds)
+    assert store.get("mug").metadata["face"]["faces_found"] == 0  # persisted, not just returned
+
+
+def test_visual_prompt_describes_where_identified_people_are(tmp_path, plvm):
+    from plvm.chat import ChatSession
+    from plvm.identify import IdentifyResult, Match, visual_prompt
+
+    result = IdentifyResult([Match("bo", 0.9, "face", (10, 0, 50, 40), True),
+                             Match("al", 0.8, "face", (160, 0, 200, 40), True),
+                             Match("cy", 0.7, "image", None, True),
+                             Match("zz", 0.1, "face", (90, 0, 110, 40), False)], threshold=0.5)
+    assert visual_prompt(result, 200) == ("<bo> is the person on the left. <al> is the person on the right. "
+                                          "<cy> appears in this photo.")
+    assert visual_prompt(result, 200, names=["al"]) == "<al> is the person on the right."
+    assert visual_prompt(IdentifyResult([], 0.5), 200) == ""
+
+    # in a chat session: the hint precedes the question only when switched on
+    faces = ListedFaces([((0, 0, 20, 20), 0.9, [1, 0, 0])])
+    store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
+    encoder = ReferenceEncoder(plvm, face=faces)
+    store.add_from_image("bo", png(3, (120, 60)), encoder)
+    for switched, expected in ((True, "<bo> is the person on the left.\nIs <bo> here?"), (False, "Is <bo> here?")):
+        session = ChatSession(plvm, store, Identifier(store, encoder, face=faces, threshold=2.0, face_threshold=0.9),
+                              visual_prompt=switched, max_new_tokens=2)
+        session.set_image(decode_image(png(4, (120, 60))).image)
+        turn = session.prepare("Is <bo> here?")
+        assert [a.name for a in turn.active] == ["bo"] and turn.identify.present[0].source == "face"
+        assert session.history()[-1]["text"] == expected
+
+
 def _seed_index(store: ConceptStore, names: list[str], kind: str, feats: np.ndarray) -> None:
     """Fill the index with many concepts quickly (rows + feature vectors; identify never opens their files)."""
     with store._write() as db:
@@ -296,9 +358,7 @@ def test_identify_over_ten_thousand_concepts_is_one_cached_matrix(tmp_path, plvm
     first = identifier.identify(query, top_k=3)
     matrix = store.feature_matrix(encoder.kind)
     assert matrix.matrix.shape == (n, 32) and store.feature_matrix(encoder.kind) is matrix  # cached
-    t0 = time.perf_counter()
     again = identifier.identify(query, top_k=3)
-    assert time.perf_counter() - t0 < 1.0
     assert first.matches[0].name == again.matches[0].name == "c01234" and len(again.matches) == 3
     assert first.num_concepts == n and first.matches[0].score == pytest.approx(1.0, abs=1e-4)
     store.add(fake_concept("late"), features={encoder.kind: feats[1234]})  # a write invalidates the cache

@@ -32,6 +32,7 @@ from PIL import Image
 from .concept import ConceptError, normalize_name
 from .conversation import Conversation, UnknownConceptError, referenced_names
 from .identify import Identifier, IdentifyResult
+from .identify import visual_prompt as make_visual_prompt
 from .images import DEFAULT_LIMITS, ImageError, ImageLimits, ImageSource, LoadedImage, load_image
 from .store import ConceptRecord, ConceptStore, StoreError
 
@@ -98,6 +99,8 @@ class ChatSession:
         store: The concept store (bound to the PLVM's base model).
         identifier: Optional; when given and ``auto_identify`` is on, each new photo is identified and the
             concepts found (at most ``max_auto`` of them) become active.
+        visual_prompt: Prefix the question with a set-of-mark style description of where identified
+            concepts are ("<bo> is the person on the left.", :func:`plvm.identify.visual_prompt`).
         encoder: The :class:`plvm.identify.ReferenceEncoder` used by :meth:`add_concept` (defaults to the
             identifier's).
         max_new_tokens: Answer length limit.
@@ -117,6 +120,7 @@ class ChatSession:
         max_question_chars: int = 4000,
         limits: ImageLimits = DEFAULT_LIMITS,
         model_lock: threading.Lock | None = None,
+        visual_prompt: bool = False,
     ):
         self.plvm = plvm
         self.store = store
@@ -128,6 +132,7 @@ class ChatSession:
         self.max_question_chars = max_question_chars
         self.limits = limits
         self.model_lock = model_lock or threading.Lock()
+        self.visual_prompt = visual_prompt
         self.conversation = Conversation()
         self.active: dict[str, ActiveConcept] = {}
         self.pending_images: list[Image.Image] = []
@@ -234,7 +239,10 @@ class ChatSession:
                         self._activate(match.name, "identified", match.score)
                         new.append(match.name)
             had_image = bool(self.pending_images)
-            self.conversation.user(text, image=self.pending_images or None)
+            hint = ""
+            if self.visual_prompt and identify is not None and self.pending_images:
+                hint = make_visual_prompt(identify, self.pending_images[-1].width, names=list(self.active))
+            self.conversation.user(f"{hint}\n{text}" if hint else text, image=self.pending_images or None)
         except BaseException:
             self.conversation, self.active = snapshot, active_snapshot
             raise

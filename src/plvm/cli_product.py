@@ -87,11 +87,13 @@ def load_model(name: str) -> Any:
 
 
 def load_face_backend() -> Any:
-    """The face encoder named by ``$PLVM_FACE_BACKEND`` (default ``dlib``, CC0 weights).
+    """The face encoder named by ``$PLVM_FACE_BACKEND`` (default ``dlib``, CC0 weights; ``none``: off).
 
     ``insightface`` additionally needs ``PLVM_ALLOW_NONCOMMERCIAL=1``: its weights are licensed for
     non-commercial research only.
     """
+    if os.environ.get("PLVM_FACE_BACKEND", "").lower() == "none":
+        raise ModelUnavailableError("face backend turned off (PLVM_FACE_BACKEND=none)")
     try:
         from .encoders.face import FaceConfig, FaceEncoder
     except ImportError as exc:
@@ -104,6 +106,23 @@ def load_face_backend() -> Any:
         return FaceEncoder.from_config(config)
     except (ImportError, PermissionError, ValueError) as exc:
         raise ModelUnavailableError(f"face backend {config.backend!r} unavailable: {exc}") from None
+
+
+FACES_HELP = ("face detection + embedding for person concepts: on by default when a face backend is installed "
+              "($PLVM_FACE_BACKEND, default dlib); --faces requires one, --no-faces turns it off")
+
+
+def face_backend_option(faces: Optional[bool]) -> Any:
+    """``--faces`` → the backend (error if unavailable); ``--no-faces`` → ``None``; default → if available."""
+    if faces is False:
+        return None
+    try:
+        return load_face_backend()
+    except ModelUnavailableError as exc:
+        if faces:
+            raise
+        typer.secho(f"note: no face embeddings ({exc})", err=True, fg=typer.colors.BRIGHT_BLACK)
+        return None
 
 
 def open_store(store: Optional[Path], plvm: Any = None) -> ConceptStore:
@@ -138,9 +157,9 @@ def concepts_add(
     replace: bool = typer.Option(False, "--replace", help="overwrite an existing concept of this name"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
-    faces: bool = typer.Option(False, "--faces", help="also store a face embedding (needs a face backend)"),
+    faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
 ) -> None:
-    """Make a concept from NAME and one IMAGE (one Aligner pass) and store it."""
+    """Make a concept from NAME and one IMAGE (one Aligner pass; + its main face's embedding) and store it."""
     from .identify import ReferenceEncoder
     from .images import load_image
 
@@ -149,10 +168,14 @@ def concepts_add(
     loaded = load_image(image)
     plvm = load_model(model)
     s.bind(StoreIdentity.of(plvm))
-    encoder = ReferenceEncoder(plvm, face=load_face_backend() if faces else None)
+    encoder = ReferenceEncoder(plvm, face=face_backend_option(faces))
     record = s.add_from_image(bare, loaded, encoder, replace=replace)
-    typer.echo(f"added {record.token} ({record.image_width}x{record.image_height}, base {record.base_model}) "
-               f"to {s.root}")
+    face = record.metadata.get("face")
+    face_note = "" if face is None else (
+        f", main face {face['box']} stored ({face['backend']})" if face.get("box") else
+        f", no face found ({face['backend']})")
+    typer.echo(f"added {record.token} ({record.image_width}x{record.image_height}, base {record.base_model}"
+               f"{face_note}) to {s.root}")
 
 
 @concepts_app.command("list")
@@ -267,13 +290,17 @@ def ask(
     auto_identify: bool = typer.Option(True, "--auto-identify/--no-auto-identify",
                                        help="also use stored concepts identified in the photo"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="identify threshold (cosine)"),
+    faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
+    visual_prompt: bool = typer.Option(False, "--visual-prompt/--no-visual-prompt",
+                                       help="tell the model where identified people are ('<bo> is the person "
+                                            "on the left.')"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of streaming"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Ask one question; concepts written as <name> are loaded from the store."""
-    from .chat import ChatSession, format_active
+    from .chat import ChatSession, format_active, format_identify
     from .conversation import UnknownConceptError, referenced_names
     from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
     from .images import load_image
@@ -289,11 +316,15 @@ def ask(
     loaded = load_image(image) if image is not None else None
     plvm = load_model(model)
     s.bind(StoreIdentity.of(plvm))
-    encoder = ReferenceEncoder(plvm)
-    identifier = Identifier(s, encoder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
-    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens)
+    face = face_backend_option(faces) if (auto_identify and loaded is not None) or faces else None
+    encoder = ReferenceEncoder(plvm, face=face)
+    identifier = Identifier(s, encoder, face=face, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens,
+                          visual_prompt=visual_prompt)
     if loaded is not None:
-        session.set_image(loaded)
+        result = session.set_image(loaded)
+        if result is not None and not as_json:
+            typer.secho(format_identify(result), err=True, fg=typer.colors.BRIGHT_BLACK)
     turn = session.prepare(question, concept)
     if as_json:
         _echo_json(session.generate(turn).to_dict())
@@ -314,7 +345,7 @@ def identify(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="cosine similarity to count as present"),
     top_k: int = typer.Option(10, "--top-k"),
     box: List[str] = typer.Option([], "--box", help="also score this region: x0,y0,x1,y1 (repeatable)"),
-    faces: bool = typer.Option(False, "--faces", help="detect faces and score them too (needs a face backend)"),
+    faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
     as_json: bool = typer.Option(False, "--json"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -327,7 +358,7 @@ def identify(
     loaded = load_image(image)
     plvm = load_model(model)
     s = open_store(store, plvm)
-    face = load_face_backend() if faces else None
+    face = face_backend_option(faces)
     identifier = Identifier(s, ReferenceEncoder(plvm, face=face), face=face,
                             threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
     result = identifier.identify(loaded.image, regions=boxes, top_k=top_k)
@@ -350,6 +381,9 @@ def chat(
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="a photo for the first question"),
     auto_identify: bool = typer.Option(True, "--auto-identify/--no-auto-identify"),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
+    faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
+    visual_prompt: bool = typer.Option(False, "--visual-prompt/--no-visual-prompt",
+                                       help="tell the model where identified people are"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -362,8 +396,11 @@ def chat(
     loaded = load_image(image) if image is not None else None
     plvm = load_model(model)
     s = open_store(store, plvm)
-    identifier = Identifier(s, ReferenceEncoder(plvm), threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
-    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens)
+    face = face_backend_option(faces)
+    identifier = Identifier(s, ReferenceEncoder(plvm, face=face), face=face,
+                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens,
+                          visual_prompt=visual_prompt)
     banner = f"plvm chat — model {model} (base {s.identity.base_model if s.identity else '?'}), " \
              f"store {s.root} ({len(s)} concepts)"
     if loaded is not None:

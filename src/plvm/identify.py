@@ -12,7 +12,10 @@ Regions come from explicit boxes and/or an optional face backend: any object wit
 
 * detected face boxes are added as regions for the reference-encoder similarity, and
 * face embeddings are matched against concepts whose reference image had a face (their face embedding is
-  stored at add time under the kind ``face:<backend name>``), with their own threshold.
+  stored at add time under the kind ``face:<backend name>``), with their own threshold. When the query
+  shows faces, such a *person* concept is decided by its best face match alone (a whole-image feature
+  match does not override "none of these faces is them"); concepts without a face, and photos in which
+  no face is detected, use the image-feature path.
 
 Scores are cosine similarities in ``[-1, 1]``; a concept is *present* when its best score reaches the
 threshold of the source that produced it.
@@ -28,7 +31,7 @@ import torch
 from PIL import Image
 
 from .concept import ConceptEmbedding
-from .store import ConceptStore, EncodedConcept
+from .store import EncodedConcept, FeatureMatrix
 
 Box = tuple[float, float, float, float]
 
@@ -40,6 +43,12 @@ class FaceLike(Protocol):
     box: Sequence[float]
     score: float
     embedding: Any
+
+
+class FeatureSource(Protocol):
+    """Where :class:`Identifier` reads stored vectors: a :class:`~plvm.store.ConceptStore` or an in-memory table."""
+
+    def feature_matrix(self, kind: str) -> FeatureMatrix: ...
 
 
 class FaceBackend(Protocol):
@@ -104,17 +113,74 @@ class ReferenceEncoder:
         """One encoder pass → the concept's embeddings and its feature vector(s)."""
         z_ref = self.plvm.aligner.encode_reference(self._pixels([image]))
         concept: ConceptEmbedding = self.plvm.aligner.make_concepts([name], z_ref=z_ref)[0]
-        features = {self.kind: z_ref[0, 0].float().cpu().numpy()}
-        if self.face is not None:
-            faces = list(self.face.detect_and_embed(image))
-            if faces:
-                best = max(faces, key=lambda f: float(f.score) * _box_area(f.box))
-                features[face_kind(self.face)] = np.asarray(best.embedding, dtype=np.float32).reshape(-1)
-        return EncodedConcept(concept, features)
+        features, metadata = self.face_features(image)
+        features[self.kind] = z_ref[0, 0].float().cpu().numpy()
+        return EncodedConcept(concept, features, metadata)
+
+    def face_features(self, image: Image.Image) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The main face's embedding (``{face:<backend>: [d]}``, empty if none) and what was found.
+
+        Metadata ``{"face": {"backend", "faces_found", "box", "score"}}`` — ``faces_found = 0`` records
+        that the reference shows no face (the concept still works through the image features); ``{}``
+        without a face backend.
+        """
+        if self.face is None:
+            return {}, {}
+        faces = list(self.face.detect_and_embed(image))
+        main = main_face(faces, image.size)
+        record: dict[str, Any] = {"backend": face_kind(self.face), "faces_found": len(faces)}
+        features: dict[str, np.ndarray] = {}
+        if main is not None:
+            features[face_kind(self.face)] = np.asarray(main.embedding, dtype=np.float32).reshape(-1)
+            record.update(box=[round(float(v), 1) for v in main.box], score=round(float(main.score), 4))
+        return features, {"face": record}
 
 
 def _box_area(box: Sequence[float]) -> float:
     return max(0.0, float(box[2]) - float(box[0])) * max(0.0, float(box[3]) - float(box[1]))
+
+
+def main_face(faces: Sequence[FaceLike], size: tuple[int, int]) -> FaceLike | None:
+    """The reference photo's subject: the largest face, discounted by its distance from the centre.
+
+    Key: ``area × (1 − d / half_diagonal)``, ``d`` = distance of the box centre from the image centre — a
+    tight portrait's face wins over a bigger face cut off at the edge only if it is much smaller.
+    """
+    if not faces:
+        return None
+    w, h = size
+    half_diag = max(1e-6, 0.5 * float(np.hypot(w, h)))
+
+    def key(face: FaceLike) -> float:
+        x0, y0, x1, y1 = (float(v) for v in face.box)
+        d = float(np.hypot((x0 + x1) / 2 - w / 2, (y0 + y1) / 2 - h / 2))
+        return _box_area(face.box) * max(0.0, 1.0 - d / half_diag)
+
+    return max(faces, key=key)
+
+
+def horizontal_place(box: Sequence[float], width: int) -> str:
+    """``"on the left"`` / ``"in the middle"`` / ``"on the right"`` of a box's centre in thirds of ``width``."""
+    cx = (float(box[0]) + float(box[2])) / 2 / max(1, width)
+    return "on the left" if cx < 1 / 3 else ("on the right" if cx > 2 / 3 else "in the middle")
+
+
+def visual_prompt(result: IdentifyResult, width: int, names: Iterable[str] | None = None) -> str:
+    """A training-free, set-of-mark style prompt in words from an identification (MC-LLaVA spirit).
+
+    For every present match (restricted to ``names`` if given): ``"<bo> is the person on the left."`` when
+    the match has a box (a face or region), else ``"<bo> appears in this photo."``; ``""`` if nobody matched.
+    """
+    wanted = None if names is None else {n.strip("<>") for n in names}
+    parts = []
+    for m in result.present:
+        if wanted is not None and m.name not in wanted:
+            continue
+        if m.box is not None:
+            parts.append(f"<{m.name}> is the person {horizontal_place(m.box, width)}.")
+        else:
+            parts.append(f"<{m.name}> appears in this photo.")
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------------- results
@@ -171,7 +237,8 @@ class Identifier:
     """Ranks a store's concepts against query images.
 
     Args:
-        store: The concept store (its feature matrix is cached and invalidated on writes).
+        store: The concept store (its feature matrix is cached and invalidated on writes), or any
+            :class:`FeatureSource` (e.g. the evaluation harness's in-memory table).
         encoder: The :class:`ReferenceEncoder` whose features the store holds.
         face: Optional face backend (used for extra regions and face-embedding matches).
         threshold: Cosine similarity from which a concept counts as present (reference features).
@@ -181,7 +248,7 @@ class Identifier:
 
     def __init__(
         self,
-        store: ConceptStore,
+        store: FeatureSource,
         encoder: ReferenceEncoder,
         face: FaceBackend | None = None,
         threshold: float = DEFAULT_THRESHOLD,
@@ -238,15 +305,10 @@ class Identifier:
             if len(fm) and embeddings:
                 fscores = _unit(np.stack(embeddings)) @ fm.matrix.T  # [F, N_face]
                 rows = fscores.argmax(axis=0)
-                for j, name in enumerate(fm.names):
+                for j, name in enumerate(fm.names):  # a person concept is decided by its face when faces are seen
                     score = float(fscores[rows[j], j])
-                    present = score >= face_threshold
-                    current = best.get(name)
-                    if current is None or (present and not current.present) or (
-                        present == current.present and score > current.score
-                    ):
-                        best[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, image.size),
-                                           present)
+                    best[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, image.size),
+                                       score >= face_threshold)
         matches = sorted(best.values(), key=lambda m: (not m.present, -m.score))
         if top_k is not None:
             matches = matches[: max(0, int(top_k))]
@@ -264,4 +326,7 @@ __all__ = [
     "ReferenceEncoder",
     "clamp_box",
     "face_kind",
+    "horizontal_place",
+    "main_face",
+    "visual_prompt",
 ]

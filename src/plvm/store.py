@@ -118,6 +118,7 @@ class EncodedConcept:
 
     concept: ConceptEmbedding
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. {"face": {"faces_found": 0, ...}}
 
 
 class ConceptEncoderLike(Protocol):
@@ -615,6 +616,7 @@ class ConceptStore:
         loaded = source if isinstance(source, LoadedImage) else load_image(source, limits)
         encoded = encoder.encode(bare, loaded.image)
         meta = {"image_sha256": loaded.sha256, "image_format": loaded.format, "image_mode": loaded.original_mode}
+        meta.update(getattr(encoded, "metadata", None) or {})
         meta.update(metadata or {})
         return self.add(encoded.concept, loaded, encoded.features, replace=replace, metadata=meta)
 

@@ -61,6 +61,10 @@ class Method:
     key = "method"
     label = "method"
     personalized = True
+    tasks: tuple[str, ...] | None = None  # the tasks it can answer (None: all)
+
+    def supports(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
     def __init__(self, lvlm: PersonalizedLVLM):
         self.lvlm = lvlm
@@ -406,7 +410,7 @@ class YoLLaVA(EmbeddingMethod):
 
 
 # ============================================================================ factory
-METHOD_KEYS = ("none", "text", "image", "yollava", "plvm")
+METHOD_KEYS = ("none", "text", "image", "yollava", "plvm", "identify", "plvm-idp")
 
 
 @dataclass
@@ -418,14 +422,28 @@ class MethodOptions:
     describe_prompt: str = "Describe the person in this image in one short sentence."
     yollava: YoLLaVAConfig = field(default_factory=YoLLaVAConfig)
     yollava_k: int | None = None  # default: PLVM's k
+    face: Any = None  # face backend of identify / plvm-idp (plvm.encoders.face.FaceEncoder); None: image features
+    identify_threshold: float | None = None  # image-feature cosine threshold (None: plvm.identify's default)
 
 
 def build_methods(
     keys: Sequence[str], lvlm: PersonalizedLVLM, plvm: Any = None, options: MethodOptions | None = None
 ) -> list[Method]:
-    """Instantiate methods by key (``none, text, image, yollava, plvm``) on one shared LVLM."""
+    """Instantiate methods by key (:data:`METHOD_KEYS`) on one shared LVLM."""
+    from .identify import IdentifyIndex, IdentifyRecognition, PLVMIdentifyPrompt
+
     options = options or MethodOptions()
     k = plvm.aligner.config.num_queries if plvm is not None else None
+    shared: dict[str, IdentifyIndex] = {}
+
+    def index() -> IdentifyIndex:  # one index (and one photo cache) for both identify methods
+        if "index" not in shared:
+            if plvm is None:
+                raise ValueError("the identify methods need a PLVM (its reference encoder)")
+            kw = {} if options.identify_threshold is None else {"threshold": options.identify_threshold}
+            shared["index"] = IdentifyIndex(plvm, options.face, **kw)
+        return shared["index"]
+
     factories: dict[str, Callable[[], Method]] = {
         "none": lambda: NoPersonalization(lvlm, options.phrase),
         "text": lambda: TextPrompt(lvlm, options.text_tokens or k or 16, options.describe_prompt),
@@ -434,6 +452,8 @@ def build_methods(
             lvlm, YoLLaVAConfig(**{**asdict(options.yollava), "k": options.yollava_k or k or options.yollava.k})
         ),
         "plvm": lambda: _plvm_method(plvm, lvlm),
+        "identify": lambda: IdentifyRecognition(lvlm, index()),
+        "plvm-idp": lambda: PLVMIdentifyPrompt(_plvm_method(plvm, lvlm).plvm, index()),
     }
     unknown = [key for key in keys if key not in factories]
     if unknown:

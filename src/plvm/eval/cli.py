@@ -92,6 +92,9 @@ def eval_command(
     reference_index: int = typer.Option(0, help="Yo'LLaVA layout: which train image is the reference"),
     negative_examples: bool = typer.Option(False, help="Yo'LLaVA layout: read train/<id>/negative_example/ "
                                                        "(extra negatives for Yo'LLaVA tuning)"),
+    face_backend: str = typer.Option("dlib", help="identify / plvm-idp methods: dlib | insightface (needs "
+                                                  "PLVM_ALLOW_NONCOMMERCIAL=1) | none (image features only)"),
+    identify_threshold: Optional[float] = typer.Option(None, help="identify: image-feature cosine threshold"),
     toy: bool = typer.Option(False, help="first write a tiny synthetic dataset into --data (smoke tests)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     no_progress: bool = typer.Option(False, help="hide progress bars"),
@@ -129,7 +132,20 @@ def eval_command(
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
     plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys)
+    face = None
+    if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):
+        import os
+
+        from ..encoders.face import FaceConfig, FaceEncoder
+
+        try:
+            face = FaceEncoder.from_config(FaceConfig(
+                backend=face_backend, allow_noncommercial=os.environ.get("PLVM_ALLOW_NONCOMMERCIAL") == "1"))
+        except (ImportError, PermissionError, ValueError) as exc:  # missing package / licence opt-in
+            raise typer.BadParameter(f"face backend {face_backend!r} unavailable: {exc} (or --face-backend none)")
     options = MethodOptions(
+        face=face,
+        identify_threshold=identify_threshold,
         phrase=phrase,
         text_tokens=text_tokens,
         describe_prompt=f"Describe the {subject} in this image in one short sentence.",

@@ -165,7 +165,7 @@ def run_evaluation(
         method.prepare(dataset, needed, progress=progress)
         entry: dict[str, Any] = {"results": {}, "seconds": {"prepare": time.perf_counter() - t0}}
         for task in config.tasks:
-            if not items[task]:
+            if not items[task] or not method.supports(task):
                 continue
             t0 = time.perf_counter()
             if task == "recog":

@@ -66,7 +66,16 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(items), desc=f"{method.key}: recognition", disable=not ctx.progress, leave=False)
     example_prompt_tokens = None
+    recognize = getattr(method, "recognize", None)
     for chunk in chunks(items, cfg.batch_size):
+        if recognize is not None:  # a method that decides without the LVLM (plvm.eval.identify)
+            for it in chunk:
+                pred, score, source = recognize(it.concept, ds.image(it.image))
+                records.append({"task": "recog", "method": method.key, "concept": it.concept, "owner": it.owner,
+                                "image": ctx.rel(it.image), "label": it.label, "pred": pred, "score": score,
+                                "answer": source, "correct": pred == it.label})
+            bar.update(len(chunk))
+            continue
         convs = []
         for it in chunk:
             name = ds.name_of(it.concept)
