@@ -157,6 +157,28 @@ def test_ask_plain_and_streamed(client):
     assert "".join(e["text"] for e in events if e["event"] == "text").strip() == events[-1]["answer"]
 
 
+def test_ask_with_faces_and_visual_prompt(plvm, store):
+    from types import SimpleNamespace
+
+    class OneFace:  # a face backend stand-in: one face on the left, embedding = the photo's mean colour
+        name = "oneface"
+        threshold = 0.99
+
+        def detect_and_embed(self, image):
+            arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+            return [SimpleNamespace(box=(0, 0, 10, 10), score=1.0, embedding=arr.mean((0, 1)) - 127.0)]
+
+    client = TestClient(create_app(plvm, store, limits=LIMITS, threshold=2.0, face=OneFace()))
+    added = add(client, "bo", seed=1).json()
+    assert added["face"]["faces_found"] == 1 and "face:oneface" in added["feature_kinds"]
+    r = client.post("/api/ask", data={"question": "Who is in this photo?", "visual_prompt": "true"},
+                    files={"image": ("q.png", png(1), "image/png")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["identify"]["present"] == ["bo"] and out["identify"]["matches"][0]["source"] == "face"
+    assert out["active_concepts"][0]["source"] == "identified"
+
+
 def test_ask_errors(client):
     add(client, "bo")
     r = client.post("/api/ask", data={"question": "Is <zz> here?"})

@@ -437,6 +437,7 @@ def serve(
     max_request_mb: float = typer.Option(24.0, "--max-request-mb", help="largest request body (MiB)"),
     max_image_mb: float = typer.Option(20.0, "--max-image-mb", help="largest image file (MiB)"),
     max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="largest image (megapixels)"),
+    faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
@@ -454,7 +455,7 @@ def serve(
     )
     plvm = load_model(model)
     s = open_store(store, plvm)
-    app = create_app(plvm, s, token=token, limits=limits, model_name=model,
+    app = create_app(plvm, s, token=token, limits=limits, model_name=model, face=face_backend_option(faces),
                      threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
     typer.echo(f"plvm serving model {model} with store {s.root} ({len(s)} concepts) on http://{host}:{port}/"
                + (" (bearer token required)" if token else ""), err=True)

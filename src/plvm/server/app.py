@@ -173,10 +173,10 @@ def create_app(
     identifier = Identifier(store, encoder, face=face, threshold=threshold)
     model_lock = threading.Lock()
 
-    def new_session(auto_identify: bool = True) -> ChatSession:
+    def new_session(auto_identify: bool = True, visual_prompt: bool = False) -> ChatSession:
         return ChatSession(plvm, store, identifier, encoder, auto_identify=auto_identify,
                            max_new_tokens=limits.max_new_tokens, max_question_chars=limits.max_question_chars,
-                           limits=limits.image, model_lock=model_lock)
+                           limits=limits.image, model_lock=model_lock, visual_prompt=visual_prompt)
 
     sessions = SessionRegistry(new_session, limits.max_sessions)
     auth = TokenAuth(token)
@@ -368,9 +368,11 @@ def create_app(
         image: Optional[UploadFile] = File(None),
         concepts: Optional[str] = Form(None, description="extra stored concepts to use (comma separated)"),
         auto_identify: bool = Form(True, description="also use concepts identified in the photo"),
+        visual_prompt: bool = Form(False, description="tell the model where identified people are "
+                                                      "('<bo> is the person on the left.')"),
         stream: bool = Form(False, description="answer as NDJSON events while generating"),
     ) -> Any:
-        session = new_session(auto_identify=auto_identify)
+        session = new_session(auto_identify=auto_identify, visual_prompt=visual_prompt)
         if image is not None and (image.filename or image.size):
             session.set_image(read_image(image, "photo"))
         turn = session.prepare(question, parse_names(concepts))

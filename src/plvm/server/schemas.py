@@ -23,12 +23,16 @@ class ConceptOut(BaseModel):
     created_at: float
     updated_at: float
     feature_kinds: list[str] = []
+    face: Optional[dict[str, Any]] = Field(None, description="main face of the reference: backend, faces_found "
+                                                               "(0 = none found), box, score; null without a face "
+                                                               "backend")
     image_url: Optional[str] = None
 
     @classmethod
     def of(cls, record: Any) -> "ConceptOut":
         d = record.to_dict()
         d["image_url"] = f"/api/concepts/{record.name}/image" if record.image_sha256 else None
+        d["face"] = dict(record.metadata).get("face")
         return cls(**{k: v for k, v in d.items() if k in cls.model_fields})
 
 
