@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from .config import MINI_BASE_MODEL
+
 app = typer.Typer(help="plvm — tuning-free personalization of vision-language models (PLVM).", no_args_is_help=True)
 
 
@@ -73,9 +75,12 @@ def train(
     save_every: int = typer.Option(100),
     log_every: int = typer.Option(10),
     grad_accum: int = typer.Option(1),
-    mixed_precision: str = typer.Option("no", help="no | fp16 | bf16 (GPU)"),
+    mixed_precision: str = typer.Option("no", help="no | fp16 | bf16 (accelerate autocast; bf16 also on "
+                                                   "CPUs with AMX/AVX512-BF16)"),
     threads: Optional[int] = typer.Option(None),
     no_resume: bool = typer.Option(False, help="start over even if OUT holds a checkpoint"),
+    init_aligner: Optional[Path] = typer.Option(None, help="start from these Aligner weights (a resumed "
+                                                          "checkpoint in OUT takes precedence)"),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from .aligner import Aligner
@@ -105,6 +110,10 @@ def train(
     lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model)
     enc, ref_proc = load_reference_encoder(cfg)
     aligner = Aligner(cfg, enc)
+    if init_aligner is not None:
+        from .pipeline import load_aligner_weights
+
+        load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every, log_every=log_every,
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
@@ -145,7 +154,7 @@ def train_base(
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
         raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
     model, processor = build_llava_mini(projector=init_projector)
-    lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
+    lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights), batch_size, lora)
@@ -204,7 +213,7 @@ def eval_base(
         projector, _ = export_stage1(projector, Path(tmp.name) / "projector.safetensors")
     model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ its LoRA)
     tmp.cleanup()
-    lvlm = PersonalizedLVLM(model, processor, base_model="plvm/llava-mini")
+    lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed)
     result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())

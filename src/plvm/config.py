@@ -77,6 +77,10 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# LLaVA-mini's base-model id. Revision 2 = stage 1 with LM LoRA merged (models/llava-mini/README.md); concepts
+# and Aligners made for revision 1 ("plvm/llava-mini", projector only) are refused by the id check.
+MINI_BASE_MODEL = "plvm/llava-mini-2"
+
 # §3.1 / §4.1: DINOv2-base reference encoder, MLP hidden 4096, 4-block resampler of width 1024, k = 16.
 _PAPER_ALIGNER = AlignerConfig(
     encoder="facebook/dinov2-base",
@@ -108,7 +112,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "mini": Preset(
         name="mini",
-        base_model="plvm/llava-mini",
+        base_model=MINI_BASE_MODEL,
         family="llava",
         aligner=AlignerConfig(
             encoder="mini",
@@ -120,7 +124,7 @@ PRESETS: dict[str, Preset] = {
             resampler_heads=6,
             num_queries=16,
             image_size=224,
-            base_model="plvm/llava-mini",
+            base_model=MINI_BASE_MODEL,
         ),
         notes="LLaVA-mini: DINOv2-S/14 + SmolLM2-135M-Instruct, runs on 2 CPU cores.",
     ),

@@ -136,27 +136,12 @@ class ReferenceEncoder:
         return features, {"face": record}
 
 
-def _box_area(box: Sequence[float]) -> float:
-    return max(0.0, float(box[2]) - float(box[0])) * max(0.0, float(box[3]) - float(box[1]))
-
-
 def main_face(faces: Sequence[FaceLike], size: tuple[int, int]) -> FaceLike | None:
-    """The reference photo's subject: the largest face, discounted by its distance from the centre.
+    """The reference photo's subject (:func:`plvm.encoders.face.pick_main_face`: the largest face, discounted
+    by its distance from the centre, among faces scoring ≥ half the best); ``None`` without faces."""
+    from .encoders.face import pick_main_face
 
-    Key: ``area × (1 − d / half_diagonal)``, ``d`` = distance of the box centre from the image centre — a
-    tight portrait's face wins over a bigger face cut off at the edge only if it is much smaller.
-    """
-    if not faces:
-        return None
-    w, h = size
-    half_diag = max(1e-6, 0.5 * float(np.hypot(w, h)))
-
-    def key(face: FaceLike) -> float:
-        x0, y0, x1, y1 = (float(v) for v in face.box)
-        d = float(np.hypot((x0 + x1) / 2 - w / 2, (y0 + y1) / 2 - h / 2))
-        return _box_area(face.box) * max(0.0, 1.0 - d / half_diag)
-
-    return max(faces, key=key)
+    return pick_main_face(faces, *size) if faces else None
 
 
 def horizontal_place(box: Sequence[float], width: int) -> str:

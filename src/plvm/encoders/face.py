@@ -643,17 +643,21 @@ class FaceEncoder(abc.ABC):
 
 
 def pick_main_face(faces: Sequence[FaceBox], width: int, height: int) -> FaceBox:
-    """The main face among ``faces`` of a ``width``×``height`` image (see :meth:`FaceEncoder.main_face`)."""
-    best = max(f.score for f in faces)
-    cands = [f for f in faces if best <= 0 or f.score >= 0.5 * best]
+    """The main face among ``faces`` of a ``width``×``height`` image (see :meth:`FaceEncoder.main_face`).
+
+    Works on anything with ``.box`` ``(x0, y0, x1, y1)`` and ``.score`` (the ``plvm.identify`` protocol).
+    """
+    best = max(float(f.score) for f in faces)
+    cands = [f for f in faces if best <= 0 or float(f.score) >= 0.5 * best]
     return max(cands, key=lambda f: main_face_key(f, width, height))
 
 
 def main_face_key(face: FaceBox, width: int, height: int) -> float:
     """Ranking key of :meth:`FaceEncoder.main_face`: ``area * (1 - 0.5 * centre distance / half-diagonal)``."""
-    cx, cy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     d = math.hypot(cx - width / 2.0, cy - height / 2.0) / max(math.hypot(width / 2.0, height / 2.0), 1e-9)
-    return face.area * (1.0 - 0.5 * min(d, 1.0))
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0) * (1.0 - 0.5 * min(d, 1.0))
 
 
 __all__ = [

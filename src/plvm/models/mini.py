@@ -50,6 +50,7 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from plvm.config import MINI_BASE_MODEL
 from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
 from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
 
@@ -58,7 +59,7 @@ DEFAULT_IMAGE_SIZE = 168  # 12 x 12 = 144 image tokens
 VISION_FEATURE_LAYER = -1
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
-BASE_MODEL_ID = "plvm/llava-mini"
+BASE_MODEL_ID = MINI_BASE_MODEL
 
 # SmolLM2's own default system prompt (its chat template inserts it when a conversation has none).
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
