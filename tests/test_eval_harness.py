@@ -254,8 +254,11 @@ def test_identify_methods_rows(toy, tmp_path):
     methods = build_methods(["identify", "plvm-idp", "plvm"], plvm.lvlm, plvm, MethodOptions(face=SquareFaces()))
     identify, idp, plain = methods
     assert identify.index is idp.index  # one index, one photo cache
-    result = run_evaluation(methods, ds, ["recog", "vqa"], tmp_path, EvalConfig(negatives_per_image=2),
+    result = run_evaluation(methods, ds, ["recog", "vqa"], tmp_path / "faces.md", EvalConfig(negatives_per_image=2),
                             progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.json", "faces.md", "faces.png",
+                                                          "faces.predictions.jsonl"]
+    assert "![results](faces.png)" in (tmp_path / "faces.md").read_text()
     data = result.data["methods"]
     # identify answers recognition only, from the face match; on the toy set the colours identify perfectly
     assert set(data["identify"]["results"]) == {"recog"} and data["identify"]["concept_tokens"] == 0

@@ -65,7 +65,8 @@ def eval_command(
     data_format: str = typer.Option("auto", "--format", help="auto | plvm | yollava"),
     tasks: str = typer.Option("recog,textqa,vqa,multi,caption", help="comma-separated tasks"),
     baselines: str = typer.Option("none,text,image,yollava,plvm", help="comma-separated methods"),
-    out: Path = typer.Option(Path("runs/eval"), help="output folder (results.json/.md/.png, predictions.jsonl)"),
+    out: Path = typer.Option(Path("runs/eval"), help="output folder (results.json/.md/.png, predictions.jsonl), "
+                                                     "or NAME.md (NAME.json/.png/.predictions.jsonl beside it)"),
     limit: Optional[int] = typer.Option(None, help="at most N items per task (seeded subset)"),
     caption_limit: Optional[int] = typer.Option(None, help="at most N caption items (default: --limit)"),
     scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),

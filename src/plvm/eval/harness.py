@@ -93,7 +93,9 @@ def run_evaluation(
         dataset: from :func:`~plvm.eval.readers.read_dataset`.
         tasks: subset of ``recog, textqa, vqa, multi, caption`` (default: ``config.tasks``).
         out_dir: where to write ``results.json``, ``results.md``, ``results.png`` and ``predictions.jsonl``
-            (nothing is written if ``None``).
+            (nothing is written if ``None``); a path ending in ``.md`` (``docs/results/avatarworld.md``) names
+            the report itself, the other files go beside it (``avatarworld.json``, ``avatarworld.png``,
+            ``avatarworld.predictions.jsonl``).
         config: every other knob (:class:`~plvm.eval.config.EvalConfig`).
         progress: show tqdm progress bars.
         meta: extra description stored in the JSON (e.g. ``{"model": "mini"}``).
@@ -129,10 +131,13 @@ def run_evaluation(
     needed = _needed_concepts(items, config.controls)
 
     out = Path(out_dir) if out_dir is not None else None
+    stem = "results"
+    if out is not None and out.suffix == ".md":
+        out, stem = out.parent, out.stem
     pred_path = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        pred_path = out / "predictions.jsonl"
+        pred_path = out / ("predictions.jsonl" if stem == "results" else f"{stem}.predictions.jsonl")
         pred_path.write_text("")
     data: dict[str, Any] = {
         "plvm_eval_version": 1,
@@ -157,7 +162,7 @@ def run_evaluation(
     def checkpoint() -> None:
         data["seconds"] = time.perf_counter() - started
         if out is not None:
-            result.files = write_report(_jsonable(data), out)
+            result.files = write_report(_jsonable(data), out, stem)
             result.files["predictions"] = str(pred_path)
 
     for method in methods:

@@ -211,13 +211,13 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
-    """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``; return their paths."""
+def write_report(data: dict[str, Any], out_dir: str | Path, stem: str = "results") -> dict[str, str]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "results.png"}
+    files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
     _atomic_write(files["json"], json.dumps(data, indent=2, sort_keys=False) + "\n")
-    _atomic_write(files["markdown"], markdown_report(data))
+    _atomic_write(files["markdown"], markdown_report(data) + f"\n![results]({stem}.png)\n")
     plot_results(data, files["plot"])
     return {k: str(v) for k, v in files.items()}
 
