@@ -77,9 +77,9 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# LLaVA-mini's base-model id. Revision 2 = stage 1 with LM LoRA merged (models/llava-mini/README.md); concepts
-# and Aligners made for revision 1 ("plvm/llava-mini", projector only) are refused by the id check.
-MINI_BASE_MODEL = "plvm/llava-mini-2"
+# LLaVA-mini's base-model id (concepts and Aligners record it; another base is refused). Change it whenever the
+# committed stage-1 weights change what the base computes (e.g. a merged LM LoRA, models/llava-mini/README.md).
+MINI_BASE_MODEL = "plvm/llava-mini"
 
 # §3.1 / §4.1: DINOv2-base reference encoder, MLP hidden 4096, 4-block resampler of width 1024, k = 16.
 _PAPER_ALIGNER = AlignerConfig(

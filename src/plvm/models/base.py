@@ -1,6 +1,6 @@
 """Load the base LVLM that PLVM personalises: LLaVA-mini by name, or any saved LLaVA / LLaVA-OneVision.
 
-* ``load_base("mini")`` (also ``"plvm/llava-mini-2"``, the ``mini`` preset's ``base_model``) →
+* ``load_base("mini")`` (also ``"plvm/llava-mini"``, the ``mini`` preset's ``base_model``) →
   :func:`plvm.models.mini.build_llava_mini` with the trained projector committed at
   ``models/llava-mini/projector.safetensors`` (repository checkout) or shipped at
   ``plvm/data/llava-mini/projector.safetensors`` (installed package); without one, a random projector and
