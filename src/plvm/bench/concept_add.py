@@ -261,6 +261,10 @@ def bench_concept_add(
     if not info.aligner_trained:
         result.notes.append("**The Aligner is untrained (random weights): PLVM's accuracy is near chance, so the "
                             "'same accuracy' target is trivial and the tuning time is meaningless.**")
+    elif any(c["plvm_accuracy"]["mean"] <= 0.5 for c in per_concept):
+        result.notes.append("**PLVM's recognition accuracy is at or below chance (mean ≤ 50 %) on these concepts: "
+                            "Yo'LLaVA 'reaches' it before any tuning step, so this row measures nothing yet — it "
+                            "becomes a cost comparison once the Aligner beats chance.**")
     result.notes.append("Yo'LLaVA-style tuning gets the same single reference photo PLVM gets (positives) and the "
                         "other concepts' references as negatives; the original Yo'LLaVA uses several photos and "
                         "~100 retrieved negatives per concept. Stopping uses the test items (oracle early stop).")
