@@ -243,13 +243,16 @@ def test_bench_face_result_tables_report_and_json_round_trip(tmp_path, monkeypat
     assert dlib["dim"] == 128 and dlib["ms_per_image"]["n"] == 2 and dlib["ms_per_image"]["unit"] == "ms"
     assert isinstance(dlib["faces_found"], int) and dlib["faces_found"] >= 1  # the first photo is a portrait
     ms = dlib["ms_per_image"]
-    for x in (ms["min"], ms["median"], ms["max"], dlib["load_s"]):
+    for x in (ms["min"], ms["median"], ms["max"]):  # detect + embed of a real photo: never 0 ms at 3 decimals
         assert isinstance(x, float) and x > 0
+    assert ms["min"] <= ms["median"] <= ms["max"]
+    assert isinstance(dlib["load_s"], float) and dlib["load_s"] >= 0  # 0.000 s when an earlier test loaded dlib
     assert list(result.data["identify"]) == ["128"]
     ident = result.data["identify"]["128"]
     assert ident["n"] == 3 and ident["gallery"] == 1000 and ident["unit"] == "ms"
-    for x in (ident["min"], ident["median"], ident["max"]):
-        assert isinstance(x, float) and x > 0
+    for x in (ident["min"], ident["median"], ident["max"]):  # 1000 x 128 can round to 0.000 ms
+        assert isinstance(x, float) and x >= 0
+    assert ident["min"] <= ident["median"] <= ident["max"]
 
     per_image, identify = result.tables
     (row,) = table_rows(per_image.markdown)
