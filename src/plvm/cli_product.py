@@ -86,20 +86,21 @@ def load_model(name: str) -> Any:
         ) from None
 
 
-def load_face_backend() -> Any:
-    """The face encoder named by ``$PLVM_FACE_BACKEND`` (default ``dlib``, CC0 weights; ``none``: off).
+def load_face_backend(backend: str | None = None) -> Any:
+    """The face encoder ``backend``, default ``$PLVM_FACE_BACKEND`` (default ``dlib``, CC0 weights; ``none``: off).
 
     ``insightface`` additionally needs ``PLVM_ALLOW_NONCOMMERCIAL=1``: its weights are licensed for
     non-commercial research only.
     """
-    if os.environ.get("PLVM_FACE_BACKEND", "").lower() == "none":
+    backend = backend or os.environ.get("PLVM_FACE_BACKEND", "dlib")
+    if backend.lower() == "none":
         raise ModelUnavailableError("face backend turned off (PLVM_FACE_BACKEND=none)")
     try:
         from .encoders.face import FaceConfig, FaceEncoder
     except ImportError as exc:
         raise ModelUnavailableError(f"no face backend available ({exc})") from None
     config = FaceConfig(
-        backend=os.environ.get("PLVM_FACE_BACKEND", "dlib"),
+        backend=backend,
         allow_noncommercial=os.environ.get("PLVM_ALLOW_NONCOMMERCIAL") == "1",
     )
     try:

@@ -169,6 +169,14 @@ class FeatureMatrix:
     def __len__(self) -> int:
         return len(self.names)
 
+    @classmethod
+    def normalized(cls, kind: str, names: Sequence[str], matrix: np.ndarray, generation: int = 0) -> "FeatureMatrix":
+        """From raw vectors ``[N, d]`` (float32 copy, each row scaled to unit L2 norm)."""
+        matrix = np.array(matrix, dtype=np.float32, copy=True)
+        if len(matrix):
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return cls(kind, tuple(names), matrix, generation)
+
 
 @dataclass
 class NewConcept:
@@ -497,10 +505,8 @@ class ConceptStore:
         if len(dims) > 1:
             raise StoreError(f"feature {kind!r} has mixed dimensions {sorted(dims)} in {self.root}")
         dim = dims.pop() if dims else 0
-        matrix = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32).reshape(len(rows), dim).copy()
-        if len(rows):
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        result = FeatureMatrix(kind, tuple(r["name"] for r in rows), matrix, generation)
+        matrix = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        result = FeatureMatrix.normalized(kind, [r["name"] for r in rows], matrix, generation)
         self._matrix_cache[kind] = result
         return result
 

@@ -135,15 +135,12 @@ def eval_command(
     plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys)
     face = None
     if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):
-        import os
-
-        from ..encoders.face import FaceConfig, FaceEncoder
+        from ..cli_product import ModelUnavailableError, load_face_backend
 
         try:
-            face = FaceEncoder.from_config(FaceConfig(
-                backend=face_backend, allow_noncommercial=os.environ.get("PLVM_ALLOW_NONCOMMERCIAL") == "1"))
-        except (ImportError, PermissionError, ValueError) as exc:  # missing package / licence opt-in
-            raise typer.BadParameter(f"face backend {face_backend!r} unavailable: {exc} (or --face-backend none)")
+            face = load_face_backend(face_backend)
+        except ModelUnavailableError as exc:  # missing package / licence opt-in
+            raise typer.BadParameter(f"{exc} (or --face-backend none)")
     options = MethodOptions(
         face=face,
         identify_threshold=identify_threshold,

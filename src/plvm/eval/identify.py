@@ -48,11 +48,9 @@ class FeatureTable:
     def feature_matrix(self, kind: str) -> FeatureMatrix:
         if kind not in self._cache:
             rows = self._vectors.get(kind, {})
-            names = tuple(sorted(rows))
+            names = sorted(rows)
             matrix = np.stack([rows[n] for n in names]) if names else np.zeros((0, 0), np.float32)
-            if len(names):
-                matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-            self._cache[kind] = FeatureMatrix(kind, names, matrix.astype(np.float32), 0)
+            self._cache[kind] = FeatureMatrix.normalized(kind, names, matrix)
         return self._cache[kind]
 
 

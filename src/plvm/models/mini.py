@@ -260,14 +260,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def projector_lora(projector: str | Path) -> Path | None:
+def projector_lora(projector: str | Path, metadata: dict[str, str] | None = None) -> Path | None:
     """The LM LoRA file a projector was trained with (named in its metadata, beside it), or ``None``.
 
+    ``metadata``: the projector file's metadata if already read (else it is read from ``projector``).
     Raises ``FileNotFoundError`` / ``ValueError`` when the named file is missing or is not the one the
     projector was trained with (sha256 recorded at export).
     """
     projector = Path(projector)
-    _, meta = read_projector(projector)
+    meta = metadata if metadata is not None else read_projector(projector)[1]
     name = meta.get(LORA_FILE_KEY)
     if not name:
         return None
@@ -354,7 +355,7 @@ def build_llava_mini(
         init_projector(model, PROJECTOR_SEED)
     else:
         metadata = load_projector(model, projector)
-        lora_path = projector_lora(projector) if lora is True else (Path(lora) if lora else None)
+        lora_path = projector_lora(projector, metadata) if lora is True else (Path(lora) if lora else None)
         if lora_path is not None:
             from plvm.models.mini_lora import merge_lora
 
