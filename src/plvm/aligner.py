@@ -142,6 +142,34 @@ class Aligner(nn.Module):
             raise ValueError(f"encoder gives width {z_ref.shape[-1]}, config.d_enc is {self.config.d_enc}")
         return z_ref
 
+    @torch.no_grad()
+    def calibrate_output_scale(self, pixel_values: torch.Tensor, word_norm: float, weight_norm: float
+                               ) -> dict[str, float]:
+        """Rescale the last layer of ``f_word``, ``f_weight`` and the resampler so that, on these reference
+        images, the mean L2 norm of ``e_word`` and of each context token is ``word_norm`` (the base LM's
+        mean input-embedding norm) and that of ``e_weight`` is ``weight_norm`` (its mean LM-head row norm).
+
+        An initialisation step, not in the paper: default ``nn.Linear`` init gives outputs several times
+        longer than the LM's own embeddings (≈ 14 vs 3.2 on LLaVA-mini), which makes a fresh ``<sks>``
+        logit row dominate the vocabulary and the context tokens louder than any word. Returns the factors.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` reference images for the encoder.
+        """
+        e_word, e_weight, context = self(pixel_values=pixel_values)
+        factors = {}
+        for name, last, out, target in (
+            ("f_word", self.f_word.net[-1], e_word, word_norm),
+            ("f_weight", self.f_weight.net[-1], e_weight, weight_norm),
+            ("resampler", self.resampler.proj_out, context, word_norm),
+        ):
+            factor = float(target / out.float().norm(dim=-1).mean())
+            last.weight.mul_(factor)
+            if last.bias is not None:
+                last.bias.mul_(factor)
+            factors[name] = factor
+        return factors
+
     # ------------------------------------------------------------------ forward
     def forward(
         self, pixel_values: torch.Tensor | None = None, z_ref: torch.Tensor | None = None

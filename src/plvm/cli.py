@@ -81,6 +81,7 @@ def train(
     no_resume: bool = typer.Option(False, help="start over even if OUT holds a checkpoint"),
     init_aligner: Optional[Path] = typer.Option(None, help="start from these Aligner weights (a resumed "
                                                           "checkpoint in OUT takes precedence)"),
+    calibrate: bool = typer.Option(True, help="start a fresh Aligner's outputs at the LM's embedding norms"),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from .aligner import Aligner
@@ -90,7 +91,7 @@ def train(
     from .pipeline import load_reference_encoder
     from .training.aligner_task import AlignerTaskConfig, AlignerTrainingTask
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
-    from .training.loop import LoopConfig, run_training
+    from .training.loop import LoopConfig, latest_checkpoint, run_training
 
     p = get_preset(preset)
     cfg = p.aligner
@@ -115,6 +116,13 @@ def train(
 
         load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
+    if init_aligner is None and calibrate and latest_checkpoint(out) is None:
+        refs = [ex.reference for ex in source.examples(10**6, 8)]  # a batch index the run never reaches
+        factors = aligner.calibrate_output_scale(
+            task.reference_pixels(refs),
+            word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
+            weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
+        typer.echo("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every, log_every=log_every,
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)
@@ -138,8 +146,10 @@ def train_base(
     lora_r: int = typer.Option(0, help="rank of LoRA adapters on the LM (0 = projector only)"),
     lora_alpha: int = typer.Option(32),
     mix: str = typer.Option("0.4,0.4,0.2", help="proportions of caption, visual QA, same-person samples"),
+    turns: int = typer.Option(1, help="questions per visual-QA dialogue (several answers share one image)"),
     init_projector: Optional[Path] = typer.Option(None, help="start from this projector file"),
     mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (accelerate autocast)"),
+    calibrate: bool = typer.Option(True, help="scale a fresh projector's output to the word-embedding norm"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -147,7 +157,7 @@ def train_base(
     from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .synth.avatarworld import AvatarWorld
     from .training.data import AvatarWorldGenericSource
-    from .training.loop import LoopConfig, run_training
+    from .training.loop import LoopConfig, latest_checkpoint, run_training
     from .training.stage1_task import ProjectorTrainingTask
 
     weights = tuple(float(x) for x in mix.split(","))
@@ -156,8 +166,17 @@ def train_base(
     model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
+    if init_projector is None and calibrate and latest_checkpoint(out) is None:
+        import numpy as np
+
+        from .models.mini import calibrate_projector
+
+        rng = np.random.default_rng([seed, 10**6])  # 16 training scenes, disjoint from the sample stream
+        images = [world.sample_scene(rng, "train").image for _ in range(16)]
+        factor = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
+        typer.echo(f"projector calibrated: linear_2 scaled by {factor:.4f}")
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
-    task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights), batch_size, lora)
+    task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights, turns=turns), batch_size, lora)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
     if init_lora is not None:  # continue the LoRA the projector was trained with (not stack a new one on it)
         tensors, trained_with = read_lora(init_lora)
@@ -199,7 +218,8 @@ def export(
 @app.command("eval-base")
 def eval_base(
     projector: Optional[Path] = typer.Option(None, help="projector.safetensors or a stage-1 checkpoint dir"),
-    n_vqa: int = typer.Option(200),
+    n_open: int = typer.Option(200, help="open questions, scored by ranking every well-formed answer"),
+    n_vqa: int = typer.Option(200, help="multiple-choice questions, scored by the option letter"),
     n_same: int = typer.Option(200),
     seed: int = typer.Option(1234),
     world_seed: int = typer.Option(0),
@@ -221,7 +241,8 @@ def eval_base(
     model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ its LoRA)
     tmp.cleanup()
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
-    result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed)
+    result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
+                           n_open=n_open)
     result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())
     if out:

@@ -285,48 +285,56 @@ class PersonalizedLVLM(nn.Module):
         conversation: Conversation,
         add_generation_prompt: bool = True,
         answer_words: Sequence[str] = ("Yes", "No"),
+        label_all_turns: bool = False,
     ) -> EncodedPrompt:
         """Tokenize a conversation with concept markers into an :class:`EncodedPrompt`.
 
         If the conversation ends with an assistant turn, that turn is the training target: its tokens (and
         the template's end-of-turn) get labels, and if its first word is one of ``answer_words`` (Eq. 2's
-        Yes/No word) the tokens of that word are flagged in ``answer_word``.
+        Yes/No word) the tokens of that word are flagged in ``answer_word``. With ``label_all_turns`` every
+        assistant turn is a target (LLaVA's multi-turn instruction data: several questions about one image
+        share its image tokens in one sequence).
         """
         messages = conversation.to_messages()
         names = [c.name for c in conversation.concepts]
-        answer = None
+        # (text, answer) pieces whose texts concatenate to the rendered conversation; ``answer`` is the
+        # assistant text a target piece starts with (None for prompt pieces)
+        pieces: list[tuple[str, str | None]] = []
         if messages and messages[-1]["role"] == "assistant":
-            answer = messages[-1]["content"][0]["text"]
-            full = self.processor.apply_chat_template(messages, tokenize=False)
-            prompt = self.processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            if not full.startswith(prompt) or answer not in full[len(prompt):]:
-                raise RuntimeError("chat template does not render the answer as a suffix of the prompt")
-            suffix = full[len(prompt):]
-            start = suffix.index(answer)
-            prompt, target_lead, target_tail = prompt + suffix[:start], answer, suffix[start + len(answer):]
+            done = ""
+            targets = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+            for i in targets if label_all_turns else targets[-1:]:
+                answer = messages[i]["content"][0]["text"]
+                full = self.processor.apply_chat_template(messages[: i + 1], tokenize=False)
+                prompt = self.processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                if not (full.startswith(prompt) and prompt.startswith(done)) or answer not in full[len(prompt):]:
+                    raise RuntimeError("chat template does not render the answer as a suffix of the prompt")
+                start = len(prompt) + full[len(prompt):].index(answer)
+                pieces += [(full[len(done):start], None), (full[start:], answer)]
+                done = full
         else:
-            prompt = self.processor.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
+            pieces.append((self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt), None))
         k_by_name = {c.name: c.num_context_tokens for c in conversation.concepts}
         images = conversation.images
         counts, vision = self.image_inputs(images)
         enc = EncodedPrompt([], [], [], [], [], list(images), names, vision)
         if self._special_prefix and not any(
-            prompt.startswith(t) for t in self.tokenizer.convert_ids_to_tokens(self._special_prefix)
+            pieces[0][0].startswith(t) for t in self.tokenizer.convert_ids_to_tokens(self._special_prefix)
         ):
             self._append_ids(enc, self._special_prefix, label=False)
         image_counts = iter(counts)
-        self._append_text(enc, prompt, k_by_name, image_counts, label=False)
-        if next(image_counts, None) is not None:
-            raise ValueError("more images than <image> placeholders in the rendered prompt")
-        if answer is not None:
+        for text, answer in pieces:
+            if answer is None:
+                self._append_text(enc, text, k_by_name, image_counts, label=False)
+                continue
             first = answer.split(maxsplit=1)[0].rstrip(",.!?") if answer.strip() else ""
             cut = answer.index(first) + len(first) if first in answer_words else 0
-            no_images: Iterator[int] = iter(())
             if cut:
-                self._append_text(enc, answer[:cut], k_by_name, no_images, label=True, word=True)
-            self._append_text(enc, answer[cut:] + target_tail, k_by_name, no_images, label=True)
+                self._append_text(enc, text[:cut], k_by_name, image_counts, label=True, word=True)
+            self._append_text(enc, text[cut:], k_by_name, image_counts, label=True)
+        if next(image_counts, None) is not None:
+            raise ValueError("more images than <image> placeholders in the rendered prompt")
         return enc
 
     def _segment_pattern(self, names: Sequence[str]) -> re.Pattern[str]:

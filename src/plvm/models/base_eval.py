@@ -1,9 +1,14 @@
 """Held-out check of a base LVLM (no personalization) on AvatarWorld's generic questions.
 
-Two measurements, both scored from the first answer token's logits in one forward pass:
+Three measurements:
 
-* **generic visual QA** (multiple choice: count, position, clothing colour/type, expression) — the
-  option letter with the highest logit among the offered letters; chance = mean of 1/#options;
+* **open visual QA** (count, clothing colour / type, expression, hair colour, age, glasses, objects,
+  indoor/outdoor; the question as asked in training, no options shown) — every well-formed answer of the
+  question's kind (:func:`plvm.synth.qa.generic_vqa_candidates`) is scored by its log-likelihood (answer
+  tokens + end of turn) and the best is the prediction; chance = mean of 1/#candidates. This measures
+  whether the model *sees* the property, independent of the multiple-choice letter format;
+* **multiple-choice visual QA** (count, position, clothing colour/type, expression) — the
+  option letter with the highest first-token logit among the offered letters; chance = mean of 1/#options;
 * **two-image same/different** ("Is the person in the first image the same person as in the second
   image?") — Yes/No log-odds > 0; chance = 50 %, and the majority-class rate is reported too.
 
@@ -23,11 +28,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..injection import ConceptTensors, PersonalizedLVLM
+from ..synth.qa import generic_vqa_candidates
+from ..training.loss import shift_targets
 from ..training.stage1_task import GenericExample, generic_conversation
 
 
 @dataclass
 class BaseEvalResult:
+    open_accuracy: float
+    open_chance: float
+    open_by_kind: dict[str, dict[str, float]]
     vqa_accuracy: float
     vqa_chance: float
     vqa_by_kind: dict[str, dict[str, float]]
@@ -35,6 +45,7 @@ class BaseEvalResult:
     same_majority: float
     same_positive_accuracy: float
     same_negative_accuracy: float
+    n_open: int
     n_vqa: int
     n_same: int
     seconds: float
@@ -53,25 +64,53 @@ def _first_token_logits(lvlm: PersonalizedLVLM, example: GenericExample) -> torc
         return lvlm.logits_from_hidden(hidden[0, batch.lengths[0] - 1], none).float()
 
 
+def candidate_logprobs(lvlm: PersonalizedLVLM, example: GenericExample, candidates: list[str]) -> torch.Tensor:
+    """``[K]`` log-likelihood of each candidate answer (its tokens + the end of turn) after ``example``'s
+    question and images, from one batched forward pass."""
+    batch = lvlm.collate([lvlm.encode(generic_conversation(
+        GenericExample(example.images, example.question, c))) for c in candidates])
+    none = ConceptTensors.stack([[] for _ in candidates], lvlm.hidden_size)
+    with torch.no_grad():
+        hidden, _ = lvlm.hidden_states(batch, none)
+        h, targets, _, rows = shift_targets(hidden, batch.labels, batch.answer_word)
+        logp = torch.log_softmax(lvlm.logits_for_rows(h, rows, none).float(), -1)
+        token_lp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return torch.zeros(len(candidates)).index_add_(0, rows.cpu(), token_lp.cpu())
+
+
 def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
     return [sorted({lvlm.tokenizer.encode(s, add_special_tokens=False)[0] for s in (x, " " + x)}) for x in letters]
 
 
 def evaluate_base(
-    lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234
+    lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234,
+    n_open: int | None = None,
 ) -> BaseEvalResult:
-    """Score ``n_vqa`` multiple-choice and ``n_same`` same-person questions on test identities."""
+    """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions and
+    ``n_same`` same-person questions on test identities."""
+    from ..synth.qa import QA
+
     t0 = time.time()
+    n_open = n_vqa if n_open is None else n_open
     rng = np.random.default_rng(seed)
     stream = world.iter_generic_samples(rng, split="test", weights=(0.0, 0.5, 0.5))
     vqa_hits: dict[str, list[bool]] = defaultdict(list)
+    open_hits: dict[str, list[bool]] = defaultdict(list)
     chance: list[float] = []
+    open_chance: list[float] = []
     same_hits: list[tuple[bool, bool]] = []
-    bar = tqdm(total=n_vqa + n_same, desc="base eval", mininterval=5)
-    while len(chance) < n_vqa or len(same_hits) < n_same:
+    bar = tqdm(total=n_open + n_vqa + n_same, desc="base eval", mininterval=5)
+    while len(open_chance) < n_open or len(chance) < n_vqa or len(same_hits) < n_same:
         s = next(stream)
         ex = GenericExample(list(s.images), s.question, s.answer, s.kind)
-        if s.kind == "vqa" and s.meta["qa"]["options"] and len(chance) < n_vqa:
+        if s.kind == "vqa" and not s.meta["qa"]["options"] and len(open_chance) < n_open:
+            cands = list(generic_vqa_candidates(QA(**s.meta["qa"])))
+            scores = candidate_logprobs(lvlm, ex, cands)
+            kind = str(s.meta["qa"]["meta"]["visual"])
+            open_hits[kind].append(cands[int(scores.argmax())] == s.answer)
+            open_chance.append(1.0 / len(cands))
+            bar.update(1)
+        elif s.kind == "vqa" and s.meta["qa"]["options"] and len(chance) < n_vqa:
             options = s.meta["qa"]["options"]
             letters = sorted(options)
             logits = _first_token_logits(lvlm, ex)
@@ -88,10 +127,14 @@ def evaluate_base(
             bar.update(1)
     bar.close()
     all_vqa = [h for hits in vqa_hits.values() for h in hits]
+    all_open = [h for hits in open_hits.values() for h in hits]
     pos = [ok for truth, ok in same_hits if truth]
     neg = [ok for truth, ok in same_hits if not truth]
     share_pos = len(pos) / max(1, len(same_hits))
     return BaseEvalResult(
+        open_accuracy=float(np.mean(all_open)) if all_open else float("nan"),
+        open_chance=float(np.mean(open_chance)) if open_chance else float("nan"),
+        open_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(open_hits.items())},
         vqa_accuracy=float(np.mean(all_vqa)),
         vqa_chance=float(np.mean(chance)),
         vqa_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(vqa_hits.items())},
@@ -99,6 +142,7 @@ def evaluate_base(
         same_majority=float(max(share_pos, 1 - share_pos)),
         same_positive_accuracy=float(np.mean(pos)) if pos else float("nan"),
         same_negative_accuracy=float(np.mean(neg)) if neg else float("nan"),
+        n_open=len(all_open),
         n_vqa=len(all_vqa),
         n_same=len(same_hits),
         seconds=time.time() - t0,

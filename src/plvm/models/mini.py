@@ -166,6 +166,36 @@ def init_projector(model: LlavaForConditionalGeneration, seed: int = PROJECTOR_S
                 linear.bias.copy_(torch.empty(linear.bias.shape).uniform_(-bound, bound, generator=generator))
 
 
+def calibrate_projector(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> float:
+    """Rescale a fresh projector's output to the scale of the LM's word embeddings; return the factor.
+
+    DINOv2's last-block patch tokens are large (mean L2 norm ≈ 46 on AvatarWorld scenes) while SmolLM2's
+    word embeddings are short (≈ 3.2); ``nn.Linear``'s default init turns the former into image tokens of
+    norm ≈ 12 (measured: calibration factor 0.265), and the session-1 projector trained from that init grew
+    them to ≈ 167. Behind the LM's RMSNorm, gradients to over-long tokens shrink with their length.
+    Scaling ``linear_2`` (weight and bias) by ``mean ‖embedding‖ / mean ‖projected token‖`` starts the
+    image tokens at the scale the LM is used to reading.
+
+    Args:
+        pixel_values: ``[N, 3, S, S]`` calibration images (processor output).
+    """
+    inner = model.model
+    with torch.no_grad():
+        features = inner.get_image_features(
+            pixel_values=pixel_values.to(inner.vision_tower.dtype),
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        ).pooler_output
+        projected = torch.cat([f.reshape(-1, f.shape[-1]) for f in features]).float()
+        target = model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+        factor = float(target / projected.norm(dim=-1).mean())
+        linear = inner.multi_modal_projector.linear_2
+        linear.weight.mul_(factor)
+        if linear.bias is not None:
+            linear.bias.mul_(factor)
+    return factor
+
+
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
     """The projector's tensors under ``multi_modal_projector.*`` (contiguous CPU copies)."""
     return {

@@ -505,8 +505,8 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
                   meta={**meta, "value": p["clothing_color"]})
     if kind == "clothing_type":
         c = p["clothing_color"]
-        return QA(f"What is {subj} wearing?", f"{_article(c).capitalize()} {c} {p['clothing_type']}.",
-                  "generic_vqa", meta={**meta, "value": p["clothing_type"]})
+        return QA(f"What is {subj} wearing?", _clothing_answer(c, p["clothing_type"]),
+                  "generic_vqa", meta={**meta, "value": p["clothing_type"], "color": c})
     if kind == "expression":
         return QA(f"What is the facial expression of {subj}?", f"{p['expression'].capitalize()}.", "generic_vqa",
                   meta={**meta, "value": p["expression"]})
@@ -521,6 +521,45 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
         v = p["attributes"]["age"]
         return QA(f"Is {subj} young or old?", f"{v.capitalize()}.", "generic_vqa", meta={**meta, "value": v})
     raise ValueError(f"unknown generic question kind {kind!r}")
+
+
+def _clothing_answer(color: str, kind: str) -> str:
+    return f"{_article(color).capitalize()} {color} {kind}."
+
+
+def generic_vqa_candidates(item: QA) -> tuple[str, ...]:
+    """Every well-formed answer to the open generic question ``item`` (its true answer is one of them).
+
+    The closed answer set of each open kind — e.g. the clothing colours for "What color is ... wearing?" —
+    so a model can be scored by ranking answers by likelihood (chance = 1 / number of candidates).
+
+    Raises:
+        ValueError: ``item`` is multiple choice (score its letters instead) or of an unknown kind.
+    """
+    from .avatarworld import ATTRIBUTES, CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS
+
+    if item.options:
+        raise ValueError("multiple-choice item: score its option letters")
+    kind = item.meta.get("visual")
+    if kind == "count":
+        cands = [f"{_NUMBER_WORD[n].capitalize()}." for n in range(1, 5)]
+    elif kind == "clothing_color":
+        cands = [f"{c.capitalize()}." for c in CLOTHING_COLORS]
+    elif kind == "clothing_type":
+        cands = [_clothing_answer(item.meta["color"], t) for t in CLOTHING_TYPES]
+    elif kind == "expression":
+        cands = [f"{e.capitalize()}." for e in EXPRESSIONS]
+    elif kind in ("hair_color", "age"):
+        cands = [f"{v.capitalize()}." for v in ATTRIBUTES[kind]]
+    elif kind in ("glasses", "object"):
+        cands = ["Yes.", "No."]
+    elif kind == "setting":
+        cands = ["Indoors.", "Outdoors."]
+    else:
+        raise ValueError(f"no candidate answers for generic question kind {kind!r}")
+    if item.answer not in cands:
+        raise ValueError(f"answer {item.answer!r} is not among the candidates of kind {kind!r}")
+    return tuple(cands)
 
 
 def caption_prompt(rng: np.random.Generator) -> str:

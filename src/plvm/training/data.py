@@ -72,15 +72,24 @@ class AvatarWorldPersonalSource:
 
 
 class AvatarWorldGenericSource:
-    """Generic (non-personalized) AvatarWorld data for LLaVA-mini's stage 1."""
+    """Generic (non-personalized) AvatarWorld data for LLaVA-mini's stage 1.
+
+    Each example is a caption dialogue, a visual-QA dialogue or a two-image "same person?" question,
+    drawn in the proportions ``mix``. With ``turns > 1`` visual-QA dialogues ask up to ``turns`` distinct
+    questions about the same scene, so one image's tokens serve several answers — the packing that makes
+    CPU training affordable. (Captions stay single-turn: a caption states the answers to the questions.)
+    """
 
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
-                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2)):
+                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1):
         """``mix``: proportions of caption, generic visual QA and same-person samples."""
+        if turns < 1:
+            raise ValueError("turns must be >= 1")
         self.world = world
         self.seed = seed
         self.split = split
         self.mix = tuple(float(x) for x in mix)
+        self.turns = int(turns)
 
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
@@ -88,12 +97,33 @@ class AvatarWorldGenericSource:
         out = []
         for _ in range(n):
             s = next(stream)
-            out.append(GenericExample(list(s.images), s.question, s.answer, s.kind))
+            ex = GenericExample(list(s.images), s.question, s.answer, s.kind)
+            if self.turns > 1 and s.kind == "vqa":
+                first = s.meta.get("qa", {}).get("meta", {})
+                ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
+            out.append(ex)
         return out
+
+    def _follow_up(self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
+                   ) -> list[tuple[str, str]]:
+        """Up to ``turns - 1`` more questions, each about a property (kind, person) not asked yet — an
+        open and a multiple-choice question about the same property would let one answer copy the other."""
+        from ..synth import qa
+
+        turns: list[tuple[str, str]] = []
+        for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
+            if len(turns) == self.turns - 1:
+                break
+            item = qa.generic_vqa(graph, rng)
+            key = (item.meta.get("visual"), item.meta.get("identity"))
+            if key not in asked:
+                asked.add(key)
+                turns.append((item.prompt, item.answer))
+        return turns
 
     def describe(self) -> dict[str, Any]:
         return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
-                "split": self.split, "mix": list(self.mix)}
+                "split": self.split, "mix": list(self.mix), "turns": self.turns}
 
 
 def find_reference(concept_dir: Path) -> Path:

@@ -3,7 +3,8 @@
 The LLaVA recipe's first stage: the vision tower and the language model stay frozen and only the
 2-layer MLP projector learns to map DINOv2 patch features into SmolLM2's embedding space, from captions,
 generic visual QA and two-image "same person?" questions (AvatarWorld's generic data). The loss is the
-masked LM loss over the answer (Eq. 2 with w = 1).
+masked LM loss over the answers (Eq. 2 with w = 1); a dialogue may ask several questions about one
+image, and every answer is a target.
 
 Optionally (``lora=MiniLoraConfig(...)``) low-rank adapters on the LM train together with the projector
 (:mod:`plvm.models.mini_lora`); they are merged into the LM when LLaVA-mini is built, so the base the
@@ -12,7 +13,7 @@ Aligner later sees is still a plain, frozen ``LlavaForConditionalGeneration``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -27,10 +28,17 @@ from .loss import shift_targets, weighted_answer_loss
 
 @dataclass
 class GenericExample:
+    """One generic dialogue: ``images`` with ``question`` → ``answer``, then optional follow-up turns.
+
+    ``follow_up`` holds further ``(question, answer)`` pairs about the same images (LLaVA's multi-turn
+    instruction format: the image tokens are paid once and every answer is a training target).
+    """
+
     images: list[Image.Image]
     question: str
     answer: str
     kind: str = "generic"
+    follow_up: list[tuple[str, str]] = field(default_factory=list)
 
 
 class GenericDataSource(Protocol):
@@ -40,10 +48,14 @@ class GenericDataSource(Protocol):
 
 
 def generic_conversation(example: GenericExample, with_answer: bool = True) -> Conversation:
+    """The dialogue of ``example``; without answers only its first question (what evaluation asks)."""
     conv = Conversation()
     conv.user(example.question, image=example.images or None)
     if with_answer:
         conv.assistant(example.answer)
+        for question, answer in example.follow_up:
+            conv.user(question)
+            conv.assistant(answer)
     return conv
 
 
@@ -99,7 +111,8 @@ class ProjectorTrainingTask:
         return self.data.examples(step, self.batch_size)
 
     def loss(self, examples: list[GenericExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex)) for ex in examples])
+        batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True)
+                                   for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
         hidden, _ = self.lvlm.hidden_states(batch, none)
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)

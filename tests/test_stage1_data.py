@@ -1,0 +1,130 @@
+"""Stage-1 data and measurements of LLaVA-mini: multi-turn targets, packed AvatarWorld dialogues, open-QA
+candidate scoring, projector calibration (tiny random LLaVA; no packaged weights needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plvm.conversation import Conversation
+from plvm.injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
+from plvm.models.base_eval import candidate_logprobs
+from plvm.models.tiny import tiny_llava
+from plvm.synth import qa
+from plvm.synth.avatarworld import AvatarWorld
+from plvm.training.data import AvatarWorldGenericSource
+from plvm.training.stage1_task import GenericExample, generic_conversation
+
+
+@pytest.fixture(scope="module")
+def lvlm() -> PersonalizedLVLM:
+    model, processor = tiny_llava(template="chatml")
+    return PersonalizedLVLM(model, processor, base_model="tiny")
+
+
+@pytest.fixture(scope="module")
+def world() -> AvatarWorld:
+    return AvatarWorld(seed=0, num_identities=40)
+
+
+def photo(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+
+
+def labelled_runs(enc) -> list[list[int]]:
+    runs, cur = [], []
+    for lab in enc.labels + [IGNORE_INDEX]:
+        if lab != IGNORE_INDEX:
+            cur.append(lab)
+        elif cur:
+            runs, cur = runs + [cur], []
+    return runs
+
+
+def test_label_all_turns_targets_every_answer_and_only_answers(lvlm):
+    ex = GenericExample([photo(0)], "How many people?", "Two.", follow_up=[("Is it indoors?", "Yes."),
+                                                                          ("Hair colour?", "Red.")])
+    conv = generic_conversation(ex)
+    last = lvlm.encode(conv)
+    every = lvlm.encode(conv, label_all_turns=True)
+    assert every.ids == last.ids  # same tokens; only the targets differ
+    texts = [lvlm.tokenizer.decode(r) for r in labelled_runs(every)]
+    assert [t.split("<|im_end|>")[0] for t in texts] == ["Two.", "Yes.", "Red."]
+    assert all(t.startswith(a) for t, a in zip(texts, ["Two.", "Yes.", "Red."]))
+    assert [lvlm.tokenizer.decode(r).split("<|im_end|>")[0] for r in labelled_runs(last)] == ["Red."]
+    # Eq. 2's answer word: the "Yes" of turn 2 only
+    flagged = [lvlm.tokenizer.decode([t]) for t, w in zip(every.ids, every.answer_word) if w]
+    assert "".join(flagged).strip() == "Yes"
+    # single-turn conversations encode the same either way
+    one = generic_conversation(GenericExample([photo(0)], "Q?", "No."))
+    a, b = lvlm.encode(one), lvlm.encode(one, label_all_turns=True)
+    assert (a.ids, a.labels, a.answer_word) == (b.ids, b.labels, b.answer_word)
+
+
+def test_generic_source_packs_distinct_questions_per_scene(world):
+    src = AvatarWorldGenericSource(world, seed=3, mix=(0.0, 1.0, 0.0), turns=6)
+    examples = src.examples(0, 12)
+    assert all(ex.kind == "vqa" and len(ex.images) == 1 for ex in examples)
+    assert max(len(ex.follow_up) for ex in examples) == 5
+    for ex in examples:
+        questions = [ex.question] + [q for q, _ in ex.follow_up]
+        assert len(set(questions)) == len(questions)
+    assert src.examples(0, 12)[5].follow_up == examples[5].follow_up  # deterministic per index
+    single = AvatarWorldGenericSource(world, seed=3, mix=(1.0, 0.0, 1.0), turns=6).examples(0, 10)
+    assert all(ex.follow_up == [] for ex in single)  # captions and same-person questions stay single-turn
+    with pytest.raises(ValueError):
+        AvatarWorldGenericSource(world, turns=0)
+
+
+def test_open_question_candidates_contain_exactly_the_kinds_answer_set(world):
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        graph = world.sample_scene(rng, "train").graph
+        item = qa.generic_vqa(graph, rng, mc_prob=0.0)
+        cands = qa.generic_vqa_candidates(item)
+        assert item.answer in cands and len(set(cands)) == len(cands) >= 2
+        seen.add(item.meta["visual"])
+    assert {"count", "clothing_color", "clothing_type", "expression"} <= seen
+    mc = qa.generic_vqa(graph, rng, kind=None, mc_prob=1.0)
+    with pytest.raises(ValueError, match="multiple-choice"):
+        qa.generic_vqa_candidates(mc)
+
+
+def test_candidate_logprobs_equal_the_explicit_sum_over_answer_tokens(lvlm):
+    ex = GenericExample([photo(1)], "What color is the person wearing?", "")
+    cands = ["Red.", "Blue.", "A green hoodie."]
+    scores = candidate_logprobs(lvlm, ex, cands)
+    none = ConceptTensors.stack([[]], lvlm.hidden_size)
+    for cand, score in zip(cands, scores):
+        enc = lvlm.encode(generic_conversation(GenericExample(ex.images, ex.question, cand)))
+        batch = lvlm.collate([enc])
+        with torch.no_grad():
+            logp = torch.log_softmax(lvlm.forward(batch, none)[0].float(), -1)
+        expected = sum(logp[t - 1, enc.labels[t]] for t in range(1, len(enc.labels)) if enc.labels[t] != IGNORE_INDEX)
+        assert score.item() == pytest.approx(float(expected), abs=1e-4)
+    assert scores.shape == (3,) and torch.isfinite(scores).all() and len(set(scores.tolist())) == 3
+
+
+def test_calibrate_projector_matches_the_word_embedding_norm():
+    from plvm.models.mini import calibrate_projector
+
+    model, processor = tiny_llava(template="chatml")
+    pixel_values = processor.image_processor([photo(i) for i in range(4)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.weight.mul_(40.0)  # an oversized projector
+
+    def mean_norm() -> float:
+        with torch.no_grad():
+            feats = model.model.get_image_features(
+                pixel_values=pixel_values, vision_feature_layer=model.config.vision_feature_layer,
+                vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output
+        return torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).norm(dim=-1).mean().item()
+
+    before = mean_norm()
+    target = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
+    factor = calibrate_projector(model, pixel_values)
+    assert factor == pytest.approx(target / before, rel=1e-4)
+    assert mean_norm() == pytest.approx(target, rel=1e-4)
