@@ -108,23 +108,30 @@ def test_candidate_logprobs_equal_the_explicit_sum_over_answer_tokens(lvlm):
     assert scores.shape == (3,) and torch.isfinite(scores).all() and len(set(scores.tolist())) == 3
 
 
-def test_calibrate_projector_matches_the_word_embedding_norm():
+def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_norm():
     from plvm.models.mini import calibrate_projector
 
     model, processor = tiny_llava(template="chatml")
     pixel_values = processor.image_processor([photo(i) for i in range(4)], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         model.model.multi_modal_projector.linear_2.weight.mul_(40.0)  # an oversized projector
-
-    def mean_norm() -> float:
-        with torch.no_grad():
-            feats = model.model.get_image_features(
-                pixel_values=pixel_values, vision_feature_layer=model.config.vision_feature_layer,
-                vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output
-        return torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).norm(dim=-1).mean().item()
-
-    before = mean_norm()
+        hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        raw = hidden[model.config.vision_feature_layer]
+        if model.config.vision_feature_select_strategy == "default":
+            raw = raw[:, 1:]
+        raw = raw.reshape(-1, raw.shape[-1])
+        w1, b1 = (t.clone() for t in (model.model.multi_modal_projector.linear_1.weight,
+                                       model.model.multi_modal_projector.linear_1.bias))
+    stats = calibrate_projector(model, pixel_values)
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():
+        # linear_1 now computes the old linear_1 on standardised features, exactly
+        z = (raw - raw.mean(0)) / raw.std(0)
+        assert torch.allclose(projector.linear_1(raw), z @ w1.T + b1, atol=1e-4)
+        feats = model.model.get_image_features(
+            pixel_values=pixel_values, vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output
+    norms = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).norm(dim=-1).mean().item()
     target = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
-    factor = calibrate_projector(model, pixel_values)
-    assert factor == pytest.approx(target / before, rel=1e-4)
-    assert mean_norm() == pytest.approx(target, rel=1e-4)
+    assert norms == pytest.approx(target, rel=1e-4)
+    assert stats["input_mean_norm"] == pytest.approx(raw.mean(0).norm().item(), rel=1e-4)

@@ -149,7 +149,8 @@ def train_base(
     turns: int = typer.Option(1, help="questions per visual-QA dialogue (several answers share one image)"),
     init_projector: Optional[Path] = typer.Option(None, help="start from this projector file"),
     mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (accelerate autocast)"),
-    calibrate: bool = typer.Option(True, help="scale a fresh projector's output to the word-embedding norm"),
+    calibrate: bool = typer.Option(True, help="fresh projector: standardise its input features and scale its "
+                                              "output to the word-embedding norm (on 16 training scenes)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -173,8 +174,8 @@ def train_base(
 
         rng = np.random.default_rng([seed, 10**6])  # 16 training scenes, disjoint from the sample stream
         images = [world.sample_scene(rng, "train").image for _ in range(16)]
-        factor = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
-        typer.echo(f"projector calibrated: linear_2 scaled by {factor:.4f}")
+        stats = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
+        typer.echo(f"projector calibrated on 16 scenes: {stats}")
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights, turns=turns), batch_size, lora)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
@@ -284,6 +285,17 @@ def demo(
     with_bo.image.save(out / "scene_with_bo.png")
     without_bo.image.save(out / "scene_without_bo.png")
     typer.echo(f"<bo> = held-out identity {person.id}: {person.describe()}  (reference: {out / 'reference.png'})")
+    from .synth import qa
+
+    typer.echo("LLaVA-mini itself (no personalization) on scene_with_bo.png:")
+    for kind in ("count", "clothing_color"):
+        item = qa.generic_vqa(with_bo.graph, rng, kind=kind)
+        t1 = time.time()
+        conv = Conversation()
+        conv.user(item.prompt, image=with_bo.image)
+        typer.echo(f"  {item.prompt}  truth: {item.answer}\n  answer: ", nl=False)
+        plvm.lvlm.generate(conv, max_new_tokens=12, on_text=lambda t: typer.echo(t, nl=False))
+        typer.echo(f"  ({time.time() - t1:.1f} s)")
     t1 = time.time()
     bo = plvm.make_concept("bo", reference)
     typer.echo(f"concept <bo> made in {1000 * (time.time() - t1):.0f} ms (one Aligner forward, no training)\n")

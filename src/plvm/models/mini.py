@@ -166,34 +166,48 @@ def init_projector(model: LlavaForConditionalGeneration, seed: int = PROJECTOR_S
                 linear.bias.copy_(torch.empty(linear.bias.shape).uniform_(-bound, bound, generator=generator))
 
 
-def calibrate_projector(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> float:
-    """Rescale a fresh projector's output to the scale of the LM's word embeddings; return the factor.
+def calibrate_projector(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> dict[str, float]:
+    """Data-dependent init of a fresh projector: standardise its input, match its output to the LM's words.
 
-    DINOv2's last-block patch tokens are large (mean L2 norm ≈ 46 on AvatarWorld scenes) while SmolLM2's
-    word embeddings are short (≈ 3.2); ``nn.Linear``'s default init turns the former into image tokens of
-    norm ≈ 12 (measured: calibration factor 0.265), and the session-1 projector trained from that init grew
-    them to ≈ 167. Behind the LM's RMSNorm, gradients to over-long tokens shrink with their length.
-    Scaling ``linear_2`` (weight and bias) by ``mean ‖embedding‖ / mean ‖projected token‖`` starts the
-    image tokens at the scale the LM is used to reading.
+    Two measured problems of the default ``nn.Linear`` init on DINOv2 features (32 AvatarWorld scenes):
+
+    * the last-block patch tokens share a large common component — the per-channel mean has norm 31 of a
+      mean token norm 47, two channels carry means ≈ 14 and 12, and two random tokens have cosine 0.44 — so
+      a random projector maps every patch to nearly the same vector. Per-channel standardisation
+      (``(x - μ) / σ`` over the calibration tokens) brings the mean cosine to 0.01; being affine, it is
+      folded exactly into ``linear_1`` (``W ← W / σ``, ``b ← b - (W / σ) μ``);
+    * the projected tokens are longer than SmolLM2's word embeddings (mean norm ≈ 3.2); behind the LM's
+      RMSNorm, gradients to over-long tokens shrink with their length. ``linear_2`` (weight and bias) is
+      scaled by ``mean ‖embedding‖ / mean ‖projected token‖``.
+
+    The projector stays LLaVA's plain ``Linear → GELU → Linear``; only its starting weights change.
 
     Args:
         pixel_values: ``[N, 3, S, S]`` calibration images (processor output).
+
+    Returns:
+        ``{"input_mean_norm": ‖μ‖, "output_scale": factor applied to linear_2}``.
     """
     inner = model.model
+    layer = model.config.vision_feature_layer
     with torch.no_grad():
-        features = inner.get_image_features(
-            pixel_values=pixel_values.to(inner.vision_tower.dtype),
-            vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        ).pooler_output
-        projected = torch.cat([f.reshape(-1, f.shape[-1]) for f in features]).float()
+        hidden = inner.vision_tower(pixel_values.to(inner.vision_tower.dtype), output_hidden_states=True)
+        raw = hidden.hidden_states[layer]
+        if model.config.vision_feature_select_strategy == "default":
+            raw = raw[:, 1:]
+        raw = raw.reshape(-1, raw.shape[-1]).float()
+        mu, sigma = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        projector = inner.multi_modal_projector
+        w1 = projector.linear_1.weight.float() / sigma  # [576, 384]
+        projector.linear_1.weight.copy_(w1)
+        projector.linear_1.bias.copy_(projector.linear_1.bias.float() - w1 @ mu)
+        projected = projector(raw.to(projector.linear_1.weight.dtype)).float()
         target = model.get_input_embeddings().weight.float().norm(dim=-1).mean()
         factor = float(target / projected.norm(dim=-1).mean())
-        linear = inner.multi_modal_projector.linear_2
-        linear.weight.mul_(factor)
-        if linear.bias is not None:
-            linear.bias.mul_(factor)
-    return factor
+        projector.linear_2.weight.mul_(factor)
+        if projector.linear_2.bias is not None:
+            projector.linear_2.bias.mul_(factor)
+    return {"input_mean_norm": float(mu.norm()), "output_scale": factor}
 
 
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
