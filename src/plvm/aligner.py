@@ -143,20 +143,33 @@ class Aligner(nn.Module):
         return z_ref
 
     @torch.no_grad()
-    def calibrate_output_scale(self, pixel_values: torch.Tensor, word_norm: float, weight_norm: float
-                               ) -> dict[str, float]:
-        """Rescale the last layer of ``f_word``, ``f_weight`` and the resampler so that, on these reference
-        images, the mean L2 norm of ``e_word`` and of each context token is ``word_norm`` (the base LM's
-        mean input-embedding norm) and that of ``e_weight`` is ``weight_norm`` (its mean LM-head row norm).
+    def calibrate(self, pixel_values: torch.Tensor, word_norm: float, weight_norm: float) -> dict[str, float]:
+        """Data-dependent init of a fresh Aligner (not in the paper; the same two steps as LLaVA-mini's
+        projector, :func:`plvm.models.mini.calibrate_projector`):
 
-        An initialisation step, not in the paper: default ``nn.Linear`` init gives outputs several times
-        longer than the LM's own embeddings (≈ 14 vs 3.2 on LLaVA-mini), which makes a fresh ``<sks>``
-        logit row dominate the vocabulary and the context tokens louder than any word. Returns the factors.
+        1. standardise the inputs: per-channel mean/std of the CLS token (for ``f_word`` / ``f_weight``) and
+           of the patch tokens (for the resampler's ``proj_in``) over these references, folded exactly into
+           those first linear layers — DINOv2 tokens share a large common component that otherwise makes
+           every reference look alike to a random MLP;
+        2. rescale the last layers so that the mean L2 norm of ``e_word`` and of each context token is
+           ``word_norm`` (the base LM's mean input-embedding norm) and that of ``e_weight`` is
+           ``weight_norm`` (its mean LM-head row norm) — default init gives outputs several times longer
+           than the LM's own embeddings, a fresh ``<sks>`` logit row then dominates the vocabulary.
 
         Args:
-            pixel_values: ``[B, 3, S, S]`` reference images for the encoder.
+            pixel_values: ``[B, 3, S, S]`` reference images for the encoder (B ≥ 2).
+
+        Returns:
+            The output factors per module (``f_word``, ``f_weight``, ``resampler``).
         """
-        e_word, e_weight, context = self(pixel_values=pixel_values)
+        z_ref = self.encode_reference(pixel_values).float()
+        for first, x in ((self.f_word.net[0], z_ref[:, 0]), (self.f_weight.net[0], z_ref[:, 0]),
+                         (self.resampler.proj_in, z_ref[:, 1:].reshape(-1, z_ref.shape[-1]))):
+            mu, sigma = x.mean(0), x.std(0).clamp_min(1e-6)
+            w = first.weight.float() / sigma
+            first.weight.copy_(w)
+            first.bias.copy_(first.bias.float() - w @ mu)
+        e_word, e_weight, context = self(z_ref=z_ref.to(next(self.f_word.parameters()).dtype))
         factors = {}
         for name, last, out, target in (
             ("f_word", self.f_word.net[-1], e_word, word_norm),

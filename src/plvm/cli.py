@@ -81,7 +81,8 @@ def train(
     no_resume: bool = typer.Option(False, help="start over even if OUT holds a checkpoint"),
     init_aligner: Optional[Path] = typer.Option(None, help="start from these Aligner weights (a resumed "
                                                           "checkpoint in OUT takes precedence)"),
-    calibrate: bool = typer.Option(True, help="start a fresh Aligner's outputs at the LM's embedding norms"),
+    calibrate: bool = typer.Option(True, help="fresh Aligner: standardise its inputs and start its outputs "
+                                              "at the LM's embedding norms (on 32 training references)"),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from .aligner import Aligner
@@ -117,8 +118,8 @@ def train(
         load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
     if init_aligner is None and calibrate and latest_checkpoint(out) is None:
-        refs = [ex.reference for ex in source.examples(10**6, 8)]  # a batch index the run never reaches
-        factors = aligner.calibrate_output_scale(
+        refs = [ex.reference for ex in source.examples(10**6, 32)]  # a batch index the run never reaches
+        factors = aligner.calibrate(
             task.reference_pixels(refs),
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
@@ -151,6 +152,9 @@ def train_base(
     mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (accelerate autocast)"),
     calibrate: bool = typer.Option(True, help="fresh projector: standardise its input features and scale its "
                                               "output to the word-embedding norm (on 16 training scenes)"),
+    anchor_images: int = typer.Option(0, help="fresh projector: first anchor it to word embeddings on this many "
+                                              "scenes (stage 0, plvm.training.anchor; 0 = off)"),
+    anchor_steps: int = typer.Option(400),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -176,6 +180,14 @@ def train_base(
         images = [world.sample_scene(rng, "train").image for _ in range(16)]
         stats = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
         typer.echo(f"projector calibrated on 16 scenes: {stats}")
+    if init_projector is None and anchor_images > 0 and latest_checkpoint(out) is None:
+        from .training.anchor import train_anchor
+
+        stats = train_anchor(model, processor.tokenizer, processor.image_processor,
+                             lambda r: world.sample_scene(r, "train"), n_images=anchor_images, steps=anchor_steps,
+                             seed=seed, log=typer.echo)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights, turns=turns), batch_size, lora)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
