@@ -83,6 +83,10 @@ def train(
                                                           "checkpoint in OUT takes precedence)"),
     calibrate: bool = typer.Option(True, help="fresh Aligner: standardise its inputs and start its outputs "
                                               "at the LM's embedding norms (on 32 training references)"),
+    anchor_references: int = typer.Option(0, help="fresh Aligner, AvatarWorld data: first anchor its context "
+                                                  "tokens to the identity's attribute words on this many "
+                                                  "references (plvm.training.anchor; 0 = off)"),
+    anchor_steps: int = typer.Option(400),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from .aligner import Aligner
@@ -124,6 +128,21 @@ def train(
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
         typer.echo("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
+    if init_aligner is None and anchor_references > 0 and latest_checkpoint(out) is None:
+        if data != "avatarworld":
+            raise typer.BadParameter("--anchor-references needs --data avatarworld (identity attributes)")
+        import numpy as np
+
+        from .training.anchor import train_aligner_anchor
+
+        rng = np.random.default_rng([seed, 777])
+        pool = world.split("train")
+        people = [pool[int(i)] for i in rng.integers(len(pool), size=anchor_references)]
+        samples = [(world.render_reference(p, rng_or_seed=rng), dict(p.attributes)) for p in people]
+        stats = train_aligner_anchor(aligner, processor.tokenizer, model.get_input_embeddings().weight,
+                                     task.reference_pixels, samples, steps=anchor_steps, seed=seed, log=typer.echo)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every, log_every=log_every,
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)

@@ -165,3 +165,94 @@ def train_anchor(
              "output_scale": factor, "n_images": n_images, "steps": steps, "seconds": time.time() - t0}
     log(f"anchor: held-out 1-cos {before:.3f} -> {after:.3f} ({stats['seconds']:.0f} s)")
     return stats
+
+
+# ------------------------------------------------------------------------------------------ the Aligner
+def attribute_words(name: str, value: str) -> list[str]:
+    """Words for one identity attribute, e.g. ``("hair_color", "red") → ["red", "hair"]``,
+    ``("glasses", "none") → ["no", "glasses"]``."""
+    noun = {"face_shape": "face", "skin_tone": "skin", "hair_color": "hair", "hair_style": "hair",
+            "eye_color": "eyes", "eyebrows": "eyebrows", "nose": "nose", "mouth": "mouth",
+            "facial_hair": "beard", "glasses": "glasses", "mark": "marks"}.get(name)
+    if value == "none":
+        return ["no", noun or name]
+    if name in ("facial_hair", "mark"):
+        return [value]
+    return [value] + ([noun] if noun else [])
+
+
+def context_word_lists(attributes: Mapping[str, str], k: int) -> list[list[str]]:
+    """Words of each of the ``k`` context tokens: token ``j`` ↔ the ``j``-th identity attribute (in
+    AvatarWorld's canonical order); tokens beyond the attributes ↔ all of them."""
+    per_attribute = [attribute_words(n, v) for n, v in attributes.items()]
+    everything = [w for words in per_attribute for w in words]
+    return [per_attribute[j] if j < len(per_attribute) else everything for j in range(k)]
+
+
+def train_aligner_anchor(
+    aligner: Any,
+    tokenizer: Any,
+    embeddings: torch.Tensor,
+    reference_pixels: Callable[[list[Any]], torch.Tensor],
+    samples: Sequence[tuple[Any, Mapping[str, str]]],
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Anchor the Aligner's context tokens to words describing the identity (in place; resampler only).
+
+    The same idea as the projector's stage 0, for PLVM's ``<sks> is <t1>…<tk>.``: context token ``j`` is
+    regressed (``1 - cos``) onto the embedding of the ``j``-th attribute's words, so a fresh Aligner already
+    "says" ``<sks> is <young> <man> <round face> …`` to the frozen LM. Not in the paper: an initialisation
+    before Eq. 2 training, which then moves all three heads freely.
+
+    Args:
+        reference_pixels: images → ``[B, 3, S, S]`` for the Aligner's encoder.
+        samples: ``(reference image, identity attributes)`` pairs.
+
+    Returns:
+        Held-out (last 10 %) loss before/after, the output scale applied, seconds.
+    """
+    t0 = time.time()
+    k = aligner.config.num_queries
+    words = WordTargets(tokenizer, embeddings)
+    z = []
+    for i in tqdm(range(0, len(samples), 32), desc="anchor: reference features", mininterval=5):
+        z.append(aligner.encode_reference(reference_pixels([s[0] for s in samples[i:i + 32]])).to(torch.bfloat16))
+    z_ref = torch.cat(z)
+    targets = torch.stack([torch.stack([words(w) for w in context_word_lists(a, k)]) for _, a in samples])
+    n_val = max(1, len(samples) // 10)
+    train_idx = np.arange(len(samples) - n_val)
+    val = slice(len(samples) - n_val, len(samples))
+    resampler = aligner.resampler
+    dtype = resampler.proj_in.weight.dtype
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(anchor_loss(resampler(z_ref[val, 1:].to(dtype)), targets[val]))
+
+    before = val_loss()
+    flags = [p.requires_grad for p in resampler.parameters()]
+    resampler.requires_grad_(True)
+    opt = torch.optim.AdamW(resampler.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng([seed, 4242])
+    for _ in tqdm(range(steps), desc="anchor: resampler", mininterval=5):
+        idx = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
+        loss = anchor_loss(resampler(z_ref[idx, 1:].to(dtype)), targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p, flag in zip(resampler.parameters(), flags):
+        p.requires_grad_(flag)
+    after = val_loss()
+    with torch.no_grad():
+        norm = resampler(z_ref[val, 1:].to(dtype)).float().norm(dim=-1).mean()
+        factor = float(words.embeddings.norm(dim=-1).mean() / norm)
+        resampler.proj_out.weight.mul_(factor)
+        resampler.proj_out.bias.mul_(factor)
+    stats = {"val_loss_before": before, "val_loss_after": after, "output_scale": factor,
+             "n_references": len(samples), "steps": steps, "seconds": time.time() - t0}
+    log(f"anchor (Aligner context): held-out 1-cos {before:.3f} -> {after:.3f} ({stats['seconds']:.0f} s)")
+    return stats
