@@ -101,3 +101,24 @@ def test_stage1_with_lora_trains_projector_and_adapters_only(tmp_path):
     lora.unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         projector_lora(projector)
+
+
+def test_stage1_lora_with_a_frozen_projector_trains_the_adapters_only(tmp_path):
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    projector_before = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    task = ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, lora=SMALL, train_projector=False)
+    trainable = {n for n, p in task.trainable_module().named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    fixed = ColourCaptions().examples(999, 8)
+    with torch.no_grad():
+        before = task.loss(fixed)[0].item()
+    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
+    with torch.no_grad():
+        after = task.loss(fixed)[0].item()
+    assert after < before - 0.1, (before, after)
+    for k, v in model.model.multi_modal_projector.state_dict().items():
+        assert torch.equal(v, projector_before[k]), k
+    assert any(k.startswith("multi_modal_projector.") for k in task.trainable_state_dict())  # still exported
+    with pytest.raises(ValueError, match="nothing to train"):
+        ProjectorTrainingTask(lvlm, ColourCaptions(), train_projector=False)

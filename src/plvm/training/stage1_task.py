@@ -70,7 +70,10 @@ class ProjectorTrainingTask:
     """
 
     def __init__(self, lvlm: PersonalizedLVLM, data: GenericDataSource, batch_size: int = 2,
-                 lora: MiniLoraConfig | None = None):
+                 lora: MiniLoraConfig | None = None, train_projector: bool = True):
+        if not train_projector and lora is None:
+            raise ValueError("nothing to train: the projector is frozen and there is no LoRA")
+        self.train_projector = train_projector
         self.lvlm = lvlm
         self.data = data
         self.batch_size = batch_size
@@ -80,11 +83,14 @@ class ProjectorTrainingTask:
         self.tuner = add_lora(lvlm.model, lora) if lora is not None else None
 
     def trainable_module(self) -> nn.Module:
-        self.projector.requires_grad_(True)
         if self.tuner is None:
+            self.projector.requires_grad_(True)
             return self.projector
         for name, p in self.tuner.named_parameters():
             p.requires_grad_("lora_" in name)
+        self.projector.requires_grad_(self.train_projector)  # after the loop: the tuner wraps the projector too
+        if not self.train_projector:
+            return self.tuner
         return nn.ModuleDict({"projector": self.projector, "lm": self.tuner})
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -104,7 +110,7 @@ class ProjectorTrainingTask:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "projector", "base_model": self.lvlm.base_model_id, "data": self.data.describe(),
-                "batch_size": self.batch_size,
+                "batch_size": self.batch_size, "train_projector": self.train_projector,
                 "lora": None if self.lora is None else self.lora.metadata()}
 
     def batch(self, step: int) -> list[GenericExample]:
