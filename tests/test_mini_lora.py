@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from test_training import ColourCaptions
+from test_training import ColourCaptions, stage1_loss_before_after
 from torch import nn
 
 from plvm.injection import PersonalizedLVLM
 from plvm.models.mini import export_stage1, projector_lora
 from plvm.models.mini_lora import MiniLoraConfig, add_lora, lora_state_dict, merge_lora, save_lora
 from plvm.models.tiny import tiny_llava
-from plvm.training.loop import LoopConfig, run_training
 from plvm.training.stage1_task import ProjectorTrainingTask
 
 SMALL = MiniLoraConfig(r=4, lora_alpha=8)
@@ -59,12 +58,7 @@ def test_stage1_with_lora_trains_projector_and_adapters_only(tmp_path):
     assert trainable and all(n.startswith("projector.") or "lora_" in n for n in trainable)
     assert any("lora_A" in n for n in trainable) and any(n.startswith("projector.") for n in trainable)
 
-    fixed = ColourCaptions().examples(999, 8)
-    with torch.no_grad():
-        before = task.loss(fixed)[0].item()
-    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
-    with torch.no_grad():
-        after = task.loss(fixed)[0].item()
+    before, after = stage1_loss_before_after(task, tmp_path)
     assert after < before - 0.1, (before, after)
     state = model.state_dict()
     for key, value in frozen.items():  # base weights (adapted layers keep them under base_layer) untouched
@@ -110,12 +104,7 @@ def test_stage1_lora_with_a_frozen_projector_trains_the_adapters_only(tmp_path):
     task = ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, lora=SMALL, train_projector=False)
     trainable = {n for n, p in task.trainable_module().named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    fixed = ColourCaptions().examples(999, 8)
-    with torch.no_grad():
-        before = task.loss(fixed)[0].item()
-    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
-    with torch.no_grad():
-        after = task.loss(fixed)[0].item()
+    before, after = stage1_loss_before_after(task, tmp_path)
     assert after < before - 0.1, (before, after)
     for k, v in model.model.multi_modal_projector.state_dict().items():
         assert torch.equal(v, projector_before[k]), k

@@ -112,6 +112,17 @@ class ColourCaptions:
         return {"source": "colour-captions"}
 
 
+def stage1_loss_before_after(task, tmp_path) -> tuple[float, float]:
+    """Loss of a stage-1 task on 8 fixed colour captions before and after 20 training steps."""
+    fixed = ColourCaptions().examples(999, 8)
+    with torch.no_grad():
+        before = task.loss(fixed)[0].item()
+    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
+    with torch.no_grad():
+        after = task.loss(fixed)[0].item()
+    return before, after
+
+
 def test_stage1_trains_only_the_projector(tmp_path):
     from plvm.training.stage1_task import ProjectorTrainingTask
 
@@ -120,12 +131,7 @@ def test_stage1_trains_only_the_projector(tmp_path):
     task = ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2)
     frozen_before = {k: v.clone() for k, v in model.state_dict().items() if "multi_modal_projector" not in k}
     proj_before = {k: v.clone() for k, v in task.trainable_state_dict().items()}
-    fixed = ColourCaptions().examples(999, 8)
-    with torch.no_grad():
-        before = task.loss(fixed)[0].item()
-    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
-    with torch.no_grad():
-        after = task.loss(fixed)[0].item()
+    before, after = stage1_loss_before_after(task, tmp_path)
     assert after < before - 0.1, (before, after)  # a random 2-layer LM: only the projector can move
     state = model.state_dict()
     for k, v in frozen_before.items():

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .calibration import fold_standardisation, rescale_output
 from .concept import ConceptEmbedding
 from .config import AlignerConfig
 
@@ -163,25 +164,15 @@ class Aligner(nn.Module):
             The output factors per module (``f_word``, ``f_weight``, ``resampler``).
         """
         z_ref = self.encode_reference(pixel_values).float()
-        for first, x in ((self.f_word.net[0], z_ref[:, 0]), (self.f_weight.net[0], z_ref[:, 0]),
-                         (self.resampler.proj_in, z_ref[:, 1:].reshape(-1, z_ref.shape[-1]))):
-            mu, sigma = x.mean(0), x.std(0).clamp_min(1e-6)
-            w = first.weight.float() / sigma
-            first.weight.copy_(w)
-            first.bias.copy_(first.bias.float() - w @ mu)
+        fold_standardisation(self.f_word.net[0], z_ref[:, 0])
+        fold_standardisation(self.f_weight.net[0], z_ref[:, 0])
+        fold_standardisation(self.resampler.proj_in, z_ref[:, 1:].reshape(-1, z_ref.shape[-1]))
         e_word, e_weight, context = self(z_ref=z_ref.to(next(self.f_word.parameters()).dtype))
-        factors = {}
-        for name, last, out, target in (
-            ("f_word", self.f_word.net[-1], e_word, word_norm),
-            ("f_weight", self.f_weight.net[-1], e_weight, weight_norm),
-            ("resampler", self.resampler.proj_out, context, word_norm),
-        ):
-            factor = float(target / out.float().norm(dim=-1).mean())
-            last.weight.mul_(factor)
-            if last.bias is not None:
-                last.bias.mul_(factor)
-            factors[name] = factor
-        return factors
+        return {
+            "f_word": rescale_output(self.f_word.net[-1], e_word, word_norm),
+            "f_weight": rescale_output(self.f_weight.net[-1], e_weight, weight_norm),
+            "resampler": rescale_output(self.resampler.proj_out, context, word_norm),
+        }
 
     # ------------------------------------------------------------------ forward
     def forward(

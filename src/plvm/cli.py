@@ -121,14 +121,15 @@ def train(
 
         load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
-    if init_aligner is None and calibrate and latest_checkpoint(out) is None:
+    fresh = init_aligner is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
+    if fresh and calibrate:
         refs = [ex.reference for ex in source.examples(10**6, 32)]  # a batch index the run never reaches
         factors = aligner.calibrate(
             task.reference_pixels(refs),
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
         typer.echo("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
-    if init_aligner is None and anchor_references > 0 and latest_checkpoint(out) is None:
+    if fresh and anchor_references > 0:
         if data != "avatarworld":
             raise typer.BadParameter("--anchor-references needs --data avatarworld (identity attributes)")
         import numpy as np
@@ -191,7 +192,8 @@ def train_base(
     model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
-    if init_projector is None and calibrate and latest_checkpoint(out) is None:
+    fresh = init_projector is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
+    if fresh and calibrate:
         import numpy as np
 
         from .models.mini import calibrate_projector
@@ -200,7 +202,7 @@ def train_base(
         images = [world.sample_scene(rng, "train").image for _ in range(16)]
         stats = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
         typer.echo(f"projector calibrated on 16 scenes: {stats}")
-    if init_projector is None and anchor_images > 0 and latest_checkpoint(out) is None:
+    if fresh and anchor_images > 0:
         from .training.anchor import train_anchor
 
         stats = train_anchor(model, processor.tokenizer, processor.image_processor,

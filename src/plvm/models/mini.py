@@ -50,6 +50,7 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from plvm.calibration import fold_standardisation, rescale_output
 from plvm.config import MINI_BASE_MODEL
 from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
 from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
@@ -188,26 +189,27 @@ def calibrate_projector(model: LlavaForConditionalGeneration, pixel_values: torc
     Returns:
         ``{"input_mean_norm": ‖μ‖, "output_scale": factor applied to linear_2}``.
     """
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():
+        raw = vision_features(model, pixel_values).float()
+        raw = raw.reshape(-1, raw.shape[-1])
+        mu = fold_standardisation(projector.linear_1, raw)
+        projected = projector(raw.to(projector.linear_1.weight.dtype))
+        target = model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+        factor = rescale_output(projector.linear_2, projected, target)
+    return {"input_mean_norm": float(mu.norm()), "output_scale": factor}
+
+
+def vision_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The vision-tower features the projector reads (LLaVA's feature layer and select strategy), no grad.
+
+    ``pixel_values`` ``[N, 3, S, S]`` → ``[N, P, d_vision]`` (``P = (S/14)²`` with CLS dropped).
+    """
     inner = model.model
-    layer = model.config.vision_feature_layer
     with torch.no_grad():
         hidden = inner.vision_tower(pixel_values.to(inner.vision_tower.dtype), output_hidden_states=True)
-        raw = hidden.hidden_states[layer]
-        if model.config.vision_feature_select_strategy == "default":
-            raw = raw[:, 1:]
-        raw = raw.reshape(-1, raw.shape[-1]).float()
-        mu, sigma = raw.mean(0), raw.std(0).clamp_min(1e-6)
-        projector = inner.multi_modal_projector
-        w1 = projector.linear_1.weight.float() / sigma  # [576, 384]
-        projector.linear_1.weight.copy_(w1)
-        projector.linear_1.bias.copy_(projector.linear_1.bias.float() - w1 @ mu)
-        projected = projector(raw.to(projector.linear_1.weight.dtype)).float()
-        target = model.get_input_embeddings().weight.float().norm(dim=-1).mean()
-        factor = float(target / projected.norm(dim=-1).mean())
-        projector.linear_2.weight.mul_(factor)
-        if projector.linear_2.bias is not None:
-            projector.linear_2.bias.mul_(factor)
-    return {"input_mean_norm": float(mu.norm()), "output_scale": factor}
+        raw = hidden.hidden_states[model.config.vision_feature_layer]
+        return raw[:, 1:] if model.config.vision_feature_select_strategy == "default" else raw
 
 
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
