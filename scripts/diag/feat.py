@@ -22,3 +22,9 @@ idx=torch.randperm(len(F))[:2000]
 print("mean cosine between random tokens raw", (Fn[idx]@Fn[idx].T).mean().item())
 Z=(F-mu)/sd; Zn=torch.nn.functional.normalize(Z,dim=-1)
 print("mean cosine standardized", (Zn[idx]@Zn[idx].T).mean().item())
+emb_norm = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
+from plvm.models.mini import init_projector
+init_projector(model)
+with torch.no_grad():
+    proj = model.model.multi_modal_projector(F)
+print("word embedding norm", emb_norm, "default-init projector token norm", proj.norm(dim=-1).mean().item())
