@@ -135,3 +135,18 @@ def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_
     target = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
     assert norms == pytest.approx(target, rel=1e-4)
     assert stats["input_mean_norm"] == pytest.approx(raw.mean(0).norm().item(), rel=1e-4)
+
+
+def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_for_disabled_measures(lvlm, world):
+    import json
+
+    from plvm.models.base_eval import evaluate_base
+
+    result = evaluate_base(lvlm, world, n_open=3, n_vqa=0, n_same=4, seed=5)
+    assert (result.n_open, result.n_vqa, result.n_same) == (3, 0, 4)
+    assert 0.0 <= result.open_accuracy <= 1.0 and 0.0 < result.open_chance < 1.0
+    assert 0.5 <= result.same_majority <= 1.0
+    assert sum(v["n"] for v in result.open_by_kind.values()) == 3
+    data = json.loads(result.to_json(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert data["vqa_accuracy"] is None and data["vqa_chance"] is None  # switched off, not NaN
+    assert data["n_open"] == 3 and data["open_accuracy"] == pytest.approx(result.open_accuracy)

@@ -18,6 +18,7 @@ Samples come from the *test* identities of the world (never seen in training), d
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,7 +53,16 @@ class BaseEvalResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+        """Strict JSON: a measure that was switched off (n = 0, value NaN) is written as ``null``."""
+        return json.dumps(_nan_to_none(self.__dict__), indent=2, sort_keys=True, allow_nan=False)
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return value
 
 
 def _first_token_logits(lvlm: PersonalizedLVLM, example: GenericExample) -> torch.Tensor:
@@ -76,6 +86,11 @@ def candidate_logprobs(lvlm: PersonalizedLVLM, example: GenericExample, candidat
         logp = torch.log_softmax(lvlm.logits_for_rows(h, rows, none).float(), -1)
         token_lp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
     return torch.zeros(len(candidates)).index_add_(0, rows.cpu(), token_lp.cpu())
+
+
+def _mean(values: list) -> float:
+    """Mean of a measure, NaN when it was switched off (``to_json`` writes that as ``null``)."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
@@ -132,16 +147,16 @@ def evaluate_base(
     neg = [ok for truth, ok in same_hits if not truth]
     share_pos = len(pos) / max(1, len(same_hits))
     return BaseEvalResult(
-        open_accuracy=float(np.mean(all_open)) if all_open else float("nan"),
-        open_chance=float(np.mean(open_chance)) if open_chance else float("nan"),
+        open_accuracy=_mean(all_open),
+        open_chance=_mean(open_chance),
         open_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(open_hits.items())},
-        vqa_accuracy=float(np.mean(all_vqa)),
-        vqa_chance=float(np.mean(chance)),
+        vqa_accuracy=_mean(all_vqa),
+        vqa_chance=_mean(chance),
         vqa_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(vqa_hits.items())},
-        same_accuracy=float(np.mean([ok for _, ok in same_hits])),
-        same_majority=float(max(share_pos, 1 - share_pos)),
-        same_positive_accuracy=float(np.mean(pos)) if pos else float("nan"),
-        same_negative_accuracy=float(np.mean(neg)) if neg else float("nan"),
+        same_accuracy=_mean([ok for _, ok in same_hits]),
+        same_majority=float(max(share_pos, 1 - share_pos)) if same_hits else float("nan"),
+        same_positive_accuracy=_mean(pos),
+        same_negative_accuracy=_mean(neg),
         n_open=len(all_open),
         n_vqa=len(all_vqa),
         n_same=len(same_hits),
