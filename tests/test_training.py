@@ -191,3 +191,40 @@ def test_export_writes_a_loadable_aligner_file(tmp_path):
     load_aligner_weights(fresh.aligner, out)
     for key, value in task.trainable_state_dict().items():
         assert torch.equal(fresh.trainable_state_dict()[key], value), key
+
+
+def test_stage1_word_weight_is_eq2_on_yes_no_answers():
+    """Stage 1 with ``word_weight`` w: L(w) = (w·c_word + c_rest) / (w·k + n_rest), Eq. 2 on generic data.
+
+    c_word and c_rest are solved from w = 1 and w = 10; w = 100 must then match the prediction, and the
+    loss must move towards the Yes/No word's own CE (a 1-token "same person?" answer is no longer drowned)."""
+    import pytest
+
+    from plvm.training.stage1_task import GenericExample, ProjectorTrainingTask, generic_conversation
+
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    rng = np.random.default_rng(0)
+    batch = [GenericExample([square(COLOURS[0], rng), square(COLOURS[0], rng)], "Same colour?", "Yes"),
+             GenericExample([square(COLOURS[1], rng)], "What colour is the square?", "a green square, small",
+                            follow_up=[("Where is it?", "near the top left corner")])]
+    encoded = [lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in batch]
+    k = sum(sum(e.answer_word) for e in encoded)
+    n = sum(sum(lab != -100 for lab in e.labels) for e in encoded)
+    assert k >= 1 and n > 10 * k
+
+    def loss(w):
+        task = ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, word_weight=w)
+        with torch.no_grad():
+            return task.loss(batch)[0].item(), task.describe()
+
+    (l1, d1), (l10, d10), (l100, _) = loss(1.0), loss(10.0), loss(100.0)
+    assert "word_weight" not in d1 and d10["word_weight"] == 10.0  # w = 1 keeps old runs' descriptions
+    # l1 * n = c_w + c_r ; l10 * (10k + n - k) = 10 c_w + c_r
+    c_w = (l10 * (10 * k + n - k) - l1 * n) / 9.0
+    c_r = l1 * n - c_w
+    assert l100 == pytest.approx((100 * c_w + c_r) / (100 * k + n - k), rel=1e-4)
+    assert abs(l100 - c_w / k) < abs(l1 - c_w / k)
+    with pytest.raises(ValueError, match="word_weight"):
+        ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, word_weight=0.0)
+

@@ -57,7 +57,7 @@ class TrainingTask(Protocol):
         """The batch of ``step``: a deterministic function of the task's seed and ``step``."""
 
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss and extra numbers to log."""
+        """Scalar loss and extra numbers to log (a batch may omit one; the log averages those it has)."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description stored in checkpoints (config, data, base model)."""
@@ -224,7 +224,8 @@ def run_training(task: TrainingTask, config: LoopConfig, out_dir: str | os.PathL
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
-            means = {k: sum(r[k] for r in window) / len(window) for k in window[0]}
+            keys = dict.fromkeys(k for r in window for k in r)  # a measure a batch lacks is left out of its mean
+            means = {k: sum(r[k] for r in window if k in r) / sum(k in r for r in window) for k in keys}
             row = {"step": step, **means, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - t0}
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

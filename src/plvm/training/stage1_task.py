@@ -3,8 +3,10 @@
 The LLaVA recipe's first stage: the vision tower and the language model stay frozen and only the
 2-layer MLP projector learns to map DINOv2 patch features into SmolLM2's embedding space, from captions,
 generic visual QA and two-image "same person?" questions (AvatarWorld's generic data). The loss is the
-masked LM loss over the answers (Eq. 2 with w = 1); a dialogue may ask several questions about one
-image, and every answer is a target.
+masked LM loss over the answers; a dialogue may ask several questions about one image, and every answer
+is a target. By default every answer token weighs the same (Eq. 2 with w = 1); ``word_weight`` gives a
+Yes/No answer word the weight w of Eq. 2, so that a one-token "same person?" answer is not drowned by
+the ~30 answer tokens of an 8-turn visual-QA dialogue in the same batch.
 
 Optionally (``lora=MiniLoraConfig(...)``) low-rank adapters on the LM train together with the projector
 (:mod:`plvm.models.mini_lora`); they are merged into the LM when LLaVA-mini is built, so the base the
@@ -70,9 +72,12 @@ class ProjectorTrainingTask:
     """
 
     def __init__(self, lvlm: PersonalizedLVLM, data: GenericDataSource, batch_size: int = 2,
-                 lora: MiniLoraConfig | None = None, train_projector: bool = True):
+                 lora: MiniLoraConfig | None = None, train_projector: bool = True, word_weight: float = 1.0):
         if not train_projector and lora is None:
             raise ValueError("nothing to train: the projector is frozen and there is no LoRA")
+        if not word_weight > 0:
+            raise ValueError(f"word_weight must be positive, got {word_weight}")
+        self.word_weight = float(word_weight)
         self.train_projector = train_projector
         self.lvlm = lvlm
         self.data = data
@@ -111,7 +116,8 @@ class ProjectorTrainingTask:
     def describe(self) -> dict[str, Any]:
         return {"kind": "projector", "base_model": self.lvlm.base_model_id, "data": self.data.describe(),
                 "batch_size": self.batch_size, "train_projector": self.train_projector,
-                "lora": None if self.lora is None else self.lora.metadata()}
+                "lora": None if self.lora is None else self.lora.metadata(),
+                **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {})}
 
     def batch(self, step: int) -> list[GenericExample]:
         return self.data.examples(step, self.batch_size)
@@ -123,5 +129,9 @@ class ProjectorTrainingTask:
         hidden, _ = self.lvlm.hidden_states(batch, none)
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
         logits = self.lvlm.logits_for_rows(h, rows, none)
-        loss = weighted_answer_loss(logits, targets, is_word, word_weight=1.0)
-        return loss, {}
+        loss = weighted_answer_loss(logits, targets, is_word, word_weight=self.word_weight)
+        if not is_word.any():
+            return loss, {}
+        with torch.no_grad():  # the Yes/No words' own CE (mostly "same person?"), logged when the batch has one
+            word_ce = torch.nn.functional.cross_entropy(logits[is_word].float(), targets[is_word])
+        return loss, {"loss_word": float(word_ce)}
