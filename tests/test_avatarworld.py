@@ -335,6 +335,16 @@ def test_generic_samples_match_their_ground_truth(world):
     assert kinds == {"caption", "vqa", "same_person"}
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_same_portrait_share_chooses_the_second_image_and_keeps_both_answers(world, share):
+    it = world.iter_generic_samples(np.random.default_rng(3), weights=(0, 0, 1), same_portrait_share=share)
+    samples = [next(it) for _ in range(16)]
+    assert all((s.graphs[1] is None) == (share == 1.0) for s in samples)  # portraits have no scene graph
+    assert {s.answer for s in samples} == {"Yes", "No"}
+    with pytest.raises(ValueError, match="same_portrait_share"):
+        next(world.iter_generic_samples(np.random.default_rng(3), same_portrait_share=1.5))
+
+
 # ----------------------------------------------------------------------------------- eval set + writers
 @pytest.fixture(scope="module")
 def small_eval(world):

@@ -177,6 +177,8 @@ def train_base(
     anchor_steps: int = typer.Option(400),
     freeze_projector: bool = typer.Option(False, help="train only the LM LoRA (keep e.g. an anchored projector)"),
     word_weight: float = typer.Option(1.0, help="Eq. 2's w on Yes/No answer words (e.g. the same-person answer)"),
+    same_portrait_share: float = typer.Option(0.5, help="share of same-person questions that compare two "
+                                                        "portraits (the rest: a portrait and a scene)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -212,8 +214,9 @@ def train_base(
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
-    task = ProjectorTrainingTask(lvlm, AvatarWorldGenericSource(world, seed, mix=weights, turns=turns), batch_size, lora,
-                                 train_projector=not freeze_projector, word_weight=word_weight)
+    source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share)
+    task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
+                                 word_weight=word_weight)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
     if init_lora is not None:  # continue the LoRA the projector was trained with (not stack a new one on it)
         tensors, trained_with = read_lora(init_lora)

@@ -10,7 +10,11 @@ Three measurements:
 * **multiple-choice visual QA** (count, position, clothing colour/type, expression) — the
   option letter with the highest first-token logit among the offered letters; chance = mean of 1/#options;
 * **two-image same/different** ("Is the person in the first image the same person as in the second
-  image?") — Yes/No log-odds > 0; chance = 50 %, and the majority-class rate is reported too.
+  image?") — Yes/No log-odds > 0; chance = 50 %, and the majority-class rate is reported too. The
+  log-odds' ROC AUC (threshold-free: does the model rank same pairs above different ones, even when its
+  Yes/No bias is off?) is reported overall, by the second image's kind (``portrait`` / ``scene``) and by
+  the negative's kind (``look-alike``: within ``hard_negative_distance`` attributes of the reference, or
+  ``other``; each against all positives).
 
 Samples come from the *test* identities of the world (never seen in training), drawn with a fixed seed.
 """
@@ -46,6 +50,8 @@ class BaseEvalResult:
     same_majority: float
     same_positive_accuracy: float
     same_negative_accuracy: float
+    same_auc: float
+    same_by_kind: dict[str, dict[str, float]]
     n_open: int
     n_vqa: int
     n_same: int
@@ -93,13 +99,37 @@ def _mean(values: list) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
+def roc_auc(positive_scores: list[float], negative_scores: list[float]) -> float:
+    """P(score of a random positive > score of a random negative), ties counted ½ (Mann–Whitney U / n₊n₋).
+
+    NaN when either side is empty."""
+    if not positive_scores or not negative_scores:
+        return float("nan")
+    pos = np.asarray(positive_scores, dtype=float)[:, None]
+    neg = np.asarray(negative_scores, dtype=float)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def _same_pair_kinds(world: Any, meta: dict[str, Any], graph: dict[str, Any] | None, same: bool,
+                     hard_negative_distance: int) -> tuple[str, str | None]:
+    """``(second image kind, negative kind)`` of a same-person sample: ``portrait``/``scene`` and, for a
+    negative, ``look-alike`` (someone within ``hard_negative_distance`` attributes of the reference) or ``other``."""
+    image_kind = "portrait" if graph is None else "scene"
+    if same:
+        return image_kind, None
+    others = [meta["other"]] if graph is None else [p["identity"] for p in graph["people"]]
+    ref = world.identity(meta["identity"])
+    near = any(world.attribute_distance(ref, world.identity(o)) <= hard_negative_distance for o in others)
+    return image_kind, "look-alike" if near else "other"
+
+
 def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
     return [sorted({lvlm.tokenizer.encode(s, add_special_tokens=False)[0] for s in (x, " " + x)}) for x in letters]
 
 
 def evaluate_base(
     lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234,
-    n_open: int | None = None,
+    n_open: int | None = None, hard_negative_distance: int = 2,
 ) -> BaseEvalResult:
     """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions and
     ``n_same`` same-person questions on test identities."""
@@ -108,12 +138,14 @@ def evaluate_base(
     t0 = time.time()
     n_open = n_vqa if n_open is None else n_open
     rng = np.random.default_rng(seed)
-    stream = world.iter_generic_samples(rng, split="test", weights=(0.0, 0.5, 0.5))
+    stream = world.iter_generic_samples(rng, split="test", weights=(0.0, 0.5, 0.5),
+                                        hard_negative_distance=hard_negative_distance)
     vqa_hits: dict[str, list[bool]] = defaultdict(list)
     open_hits: dict[str, list[bool]] = defaultdict(list)
     chance: list[float] = []
     open_chance: list[float] = []
     same_hits: list[tuple[bool, bool]] = []
+    same_scores: list[tuple[bool, float, str, str | None]] = []  # (truth, log-odds, image kind, negative kind)
     bar = tqdm(total=n_open + n_vqa + n_same, desc="base eval", mininterval=5)
     while len(open_chance) < n_open or len(chance) < n_vqa or len(same_hits) < n_same:
         s = next(stream)
@@ -139,6 +171,8 @@ def evaluate_base(
             score = torch.logsumexp(logits[lvlm.yes_ids], 0) - torch.logsumexp(logits[lvlm.no_ids], 0)
             truth = s.answer == "Yes"
             same_hits.append((truth, bool(score > 0) == truth))
+            same_scores.append((truth, float(score), *_same_pair_kinds(world, s.meta, s.graphs[1], truth,
+                                                                       hard_negative_distance)))
             bar.update(1)
     bar.close()
     all_vqa = [h for hits in vqa_hits.values() for h in hits]
@@ -146,6 +180,18 @@ def evaluate_base(
     pos = [ok for truth, ok in same_hits if truth]
     neg = [ok for truth, ok in same_hits if not truth]
     share_pos = len(pos) / max(1, len(same_hits))
+    pos_scores = [x for truth, x, _, _ in same_scores if truth]
+    same_by_kind: dict[str, dict[str, float]] = {}
+    for image_kind in ("portrait", "scene"):
+        rows = [(truth, x) for truth, x, kind, _ in same_scores if kind == image_kind]
+        same_by_kind[image_kind] = {
+            "accuracy": _mean([(x > 0) == truth for truth, x in rows]), "n": len(rows),
+            "auc": roc_auc([x for truth, x in rows if truth], [x for truth, x in rows if not truth])}
+    for neg_kind in ("look-alike", "other"):
+        neg_scores = [x for truth, x, _, kind in same_scores if kind == neg_kind]
+        same_by_kind["negatives: " + neg_kind] = {
+            "accuracy": _mean([x <= 0 for x in neg_scores]), "n": len(neg_scores),
+            "auc": roc_auc(pos_scores, neg_scores)}
     return BaseEvalResult(
         open_accuracy=_mean(all_open),
         open_chance=_mean(open_chance),
@@ -157,9 +203,12 @@ def evaluate_base(
         same_majority=float(max(share_pos, 1 - share_pos)) if same_hits else float("nan"),
         same_positive_accuracy=_mean(pos),
         same_negative_accuracy=_mean(neg),
+        same_auc=roc_auc(pos_scores, [x for truth, x, _, _ in same_scores if not truth]),
+        same_by_kind=same_by_kind,
         n_open=len(all_open),
         n_vqa=len(all_vqa),
         n_same=len(same_hits),
         seconds=time.time() - t0,
-        config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test"},
+        config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
+                "hard_negative_distance": hard_negative_distance},
     )

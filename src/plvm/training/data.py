@@ -81,10 +81,15 @@ class AvatarWorldGenericSource:
     """
 
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
-                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1):
-        """``mix``: proportions of caption, generic visual QA and same-person samples."""
+                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1,
+                 same_portrait_share: float = 0.5):
+        """``mix``: proportions of caption, generic visual QA and same-person samples;
+        ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene)."""
         if turns < 1:
             raise ValueError("turns must be >= 1")
+        if not 0.0 <= same_portrait_share <= 1.0:
+            raise ValueError(f"same_portrait_share must be in [0, 1], got {same_portrait_share}")
+        self.same_portrait_share = float(same_portrait_share)
         self.world = world
         self.seed = seed
         self.split = split
@@ -93,7 +98,8 @@ class AvatarWorldGenericSource:
 
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
-        stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix)
+        stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix,
+                                                 same_portrait_share=self.same_portrait_share)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -123,7 +129,8 @@ class AvatarWorldGenericSource:
 
     def describe(self) -> dict[str, Any]:
         return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
-                "split": self.split, "mix": list(self.mix), "turns": self.turns}
+                "split": self.split, "mix": list(self.mix), "turns": self.turns,
+                **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {})}
 
 
 def find_reference(concept_dir: Path) -> Path:

@@ -167,12 +167,18 @@ class AvatarWorld:
     # ------------------------------------------------------------------ sample streams
     def iter_generic_samples(self, rng: np.random.Generator, split: str = "train",
                              weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
-                             hard_negative_distance: int = 2) -> Iterator[GenericSample]:
+                             hard_negative_distance: int = 2,
+                             same_portrait_share: float = 0.5) -> Iterator[GenericSample]:
         """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
-        ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples.
+        ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples. A same-person
+        question compares a reference portrait with another portrait (share ``same_portrait_share``) or
+        with a scene; half of each kind are the same person.
         """
         from .. import qa  # local import: qa depends on this package
+
+        if not 0.0 <= same_portrait_share <= 1.0:
+            raise ValueError(f"same_portrait_share must be in [0, 1], got {same_portrait_share}")
 
         pool = self._splits[split]
         p = np.asarray(weights, dtype=float) / float(np.sum(weights))
@@ -192,8 +198,8 @@ class AvatarWorld:
                 ref = self.render_reference(a, rng_or_seed=rng)
                 r = rng.random()
                 other_id = None
-                if r < 0.5:  # second image is another portrait
-                    same = r < 0.25
+                if r < same_portrait_share:  # second image is another portrait
+                    same = r < same_portrait_share / 2
                     b = a if same else (self.look_alike(a, pool, hard_negative_distance, rng)
                                         if rng.random() < 0.5 else None)
                     if b is None:
@@ -201,7 +207,7 @@ class AvatarWorld:
                     img, graph, other_id = self.render_reference(b, rng_or_seed=rng), None, b.id
                     n_people = 1
                 else:
-                    same = r < 0.75
+                    same = r < (1.0 + same_portrait_share) / 2
                     if same:
                         scene = self.sample_scene(rng, split, include=[a])
                     else:
