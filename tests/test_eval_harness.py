@@ -87,7 +87,8 @@ class FakeScorer:
         out = []
         for c in convs:
             truth = all(b.concept in self.present[id(c.images[0])] for b in c.bindings)
-            out.append(Decision(truth if c.kind == "oracle" else True, score=0.0))
+            pred = truth if c.kind == "oracle" else True
+            out.append(Decision(pred, score=(1.0 if truth else -1.0) if c.kind == "oracle" else 0.0))
         return out
 
     def decide_letter(self, convs, options, mode="logits", max_new_tokens=8):
@@ -119,7 +120,8 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     oracle, yes = result.data["methods"]["oracle"]["results"], result.data["methods"]["yes"]["results"]
     # recognition: 6 query images, 1 positive + 2 negatives each
     assert result.data["tasks"]["recog"]["positives"] == 6 and result.data["tasks"]["recog"]["negatives"] == 12
-    assert oracle["recog"]["mean_acc"] == 1.0 and oracle["recog"]["f1"] == 1.0
+    assert oracle["recog"]["mean_acc"] == 1.0 and oracle["recog"]["f1"] == 1.0 and oracle["recog"]["auc"] == 1.0
+    assert yes["recog"]["auc"] == 0.5  # a constant score ranks nothing
     assert yes["recog"]["pos_acc"] == 1.0 and yes["recog"]["neg_acc"] == 0.0 and yes["recog"]["mean_acc"] == 0.5
     assert yes["recog"]["precision"] == pytest.approx(6 / 18) and yes["recog"]["recall"] == 1.0
     # QA: the oracle is right with its own concept, wrong when personalized with another identity

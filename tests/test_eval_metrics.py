@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plvm.eval.metrics import binary_metrics, choice_metrics, f1_score, mention_metrics, safe_div
+from plvm.eval.metrics import binary_metrics, choice_metrics, f1_score, mention_metrics, roc_auc, safe_div
 
 
 def test_binary_perfect_predictor():
@@ -93,3 +93,11 @@ def test_mention_metrics_edge_cases():
 def test_safe_div_and_f1():
     assert safe_div(1, 0) == 0.0 and safe_div(3, 4) == 0.75
     assert f1_score(0.0, 0.0) == 0.0 and f1_score(1.0, 1.0) == 1.0
+
+
+def test_roc_auc_against_hand_counts():
+    # 2 positives x 3 negatives = 6 pairs: 3 beats all three (3), 1 ties 1 (1/2) and loses to 2 and 2.5 -> 3.5 / 6
+    assert roc_auc([3.0, 1.0], [1.0, 2.0, 2.5]) == pytest.approx(3.5 / 6)
+    assert roc_auc([5.0], [1.0, 2.0]) == 1.0 and roc_auc([0.0], [1.0]) == 0.0
+    assert roc_auc([1.0, 1.0], [1.0]) == 0.5  # a constant score separates nothing
+    assert roc_auc([], [1.0]) is None and roc_auc([1.0], []) is None

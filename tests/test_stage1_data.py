@@ -157,11 +157,3 @@ def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_fo
     n_neg = by["negatives: look-alike"]["n"] + by["negatives: other"]["n"]  # ... and every negative one kind
     assert 0 <= n_neg <= 4 and (n_neg == 4) == math.isnan(result.same_positive_accuracy)
 
-
-def test_roc_auc_against_hand_counts():
-    from plvm.models.base_eval import roc_auc
-
-    # 2 positives x 3 negatives = 6 pairs: 3 > (3 vs 1, 2, 2.5), 1 vs 1 tie (½), 1 < 2, 1 < 2.5  -> 3.5 / 6
-    assert roc_auc([3.0, 1.0], [1.0, 2.0, 2.5]) == pytest.approx(3.5 / 6)
-    assert roc_auc([5.0], [1.0, 2.0]) == 1.0 and roc_auc([0.0], [1.0]) == 0.0
-    assert math.isnan(roc_auc([], [1.0]))

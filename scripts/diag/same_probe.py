@@ -5,6 +5,8 @@ portrait vs. a second portrait or a scene. Each image is encoded by LLaVA-mini's
 size (168 px) and by DINOv2 on the *face crop* of every person in a scene (the ground-truth face box,
 enlarged 1.8x, at 168 px). Scores: cosine of the CLS tokens (no training; scene = best person), and a
 logistic regression on ``[|a-b|, a*b]`` of the standardised CLS tokens fitted on training-identity pairs.
+The same logistic regression on the mean of the 144 image tokens the LM actually receives (the committed
+projector's output) tells whether the projector keeps what DINOv2 knows about identity.
 Reported: ROC AUC on test-identity pairs, by second-image kind.
 
 Run: ``.venv/bin/python scripts/diag/same_probe.py [n_train] [n_test]`` (defaults 600 / 300; ~3 min).
@@ -14,15 +16,27 @@ import sys
 import numpy as np
 import torch
 
-from plvm.models.base_eval import roc_auc
+from plvm.eval.metrics import roc_auc
 from plvm.models.mini import build_llava_mini
 from plvm.synth.avatarworld import AvatarWorld
 
 torch.set_num_threads(2)
 n_train, n_test = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (600, 300)
-model, proc = build_llava_mini(projector=None, lora=False)
+from plvm.models.base import find_mini_projector  # noqa: E402
+
+model, proc = build_llava_mini(projector=find_mini_projector(), lora=False)
 tower = model.model.vision_tower
 world = AvatarWorld(seed=0)
+
+
+@torch.no_grad()
+def projected(images):
+    """Mean of the image tokens the LM receives ``[N, d_llm]``."""
+    pv = proc.image_processor(images, return_tensors="pt")["pixel_values"]
+    feats = model.model.get_image_features(
+        pixel_values=pv, vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output
+    return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
 
 
 @torch.no_grad()
@@ -51,7 +65,8 @@ def pairs(split, n, seed):
         a = cls([ref])[0]
         whole = cls([img])[0]
         faces = whole[None] if graph is None else cls(face_crops(img, graph))
-        out.append((a, whole, faces, s.answer == "Yes", "portrait" if graph is None else "scene"))
+        out.append((a, whole, faces, s.answer == "Yes", "portrait" if graph is None else "scene",
+                    projected([ref, img])))
     return out
 
 
@@ -64,8 +79,11 @@ train, test = pairs("train", n_train, 1), pairs("test", n_test, 2)
 
 def features(rows, which):
     X = []
-    for a, whole, faces, _, _ in rows:
-        b = whole if which == "whole" else faces[int(cos(a, faces).argmax())]
+    for a, whole, faces, _, _, proj in rows:
+        if which == "projected":
+            a, b = proj
+        else:
+            b = whole if which == "whole" else faces[int(cos(a, faces).argmax())]
         X.append(torch.cat([(a - b).abs(), a * b]))
     return torch.stack(X)
 
@@ -87,10 +105,11 @@ def fit_predict(which):
 
 
 scores = {
-    "cosine, whole image": [float(cos(a, whole)) for a, whole, _, _, _ in test],
-    "cosine, best face crop": [float(cos(a, faces).max()) for a, _, faces, _, _ in test],
+    "cosine, whole image": [float(cos(a, whole)) for a, whole, *_ in test],
+    "cosine, best face crop": [float(cos(a, faces).max()) for a, _, faces, *_ in test],
     "logistic, whole image": fit_predict("whole"),
     "logistic, best face crop": fit_predict("face"),
+    "logistic, mean projected image tokens": fit_predict("projected"),
 }
 for name, s in scores.items():
     line = [name]

@@ -30,6 +30,22 @@ def f1_score(precision: float, recall: float) -> float:
     return safe_div(2.0 * precision * recall, precision + recall)
 
 
+def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> Optional[float]:
+    """Threshold-free ranking quality of a score (e.g. Yes/No log-odds): P(a random positive scores above a
+    random negative), ties counted ½ — the Mann–Whitney U statistic over ``n₊·n₋`` pairs.
+
+    0.5 = the score does not separate the classes (whatever the Yes/No bias); ``None`` when either side is
+    empty (undefined, not 0 — unlike the ratios above, 0 would mean a perfectly inverted ranking).
+    """
+    if not len(positive_scores) or not len(negative_scores):
+        return None
+    wins = 0.0
+    for p in positive_scores:
+        for n in negative_scores:
+            wins += 1.0 if p > n else 0.5 if p == n else 0.0
+    return wins / (len(positive_scores) * len(negative_scores))
+
+
 @dataclass
 class BinaryMetrics:
     """Confusion counts and the ratios derived from them.

@@ -4,7 +4,8 @@ Items: each query image of concept ``c`` is asked about ``c`` (a positive) and a
 sampled without replacement with a seeded generator (negatives; ``n = negatives_per_image``, fewer if the
 dataset has fewer other identities — the effective number is reported). Metrics: positive / negative /
 mean accuracy (the paper's mean = average of the two), accuracy, precision, recall, F1
-(:func:`plvm.eval.metrics.binary_metrics`).
+(:func:`plvm.eval.metrics.binary_metrics`), and the ROC AUC of the Yes/No score (threshold-free; ``None``
+when a method gives no score, e.g. with ``scoring="generate"``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .baselines import Binding, Method
 from .config import EvalConfig, TaskContext, chunks, limit_items
-from .metrics import binary_metrics
+from .metrics import binary_metrics, roc_auc
 from .prompts import with_name
 from .readers import EvalDataset
 
@@ -90,6 +91,9 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
         bar.update(len(chunk))
     bar.close()
     metrics = binary_metrics([r["label"] for r in records], [r["pred"] for r in records]).to_dict()
+    scores = [r["score"] for r in records]
+    metrics["auc"] = None if any(x is None for x in scores) else roc_auc(  # Yes/No log-odds ranking, no threshold
+        [x for x, r in zip(scores, records) if r["label"]], [x for x, r in zip(scores, records) if not r["label"]])
     metrics["example_prompt_tokens"] = example_prompt_tokens
     return metrics, records
 

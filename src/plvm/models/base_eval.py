@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..eval.metrics import roc_auc
 from ..injection import ConceptTensors, PersonalizedLVLM
 from ..synth.qa import generic_vqa_candidates
 from ..training.loss import shift_targets
@@ -99,15 +100,10 @@ def _mean(values: list) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def roc_auc(positive_scores: list[float], negative_scores: list[float]) -> float:
-    """P(score of a random positive > score of a random negative), ties counted ½ (Mann–Whitney U / n₊n₋).
-
-    NaN when either side is empty."""
-    if not positive_scores or not negative_scores:
-        return float("nan")
-    pos = np.asarray(positive_scores, dtype=float)[:, None]
-    neg = np.asarray(negative_scores, dtype=float)[None, :]
-    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+def _auc(positive_scores: list[float], negative_scores: list[float]) -> float:
+    """ROC AUC (:func:`plvm.eval.metrics.roc_auc`), NaN when a side is empty (``to_json`` writes ``null``)."""
+    value = roc_auc(positive_scores, negative_scores)
+    return float("nan") if value is None else value
 
 
 def _same_pair_kinds(world: Any, meta: dict[str, Any], graph: dict[str, Any] | None, same: bool,
@@ -186,12 +182,12 @@ def evaluate_base(
         rows = [(truth, x) for truth, x, kind, _ in same_scores if kind == image_kind]
         same_by_kind[image_kind] = {
             "accuracy": _mean([(x > 0) == truth for truth, x in rows]), "n": len(rows),
-            "auc": roc_auc([x for truth, x in rows if truth], [x for truth, x in rows if not truth])}
+            "auc": _auc([x for truth, x in rows if truth], [x for truth, x in rows if not truth])}
     for neg_kind in ("look-alike", "other"):
         neg_scores = [x for truth, x, _, kind in same_scores if kind == neg_kind]
         same_by_kind["negatives: " + neg_kind] = {
             "accuracy": _mean([x <= 0 for x in neg_scores]), "n": len(neg_scores),
-            "auc": roc_auc(pos_scores, neg_scores)}
+            "auc": _auc(pos_scores, neg_scores)}
     return BaseEvalResult(
         open_accuracy=_mean(all_open),
         open_chance=_mean(open_chance),
@@ -203,7 +199,7 @@ def evaluate_base(
         same_majority=float(max(share_pos, 1 - share_pos)) if same_hits else float("nan"),
         same_positive_accuracy=_mean(pos),
         same_negative_accuracy=_mean(neg),
-        same_auc=roc_auc(pos_scores, [x for truth, x, _, _ in same_scores if not truth]),
+        same_auc=_auc(pos_scores, [x for truth, x, _, _ in same_scores if not truth]),
         same_by_kind=same_by_kind,
         n_open=len(all_open),
         n_vqa=len(all_vqa),
