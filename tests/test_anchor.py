@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from plvm.models.tiny import tiny_llava
@@ -97,3 +98,31 @@ def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler()
     assert stats["val_loss_after"] < stats["val_loss_before"] - 0.05, stats
     changed = {k for k, v in aligner.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("resampler.") for k in changed)
+
+
+def test_parts_regions_bind_hair_words_to_the_head_and_clothing_words_to_the_body():
+    from plvm.training.anchor import body_words, head_box, head_words
+
+    world = AvatarWorld(seed=0, num_identities=40)
+    rng = np.random.default_rng(4)
+    scene = next(s for s in (world.sample_scene(rng, "train") for _ in range(50)) if len(s.graph["people"]) == 1)
+    graph, grid = scene.graph, 24
+    p = graph["people"][0]
+    cell = graph["size"][0] / grid
+    words = patch_words(graph, grid, regions="parts")
+    assert words != patch_words(graph, grid)  # the default ("person") words every patch of p the same way
+
+    def at(x, y):
+        return words[int(y // cell) * grid + int(x // cell)]
+
+    fx0, fy0, fx1, fy1 = p["face_bbox"]
+    head = at((fx0 + fx1) / 2, (fy0 + fy1) / 2)
+    assert head == head_words(p) and p["attributes"]["hair_color"] in head and "hair" in head
+    assert p["clothing_type"] not in head
+    bx0, _, bx1, by1 = p["bbox"]
+    body = at((bx0 + bx1) / 2, (fy1 + by1) / 2 + cell)  # below the face, inside the person box
+    assert body == body_words(p) and p["clothing_color"] in body and "hair" not in body
+    hx0, hy0, hx1, hy1 = head_box(p)
+    assert hy0 < fy0 and hx0 < fx0 and hx1 > fx1 and hy1 == fy1  # extended over the hair, not below the chin
+    with pytest.raises(ValueError, match="regions"):
+        patch_words(graph, grid, regions="face")

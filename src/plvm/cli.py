@@ -175,6 +175,8 @@ def train_base(
     anchor_images: int = typer.Option(0, help="fresh projector: first anchor it to word embeddings on this many "
                                               "scenes (stage 0, plvm.training.anchor; 0 = off)"),
     anchor_steps: int = typer.Option(400),
+    anchor_regions: str = typer.Option("person", help="stage 0: 'person' (one word mix per person) or 'parts' "
+                                                      "(head → hair/face words, body → clothing words)"),
     freeze_projector: bool = typer.Option(False, help="train only the LM LoRA (keep e.g. an anchored projector)"),
     word_weight: float = typer.Option(1.0, help="Eq. 2's w on Yes/No answer words (e.g. the same-person answer)"),
     same_portrait_share: float = typer.Option(0.5, help="share of same-person questions that compare two "
@@ -210,7 +212,7 @@ def train_base(
 
         stats = train_anchor(model, processor.tokenizer, processor.image_processor,
                              lambda r: world.sample_scene(r, "train"), n_images=anchor_images, steps=anchor_steps,
-                             seed=seed, log=typer.echo)
+                             seed=seed, log=typer.echo, regions=anchor_regions)
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None

@@ -9,6 +9,10 @@ without running the LM at all, to map each image patch near the LM's own word em
   clothing colour and type, expression, hair colour, gender, age (and ``glasses`` when worn);
 * any other patch → the scene's words: the number of people, ``indoors`` / ``outdoors``, the objects.
 
+With ``regions="parts"`` a person's patches are split: the head (face box, extended up over the hair) →
+hair colour, ``hair``, gender, age, expression (and ``glasses``); the rest of the person → position, clothing
+colour and type. Each region then holds one colour word, bound to the right part of the person.
+
 The target of a patch is the normalised mean of those words' input embeddings (first token of
 ``" " + word``) and the loss is ``1 - cos(projector(feature), target)``. Only the projector runs, on cached
 DINOv2 features, so thousands of images train in minutes. Afterwards the image tokens read to the frozen LM
@@ -44,6 +48,30 @@ def person_words(p: Mapping[str, Any]) -> list[str]:
     return words
 
 
+def head_words(p: Mapping[str, Any]) -> list[str]:
+    """The words of a head patch of person ``p`` (``regions="parts"``)."""
+    a = p["attributes"]
+    words = [a["hair_color"], "hair", a["gender"], a["age"], p["expression"]]
+    if p.get("glasses_worn"):
+        words.append("glasses")
+    return words
+
+
+def body_words(p: Mapping[str, Any]) -> list[str]:
+    """The words of a non-head patch of person ``p`` (``regions="parts"``)."""
+    return [p["position"], p["clothing_color"], p["clothing_type"]]
+
+
+def head_box(p: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """The face box extended over the hair: 60 % of its height upwards, 15 % of its width on each side."""
+    x0, y0, x1, y1 = p["face_bbox"]
+    w, h = x1 - x0, y1 - y0
+    return x0 - 0.15 * w, y0 - 0.6 * h, x1 + 0.15 * w, y1
+
+
+REGIONS = ("person", "parts")
+
+
 def scene_words(graph: Mapping[str, Any]) -> list[str]:
     """The words a patch outside every person is anchored to."""
     kind = graph["background"]["kind"]
@@ -53,12 +81,16 @@ def scene_words(graph: Mapping[str, Any]) -> list[str]:
     return words
 
 
-def patch_words(graph: Mapping[str, Any], grid: int) -> list[list[str]]:
+def patch_words(graph: Mapping[str, Any], grid: int, regions: str = "person") -> list[list[str]]:
     """Words of each of the ``grid × grid`` patches (row-major, the LM's image-token order).
 
     A patch belongs to the front-most person (lowest ``depth_rank``) whose box contains its centre. The
-    image is square (scenes are rendered square, so LLaVA's pad-to-square changes nothing).
+    image is square (scenes are rendered square, so LLaVA's pad-to-square changes nothing). ``regions``:
+    ``"person"`` → every patch of a person gets :func:`person_words`; ``"parts"`` → :func:`head_words` inside
+    the person's :func:`head_box`, :func:`body_words` elsewhere.
     """
+    if regions not in REGIONS:
+        raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
     width, height = graph["size"]
     people = sorted(graph["people"], key=lambda p: p.get("depth_rank", 0))
     background = scene_words(graph)
@@ -68,7 +100,13 @@ def patch_words(graph: Mapping[str, Any], grid: int) -> list[list[str]]:
             x, y = (c + 0.5) * width / grid, (r + 0.5) * height / grid
             owner = next((p for p in people if p["bbox"][0] <= x < p["bbox"][2] and p["bbox"][1] <= y < p["bbox"][3]),
                          None)
-            out.append(person_words(owner) if owner is not None else background)
+            if owner is None:
+                out.append(background)
+            elif regions == "person":
+                out.append(person_words(owner))
+            else:
+                hx0, hy0, hx1, hy1 = head_box(owner)
+                out.append(head_words(owner) if hx0 <= x < hx1 and hy0 <= y < hy1 else body_words(owner))
     return out
 
 
@@ -143,12 +181,14 @@ def train_anchor(
     lr: float = 1e-3,
     seed: int = 0,
     log: Callable[[str], None] = print,
-) -> dict[str, float]:
+    regions: str = "person",
+) -> dict[str, Any]:
     """Anchor ``model``'s projector (in place) to word embeddings on ``n_images`` scenes.
 
     Args:
         model: a ``LlavaForConditionalGeneration`` (only ``multi_modal_projector`` changes).
         sample_scene: ``rng → scene`` with ``.image`` (square PIL) and ``.graph`` (AvatarWorld scene graph).
+        regions: how a person's patches are worded (:func:`patch_words`).
 
     Returns:
         Held-out (last 10 % of the images) anchor loss and mean cosine before and after, and the seconds taken.
@@ -163,12 +203,13 @@ def train_anchor(
     ])  # [N, P, d_vision]
     grid = int(math.isqrt(features.shape[1]))
     words = WordTargets(tokenizer, model.get_input_embeddings().weight)
-    targets = torch.stack([torch.stack([words(w) for w in patch_words(s.graph, grid)]) for s in scenes])
+    targets = torch.stack([torch.stack([words(w) for w in patch_words(s.graph, grid, regions)]) for s in scenes])
     projector = model.model.multi_modal_projector
     before, after, factor = _fit_cosine(projector, projector.linear_2, features, targets, steps, batch_size, lr, rng,
                                         words.embeddings.norm(dim=-1).mean(), "anchor: projector")
     stats = {"val_loss_before": before, "val_loss_after": after, "val_cos_after": 1.0 - after,
-             "output_scale": factor, "n_images": n_images, "steps": steps, "seconds": time.time() - t0}
+             "output_scale": factor, "n_images": n_images, "steps": steps, "regions": regions,
+             "seconds": time.time() - t0}
     log(f"anchor: held-out 1-cos {before:.3f} -> {after:.3f} ({stats['seconds']:.0f} s)")
     return stats
 
