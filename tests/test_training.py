@@ -228,3 +228,14 @@ def test_stage1_word_weight_is_eq2_on_yes_no_answers():
     with pytest.raises(ValueError, match="word_weight"):
         ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, word_weight=0.0)
 
+
+
+def test_train_base_rejects_bad_stage1_options_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from plvm.cli import app
+
+    for args, message in ((["--anchor-regions", "face"], "--anchor-regions"), (["--mix", "1,2"], "--mix")):
+        result = CliRunner().invoke(app, ["train-base", "--out", str(tmp_path / "run"), *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -187,6 +187,7 @@ def train_base(
     from .models.mini import build_llava_mini, projector_lora
     from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .synth.avatarworld import AvatarWorld
+    from .training.anchor import REGIONS
     from .training.data import AvatarWorldGenericSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
     from .training.stage1_task import ProjectorTrainingTask
@@ -194,6 +195,8 @@ def train_base(
     weights = tuple(float(x) for x in mix.split(","))
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
         raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
+    if anchor_regions not in REGIONS:
+        raise typer.BadParameter(f"--anchor-regions must be one of {', '.join(REGIONS)}")
     model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)

@@ -76,7 +76,8 @@ def markdown_report(data: dict[str, Any]) -> str:
         rows.append([m["label"], fmt_tokens(m.get("concept_tokens")),
                      fmt(_get(rec, "pos_acc")), fmt(_get(rec, "neg_acc")), fmt(_get(rec, "mean_acc")),
                      fmt(_get(rec, "precision")), fmt(_get(rec, "recall")), fmt(_get(rec, "f1")),
-                     fmt(_get(rec, "auc")), fmt(_get(m, "results", "textqa", "acc")), fmt(_get(m, "results", "vqa", "acc"))])
+                     fmt(_get(rec, "auc")),
+                     fmt(_get(m, "results", "textqa", "acc")), fmt(_get(m, "results", "vqa", "acc"))])
     lines += _table(header, rows)
     lines += ["", "Tokens = prompt tokens spent per concept (name + context / description / image tokens). "
                   "AUC = ROC AUC of the Yes/No score over all recognition questions (0.5: no separation, "
