@@ -156,4 +156,3 @@ def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_fo
     assert by["portrait"]["n"] + by["scene"]["n"] == 4  # every pair has one second-image kind ...
     n_neg = by["negatives: look-alike"]["n"] + by["negatives: other"]["n"]  # ... and every negative one kind
     assert 0 <= n_neg <= 4 and (n_neg == 4) == math.isnan(result.same_positive_accuracy)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, Dinov2Model
@@ -167,8 +168,6 @@ def test_folder_source_reads_the_training_layout(tmp_path):
             assert ex.query is not None and ex.question == "Is <sks> here?"
     (tmp_path / "train.json").write_text(json.dumps([{"concept": "../etc", "question": "q", "answer": "a",
                                                         "query_img": "../../x.png"}]))
-    import pytest
-
     with pytest.raises((ValueError, FileNotFoundError)):
         FolderPersonalSource(tmp_path).examples(0, 1)
 
@@ -198,8 +197,6 @@ def test_stage1_word_weight_is_eq2_on_yes_no_answers():
 
     c_word and c_rest are solved from w = 1 and w = 10; w = 100 must then match the prediction, and the
     loss must move towards the Yes/No word's own CE (a 1-token "same person?" answer is no longer drowned)."""
-    import pytest
-
     from plvm.training.stage1_task import GenericExample, ProjectorTrainingTask, generic_conversation
 
     model, processor = tiny_llava(template="chatml")
@@ -227,7 +224,6 @@ def test_stage1_word_weight_is_eq2_on_yes_no_answers():
     assert abs(l100 - c_w / k) < abs(l1 - c_w / k)
     with pytest.raises(ValueError, match="word_weight"):
         ProjectorTrainingTask(lvlm, ColourCaptions(), batch_size=2, word_weight=0.0)
-
 
 
 def test_train_base_rejects_bad_stage1_options_before_loading_anything(tmp_path):

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from plvm.eval.metrics import roc_auc
+from plvm.models.base import find_mini_projector
 from plvm.models.mini import build_llava_mini
 from plvm.synth.avatarworld import AvatarWorld
 
 torch.set_num_threads(2)
 n_train, n_test = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (600, 300)
-from plvm.models.base import find_mini_projector  # noqa: E402
-
 model, proc = build_llava_mini(projector=find_mini_projector(), lora=False)
 tower = model.model.vision_tower
 world = AvatarWorld(seed=0)
