@@ -345,6 +345,40 @@ def test_same_portrait_share_chooses_the_second_image_and_keeps_both_answers(wor
         next(world.iter_generic_samples(np.random.default_rng(3), same_portrait_share=1.5))
 
 
+def test_described_person_question_describes_someone_present_or_nobody_present(world):
+    rng = np.random.default_rng(11)
+    seen = {True: 0, False: 0}
+    changes = set()
+    for _ in range(80):
+        graph = world.sample_scene(rng, "train").graph
+        item = qa.described_person_vqa(graph, rng)
+        phrase = item.meta["value"]
+        assert item.question == f"Is there {phrase} in this image?"
+        present = {qa.person_phrase(p) for p in graph["people"]}
+        yes = item.answer == "Yes."
+        assert yes == (phrase in present) == (item.meta["n_changed"] == 0)
+        assert item.meta["answer_word"] == item.answer[:-1]
+        assert qa.generic_vqa_candidates(item) == ("Yes.", "No.")
+        seen[yes] += 1
+        changes.add(item.meta["n_changed"])
+        if not yes:  # the negative is its subject's description with properties changed
+            subject = next(p for p in graph["people"] if p["identity"] == item.meta["identity"])
+            assert phrase != qa.person_phrase(subject)
+    assert min(seen.values()) >= 25 and changes == {0, 1, 2, 3}
+    forced = qa.described_person_vqa(graph, np.random.default_rng(0), positive=False, n_changed=2)
+    assert forced.answer == "No." and forced.meta["n_changed"] == 2
+
+
+def test_described_share_adds_described_questions_and_zero_keeps_the_old_stream(world):
+    old = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0))
+    zero = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=0.0)
+    a, b = [next(old) for _ in range(12)], [next(zero) for _ in range(12)]
+    assert [(s.question, s.answer) for s in a] == [(s.question, s.answer) for s in b]
+    assert not any(s.meta["qa"]["meta"].get("visual") == "described_person" for s in a)
+    every = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=1.0)
+    assert all(next(every).meta["qa"]["meta"]["visual"] == "described_person" for _ in range(8))
+
+
 # ----------------------------------------------------------------------------------- eval set + writers
 @pytest.fixture(scope="module")
 def small_eval(world):

@@ -156,3 +156,27 @@ def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_fo
     assert by["portrait"]["n"] + by["scene"]["n"] == 4  # every pair has one second-image kind ...
     n_neg = by["negatives: look-alike"]["n"] + by["negatives: other"]["n"]  # ... and every negative one kind
     assert 0 <= n_neg <= 4 and (n_neg == 4) == math.isnan(result.same_positive_accuracy)
+    assert result.n_described == 0 and data["described_accuracy"] is None
+
+
+def test_evaluate_base_described_person_scores_every_question_and_splits_negatives_by_changes(lvlm, world):
+    from plvm.models.base_eval import evaluate_base
+
+    result = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
+    assert result.n_described == 10 and 0.0 <= result.described_accuracy <= 1.0
+    n_neg = sum(v["n"] for v in result.described_by_changes.values())
+    assert 0 < n_neg < 10  # both answers occur with this seed, and each negative has 1, 2 or 3 changes
+    assert 0.0 <= result.described_auc <= 1.0
+    again = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
+    assert again.described_auc == result.described_auc  # a fixed item stream
+
+
+def test_generic_source_passes_described_share_to_first_and_follow_up_questions(world):
+    src = AvatarWorldGenericSource(world, seed=1, mix=(0.0, 1.0, 0.0), turns=3, described_share=1.0)
+    for ex in src.examples(0, 4):
+        for q in [ex.question] + [q for q, _ in ex.follow_up]:
+            assert q.startswith("Is there ") and q.endswith(" in this image?")
+    assert src.describe()["described_share"] == 1.0
+    assert "described_share" not in AvatarWorldGenericSource(world).describe()  # old run records unchanged
+    with pytest.raises(ValueError, match="described_share"):
+        AvatarWorldGenericSource(world, described_share=-0.1)

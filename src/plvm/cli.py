@@ -181,6 +181,9 @@ def train_base(
     word_weight: float = typer.Option(1.0, help="Eq. 2's w on Yes/No answer words (e.g. the same-person answer)"),
     same_portrait_share: float = typer.Option(0.5, help="share of same-person questions that compare two "
                                                         "portraits (the rest: a portrait and a scene)"),
+    described_share: float = typer.Option(0.0, help="share of visual questions asking whether a described person "
+                                                    "is in the photo (\"Is there a young man with short black "
+                                                    "hair in this image?\")"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -219,7 +222,8 @@ def train_base(
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
-    source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share)
+    source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
+                                      described_share=described_share)
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
@@ -266,6 +270,7 @@ def eval_base(
     n_open: int = typer.Option(200, help="open questions, scored by ranking every well-formed answer"),
     n_vqa: int = typer.Option(200, help="multiple-choice questions, scored by the option letter"),
     n_same: int = typer.Option(200),
+    n_described: int = typer.Option(0, help="'Is there <a described person> in this image?' questions"),
     seed: int = typer.Option(1234),
     world_seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
@@ -287,7 +292,7 @@ def eval_base(
     tmp.cleanup()
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
-                           n_open=n_open)
+                           n_open=n_open, n_described=n_described)
     result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())
     if out:

@@ -14,7 +14,12 @@ Three measurements:
   log-odds' ROC AUC (threshold-free: does the model rank same pairs above different ones, even when its
   Yes/No bias is off?) is reported overall, by the second image's kind (``portrait`` / ``scene``) and by
   the negative's kind (``look-alike``: within ``hard_negative_distance`` attributes of the reference, or
-  ``other``; each against all positives).
+  ``other``; each against all positives);
+* **described person** ("Is there a young woman with long red hair in this image?", one photo): Yes for the
+  description of someone present, No for one with 1–3 properties changed
+  (:func:`plvm.synth.qa.described_person_vqa`) — the single-image check by which a frozen LVLM can
+  recognise a concept that is *described* to it. Yes/No log-odds accuracy and ROC AUC, and the AUC of the
+  positives against the negatives with 1, 2 or 3 changes.
 
 Samples come from the *test* identities of the world (never seen in training), drawn with a fixed seed.
 """
@@ -56,7 +61,11 @@ class BaseEvalResult:
     n_open: int
     n_vqa: int
     n_same: int
-    seconds: float
+    described_accuracy: float = float("nan")
+    described_auc: float = float("nan")
+    described_by_changes: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_described: int = 0
+    seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -119,16 +128,43 @@ def _same_pair_kinds(world: Any, meta: dict[str, Any], graph: dict[str, Any] | N
     return image_kind, "look-alike" if near else "other"
 
 
+def _yes_no_log_odds(lvlm: PersonalizedLVLM, example: GenericExample) -> float:
+    """log P(Yes) - log P(No) for the first answer token."""
+    logits = torch.log_softmax(_first_token_logits(lvlm, example), -1)
+    return float(torch.logsumexp(logits[lvlm.yes_ids], 0) - torch.logsumexp(logits[lvlm.no_ids], 0))
+
+
+def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1234
+                       ) -> tuple[float, float, dict[str, dict[str, float]], int]:
+    """``n`` described-person questions on test scenes: ``(accuracy, AUC, by number of changes, n)``."""
+    from ..synth.qa import described_person_vqa
+
+    rng = np.random.default_rng([seed, 7])  # its own stream: the other measures' items stay the same
+    rows: list[tuple[int, float]] = []  # (properties changed, log-odds); 0 = a Yes
+    for _ in tqdm(range(n), desc="described person", mininterval=5, disable=n == 0):
+        scene = world.sample_scene(rng, "test")
+        item = described_person_vqa(scene.graph, rng)
+        score = _yes_no_log_odds(lvlm, GenericExample([scene.image], item.question, item.answer, "vqa"))
+        rows.append((int(item.meta["n_changed"]), score))
+    pos = [x for c, x in rows if c == 0]
+    by_changes = {}
+    for c in (1, 2, 3):
+        neg = [x for k, x in rows if k == c]
+        by_changes[str(c)] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
+    accuracy = _mean([(x > 0) == (c == 0) for c, x in rows])
+    return accuracy, _auc(pos, [x for c, x in rows if c]), by_changes, len(rows)
+
+
 def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
     return [sorted({lvlm.tokenizer.encode(s, add_special_tokens=False)[0] for s in (x, " " + x)}) for x in letters]
 
 
 def evaluate_base(
     lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234,
-    n_open: int | None = None, hard_negative_distance: int = 2,
+    n_open: int | None = None, hard_negative_distance: int = 2, n_described: int = 0,
 ) -> BaseEvalResult:
-    """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions and
-    ``n_same`` same-person questions on test identities."""
+    """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions,
+    ``n_same`` same-person questions and ``n_described`` described-person questions on test identities."""
     from ..synth.qa import QA
 
     t0 = time.time()
@@ -163,14 +199,14 @@ def evaluate_base(
             chance.append(1.0 / len(letters))
             bar.update(1)
         elif s.kind == "same_person" and len(same_hits) < n_same:
-            logits = torch.log_softmax(_first_token_logits(lvlm, ex), -1)
-            score = torch.logsumexp(logits[lvlm.yes_ids], 0) - torch.logsumexp(logits[lvlm.no_ids], 0)
+            score = _yes_no_log_odds(lvlm, ex)
             truth = s.answer == "Yes"
             same_hits.append((truth, bool(score > 0) == truth))
             same_scores.append((truth, float(score), *_same_pair_kinds(world, s.meta, s.graphs[1], truth,
                                                                        hard_negative_distance)))
             bar.update(1)
     bar.close()
+    described = evaluate_described(lvlm, world, n_described, seed)
     all_vqa = [h for hits in vqa_hits.values() for h in hits]
     all_open = [h for hits in open_hits.values() for h in hits]
     pos = [ok for truth, ok in same_hits if truth]
@@ -204,6 +240,10 @@ def evaluate_base(
         n_open=len(all_open),
         n_vqa=len(all_vqa),
         n_same=len(same_hits),
+        described_accuracy=described[0],
+        described_auc=described[1],
+        described_by_changes=described[2],
+        n_described=described[3],
         seconds=time.time() - t0,
         config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
                 "hard_negative_distance": hard_negative_distance},

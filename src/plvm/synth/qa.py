@@ -469,8 +469,14 @@ GENERIC_OPEN_KINDS: tuple[str, ...] = ("count", "clothing_color", "clothing_type
 
 
 def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | None = None,
-                mc_prob: float = 0.3) -> QA:
-    """A non-personalised question about the photo (open form, or multiple choice with ``mc_prob``)."""
+                mc_prob: float = 0.3, described_share: float = 0.0) -> QA:
+    """A non-personalised question about the photo (open form, or multiple choice with ``mc_prob``).
+
+    With ``described_share > 0`` that share of the questions are :func:`described_person_vqa` ("Is there
+    a young woman with long red hair in this image?"); at 0 the random stream is the one of earlier versions.
+    """
+    if kind is None and described_share > 0 and rng.random() < described_share:
+        return described_person_vqa(graph, rng)
     if kind is None and rng.random() < mc_prob:
         return visual_mc_qa(graph, rng, None, None, int(rng.integers(2, 5)))
     kind = kind or _choice(rng, GENERIC_OPEN_KINDS)
@@ -523,6 +529,60 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
     raise ValueError(f"unknown generic question kind {kind!r}")
 
 
+#: What a person description (:func:`person_phrase`) can change in a negative of :func:`described_person_vqa`.
+DESCRIBED_PROPERTIES: tuple[str, ...] = ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")
+
+
+def _redescribe(p: Mapping[str, Any], changes: Sequence[str], rng: np.random.Generator) -> dict[str, Any]:
+    """A copy of scene person ``p`` with each property in ``changes`` set to another value (a woman has no
+    facial hair; facial hair is only changed on a man)."""
+    a = dict(p["attributes"])
+    glasses = bool(p.get("glasses_worn"))
+    for prop in changes:
+        if prop == "glasses":
+            glasses = not glasses
+        elif prop == "facial_hair" and a["gender"] != "man":
+            continue
+        else:
+            a[prop] = _choice(rng, [v for v in ATTRIBUTES[prop] if v != a[prop]])
+    if a["gender"] != "man":
+        a["facial_hair"] = "none"
+    return {**p, "attributes": a, "glasses_worn": glasses}
+
+
+def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, positive: bool | None = None,
+                         n_changed: int | None = None) -> QA:
+    """"Is there a young woman with long red hair and glasses in this image?" about a person description.
+
+    Yes: the description (:func:`person_phrase`) of someone in the photo. No: that description with
+    ``n_changed`` (random 1–3) of :data:`DESCRIBED_PROPERTIES` changed, fitting nobody in the photo. This is
+    the single-image skill a frozen LVLM uses to recognise a concept that is *described* to it — the
+    Aligner's tokens (§3.1) play the description. ``meta["n_changed"]`` is 0 for a Yes.
+    """
+    people = graph["people"]
+    if not people:
+        raise ValueError("a described-person question needs a photo with people")
+    if positive is None:
+        positive = bool(rng.random() < 0.5)
+    p = _choice(rng, people)
+    present = {person_phrase(q) for q in people}
+    phrase, changed = person_phrase(p), 0
+    if not positive:
+        n = int(n_changed if n_changed is not None else rng.integers(1, 4))
+        for _ in range(20):  # a change may hit a value another person in the photo has
+            props = [DESCRIBED_PROPERTIES[int(i)] for i in rng.choice(len(DESCRIBED_PROPERTIES), n, replace=False)]
+            candidate = person_phrase(_redescribe(p, props, rng))
+            if candidate not in present:
+                phrase, changed = candidate, n
+                break
+        else:
+            raise ValueError("could not find a description that fits nobody in the photo")
+    ans = "No." if changed else "Yes."
+    return QA(f"Is there {phrase} in this image?", ans, "generic_vqa",
+              meta={"visual": "described_person", "identity": p["identity"], "value": phrase,
+                    "n_changed": changed, "answer_word": ans[:-1]})
+
+
 def _clothing_answer(color: str, kind: str) -> str:
     return f"{_article(color).capitalize()} {color} {kind}."
 
@@ -551,7 +611,7 @@ def generic_vqa_candidates(item: QA) -> tuple[str, ...]:
         cands = [f"{e.capitalize()}." for e in EXPRESSIONS]
     elif kind in ("hair_color", "age"):
         cands = [f"{v.capitalize()}." for v in ATTRIBUTES[kind]]
-    elif kind in ("glasses", "object"):
+    elif kind in ("glasses", "object", "described_person"):
         cands = ["Yes.", "No."]
     elif kind == "setting":
         cands = ["Indoors.", "Outdoors."]

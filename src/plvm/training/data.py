@@ -82,14 +82,18 @@ class AvatarWorldGenericSource:
 
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
                  mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1,
-                 same_portrait_share: float = 0.5):
+                 same_portrait_share: float = 0.5, described_share: float = 0.0):
         """``mix``: proportions of caption, generic visual QA and same-person samples;
-        ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene)."""
+        ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene);
+        ``described_share``: share of visual questions that ask whether a described person is in the photo."""
         if turns < 1:
             raise ValueError("turns must be >= 1")
         if not 0.0 <= same_portrait_share <= 1.0:
             raise ValueError(f"same_portrait_share must be in [0, 1], got {same_portrait_share}")
+        if not 0.0 <= described_share <= 1.0:
+            raise ValueError(f"described_share must be in [0, 1], got {described_share}")
         self.same_portrait_share = float(same_portrait_share)
+        self.described_share = float(described_share)
         self.world = world
         self.seed = seed
         self.split = split
@@ -99,7 +103,8 @@ class AvatarWorldGenericSource:
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
         stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix,
-                                                 same_portrait_share=self.same_portrait_share)
+                                                 same_portrait_share=self.same_portrait_share,
+                                                 described_share=self.described_share)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -120,7 +125,7 @@ class AvatarWorldGenericSource:
         for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
             if len(turns) == self.turns - 1:
                 break
-            item = qa.generic_vqa(graph, rng)
+            item = qa.generic_vqa(graph, rng, described_share=self.described_share)
             key = (item.meta.get("visual"), item.meta.get("identity"))
             if key not in asked:
                 asked.add(key)
@@ -130,7 +135,8 @@ class AvatarWorldGenericSource:
     def describe(self) -> dict[str, Any]:
         return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
                 "split": self.split, "mix": list(self.mix), "turns": self.turns,
-                **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {})}
+                **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
+                **({"described_share": self.described_share} if self.described_share else {})}
 
 
 def find_reference(concept_dir: Path) -> Path:

@@ -168,12 +168,15 @@ class AvatarWorld:
     def iter_generic_samples(self, rng: np.random.Generator, split: str = "train",
                              weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
                              hard_negative_distance: int = 2,
-                             same_portrait_share: float = 0.5) -> Iterator[GenericSample]:
+                             same_portrait_share: float = 0.5, described_share: float = 0.0
+                             ) -> Iterator[GenericSample]:
         """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
         ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples. A same-person
         question compares a reference portrait with another portrait (share ``same_portrait_share``) or
-        with a scene; half of each kind are the same person.
+        with a scene; half of each kind are the same person. ``described_share`` of the visual questions ask
+        whether a described person is in the photo (:func:`plvm.synth.qa.described_person_vqa`; 0 draws the
+        stream of earlier versions).
         """
         from .. import qa  # local import: qa depends on this package
 
@@ -190,7 +193,7 @@ class AvatarWorld:
                                     [scene.graph], {"identities": scene.identity_ids})
             elif kind == "vqa":
                 scene = self.sample_scene(rng, split)
-                item = qa.generic_vqa(scene.graph, rng)
+                item = qa.generic_vqa(scene.graph, rng, described_share=described_share)
                 yield GenericSample([scene.image], item.prompt, item.answer, kind, [scene.graph],
                                     {"identities": scene.identity_ids, "qa": item.to_dict()})
             else:
