@@ -164,8 +164,10 @@ def test_evaluate_base_described_person_scores_every_question_and_splits_negativ
 
     result = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
     assert result.n_described == 10 and 0.0 <= result.described_accuracy <= 1.0
-    n_neg = sum(v["n"] for v in result.described_by_changes.values())
+    by = result.described_by_kind
+    n_neg = sum(by[f"changes: {c}"]["n"] for c in (1, 2, 3))
     assert 0 < n_neg < 10  # both answers occur with this seed, and each negative has 1, 2 or 3 changes
+    assert sum(by[f"people: {k}"]["n"] for k in (1, 2, 3, 4)) == 10  # and each photo 1-4 people
     assert 0.0 <= result.described_auc <= 1.0
     again = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
     assert again.described_auc == result.described_auc  # a fixed item stream

@@ -18,8 +18,8 @@ Three measurements:
 * **described person** ("Is there a young woman with long red hair in this image?", one photo): Yes for the
   description of someone present, No for one with 1–3 properties changed
   (:func:`plvm.synth.qa.described_person_vqa`) — the single-image check by which a frozen LVLM can
-  recognise a concept that is *described* to it. Yes/No log-odds accuracy and ROC AUC, and the AUC of the
-  positives against the negatives with 1, 2 or 3 changes.
+  recognise a concept that is *described* to it. Yes/No log-odds accuracy and ROC AUC, and both by the
+  negatives' number of changes (1, 2, 3; each against all positives) and by the people in the photo (1–4).
 
 Samples come from the *test* identities of the world (never seen in training), drawn with a fixed seed.
 """
@@ -63,7 +63,7 @@ class BaseEvalResult:
     n_same: int
     described_accuracy: float = float("nan")
     described_auc: float = float("nan")
-    described_by_changes: dict[str, dict[str, float]] = field(default_factory=dict)
+    described_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     n_described: int = 0
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
@@ -136,23 +136,30 @@ def _yes_no_log_odds(lvlm: PersonalizedLVLM, example: GenericExample) -> float:
 
 def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1234
                        ) -> tuple[float, float, dict[str, dict[str, float]], int]:
-    """``n`` described-person questions on test scenes: ``(accuracy, AUC, by number of changes, n)``."""
+    """``n`` described-person questions on test scenes: ``(accuracy, AUC, breakdown, n)``; the breakdown
+    has the negatives with 1, 2, 3 changed properties (each against all positives) and the photos with
+    1–4 people."""
     from ..synth.qa import described_person_vqa
 
     rng = np.random.default_rng([seed, 7])  # its own stream: the other measures' items stay the same
-    rows: list[tuple[int, float]] = []  # (properties changed, log-odds); 0 = a Yes
+    rows: list[tuple[int, int, float]] = []  # (properties changed, people in the photo, log-odds); 0 = a Yes
     for _ in tqdm(range(n), desc="described person", mininterval=5, disable=n == 0):
         scene = world.sample_scene(rng, "test")
         item = described_person_vqa(scene.graph, rng)
         score = _yes_no_log_odds(lvlm, GenericExample([scene.image], item.question, item.answer, "vqa"))
-        rows.append((int(item.meta["n_changed"]), score))
-    pos = [x for c, x in rows if c == 0]
-    by_changes = {}
+        rows.append((int(item.meta["n_changed"]), len(scene.graph["people"]), score))
+    pos = [x for c, _, x in rows if c == 0]
+    breakdown = {}
     for c in (1, 2, 3):
-        neg = [x for k, x in rows if k == c]
-        by_changes[str(c)] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
-    accuracy = _mean([(x > 0) == (c == 0) for c, x in rows])
-    return accuracy, _auc(pos, [x for c, x in rows if c]), by_changes, len(rows)
+        neg = [x for k, _, x in rows if k == c]
+        breakdown[f"changes: {c}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
+    for people in (1, 2, 3, 4):
+        sub = [(c, x) for c, k, x in rows if k == people]
+        breakdown[f"people: {people}"] = {
+            "accuracy": _mean([(x > 0) == (c == 0) for c, x in sub]), "n": len(sub),
+            "auc": _auc([x for c, x in sub if c == 0], [x for c, x in sub if c])}
+    accuracy = _mean([(x > 0) == (c == 0) for c, _, x in rows])
+    return accuracy, _auc(pos, [x for c, _, x in rows if c]), breakdown, len(rows)
 
 
 def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
@@ -242,7 +249,7 @@ def evaluate_base(
         n_same=len(same_hits),
         described_accuracy=described[0],
         described_auc=described[1],
-        described_by_changes=described[2],
+        described_by_kind=described[2],
         n_described=described[3],
         seconds=time.time() - t0,
         config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
