@@ -369,7 +369,7 @@ def test_described_person_question_describes_someone_present_or_nobody_present(w
     assert forced.answer == "No." and forced.meta["n_changed"] == 2
 
 
-def test_described_share_adds_described_questions_and_zero_keeps_the_old_stream(world):
+def test_described_share_one_asks_only_described_questions_and_zero_none(world):
     old = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0))
     zero = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=0.0)
     a, b = [next(old) for _ in range(12)], [next(zero) for _ in range(12)]
