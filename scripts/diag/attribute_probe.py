@@ -2,14 +2,15 @@
 
 For every person in held-out-style scenes, the tokens of the patches inside the person's head box
 (:func:`plvm.training.anchor.head_box`; the patch nearest the head centre if no patch centre falls inside)
-are averaged, once from the frozen DINOv2-S tower and once after the committed projector (what the LM
-reads). A multinomial logistic regression per attribute (hair colour, age, gender, glasses worn, skin
+are averaged, once from the frozen DINOv2-S features the projector reads (LLaVA's feature layer, before
+DINOv2's final LayerNorm: :func:`plvm.models.mini.vision_features`) and once after the committed projector
+(what the LM reads). A multinomial logistic regression per attribute (hair colour, age, gender, glasses worn, skin
 tone) is fitted on training-identity scenes and scored on test-identity scenes; the majority-class rate
 of the test labels is the floor. Reference portraits (one large centred head) are probed the same way.
 If the probe reads an attribute the LM does not, the LM is the bottleneck; if the probe does not read it
 either, the image tokens are (resolution, encoder, projector).
 
-Run: ``.venv/bin/python scripts/diag/attribute_probe.py [n_train_scenes] [n_test_scenes]`` (defaults 500 / 250; 84 s).
+Run: ``.venv/bin/python scripts/diag/attribute_probe.py [n_train_scenes] [n_test_scenes]`` (defaults 500 / 250; 96 s).
 """
 import sys
 from collections import Counter
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from plvm.models.base import find_mini_projector
-from plvm.models.mini import build_llava_mini
+from plvm.models.mini import build_llava_mini, vision_features
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.synth.avatarworld.person import face_geometry
 from plvm.synth.avatarworld.scene import portrait_to_pixel
@@ -34,11 +35,9 @@ ATTRS = ("hair_color", "age", "gender", "glasses", "skin_tone")
 
 @torch.no_grad()
 def tokens(images):
-    """``([N, 144, 384] tower patch features, [N, 144, 576] projected tokens)``."""
-    pv = proc.image_processor(images, return_tensors="pt")["pixel_values"]
-    hidden = model.model.vision_tower(pv).last_hidden_state[:, 1:]
-    projected = model.model.multi_modal_projector(hidden)
-    return hidden, projected
+    """``([N, 144, 384] tower patch features the projector reads, [N, 144, 576] projected tokens)``."""
+    hidden = vision_features(model, proc.image_processor(images, return_tensors="pt")["pixel_values"])
+    return hidden, model.model.multi_modal_projector(hidden)
 
 
 def head_patches(box, size):
