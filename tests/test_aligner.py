@@ -164,3 +164,86 @@ def test_calibrate_standardises_inputs_and_sets_the_mean_output_norms():
     assert e_word.norm(dim=-1).mean().item() == pytest.approx(3.0, rel=1e-4)
     assert e_weight.norm(dim=-1).mean().item() == pytest.approx(5.0, rel=1e-4)
     assert context.norm(dim=-1).mean().item() == pytest.approx(3.0, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- base revisions
+def test_concept_made_on_another_base_revision_is_refused_and_unrecorded_revisions_pass(tmp_path):
+    c = make()
+    c.metadata["base_revision"] = "projector-sha256:aaaa"
+    loaded = ConceptEmbedding.load(c.save(tmp_path / "bo.safetensors"))
+    assert loaded.base_revision == "projector-sha256:aaaa"
+    loaded.check_compatible("tiny", 24, "projector-sha256:aaaa")
+    loaded.check_compatible("tiny", 24, None)  # a base that tracks no revision (hub models)
+    with pytest.raises(IncompatibleConceptError, match="revision projector-sha256:aaaa.*projector-sha256:bbbb"):
+        loaded.check_compatible("tiny", 24, "projector-sha256:bbbb")
+    make().check_compatible("tiny", 24, "projector-sha256:bbbb")  # made before revisions were recorded
+
+
+def test_mini_base_revision_names_the_projector_file_bytes(tmp_path):
+    from plvm.models.mini import base_revision
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"projector one")
+    b.write_bytes(b"projector two")
+    assert base_revision(a) == base_revision(a) and base_revision(a) != base_revision(b)
+    assert base_revision(a).startswith("projector-sha256:") and len(base_revision(a)) == len("projector-sha256:") + 16
+
+
+def test_plvm_stamps_concepts_with_the_base_revision_and_refuses_them_on_another(tmp_path):
+    from PIL import Image
+
+    from plvm.conversation import single_turn
+    from plvm.models.tiny_plvm import tiny_plvm
+
+    plvm = tiny_plvm()
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    assert "base_revision" not in plvm.make_concept("bo", image).metadata  # tiny tracks none
+    plvm.lvlm.base_revision = "projector-sha256:aaaa"
+    bo = plvm.make_concept("bo", image)
+    assert bo.base_revision == "projector-sha256:aaaa"
+    plvm.lvlm.prepare([single_turn("Is <bo> here?", [bo], image=image)])  # same revision: fine
+    plvm.lvlm.base_revision = "projector-sha256:bbbb"
+    with pytest.raises(IncompatibleConceptError, match="re-create it"):
+        plvm.lvlm.prepare([single_turn("Is <bo> here?", [bo], image=image)])
+
+
+def test_aligner_weights_record_their_base_revision_and_a_mismatch_is_refused(tmp_path, caplog):
+    import json
+
+    from safetensors.torch import save_file
+
+    from plvm.models.tiny_plvm import tiny_plvm
+    from plvm.pipeline import IncompatibleAlignerError, aligner_base_revision, check_aligner_base
+
+    plvm = tiny_plvm()
+    state = plvm.aligner.trainable_state_dict()
+    task = {"kind": "aligner", "base_model": "tiny", "base_revision": "projector-sha256:aaaa"}
+    exported = tmp_path / "aligner.safetensors"
+    save_file(state, str(exported), metadata={"task": json.dumps(task)})
+    ckpt = tmp_path / "checkpoint-000010"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "task": task}))
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata={"task": json.dumps({"kind": "aligner", "base_model": "tiny"})})
+    assert aligner_base_revision(exported) == aligner_base_revision(ckpt) == "projector-sha256:aaaa"
+    assert aligner_base_revision(old) is None
+
+    check_aligner_base(exported, plvm.lvlm)  # the base tracks no revision: nothing to compare
+    plvm.lvlm.base_revision = "projector-sha256:aaaa"
+    check_aligner_base(exported, plvm.lvlm)
+    plvm.lvlm.base_revision = "projector-sha256:bbbb"
+    with pytest.raises(IncompatibleAlignerError, match="trained on tiny revision projector-sha256:aaaa"):
+        check_aligner_base(exported, plvm.lvlm)
+    with caplog.at_level("WARNING", logger="plvm.pipeline"):
+        check_aligner_base(ckpt, plvm.lvlm, allow_mismatch=True)
+        check_aligner_base(old, plvm.lvlm)
+    assert "BASE MISMATCH (allowed)" in caplog.text and "do not record" in caplog.text
+
+
+def test_committed_mini_aligner_records_the_committed_base_revision():
+    from plvm.models.base import mini_base_revision
+    from plvm.pipeline import MINI_ALIGNER, aligner_base_revision
+
+    if not MINI_ALIGNER.is_file() or mini_base_revision() is None:
+        pytest.skip("no committed LLaVA-mini projector + Aligner in this checkout")
+    assert aligner_base_revision(MINI_ALIGNER) == mini_base_revision()

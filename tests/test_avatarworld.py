@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -377,6 +378,31 @@ def test_described_share_one_asks_only_described_questions_and_zero_none(world):
     assert not any(s.meta["qa"]["meta"].get("visual") == "described_person" for s in a)
     every = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=1.0)
     assert all(next(every).meta["qa"]["meta"]["visual"] == "described_person" for _ in range(8))
+
+
+def test_open_kind_weights_parse_and_reject_bad_tables():
+    assert qa.open_kind_weights("hair_color=3, glasses=1") == {"hair_color": 3.0, "glasses": 1.0}
+    assert qa.open_kind_weights({"age": 2}) == {"age": 2.0}
+    for bad, match in (("hair=1", "unknown open question kind"), ("hair_color", "kind=number"),
+                       ("hair_color=x", "kind=number"), ("hair_color=-1", ">= 0"), ("hair_color=0", ">= 0"),
+                       ("hair_color=nan", ">= 0"), ("", ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            qa.open_kind_weights(bad)
+
+
+def test_open_kinds_draw_only_the_listed_kinds_in_proportion(world):
+    rng = np.random.default_rng(3)
+    graph = world.sample_scene(rng, n_people=2).graph
+    kinds = Counter(qa.generic_vqa(graph, rng, mc_prob=0.0, open_kinds={"hair_color": 3.0, "count": 1.0})
+                    .meta["visual"] for _ in range(400))
+    assert set(kinds) == {"hair_color", "count"}
+    assert 0.65 < kinds["hair_color"] / 400 < 0.85  # 3:1 -> 0.75
+    stream = world.iter_generic_samples(np.random.default_rng(4), weights=(0, 1, 0), open_kinds="hair_color=1")
+    items = [next(stream).meta["qa"] for _ in range(20)]
+    open_items = [item for item in items if not item["options"]]  # multiple choice keeps its share
+    assert open_items and all(item["meta"]["visual"] == "hair_color" for item in open_items)
+    with pytest.raises(ValueError, match="unknown open question kind"):
+        next(world.iter_generic_samples(np.random.default_rng(0), open_kinds={"shoes": 1.0}))
 
 
 # ----------------------------------------------------------------------------------- eval set + writers

@@ -182,3 +182,23 @@ def test_generic_source_passes_described_share_to_first_and_follow_up_questions(
     assert "described_share" not in AvatarWorldGenericSource(world).describe()  # old run records unchanged
     with pytest.raises(ValueError, match="described_share"):
         AvatarWorldGenericSource(world, described_share=-0.1)
+
+
+def test_generic_source_passes_open_kinds_to_first_and_follow_up_questions(world):
+    src = AvatarWorldGenericSource(world, seed=1, mix=(0.0, 1.0, 0.0), turns=4, open_kinds="hair_color=1")
+    asked = [q for ex in src.examples(0, 4) for q in [ex.question] + [q for q, _ in ex.follow_up]]
+    open_questions = [q for q in asked if "\nA. " not in q]
+    assert open_questions and all(q.startswith("What color is the hair of ") for q in open_questions)
+    assert src.describe()["open_kinds"] == {"hair_color": 1.0}
+    assert "open_kinds" not in AvatarWorldGenericSource(world).describe()  # old run records unchanged
+    with pytest.raises(ValueError, match="kind=number"):
+        AvatarWorldGenericSource(world, open_kinds="hair_color")
+
+
+def test_evaluate_base_open_kinds_scores_only_those_kinds_with_their_majority_rate(lvlm, world):
+    from plvm.models.base_eval import evaluate_base
+
+    result = evaluate_base(lvlm, world, n_open=6, n_vqa=0, n_same=0, seed=3, open_kinds={"hair_color": 1.0})
+    assert set(result.open_by_kind) == {"hair_color"} and result.open_by_kind["hair_color"]["n"] == 6
+    assert result.open_by_kind["hair_color"]["majority"] in {k / 6 for k in range(1, 7)}
+    assert result.config["open_kinds"] == {"hair_color": 1.0}

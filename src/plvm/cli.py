@@ -92,7 +92,7 @@ def train(
     from .aligner import Aligner
     from .config import get_preset
     from .injection import PersonalizedLVLM
-    from .models.base import load_base
+    from .models.base import load_base, mini_base_revision
     from .pipeline import load_reference_encoder
     from .training.aligner_task import AlignerTaskConfig, AlignerTrainingTask
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
@@ -113,12 +113,14 @@ def train(
     else:
         source = FolderPersonalSource(data, seed)
     model, processor = load_base("mini" if preset == "mini" else p.base_model)
-    lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model)
+    revision = mini_base_revision() if preset == "mini" else None
+    lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model, base_revision=revision)
     enc, ref_proc = load_reference_encoder(cfg)
     aligner = Aligner(cfg, enc)
     if init_aligner is not None:
-        from .pipeline import load_aligner_weights
+        from .pipeline import check_aligner_base, load_aligner_weights
 
+        check_aligner_base(init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
         load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
     fresh = init_aligner is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
@@ -148,6 +150,18 @@ def train(
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _open_kinds_option(text: str | None) -> dict[str, float] | None:
+    """``--vqa-kinds 'hair_color=3,glasses=1'`` → validated weights (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    from .synth.qa import open_kind_weights
+
+    try:
+        return open_kind_weights(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vqa-kinds") from None
 
 
 @app.command("train-base")
@@ -184,6 +198,9 @@ def train_base(
     described_share: float = typer.Option(0.0, help="share of visual questions asking whether a described person "
                                                     "is in the photo (\"Is there a young man with short black "
                                                     "hair in this image?\")"),
+    vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open visual-question kinds, e.g. "
+                                                       "'hair_color=3,glasses=2,age=1' (kinds not listed are not "
+                                                       "asked; default: all kinds, uniform)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -200,6 +217,7 @@ def train_base(
         raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
     if anchor_regions not in REGIONS:
         raise typer.BadParameter(f"--anchor-regions must be one of {', '.join(REGIONS)}")
+    open_kinds = _open_kinds_option(vqa_kinds)
     model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
@@ -223,7 +241,7 @@ def train_base(
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
-                                      described_share=described_share)
+                                      described_share=described_share, open_kinds=open_kinds)
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
@@ -271,11 +289,14 @@ def eval_base(
     n_vqa: int = typer.Option(200, help="multiple-choice questions, scored by the option letter"),
     n_same: int = typer.Option(200),
     n_described: int = typer.Option(0, help="'Is there <a described person> in this image?' questions"),
+    vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open question kinds drawn, e.g. "
+                                                       "'hair_color=1' (default: all kinds, uniform)"),
     seed: int = typer.Option(1234),
     world_seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
 ) -> None:
     """Held-out generic VQA and two-image same/different accuracy of LLaVA-mini (no personalization)."""
+    open_kinds = _open_kinds_option(vqa_kinds)
     from .injection import PersonalizedLVLM
     from .models.base import load_base
     from .models.base_eval import evaluate_base
@@ -292,7 +313,7 @@ def eval_base(
     tmp.cleanup()
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
-                           n_open=n_open, n_described=n_described)
+                           n_open=n_open, n_described=n_described, open_kinds=open_kinds)
     result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())
     if out:

@@ -32,6 +32,10 @@ class ConceptError(ValueError):
     """A concept name, file or embedding is invalid."""
 
 
+#: ``metadata`` key of the base revision a concept was made on (see :func:`plvm.models.mini.base_revision`).
+BASE_REVISION_KEY = "base_revision"
+
+
 class IncompatibleConceptError(ConceptError):
     """A concept was made for another base model or hidden size."""
 
@@ -131,8 +135,14 @@ class ConceptEmbedding:
             new_name, self.e_word, self.e_weight, self.context, self.base_model, dict(self.metadata)
         )
 
-    def check_compatible(self, base_model: str, hidden_size: int) -> None:
-        """Raise :class:`IncompatibleConceptError` unless made for ``base_model`` with ``hidden_size``."""
+    @property
+    def base_revision(self) -> str | None:
+        """The trained-weights revision of the base this concept was made on (``metadata``), if recorded."""
+        return self.metadata.get(BASE_REVISION_KEY)
+
+    def check_compatible(self, base_model: str, hidden_size: int, base_revision: str | None = None) -> None:
+        """Raise :class:`IncompatibleConceptError` unless made for ``base_model`` with ``hidden_size`` (and,
+        when both the concept and the caller name one, the same ``base_revision``)."""
         if self.hidden_size != hidden_size:
             raise IncompatibleConceptError(
                 f"concept <{self.name}> has hidden size {self.hidden_size} (made for {self.base_model}); "
@@ -142,6 +152,11 @@ class ConceptEmbedding:
             raise IncompatibleConceptError(
                 f"concept <{self.name}> was made for base model {self.base_model!r}, not {base_model!r}; "
                 "re-create it from its reference image with this model's Aligner"
+            )
+        if base_revision is not None and self.base_revision is not None and self.base_revision != base_revision:
+            raise IncompatibleConceptError(
+                f"concept <{self.name}> was made on {self.base_model} revision {self.base_revision}, this model is "
+                f"revision {base_revision} (other trained weights); re-create it from its reference image"
             )
 
     # ------------------------------------------------------------------ I/O

@@ -199,17 +199,22 @@ class PersonalizedLVLM(nn.Module):
         processor: Its processor (tokenizer, image processor, chat template).
         base_model: Identifier stored in concepts made for this model (defaults to the model's
             ``name_or_path``); concepts made for another base are refused.
+        base_revision: Which trained weights of that base (e.g. LLaVA-mini's
+            :func:`plvm.models.mini.base_revision`); concepts that record another revision are refused.
+            ``None``: not tracked (hub models are named by ``base_model``).
 
     The wrapped model is put in eval mode and its parameters get ``requires_grad=False``; nothing else of
     it is touched. Gradients still flow to concept embeddings (training the Aligner).
     """
 
-    def __init__(self, model: nn.Module, processor: Any, base_model: str | None = None):
+    def __init__(self, model: nn.Module, processor: Any, base_model: str | None = None,
+                 base_revision: str | None = None):
         super().__init__()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.base_model_id = base_model or getattr(model.config, "_name_or_path", "") or "custom"
+        self.base_revision = base_revision
         model.eval()
         model.requires_grad_(False)
         text_config = model.config.get_text_config()
@@ -422,7 +427,7 @@ class PersonalizedLVLM(nn.Module):
         per_sample = [conv.concepts for conv in conversations]
         for concepts in per_sample:
             for c in concepts:
-                c.check_compatible(self.base_model_id, self.hidden_size)
+                c.check_compatible(self.base_model_id, self.hidden_size, self.base_revision)
         encoded = [self.encode(conv, add_generation_prompt) for conv in conversations]
         batch = self.collate(encoded)
         tensors = ConceptTensors.from_concepts(per_sample, self.hidden_size)

@@ -8,16 +8,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .aligner import Aligner
-from .concept import ConceptEmbedding
+from .concept import BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
 from .conversation import Conversation, single_turn
 from .injection import PersonalizedLVLM
@@ -56,12 +58,53 @@ def load_reference_encoder(config: AlignerConfig) -> tuple[torch.nn.Module, Any]
     return Dinov2Model.from_pretrained(config.encoder), reference_image_processor(config.image_size)
 
 
+class IncompatibleAlignerError(ValueError):
+    """Aligner weights were trained on other trained weights of the base LVLM (another revision)."""
+
+
+def aligner_base_revision(path: str | Path) -> str | None:
+    """The base revision an Aligner was trained on, as its training recorded it (``None``: not recorded).
+
+    ``path``: an exported ``aligner.safetensors`` (metadata ``task``) or a training checkpoint directory
+    (``state.json``); both hold the training task's description, where ``plvm train`` writes it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        task = json.loads((path / "state.json").read_text()).get("task", {})
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            task = json.loads((f.metadata() or {}).get("task", "{}"))
+    return task.get(BASE_REVISION_KEY)
+
+
 def load_aligner_weights(aligner: Aligner, path: str | Path) -> None:
     """Load trained Aligner weights (``aligner.safetensors`` or a training checkpoint directory)."""
     path = Path(path)
     if path.is_dir():
         path = path / "trainable.safetensors"
     aligner.load_trainable_state_dict(load_file(str(path)))
+
+
+def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch: bool = False) -> None:
+    """Refuse Aligner weights trained on another revision of ``lvlm``'s base (or warn, with ``allow_mismatch``).
+
+    Nothing is checked when either side records no revision (hub models; Aligners trained before revisions
+    were recorded — those get a warning).
+    """
+    trained_on = aligner_base_revision(path)
+    if lvlm.base_revision is None:
+        return
+    if trained_on is None:
+        logger.warning("Aligner weights %s do not record which %s they were trained on; this base is %s",
+                       path, lvlm.base_model_id, lvlm.base_revision)
+        return
+    if trained_on != lvlm.base_revision:
+        message = (f"Aligner weights {path} were trained on {lvlm.base_model_id} revision {trained_on}, but the "
+                   f"loaded base is revision {lvlm.base_revision}: its concepts would be meaningless there. "
+                   "Retrain the Aligner on this base (plvm train) or load the base it was trained on")
+        if not allow_mismatch:
+            raise IncompatibleAlignerError(message)
+        logger.warning("BASE MISMATCH (allowed): %s", message)
 
 
 class PLVM:
@@ -83,18 +126,25 @@ class PLVM:
 
     @classmethod
     def from_preset(
-        cls, name: str = "mini", aligner_weights: str | Path | None = None, allow_untrained: bool = False
+        cls, name: str = "mini", aligner_weights: str | Path | None = None, allow_untrained: bool = False,
+        allow_base_mismatch: bool = False,
     ) -> "PLVM":
-        """Build the base LVLM, the reference encoder and the Aligner of a preset, with trained weights."""
-        from .models.base import load_base
+        """Build the base LVLM, the reference encoder and the Aligner of a preset, with trained weights.
+
+        Raises :class:`IncompatibleAlignerError` when the weights record another base revision than the
+        loaded base (LLaVA-mini: another trained projector/LoRA), unless ``allow_base_mismatch``.
+        """
+        from .models.base import load_base, mini_base_revision
 
         preset: Preset = get_preset(name)
         model, processor = load_base("mini" if name == "mini" else preset.base_model)
-        lvlm = PersonalizedLVLM(model, processor, base_model=preset.base_model)
+        revision = mini_base_revision() if name == "mini" else None
+        lvlm = PersonalizedLVLM(model, processor, base_model=preset.base_model, base_revision=revision)
         encoder, ref_proc = load_reference_encoder(preset.aligner)
         aligner = Aligner(preset.aligner, encoder)
         weights = aligner_weights or (MINI_ALIGNER if name == "mini" else None)
         if weights is not None and Path(weights).exists():
+            check_aligner_base(weights, lvlm, allow_base_mismatch)
             load_aligner_weights(aligner, weights)
         elif not allow_untrained:
             raise FileNotFoundError(
@@ -109,7 +159,11 @@ class PLVM:
     @torch.no_grad()
     def make_concepts(self, names: Sequence[str], images: Sequence[Image.Image]) -> list[ConceptEmbedding]:
         pixels = self.reference_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        return self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"])
+        concepts = self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"])
+        if self.lvlm.base_revision is not None:
+            for concept in concepts:
+                concept.metadata[BASE_REVISION_KEY] = self.lvlm.base_revision
+        return concepts
 
     def make_concept(self, name: str, image: Image.Image) -> ConceptEmbedding:
         return self.make_concepts([name], [image])[0]

@@ -44,13 +44,15 @@ def tiny_plvm(seed: int = 0) -> Any:
     return PLVM(lvlm, aligner, reference_image_processor(28), preset="tiny")
 
 
-def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False) -> Any:
+def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False,
+              allow_base_mismatch: bool = False) -> Any:
     """``"tiny"`` → :func:`tiny_plvm`; a preset name (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``."""
     if model == "tiny":
         return tiny_plvm()
     from ..pipeline import PLVM
 
-    return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained)
+    return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained,
+                            allow_base_mismatch=allow_base_mismatch)
 
 
 def _split(value: str) -> list[str]:
@@ -75,6 +77,8 @@ def eval_command(
     seed: int = typer.Option(0),
     aligner_weights: Optional[Path] = typer.Option(None, help="trained Aligner (default: the preset's)"),
     allow_untrained: bool = typer.Option(False, help="run PLVM with a random Aligner (sanity checks only)"),
+    allow_base_mismatch: bool = typer.Option(False, help="use Aligner weights trained on another revision of the "
+                                                         "base (e.g. an older LLaVA-mini projector), with a warning"),
     yollava_steps: int = typer.Option(100, help="Yo'LLaVA tuning steps per concept"),
     yollava_lr: float = typer.Option(5e-3),
     yollava_batch: int = typer.Option(4),
@@ -132,7 +136,7 @@ def eval_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
-    plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys)
+    plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys, allow_base_mismatch)
     face = None
     if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):
         from ..cli_product import ModelUnavailableError, load_face_backend

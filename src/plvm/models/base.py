@@ -51,6 +51,17 @@ def find_mini_projector() -> Path | None:
     return next((path for path in mini_projector_candidates() if path.is_file()), None)
 
 
+def mini_base_revision(projector: str | Path | None = None) -> str | None:
+    """:func:`plvm.models.mini.base_revision` of ``projector`` (default: the one ``load_base("mini")``
+    loads); ``None`` when there is no trained projector."""
+    projector = projector or find_mini_projector()
+    if projector is None:
+        return None
+    from plvm.models.mini import base_revision
+
+    return base_revision(projector)
+
+
 def load_base(name_or_path: str, **kw: Any) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a base LVLM and its processor (model in eval mode).
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -169,18 +169,24 @@ def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
 def evaluate_base(
     lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234,
     n_open: int | None = None, hard_negative_distance: int = 2, n_described: int = 0,
+    open_kinds: Mapping[str, float] | None = None,
 ) -> BaseEvalResult:
     """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions,
-    ``n_same`` same-person questions and ``n_described`` described-person questions on test identities."""
+    ``n_same`` same-person questions and ``n_described`` described-person questions on test identities.
+
+    ``open_kinds`` weights the open question kinds (:func:`plvm.synth.qa.open_kind_weights`), e.g. to score
+    enough hair-colour questions; ``None`` draws the default stream. Each open kind is reported with its
+    accuracy and the majority rate of its true answers (what always giving the commonest answer scores)."""
     from ..synth.qa import QA
 
     t0 = time.time()
     n_open = n_vqa if n_open is None else n_open
     rng = np.random.default_rng(seed)
     stream = world.iter_generic_samples(rng, split="test", weights=(0.0, 0.5, 0.5),
-                                        hard_negative_distance=hard_negative_distance)
+                                        hard_negative_distance=hard_negative_distance, open_kinds=open_kinds)
     vqa_hits: dict[str, list[bool]] = defaultdict(list)
     open_hits: dict[str, list[bool]] = defaultdict(list)
+    open_truths: dict[str, list[str]] = defaultdict(list)
     chance: list[float] = []
     open_chance: list[float] = []
     same_hits: list[tuple[bool, bool]] = []
@@ -194,6 +200,7 @@ def evaluate_base(
             scores = candidate_logprobs(lvlm, ex, cands)
             kind = str(s.meta["qa"]["meta"]["visual"])
             open_hits[kind].append(cands[int(scores.argmax())] == s.answer)
+            open_truths[kind].append(s.answer)
             open_chance.append(1.0 / len(cands))
             bar.update(1)
         elif s.kind == "vqa" and s.meta["qa"]["options"] and len(chance) < n_vqa:
@@ -234,7 +241,9 @@ def evaluate_base(
     return BaseEvalResult(
         open_accuracy=_mean(all_open),
         open_chance=_mean(open_chance),
-        open_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(open_hits.items())},
+        open_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v),
+                          "majority": Counter(open_truths[k]).most_common(1)[0][1] / len(v)}
+                      for k, v in sorted(open_hits.items())},
         vqa_accuracy=_mean(all_vqa),
         vqa_chance=_mean(chance),
         vqa_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(vqa_hits.items())},
@@ -253,5 +262,6 @@ def evaluate_base(
         n_described=described[3],
         seconds=time.time() - t0,
         config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
-                "hard_negative_distance": hard_negative_distance},
+                "hard_negative_distance": hard_negative_distance,
+                **({"open_kinds": dict(open_kinds)} if open_kinds is not None else {})},
     )

@@ -306,6 +306,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def base_revision(projector: str | Path) -> str:
+    """Which trained LLaVA-mini a projector file makes: ``"projector-sha256:<16 hex>"`` of the file.
+
+    The projector's metadata pins its LM LoRA by sha256 (:func:`projector_lora`), so this one hash names the
+    whole trained base. Aligners and concepts record it; embeddings made for one revision are meaningless
+    on another even though the family name (``plvm/llava-mini``) and hidden size agree.
+    """
+    return "projector-sha256:" + _sha256(Path(projector))[:16]
+
+
 def projector_lora(projector: str | Path, metadata: dict[str, str] | None = None) -> Path | None:
     """The LM LoRA file a projector was trained with (named in its metadata, beside it), or ``None``.
 

@@ -468,17 +468,50 @@ GENERIC_OPEN_KINDS: tuple[str, ...] = ("count", "clothing_color", "clothing_type
                                        "glasses", "object", "setting", "age")
 
 
+def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
+    """Validated sampling weights of open :data:`GENERIC_OPEN_KINDS` (``"hair_color=3,glasses=1"`` or a mapping).
+
+    Kinds not listed are never asked; weights need not sum to 1. Raises ``ValueError`` on an unknown kind,
+    a malformed entry, a negative weight or an all-zero table.
+    """
+    if isinstance(weights, str):
+        table: dict[str, float] = {}
+        for entry in filter(None, (e.strip() for e in weights.split(","))):
+            name, sep, value = entry.partition("=")
+            try:
+                if not sep:
+                    raise ValueError(entry)
+                table[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"open kind weight {entry!r} is not of the form kind=number") from None
+        weights = table
+    unknown = sorted(set(weights) - set(GENERIC_OPEN_KINDS))
+    if unknown:
+        raise ValueError(f"unknown open question kind(s) {unknown}; known: {', '.join(GENERIC_OPEN_KINDS)}")
+    values = [float(w) for w in weights.values()]
+    if any(not w >= 0 for w in values) or sum(values) <= 0 or sum(values) == float("inf"):  # not w >= 0: NaN
+        raise ValueError(f"open kind weights must be >= 0 with a positive sum, got {dict(weights)}")
+    return {k: float(w) for k, w in weights.items()}
+
+
 def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | None = None,
-                mc_prob: float = 0.3, described_share: float = 0.0) -> QA:
+                mc_prob: float = 0.3, described_share: float = 0.0,
+                open_kinds: Mapping[str, float] | None = None) -> QA:
     """A non-personalised question about the photo (open form, or multiple choice with ``mc_prob``).
 
     With ``described_share > 0`` that share of the questions are :func:`described_person_vqa` ("Is there
     a young woman with long red hair in this image?"); at 0 the random stream is the one of earlier versions.
+    ``open_kinds`` (see :func:`open_kind_weights`) sets the proportions of the open kinds (``None``: uniform
+    over :data:`GENERIC_OPEN_KINDS`, the stream of earlier versions).
     """
     if kind is None and described_share > 0 and rng.random() < described_share:
         return described_person_vqa(graph, rng)
     if kind is None and rng.random() < mc_prob:
         return visual_mc_qa(graph, rng, None, None, int(rng.integers(2, 5)))
+    if kind is None and open_kinds is not None:
+        names = list(open_kinds)
+        p = np.asarray([open_kinds[k] for k in names], dtype=float)
+        kind = names[int(rng.choice(len(names), p=p / p.sum()))]
     kind = kind or _choice(rng, GENERIC_OPEN_KINDS)
     people = graph["people"]
     n = len(people)

@@ -104,6 +104,7 @@ class AlignerTrainingTask:
             "kind": "aligner",
             "aligner": self.aligner.config.to_dict(),
             "base_model": self.lvlm.base_model_id,
+            **({"base_revision": self.lvlm.base_revision} if self.lvlm.base_revision is not None else {}),
             "task": dataclasses.asdict(self.config),
             "data": self.data.describe(),
         }

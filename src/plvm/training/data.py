@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -82,10 +82,15 @@ class AvatarWorldGenericSource:
 
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
                  mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1,
-                 same_portrait_share: float = 0.5, described_share: float = 0.0):
+                 same_portrait_share: float = 0.5, described_share: float = 0.0,
+                 open_kinds: Mapping[str, float] | str | None = None):
         """``mix``: proportions of caption, generic visual QA and same-person samples;
         ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene);
-        ``described_share``: share of visual questions that ask whether a described person is in the photo."""
+        ``described_share``: share of visual questions that ask whether a described person is in the photo;
+        ``open_kinds``: weights of the open question kinds (:func:`plvm.synth.qa.open_kind_weights`, e.g.
+        ``"hair_color=3,glasses=1"``; ``None``: uniform)."""
+        from ..synth import qa
+
         if turns < 1:
             raise ValueError("turns must be >= 1")
         if not 0.0 <= same_portrait_share <= 1.0:
@@ -94,6 +99,7 @@ class AvatarWorldGenericSource:
             raise ValueError(f"described_share must be in [0, 1], got {described_share}")
         self.same_portrait_share = float(same_portrait_share)
         self.described_share = float(described_share)
+        self.open_kinds = qa.open_kind_weights(open_kinds) if open_kinds is not None else None
         self.world = world
         self.seed = seed
         self.split = split
@@ -104,7 +110,8 @@ class AvatarWorldGenericSource:
         rng = np.random.default_rng([self.seed, index])
         stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix,
                                                  same_portrait_share=self.same_portrait_share,
-                                                 described_share=self.described_share)
+                                                 described_share=self.described_share,
+                                                 open_kinds=self.open_kinds)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -125,7 +132,7 @@ class AvatarWorldGenericSource:
         for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
             if len(turns) == self.turns - 1:
                 break
-            item = qa.generic_vqa(graph, rng, described_share=self.described_share)
+            item = qa.generic_vqa(graph, rng, described_share=self.described_share, open_kinds=self.open_kinds)
             key = (item.meta.get("visual"), item.meta.get("identity"))
             if key not in asked:
                 asked.add(key)
@@ -136,7 +143,8 @@ class AvatarWorldGenericSource:
         return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
                 "split": self.split, "mix": list(self.mix), "turns": self.turns,
                 **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
-                **({"described_share": self.described_share} if self.described_share else {})}
+                **({"described_share": self.described_share} if self.described_share else {}),
+                **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {})}
 
 
 def find_reference(concept_dir: Path) -> Path:

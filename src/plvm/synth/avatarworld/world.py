@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -168,21 +168,24 @@ class AvatarWorld:
     def iter_generic_samples(self, rng: np.random.Generator, split: str = "train",
                              weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
                              hard_negative_distance: int = 2,
-                             same_portrait_share: float = 0.5, described_share: float = 0.0
-                             ) -> Iterator[GenericSample]:
+                             same_portrait_share: float = 0.5, described_share: float = 0.0,
+                             open_kinds: Mapping[str, float] | None = None) -> Iterator[GenericSample]:
         """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
         ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples. A same-person
         question compares a reference portrait with another portrait (share ``same_portrait_share``) or
         with a scene; half of each kind are the same person. ``described_share`` of the visual questions ask
         whether a described person is in the photo (:func:`plvm.synth.qa.described_person_vqa`; 0 draws the
-        stream of earlier versions).
+        stream of earlier versions). ``open_kinds`` weights the open question kinds
+        (:func:`plvm.synth.qa.open_kind_weights`; ``None``: uniform, the stream of earlier versions).
         """
         from .. import qa  # local import: qa depends on this package
 
         if not 0.0 <= same_portrait_share <= 1.0:
             raise ValueError(f"same_portrait_share must be in [0, 1], got {same_portrait_share}")
 
+        if open_kinds is not None:
+            open_kinds = qa.open_kind_weights(open_kinds)
         pool = self._splits[split]
         p = np.asarray(weights, dtype=float) / float(np.sum(weights))
         while True:
@@ -193,7 +196,7 @@ class AvatarWorld:
                                     [scene.graph], {"identities": scene.identity_ids})
             elif kind == "vqa":
                 scene = self.sample_scene(rng, split)
-                item = qa.generic_vqa(scene.graph, rng, described_share=described_share)
+                item = qa.generic_vqa(scene.graph, rng, described_share=described_share, open_kinds=open_kinds)
                 yield GenericSample([scene.image], item.prompt, item.answer, kind, [scene.graph],
                                     {"identities": scene.identity_ids, "qa": item.to_dict()})
             else:
