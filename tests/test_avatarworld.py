@@ -365,6 +365,12 @@ def test_described_person_question_describes_someone_present_or_nobody_present(w
         if not yes:  # the negative is its subject's description with properties changed
             subject = next(p for p in graph["people"] if p["identity"] == item.meta["identity"])
             assert phrase != qa.person_phrase(subject)
+            assert 0 < len(item.meta["changed"]) <= item.meta["n_changed"]
+            assert set(item.meta["changed"]) <= set(qa.DESCRIBED_PROPERTIES)
+            if subject["attributes"]["gender"] == "woman":
+                assert "facial_hair" not in item.meta["changed"]
+        else:
+            assert item.meta["changed"] == []
     assert min(seen.values()) >= 25 and changes == {0, 1, 2, 3}
     forced = qa.described_person_vqa(graph, np.random.default_rng(0), positive=False, n_changed=2)
     assert forced.answer == "No." and forced.meta["n_changed"] == 2

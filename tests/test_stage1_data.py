@@ -168,6 +168,8 @@ def test_evaluate_base_described_person_scores_every_question_and_splits_negativ
     n_neg = sum(by[f"changes: {c}"]["n"] for c in (1, 2, 3))
     assert 0 < n_neg < 10  # both answers occur with this seed, and each negative has 1, 2 or 3 changes
     assert sum(by[f"people: {k}"]["n"] for k in (1, 2, 3, 4)) == 10  # and each photo 1-4 people
+    by_prop = [by[f"changed: {p}"]["n"] for p in ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")]
+    assert n_neg <= sum(by_prop) <= 3 * n_neg  # every negative changed 1-3 of them
     assert 0.0 <= result.described_auc <= 1.0
     again = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
     assert again.described_auc == result.described_auc  # a fixed item stream
@@ -202,3 +204,24 @@ def test_evaluate_base_open_kinds_scores_only_those_kinds_with_their_majority_ra
     assert set(result.open_by_kind) == {"hair_color"} and result.open_by_kind["hair_color"]["n"] == 6
     assert result.open_by_kind["hair_color"]["majority"] in {k / 6 for k in range(1, 7)}
     assert result.config["open_kinds"] == {"hair_color": 1.0}
+
+
+def test_described_properties_limit_what_negatives_change(world):
+    from plvm.synth import qa
+
+    src = AvatarWorldGenericSource(world, seed=2, mix=(0.0, 1.0, 0.0), described_share=1.0,
+                                   described_properties=["hair_color", "glasses"])
+    assert src.describe()["described_properties"] == ["hair_color", "glasses"]
+    rng = np.random.default_rng(8)
+    seen: set[str] = set()
+    for _ in range(60):
+        graph = world.sample_scene(rng, "train").graph
+        item = qa.described_person_vqa(graph, rng, properties=("hair_color", "glasses"))
+        assert item.meta["n_changed"] <= 2 and set(item.meta["changed"]) <= {"hair_color", "glasses"}
+        seen.update(item.meta["changed"])
+    assert seen == {"hair_color", "glasses"}
+    for bad in (["shoes"], [], ["hair_color", "hair_color"]):
+        with pytest.raises(ValueError, match="properties"):
+            qa.described_person_vqa(graph, rng, properties=bad)
+    with pytest.raises(ValueError, match="described properties"):
+        AvatarWorldGenericSource(world, described_properties=["hair_color", "hair_color"])

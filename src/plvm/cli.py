@@ -201,6 +201,10 @@ def train_base(
     vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open visual-question kinds, e.g. "
                                                        "'hair_color=3,glasses=2,age=1' (kinds not listed are not "
                                                        "asked; default: all kinds, uniform)"),
+    described_properties: Optional[str] = typer.Option(None, help="what a described-person negative may change, "
+                                                                  "e.g. 'hair_color,hair_style,glasses' (default: "
+                                                                  "gender, age, hair_color, hair_style, facial_hair, "
+                                                                  "glasses)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -240,8 +244,13 @@ def train_base(
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
-    source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
-                                      described_share=described_share, open_kinds=open_kinds)
+    try:
+        source = AvatarWorldGenericSource(
+            world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
+            described_share=described_share, open_kinds=open_kinds,
+            described_properties=[x.strip() for x in described_properties.split(",")] if described_properties else None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight)
     init_lora = projector_lora(init_projector) if init_projector is not None else None

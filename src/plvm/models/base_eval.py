@@ -137,22 +137,28 @@ def _yes_no_log_odds(lvlm: PersonalizedLVLM, example: GenericExample) -> float:
 def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1234
                        ) -> tuple[float, float, dict[str, dict[str, float]], int]:
     """``n`` described-person questions on test scenes: ``(accuracy, AUC, breakdown, n)``; the breakdown
-    has the negatives with 1, 2, 3 changed properties (each against all positives) and the photos with
-    1–4 people."""
-    from ..synth.qa import described_person_vqa
+    has the negatives with 1, 2, 3 changed properties and the negatives in which each property was changed
+    (each against all positives), and the photos with 1–4 people."""
+    from ..synth.qa import DESCRIBED_PROPERTIES, described_person_vqa
 
     rng = np.random.default_rng([seed, 7])  # its own stream: the other measures' items stay the same
     rows: list[tuple[int, int, float]] = []  # (properties changed, people in the photo, log-odds); 0 = a Yes
+    changed: list[list[str]] = []
     for _ in tqdm(range(n), desc="described person", mininterval=5, disable=n == 0):
         scene = world.sample_scene(rng, "test")
         item = described_person_vqa(scene.graph, rng)
         score = _yes_no_log_odds(lvlm, GenericExample([scene.image], item.question, item.answer, "vqa"))
         rows.append((int(item.meta["n_changed"]), len(scene.graph["people"]), score))
+        changed.append(list(item.meta["changed"]))
     pos = [x for c, _, x in rows if c == 0]
     breakdown = {}
     for c in (1, 2, 3):
         neg = [x for k, _, x in rows if k == c]
         breakdown[f"changes: {c}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
+    for prop in DESCRIBED_PROPERTIES:
+        neg = [x for (_, _, x), props in zip(rows, changed) if prop in props]
+        breakdown[f"changed: {prop}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg),
+                                         "auc": _auc(pos, neg)}
     for people in (1, 2, 3, 4):
         sub = [(c, x) for c, k, x in rows if k == people]
         breakdown[f"people: {people}"] = {

@@ -463,6 +463,18 @@ def concept_caption(graph: Mapping[str, Any], names: Mapping[str, str]) -> str:
     return text + f". {pron} {background_phrase(graph['background'])}."
 
 
+#: What a person description (:func:`person_phrase`) can change in a negative of :func:`described_person_vqa`.
+DESCRIBED_PROPERTIES: tuple[str, ...] = ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")
+
+
+def check_described_properties(properties: Sequence[str]) -> tuple[str, ...]:
+    """``properties`` as a tuple if they are distinct members of :data:`DESCRIBED_PROPERTIES` (else ``ValueError``)."""
+    properties = tuple(properties)
+    if not properties or not set(properties) <= set(DESCRIBED_PROPERTIES) or len(set(properties)) < len(properties):
+        raise ValueError(f"described properties must be distinct values of {DESCRIBED_PROPERTIES}, got {properties}")
+    return properties
+
+
 # ================================================================================ generic VQA
 GENERIC_OPEN_KINDS: tuple[str, ...] = ("count", "clothing_color", "clothing_type", "expression", "hair_color",
                                        "glasses", "object", "setting", "age")
@@ -496,16 +508,18 @@ def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
 
 def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | None = None,
                 mc_prob: float = 0.3, described_share: float = 0.0,
-                open_kinds: Mapping[str, float] | None = None) -> QA:
+                open_kinds: Mapping[str, float] | None = None,
+                described_properties: Sequence[str] = DESCRIBED_PROPERTIES) -> QA:
     """A non-personalised question about the photo (open form, or multiple choice with ``mc_prob``).
 
     With ``described_share > 0`` that share of the questions are :func:`described_person_vqa` ("Is there
     a young woman with long red hair in this image?"); at 0 the random stream is the one of earlier versions.
     ``open_kinds`` (see :func:`open_kind_weights`) sets the proportions of the open kinds (``None``: uniform
-    over :data:`GENERIC_OPEN_KINDS`, the stream of earlier versions).
+    over :data:`GENERIC_OPEN_KINDS`, the stream of earlier versions); ``described_properties`` are the
+    properties a described-person negative may change.
     """
     if kind is None and described_share > 0 and rng.random() < described_share:
-        return described_person_vqa(graph, rng)
+        return described_person_vqa(graph, rng, properties=described_properties)
     if kind is None and rng.random() < mc_prob:
         return visual_mc_qa(graph, rng, None, None, int(rng.integers(2, 5)))
     if kind is None and open_kinds is not None:
@@ -562,10 +576,6 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
     raise ValueError(f"unknown generic question kind {kind!r}")
 
 
-#: What a person description (:func:`person_phrase`) can change in a negative of :func:`described_person_vqa`.
-DESCRIBED_PROPERTIES: tuple[str, ...] = ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")
-
-
 def _redescribe(p: Mapping[str, Any], changes: Sequence[str], rng: np.random.Generator) -> dict[str, Any]:
     """A copy of scene person ``p`` with each property in ``changes`` set to another value (a woman has no
     facial hair; facial hair is only changed on a man)."""
@@ -584,26 +594,29 @@ def _redescribe(p: Mapping[str, Any], changes: Sequence[str], rng: np.random.Gen
 
 
 def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, positive: bool | None = None,
-                         n_changed: int | None = None) -> QA:
+                         n_changed: int | None = None, properties: Sequence[str] = DESCRIBED_PROPERTIES) -> QA:
     """"Is there a young woman with long red hair and glasses in this image?" about a person description.
 
     Yes: the description (:func:`person_phrase`) of someone in the photo. No: that description with
-    ``n_changed`` (random 1–3) of :data:`DESCRIBED_PROPERTIES` changed, fitting nobody in the photo. This is
+    ``n_changed`` (random 1 to min(3, len(properties))) of ``properties`` (default
+    :data:`DESCRIBED_PROPERTIES`) changed, fitting nobody in the photo. This is
     the single-image skill a frozen LVLM uses to recognise a concept that is *described* to it — the
-    Aligner's tokens (§3.1) play the description. ``meta["n_changed"]`` is 0 for a Yes.
+    Aligner's tokens (§3.1) play the description. ``meta["n_changed"]`` is 0 for a Yes; ``meta["changed"]``
+    lists the properties changed (not a woman's facial hair, which stays "none").
     """
     people = graph["people"]
     if not people:
         raise ValueError("a described-person question needs a photo with people")
+    properties = check_described_properties(properties)
     if positive is None:
         positive = bool(rng.random() < 0.5)
     p = _choice(rng, people)
     present = {person_phrase(q) for q in people}
-    phrase, changed = person_phrase(p), 0
+    phrase, changed, props = person_phrase(p), 0, []
     if not positive:
-        n = int(n_changed if n_changed is not None else rng.integers(1, 4))
+        n = int(n_changed if n_changed is not None else rng.integers(1, min(3, len(properties)) + 1))
         for _ in range(20):  # a change may hit a value another person in the photo has
-            props = [DESCRIBED_PROPERTIES[int(i)] for i in rng.choice(len(DESCRIBED_PROPERTIES), n, replace=False)]
+            props = [properties[int(i)] for i in rng.choice(len(properties), n, replace=False)]
             candidate = person_phrase(_redescribe(p, props, rng))
             if candidate not in present:
                 phrase, changed = candidate, n
@@ -613,7 +626,9 @@ def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, pos
     ans = "No." if changed else "Yes."
     return QA(f"Is there {phrase} in this image?", ans, "generic_vqa",
               meta={"visual": "described_person", "identity": p["identity"], "value": phrase,
-                    "n_changed": changed, "answer_word": ans[:-1]})
+                    "n_changed": changed, "answer_word": ans[:-1],
+                    "changed": [q for q in props if q != "facial_hair" or p["attributes"]["gender"] == "man"]
+                    if changed else []})
 
 
 def _clothing_answer(color: str, kind: str) -> str:

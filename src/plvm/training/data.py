@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -83,12 +83,14 @@ class AvatarWorldGenericSource:
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
                  mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1,
                  same_portrait_share: float = 0.5, described_share: float = 0.0,
-                 open_kinds: Mapping[str, float] | str | None = None):
+                 open_kinds: Mapping[str, float] | str | None = None,
+                 described_properties: Sequence[str] | None = None):
         """``mix``: proportions of caption, generic visual QA and same-person samples;
         ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene);
         ``described_share``: share of visual questions that ask whether a described person is in the photo;
         ``open_kinds``: weights of the open question kinds (:func:`plvm.synth.qa.open_kind_weights`, e.g.
-        ``"hair_color=3,glasses=1"``; ``None``: uniform)."""
+        ``"hair_color=3,glasses=1"``; ``None``: uniform); ``described_properties``: what a described-person
+        negative may change (``None``: all of :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`)."""
         from ..synth import qa
 
         if turns < 1:
@@ -100,6 +102,8 @@ class AvatarWorldGenericSource:
         self.same_portrait_share = float(same_portrait_share)
         self.described_share = float(described_share)
         self.open_kinds = qa.open_kind_weights(open_kinds) if open_kinds is not None else None
+        self.described_properties = (qa.check_described_properties(described_properties)
+                                     if described_properties is not None else None)
         self.world = world
         self.seed = seed
         self.split = split
@@ -111,7 +115,8 @@ class AvatarWorldGenericSource:
         stream = self.world.iter_generic_samples(rng, split=self.split, weights=self.mix,
                                                  same_portrait_share=self.same_portrait_share,
                                                  described_share=self.described_share,
-                                                 open_kinds=self.open_kinds)
+                                                 open_kinds=self.open_kinds,
+                                                 described_properties=self.described_properties)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -132,7 +137,8 @@ class AvatarWorldGenericSource:
         for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
             if len(turns) == self.turns - 1:
                 break
-            item = qa.generic_vqa(graph, rng, described_share=self.described_share, open_kinds=self.open_kinds)
+            item = qa.generic_vqa(graph, rng, described_share=self.described_share, open_kinds=self.open_kinds,
+                                  described_properties=self.described_properties or qa.DESCRIBED_PROPERTIES)
             key = (item.meta.get("visual"), item.meta.get("identity"))
             if key not in asked:
                 asked.add(key)
@@ -144,7 +150,9 @@ class AvatarWorldGenericSource:
                 "split": self.split, "mix": list(self.mix), "turns": self.turns,
                 **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
                 **({"described_share": self.described_share} if self.described_share else {}),
-                **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {})}
+                **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {}),
+                **({"described_properties": list(self.described_properties)}
+                   if self.described_properties is not None else {})}
 
 
 def find_reference(concept_dir: Path) -> Path:

@@ -169,7 +169,8 @@ class AvatarWorld:
                              weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
                              hard_negative_distance: int = 2,
                              same_portrait_share: float = 0.5, described_share: float = 0.0,
-                             open_kinds: Mapping[str, float] | None = None) -> Iterator[GenericSample]:
+                             open_kinds: Mapping[str, float] | None = None,
+                             described_properties: Sequence[str] | None = None) -> Iterator[GenericSample]:
         """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
         ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples. A same-person
@@ -177,7 +178,9 @@ class AvatarWorld:
         with a scene; half of each kind are the same person. ``described_share`` of the visual questions ask
         whether a described person is in the photo (:func:`plvm.synth.qa.described_person_vqa`; 0 draws the
         stream of earlier versions). ``open_kinds`` weights the open question kinds
-        (:func:`plvm.synth.qa.open_kind_weights`; ``None``: uniform, the stream of earlier versions).
+        (:func:`plvm.synth.qa.open_kind_weights`; ``None``: uniform, the stream of earlier versions);
+        ``described_properties`` the properties a described-person negative may change (``None``: all of
+        :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`).
         """
         from .. import qa  # local import: qa depends on this package
 
@@ -196,7 +199,8 @@ class AvatarWorld:
                                     [scene.graph], {"identities": scene.identity_ids})
             elif kind == "vqa":
                 scene = self.sample_scene(rng, split)
-                item = qa.generic_vqa(scene.graph, rng, described_share=described_share, open_kinds=open_kinds)
+                item = qa.generic_vqa(scene.graph, rng, described_share=described_share, open_kinds=open_kinds,
+                                      described_properties=described_properties or qa.DESCRIBED_PROPERTIES)
                 yield GenericSample([scene.image], item.prompt, item.answer, kind, [scene.graph],
                                     {"identities": scene.identity_ids, "qa": item.to_dict()})
             else:
