@@ -209,9 +209,16 @@ def test_evaluate_base_open_kinds_scores_only_those_kinds_with_their_majority_ra
 def test_described_properties_limit_what_negatives_change(world):
     from plvm.synth import qa
 
-    src = AvatarWorldGenericSource(world, seed=2, mix=(0.0, 1.0, 0.0), described_share=1.0,
+    src = AvatarWorldGenericSource(world, seed=2, mix=(0.0, 1.0, 0.0), turns=3, described_share=1.0,
                                    described_properties=["hair_color", "glasses"])
     assert src.describe()["described_properties"] == ["hair_color", "glasses"]
+    examples = src.examples(0, 8)
+    asked = [q for ex in examples for q in [ex.question] + [q for q, _ in ex.follow_up]]
+    assert len(asked) > len(examples) and all(q.startswith("Is there ") for q in asked)  # follow-ups too
+    stream = world.iter_generic_samples(np.random.default_rng(1), weights=(0, 1, 0), described_share=1.0,
+                                        described_properties=("glasses",))
+    metas = [next(stream).meta["qa"]["meta"] for _ in range(40)]
+    assert {tuple(m["changed"]) for m in metas} == {(), ("glasses",)}  # a single property never gets stuck
     rng = np.random.default_rng(8)
     seen: set[str] = set()
     for _ in range(60):
@@ -220,7 +227,7 @@ def test_described_properties_limit_what_negatives_change(world):
         assert item.meta["n_changed"] <= 2 and set(item.meta["changed"]) <= {"hair_color", "glasses"}
         seen.update(item.meta["changed"])
     assert seen == {"hair_color", "glasses"}
-    for bad in (["shoes"], [], ["hair_color", "hair_color"]):
+    for bad in (["shoes"], [], ["hair_color", "hair_color"], ["facial_hair"]):
         with pytest.raises(ValueError, match="properties"):
             qa.described_person_vqa(graph, rng, properties=bad)
     with pytest.raises(ValueError, match="described properties"):

@@ -376,3 +376,20 @@ def test_add_many_is_one_transaction(tmp_path):
         store.add_many(items)
     assert len(store) == 0 and not list((tmp_path / "concepts").glob("*"))
     assert len(store.add_many(items[:50])) == 50 and len(store.feature_matrix("k")) == 50
+
+
+def test_stored_concepts_keep_the_base_revision_and_are_refused_on_another(tmp_path):
+    from plvm.concept import IncompatibleConceptError
+    from plvm.conversation import single_turn
+
+    plvm = tiny_plvm()  # its own instance: the base revision is changed below
+    plvm.lvlm.base_revision = "projector-sha256:aaaa"
+    store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
+    store.add_from_image("bo", png(3, (64, 64)), ReferenceEncoder(plvm))  # the store's one-pass concept maker
+    bo = ConceptStore(tmp_path, StoreIdentity.of(plvm)).load("bo")  # a fresh handle: read back from disk
+    assert bo.base_revision == "projector-sha256:aaaa"
+    image = decode_image(png(4, (64, 64))).image
+    plvm.lvlm.prepare([single_turn("Is <bo> here?", [bo], image=image)])
+    plvm.lvlm.base_revision = "projector-sha256:bbbb"  # the committed base was retrained since
+    with pytest.raises(IncompatibleConceptError, match="revision projector-sha256:aaaa"):
+        plvm.lvlm.prepare([single_turn("Is <bo> here?", [bo], image=image)])

@@ -115,6 +115,13 @@ def train(
     model, processor = load_base("mini" if preset == "mini" else p.base_model)
     revision = mini_base_revision() if preset == "mini" else None
     lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model, base_revision=revision)
+    if not no_resume and (resumed := latest_checkpoint(out)) is not None:
+        from .pipeline import IncompatibleAlignerError, check_aligner_base
+
+        try:  # a run resumed on another base would record the new revision on weights trained on the old one
+            check_aligner_base(resumed, lvlm)
+        except IncompatibleAlignerError as exc:
+            fail(f"cannot resume {out}: {exc}")
     enc, ref_proc = load_reference_encoder(cfg)
     aligner = Aligner(cfg, enc)
     if init_aligner is not None:
@@ -199,8 +206,9 @@ def train_base(
                                                     "is in the photo (\"Is there a young man with short black "
                                                     "hair in this image?\")"),
     vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open visual-question kinds, e.g. "
-                                                       "'hair_color=3,glasses=2,age=1' (kinds not listed are not "
-                                                       "asked; default: all kinds, uniform)"),
+                                                       "'hair_color=3,glasses=2,age=1' (open questions come from "
+                                                       "these kinds, or 'count' where one cannot be asked; "
+                                                       "default: all kinds, uniform)"),
     described_properties: Optional[str] = typer.Option(None, help="what a described-person negative may change, "
                                                                   "e.g. 'hair_color,hair_style,glasses' (default: "
                                                                   "gender, age, hair_color, hair_style, facial_hair, "
@@ -222,6 +230,16 @@ def train_base(
     if anchor_regions not in REGIONS:
         raise typer.BadParameter(f"--anchor-regions must be one of {', '.join(REGIONS)}")
     open_kinds = _open_kinds_option(vqa_kinds)
+    properties = None
+    if described_properties:
+        from .synth.qa import check_described_properties
+
+        try:
+            properties = check_described_properties([x.strip() for x in described_properties.split(",")])
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--described-properties") from None
+        if described_share == 0:
+            typer.echo("warning: --described-properties has no effect with --described-share 0", err=True)
     model, processor = build_llava_mini(projector=init_projector, lora=False)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
@@ -244,13 +262,9 @@ def train_base(
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
-    try:
-        source = AvatarWorldGenericSource(
-            world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
-            described_share=described_share, open_kinds=open_kinds,
-            described_properties=[x.strip() for x in described_properties.split(",")] if described_properties else None)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
+                                      described_share=described_share, open_kinds=open_kinds,
+                                      described_properties=properties)
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight)
     init_lora = projector_lora(init_projector) if init_projector is not None else None
@@ -344,13 +358,13 @@ def demo(
     import numpy as np
 
     from .conversation import Conversation
-    from .pipeline import PLVM
+    from .pipeline import PLVM, IncompatibleAlignerError
     from .synth.avatarworld import AvatarWorld
 
     t0 = time.time()
     try:
         plvm = PLVM.from_preset("mini", allow_untrained=allow_untrained)
-    except (FileNotFoundError, ImportError) as exc:
+    except (FileNotFoundError, ImportError, IncompatibleAlignerError) as exc:
         fail(str(exc))
     typer.echo(f"loaded LLaVA-mini + Aligner in {time.time() - t0:.1f} s")
     world = AvatarWorld(seed=world_seed)

@@ -112,7 +112,7 @@ class ReferenceEncoder:
     def encode(self, name: str, image: Image.Image) -> EncodedConcept:
         """One encoder pass → the concept's embeddings and its feature vector(s)."""
         z_ref = self.plvm.aligner.encode_reference(self._pixels([image]))
-        concept: ConceptEmbedding = self.plvm.aligner.make_concepts([name], z_ref=z_ref)[0]
+        concept: ConceptEmbedding = self.plvm.stamp(self.plvm.aligner.make_concepts([name], z_ref=z_ref))[0]
         features, metadata = self.face_features(image)
         features[self.kind] = z_ref[0, 0].float().cpu().numpy()
         return EncodedConcept(concept, features, metadata)

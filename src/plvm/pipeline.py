@@ -91,9 +91,9 @@ def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch:
     Nothing is checked when either side records no revision (hub models; Aligners trained before revisions
     were recorded — those get a warning).
     """
-    trained_on = aligner_base_revision(path)
     if lvlm.base_revision is None:
         return
+    trained_on = aligner_base_revision(path)
     if trained_on is None:
         logger.warning("Aligner weights %s do not record which %s they were trained on; this base is %s",
                        path, lvlm.base_model_id, lvlm.base_revision)
@@ -101,7 +101,8 @@ def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch:
     if trained_on != lvlm.base_revision:
         message = (f"Aligner weights {path} were trained on {lvlm.base_model_id} revision {trained_on}, but the "
                    f"loaded base is revision {lvlm.base_revision}: its concepts would be meaningless there. "
-                   "Retrain the Aligner on this base (plvm train) or load the base it was trained on")
+                   "Retrain the Aligner on this base (plvm train), or pass --allow-base-mismatch (Python: "
+                   "allow_base_mismatch=True) to use it anyway for an experiment")
         if not allow_mismatch:
             raise IncompatibleAlignerError(message)
         logger.warning("BASE MISMATCH (allowed): %s", message)
@@ -159,7 +160,10 @@ class PLVM:
     @torch.no_grad()
     def make_concepts(self, names: Sequence[str], images: Sequence[Image.Image]) -> list[ConceptEmbedding]:
         pixels = self.reference_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        concepts = self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"])
+        return self.stamp(self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"]))
+
+    def stamp(self, concepts: list[ConceptEmbedding]) -> list[ConceptEmbedding]:
+        """Record the base revision (if the base tracks one) in freshly made concepts (in place, returned)."""
         if self.lvlm.base_revision is not None:
             for concept in concepts:
                 concept.metadata[BASE_REVISION_KEY] = self.lvlm.base_revision

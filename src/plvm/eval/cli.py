@@ -136,7 +136,15 @@ def eval_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
-    plvm = load_plvm(model, aligner_weights, allow_untrained or "plvm" not in keys, allow_base_mismatch)
+    from ..pipeline import IncompatibleAlignerError
+
+    uses_aligner = bool({"plvm", "plvm-idp"} & set(keys))
+    try:  # without an Aligner-based method the Aligner is unused: neither trained weights nor their base matter
+        plvm = load_plvm(model, aligner_weights, allow_untrained or not uses_aligner,
+                         allow_base_mismatch or not uses_aligner)
+    except IncompatibleAlignerError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     face = None
     if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):
         from ..cli_product import ModelUnavailableError, load_face_backend

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..eval.metrics import roc_auc
 from ..injection import ConceptTensors, PersonalizedLVLM
-from ..synth.qa import generic_vqa_candidates
+from ..synth.qa import generic_vqa_candidates, open_kind_weights
 from ..training.loss import shift_targets
 from ..training.stage1_task import GenericExample, generic_conversation
 
@@ -269,5 +269,5 @@ def evaluate_base(
         seconds=time.time() - t0,
         config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
                 "hard_negative_distance": hard_negative_distance,
-                **({"open_kinds": dict(open_kinds)} if open_kinds is not None else {})},
+                **({"open_kinds": open_kind_weights(open_kinds)} if open_kinds is not None else {})},
     )

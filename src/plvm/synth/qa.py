@@ -472,6 +472,8 @@ def check_described_properties(properties: Sequence[str]) -> tuple[str, ...]:
     properties = tuple(properties)
     if not properties or not set(properties) <= set(DESCRIBED_PROPERTIES) or len(set(properties)) < len(properties):
         raise ValueError(f"described properties must be distinct values of {DESCRIBED_PROPERTIES}, got {properties}")
+    if properties == ("facial_hair",):
+        raise ValueError("described properties: facial_hair alone cannot change a woman's description (she has none)")
     return properties
 
 
@@ -483,7 +485,9 @@ GENERIC_OPEN_KINDS: tuple[str, ...] = ("count", "clothing_color", "clothing_type
 def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
     """Validated sampling weights of open :data:`GENERIC_OPEN_KINDS` (``"hair_color=3,glasses=1"`` or a mapping).
 
-    Kinds not listed are never asked; weights need not sum to 1. Raises ``ValueError`` on an unknown kind,
+    Open questions are drawn from the listed kinds only (as always, a kind that cannot be asked about the
+    photo — no single person to name, a background that is neither indoors nor outdoors — falls back to
+    ``count``); multiple-choice and described-person questions keep their shares. Weights need not sum to 1. Raises ``ValueError`` on an unknown kind,
     a malformed entry, a negative weight or an all-zero table.
     """
     if isinstance(weights, str):
@@ -615,11 +619,16 @@ def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, pos
     phrase, changed, props = person_phrase(p), 0, []
     if not positive:
         n = int(n_changed if n_changed is not None else rng.integers(1, min(3, len(properties)) + 1))
-        for _ in range(20):  # a change may hit a value another person in the photo has
-            props = [properties[int(i)] for i in rng.choice(len(properties), n, replace=False)]
-            candidate = person_phrase(_redescribe(p, props, rng))
-            if candidate not in present:
-                phrase, changed = candidate, n
+        if not 1 <= n <= len(properties):
+            raise ValueError(f"n_changed must be in 1..{len(properties)}, got {n}")
+        for subject in [p] + [q for q in people if q is not p]:  # the others only if p cannot be changed
+            for _ in range(20):  # a change may hit a value another person in the photo has
+                props = [properties[int(i)] for i in rng.choice(len(properties), n, replace=False)]
+                candidate = person_phrase(_redescribe(subject, props, rng))
+                if candidate not in present:
+                    p, phrase, changed = subject, candidate, n
+                    break
+            if changed:
                 break
         else:
             raise ValueError("could not find a description that fits nobody in the photo")
