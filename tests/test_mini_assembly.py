@@ -325,3 +325,43 @@ def test_load_base_rejects_other_architectures(tmp_path):
     ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'llama' model; PLVM supports llava, llava_onevision"):
         load_base(str(tmp_path))
+
+
+def test_feature_layer_text_round_trip_and_bad_values():
+    from plvm.models.mini import feature_layer_str, parse_feature_layer
+
+    for layer, text in ((-1, "-1"), (8, "8"), ([8, -1], "8,-1"), ([4, 8], "4,8")):
+        assert feature_layer_str(layer) == text and parse_feature_layer(text) == layer
+    for bad in ("", "x", "8,", "13", "-14", "12,-1"):  # 12 and -1 are the same hidden state
+        with pytest.raises(ValueError, match="vision feature layer"):
+            parse_feature_layer(bad)
+
+
+@pytest.mark.mini
+@pytest.mark.slow
+def test_multi_layer_features_feed_the_projector_and_are_recorded_in_its_file(photo, tmp_path):
+    """``vision_feature_layer=[8, -1]``: the projector reads both hidden states concatenated, exactly what HF
+    LLaVA's ``get_image_features`` computes; the file records the layers and a build from it restores them."""
+    _require_packages()
+    from plvm.models.mini import build_llava_mini, load_projector, save_projector, vision_features
+
+    model, processor = build_llava_mini(vision_feature_layer=[8, -1])
+    assert model.model.multi_modal_projector.linear_1.in_features == 2 * 384
+    pixels = processor.image_processor([photo], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        ours = model.model.multi_modal_projector(vision_features(model, pixels))
+        features = model.model.get_image_features(pixel_values=pixels)
+        hf = features.pooler_output if hasattr(features, "pooler_output") else features
+        hf = hf[0] if isinstance(hf, (list, tuple)) else hf
+    assert torch.equal(vision_features(model, pixels), torch.cat([hidden[8][:, 1:], hidden[-1][:, 1:]], -1))
+    assert torch.allclose(ours.reshape(hf.shape), hf, atol=1e-5)
+    path = save_projector(model, tmp_path / "projector.safetensors")
+    rebuilt, _ = build_llava_mini(projector=path, lora=False)
+    assert rebuilt.config.vision_feature_layer == [8, -1]
+    assert torch.equal(rebuilt.model.multi_modal_projector.linear_1.weight, model.model.multi_modal_projector.linear_1.weight)
+    single, _ = build_llava_mini(vision_feature_layer=8)
+    save = save_projector(single, tmp_path / "layer8.safetensors")
+    default, _ = build_llava_mini()
+    with pytest.raises(ValueError, match="vision_feature_layer=8"):  # same shapes, other layer: refused
+        load_projector(default, save)

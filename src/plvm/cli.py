@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -171,6 +171,29 @@ def _open_kinds_option(text: str | None) -> dict[str, float] | None:
         raise typer.BadParameter(str(exc), param_hint="--vqa-kinds") from None
 
 
+def _feature_layer_option(text: str | None, init_projector: Path | None, resumed: Path | None) -> Any:
+    """``--vision-feature-layer`` → the layer(s) to build LLaVA-mini with; a resumed run or an ``--init-projector``
+    keeps the layer it was trained on (a different explicit value is an error); ``None``: the default."""
+    from .models.mini import feature_layer_str, parse_feature_layer, read_projector
+
+    try:
+        wanted = parse_feature_layer(text) if text is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vision-feature-layer") from None
+    recorded, source = None, None
+    if resumed is not None:
+        task = json.loads((resumed / "state.json").read_text())["task"]
+        recorded, source = task.get("vision_feature_layer", "-1"), f"the run resumed from {resumed}"
+    elif init_projector is not None:
+        recorded, source = read_projector(init_projector)[1].get("vision_feature_layer", "-1"), str(init_projector)
+    if recorded is None:
+        return wanted
+    if wanted is not None and feature_layer_str(wanted) != recorded:
+        raise typer.BadParameter(f"{source} reads vision feature layer {recorded}, not {text}",
+                                 param_hint="--vision-feature-layer")
+    return parse_feature_layer(recorded)
+
+
 @app.command("train-base")
 def train_base(
     out: Path = typer.Option(Path("runs/llava-mini-stage1")),
@@ -213,6 +236,13 @@ def train_base(
                                                                   "e.g. 'hair_color,hair_style,glasses' (default: "
                                                                   "gender, age, hair_color, hair_style, facial_hair, "
                                                                   "glasses)"),
+    vision_feature_layer: Optional[str] = typer.Option(None, help="fresh projector: the DINOv2 hidden state(s) it "
+                                                                  "reads, e.g. 8 or 8,-1 (concatenated); default -1 "
+                                                                  "(last block); an --init-projector or a resumed run "
+                                                                  "keeps its own"),
+    init_lora: Optional[Path] = typer.Option(None, help="start the LM LoRA from this lm_lora.safetensors (e.g. "
+                                                        "the committed one, under a fresh projector); default: the "
+                                                        "LoRA --init-projector names, if any"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -240,7 +270,10 @@ def train_base(
             raise typer.BadParameter(str(exc), param_hint="--described-properties") from None
         if described_share == 0:
             typer.echo("warning: --described-properties has no effect with --described-share 0", err=True)
-    model, processor = build_llava_mini(projector=init_projector, lora=False)
+    if init_lora is not None and not init_lora.is_file():
+        raise typer.BadParameter(f"no such file: {init_lora}", param_hint="--init-lora")
+    layer = _feature_layer_option(vision_feature_layer, init_projector, None if no_resume else latest_checkpoint(out))
+    model, processor = build_llava_mini(projector=init_projector, lora=False, vision_feature_layer=layer)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
     fresh = init_projector is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
@@ -267,11 +300,12 @@ def train_base(
                                       described_properties=properties)
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight)
-    init_lora = projector_lora(init_projector) if init_projector is not None else None
-    if init_lora is not None:  # continue the LoRA the projector was trained with (not stack a new one on it)
+    if init_lora is None and init_projector is not None:
+        init_lora = projector_lora(init_projector)
+    if init_lora is not None:  # continue that LoRA (not stack a new one on it)
         tensors, trained_with = read_lora(init_lora)
         if trained_with != lora:
-            raise typer.BadParameter(f"--init-projector was trained with LoRA r={trained_with.r}, "
+            raise typer.BadParameter(f"{init_lora} was trained with LoRA r={trained_with.r}, "
                                      f"alpha={trained_with.lora_alpha}: pass the same --lora-r/--lora-alpha")
         load_lora_state_dict(task.tuner, tensors)
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every,

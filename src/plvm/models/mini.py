@@ -16,6 +16,10 @@ LLaVA-1.5 uses CLIP's penultimate layer because CLIP's last block is specialised
 image-level embedding; DINOv2 has no such head — its last block's patch tokens are the ones trained
 directly (iBOT masked-token objective) and are DINOv2's usual dense features, and it is the block whose
 (layer-normed) output PLVM's reference encoder reads, so the LVLM and the Aligner see the same layer.
+The layer is a parameter (``build_llava_mini(vision_feature_layer=8)``, or a list whose hidden states are
+concatenated, as HF LLaVA does; ``plvm train-base --vision-feature-layer``) recorded in the projector file:
+DINOv2 is trained with colour jitter, and on AvatarWorld hair colour is more decodable from block 8 than from
+the last block (``scripts/diag/layer_probe.py``).
 
 Image size: a parameter (any multiple of 14; HF interpolates the 37×37 position table exactly as the ONNX
 graph does). Default :data:`DEFAULT_IMAGE_SIZE` = 168 px → 12×12 = 144 image tokens. Measured
@@ -58,6 +62,23 @@ from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
 IMAGE_TOKEN = "<image>"
 DEFAULT_IMAGE_SIZE = 168  # 12 x 12 = 144 image tokens
 VISION_FEATURE_LAYER = -1
+FeatureLayer = int | list[int]
+
+
+def feature_layer_str(layer: FeatureLayer) -> str:
+    """``-1`` → ``"-1"``, ``[8, -1]`` → ``"8,-1"`` (how projector files record it)."""
+    return ",".join(str(int(x)) for x in layer) if isinstance(layer, (list, tuple)) else str(int(layer))
+
+
+def parse_feature_layer(text: str) -> FeatureLayer:
+    """Inverse of :func:`feature_layer_str`; a layer index must be within DINOv2-S's 13 hidden states."""
+    try:
+        layers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"vision feature layer must be an int or a comma-separated list of ints, got {text!r}") from None
+    if not layers or any(not -13 <= x <= 12 for x in layers) or len(set(x % 13 for x in layers)) < len(layers):
+        raise ValueError(f"vision feature layers must be distinct hidden-state indices in -13..12, got {text!r}")
+    return layers[0] if len(layers) == 1 and "," not in text else layers
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
 BASE_MODEL_ID = MINI_BASE_MODEL
@@ -136,8 +157,12 @@ def llava_mini_config(
     text_config: LlamaConfig,
     image_token_id: int,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    vision_feature_layer: FeatureLayer = VISION_FEATURE_LAYER,
 ) -> LlavaConfig:
-    """The ``LlavaConfig`` of LLaVA-mini (``text_config.vocab_size`` must already count ``<image>``)."""
+    """The ``LlavaConfig`` of LLaVA-mini (``text_config.vocab_size`` must already count ``<image>``).
+
+    ``vision_feature_layer``: the tower hidden state(s) the projector reads; a list concatenates them
+    (HF LLaVA's multi-layer features), so the projector's input is ``384 × len(list)`` wide."""
     return LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -146,7 +171,7 @@ def llava_mini_config(
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
         vision_feature_select_strategy="default",
-        vision_feature_layer=VISION_FEATURE_LAYER,
+        vision_feature_layer=vision_feature_layer,
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
 
@@ -201,15 +226,19 @@ def calibrate_projector(model: LlavaForConditionalGeneration, pixel_values: torc
 
 
 def vision_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The vision-tower features the projector reads (LLaVA's feature layer and select strategy), no grad.
+    """The vision-tower features the projector reads (LLaVA's feature layer(s) and select strategy), no grad.
 
-    ``pixel_values`` ``[N, 3, S, S]`` → ``[N, P, d_vision]`` (``P = (S/14)²`` with CLS dropped).
+    ``pixel_values`` ``[N, 3, S, S]`` → ``[N, P, d_vision × n_layers]`` (``P = (S/14)²`` with CLS dropped;
+    several feature layers are concatenated, as ``LlavaModel.get_image_features`` does).
     """
     inner = model.model
+    layer = model.config.vision_feature_layer
     with torch.no_grad():
         hidden = inner.vision_tower(pixel_values.to(inner.vision_tower.dtype), output_hidden_states=True)
-        raw = hidden.hidden_states[model.config.vision_feature_layer]
-        return raw[:, 1:] if model.config.vision_feature_select_strategy == "default" else raw
+        pool = [hidden.hidden_states[i] for i in (layer if isinstance(layer, list) else [layer])]
+        if model.config.vision_feature_select_strategy == "default":
+            pool = [h[:, 1:] for h in pool]
+        return torch.cat(pool, dim=-1)
 
 
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
@@ -234,7 +263,7 @@ def save_projector(model: LlavaForConditionalGeneration, path: str | Path, **met
         "plvm": "llava-mini projector",
         "vision_hidden_size": str(config.vision_config.hidden_size),
         "text_hidden_size": str(config.text_config.hidden_size),
-        "vision_feature_layer": str(config.vision_feature_layer),
+        "vision_feature_layer": feature_layer_str(config.vision_feature_layer),
         "vision_feature_select_strategy": str(config.vision_feature_select_strategy),
         **{k: str(v) for k, v in metadata.items()},
     }
@@ -288,7 +317,7 @@ def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> di
             + "; ".join(problems)
         )
     layer = metadata.get("vision_feature_layer")
-    if layer is not None and layer != str(model.config.vision_feature_layer):
+    if layer is not None and layer != feature_layer_str(model.config.vision_feature_layer):
         raise ValueError(
             f"projector file {path} was trained on vision_feature_layer={layer}, "
             f"the model uses {model.config.vision_feature_layer}"
@@ -346,7 +375,8 @@ def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, s
     checkpoint, out = Path(checkpoint), Path(out)
     state = json.loads((checkpoint / "state.json").read_text())
     tensors = load_file(str(checkpoint / "trainable.safetensors"))
-    meta = {"vision_feature_layer": str(VISION_FEATURE_LAYER), **(metadata or {})}
+    layer = state["task"].get("vision_feature_layer", feature_layer_str(VISION_FEATURE_LAYER))  # older runs: -1
+    meta = {"vision_feature_layer": layer, **(metadata or {})}
     lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
     lora_path = None
     if lora:
@@ -365,6 +395,7 @@ def build_llava_mini(
     image_size: int = DEFAULT_IMAGE_SIZE,
     dtype: torch.dtype = torch.float32,
     lora: str | Path | None | bool = True,
+    vision_feature_layer: FeatureLayer | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Assemble LLaVA-mini (eval mode) and its processor.
 
@@ -376,6 +407,8 @@ def build_llava_mini(
         image_size: Side of the square model input in pixels (multiple of 14):
             ``(image_size/14)²`` image tokens per image (168 → 144).
         dtype: Parameter dtype (the conversion is float32).
+        vision_feature_layer: Tower hidden state(s) the projector reads (e.g. ``8`` or ``[8, -1]``);
+            ``None`` → the one the projector file records, else :data:`VISION_FEATURE_LAYER`.
 
     Returns:
         ``(model, processor)``; ``processor(text=..., images=..., return_tensors="pt")`` expands each
@@ -383,6 +416,9 @@ def build_llava_mini(
         ``[B, 3, image_size, image_size]``; ``model(**inputs).logits``: ``[B, T, 49153]``.
     """
     mini_image_processor(image_size)  # validate image_size before the slow part
+    if vision_feature_layer is None:
+        recorded = read_projector(projector)[1].get("vision_feature_layer") if projector is not None else None
+        vision_feature_layer = parse_feature_layer(recorded) if recorded else VISION_FEATURE_LAYER
     vision = load_packaged_dinov2(torch.float32)
     language, _ = load_packaged_smollm2(torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(
@@ -392,7 +428,7 @@ def build_llava_mini(
 
     text_config = LlamaConfig.from_dict(language.config.to_dict())
     text_config.vocab_size = len(tokenizer)
-    config = llava_mini_config(vision.config, text_config, image_token_id, image_size)
+    config = llava_mini_config(vision.config, text_config, image_token_id, image_size, vision_feature_layer)
     model = LlavaForConditionalGeneration(config)
 
     with torch.no_grad():

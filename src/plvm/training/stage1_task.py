@@ -117,7 +117,15 @@ class ProjectorTrainingTask:
         return {"kind": "projector", "base_model": self.lvlm.base_model_id, "data": self.data.describe(),
                 "batch_size": self.batch_size, "train_projector": self.train_projector,
                 "lora": None if self.lora is None else self.lora.metadata(),
-                **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {})}
+                **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {}),
+                **self._feature_layer()}
+
+    def _feature_layer(self) -> dict[str, str]:
+        """The tower layer(s) the projector reads, when not LLaVA-mini's default (so old records stay as they were)."""
+        from ..models.mini import VISION_FEATURE_LAYER, feature_layer_str
+
+        layer = getattr(self.lvlm.model.config, "vision_feature_layer", VISION_FEATURE_LAYER)
+        return {} if layer == VISION_FEATURE_LAYER else {"vision_feature_layer": feature_layer_str(layer)}
 
     def batch(self, step: int) -> list[GenericExample]:
         return self.data.examples(step, self.batch_size)
