@@ -13,7 +13,6 @@ either, the image tokens are (resolution, encoder, projector).
 Run: ``.venv/bin/python scripts/diag/attribute_probe.py [n_train_scenes] [n_test_scenes]`` (defaults 500 / 250; 96 s).
 """
 import sys
-from collections import Counter
 
 import numpy as np
 import torch
@@ -25,11 +24,12 @@ from plvm.synth.avatarworld.person import face_geometry
 from plvm.synth.avatarworld.scene import portrait_to_pixel
 from plvm.training.anchor import head_box
 
+from _headprobe import head_patches, linear_probe  # scripts/diag/_headprobe.py
+
 torch.set_num_threads(2)
 n_train, n_test = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (500, 250)
 model, proc = build_llava_mini(projector=find_mini_projector(), lora=False)
 world = AvatarWorld(seed=0)
-GRID = 12  # 168 px / 14
 ATTRS = ("hair_color", "age", "gender", "glasses", "skin_tone")
 
 
@@ -38,16 +38,6 @@ def tokens(images):
     """``([N, 144, 384] tower patch features the projector reads, [N, 144, 576] projected tokens)``."""
     hidden = vision_features(model, proc.image_processor(images, return_tensors="pt")["pixel_values"])
     return hidden, model.model.multi_modal_projector(hidden)
-
-
-def head_patches(box, size):
-    x0, y0, x1, y1 = box
-    inside = [r * GRID + c for r in range(GRID) for c in range(GRID)
-              if x0 <= (c + 0.5) * size / GRID < x1 and y0 <= (r + 0.5) * size / GRID < y1]
-    if inside:
-        return inside
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return [min(GRID - 1, int(cy / size * GRID)) * GRID + min(GRID - 1, int(cx / size * GRID))]
 
 
 def labels(attributes, glasses):
@@ -88,23 +78,8 @@ def portrait_rows(split, n, seed):
 
 
 def probe(train, test, which, attr):
-    classes = sorted({r[2][attr] for r in train + test})
-    X = torch.stack([r[which] for r in train]).float()
-    Xt = torch.stack([r[which] for r in test]).float()
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    X, Xt = (X - mu) / sd, (Xt - mu) / sd
-    y = torch.tensor([classes.index(r[2][attr]) for r in train])
-    yt = torch.tensor([classes.index(r[2][attr]) for r in test])
-    lin = torch.nn.Linear(X.shape[1], len(classes))
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
-    for _ in range(300):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(X), y) + 1e-2 * lin.weight.pow(2).sum()
-        loss.backward()
-        opt.step()
-    acc = (lin(Xt).argmax(-1) == yt).float().mean().item()
-    majority = Counter(yt.tolist()).most_common(1)[0][1] / len(yt)
-    return acc, majority
+    return linear_probe(torch.stack([r[which] for r in train]), [r[2][attr] for r in train],
+                        torch.stack([r[which] for r in test]), [r[2][attr] for r in test])
 
 
 for kind, make in (("scenes", scene_rows), ("portraits", portrait_rows)):

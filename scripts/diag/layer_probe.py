@@ -12,7 +12,6 @@ Run: ``.venv/bin/python scripts/diag/layer_probe.py [n_train_scenes] [n_test_sce
 """
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import torch
@@ -22,23 +21,14 @@ from plvm.models.mini import build_llava_mini
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.training.anchor import head_box
 
+from _headprobe import head_patches, linear_probe  # scripts/diag/_headprobe.py
+
 torch.set_num_threads(2)
 t0 = time.time()
 n_train, n_test = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (400, 200)
 model, proc = build_llava_mini(projector=find_mini_projector(), lora=False)
 world = AvatarWorld(seed=0)
-GRID = 12  # 168 px / 14
 ATTRS = ("hair_color", "age", "gender", "skin_tone", "eye_color", "hair_style")
-
-
-def head_patches(box, size):
-    x0, y0, x1, y1 = box
-    inside = [r * GRID + c for r in range(GRID) for c in range(GRID)
-              if x0 <= (c + 0.5) * size / GRID < x1 and y0 <= (r + 0.5) * size / GRID < y1]
-    if inside:
-        return inside
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return [min(GRID - 1, int(cy / size * GRID)) * GRID + min(GRID - 1, int(cx / size * GRID))]
 
 
 @torch.no_grad()
@@ -62,21 +52,8 @@ print("heads", len(train), len(test), f"{time.time() - t0:.0f} s", flush=True)
 
 
 def probe(layer, attr):
-    classes = sorted({r[1][attr] for r in train + test})
-    X = torch.stack([r[0][layer] for r in train]).float()
-    Xt = torch.stack([r[0][layer] for r in test]).float()
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    X, Xt = (X - mu) / sd, (Xt - mu) / sd
-    y = torch.tensor([classes.index(r[1][attr]) for r in train])
-    yt = torch.tensor([classes.index(r[1][attr]) for r in test])
-    lin = torch.nn.Linear(X.shape[1], len(classes))
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
-    for _ in range(300):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(X), y) + 1e-2 * lin.weight.pow(2).sum()
-        loss.backward()
-        opt.step()
-    return (lin(Xt).argmax(-1) == yt).float().mean().item(), Counter(yt.tolist()).most_common(1)[0][1] / len(yt)
+    return linear_probe(torch.stack([r[0][layer] for r in train]), [r[1][attr] for r in train],
+                        torch.stack([r[0][layer] for r in test]), [r[1][attr] for r in test])
 
 
 for attr in ATTRS:

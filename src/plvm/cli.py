@@ -174,7 +174,7 @@ def _open_kinds_option(text: str | None) -> dict[str, float] | None:
 def _feature_layer_option(text: str | None, init_projector: Path | None, resumed: Path | None) -> Any:
     """``--vision-feature-layer`` → the layer(s) to build LLaVA-mini with; a resumed run or an ``--init-projector``
     keeps the layer it was trained on (a different explicit value is an error); ``None``: the default."""
-    from .models.mini import feature_layer_str, parse_feature_layer, read_projector
+    from .models.mini import feature_layer_str, parse_feature_layer, projector_metadata
 
     try:
         wanted = parse_feature_layer(text) if text is not None else None
@@ -185,7 +185,7 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
         task = json.loads((resumed / "state.json").read_text())["task"]
         recorded, source = task.get("vision_feature_layer", "-1"), f"the run resumed from {resumed}"
     elif init_projector is not None:
-        recorded, source = read_projector(init_projector)[1].get("vision_feature_layer", "-1"), str(init_projector)
+        recorded, source = projector_metadata(init_projector).get("vision_feature_layer", "-1"), str(init_projector)
     if recorded is None:
         return wanted
     if wanted is not None and feature_layer_str(wanted) != recorded:

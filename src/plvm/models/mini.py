@@ -296,6 +296,15 @@ def read_projector(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, metadata
 
 
+def projector_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a projector file, without reading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"projector file not found: {path}")
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> dict[str, str]:
     """Load a projector file into ``model`` in place, after checking names and shapes.
 
@@ -353,7 +362,7 @@ def projector_lora(projector: str | Path, metadata: dict[str, str] | None = None
     projector was trained with (sha256 recorded at export).
     """
     projector = Path(projector)
-    meta = metadata if metadata is not None else read_projector(projector)[1]
+    meta = metadata if metadata is not None else projector_metadata(projector)
     name = meta.get(LORA_FILE_KEY)
     if not name:
         return None
@@ -417,7 +426,7 @@ def build_llava_mini(
     """
     mini_image_processor(image_size)  # validate image_size before the slow part
     if vision_feature_layer is None:
-        recorded = read_projector(projector)[1].get("vision_feature_layer") if projector is not None else None
+        recorded = projector_metadata(projector).get("vision_feature_layer") if projector is not None else None
         vision_feature_layer = parse_feature_layer(recorded) if recorded else VISION_FEATURE_LAYER
     vision = load_packaged_dinov2(torch.float32)
     language, _ = load_packaged_smollm2(torch.float32)
