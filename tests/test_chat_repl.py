@@ -155,6 +155,17 @@ def test_cli_concepts_ask_identify(tmp_path, cli):
     assert "no concepts" in cli("concepts", "list", "--store", store).stdout
 
 
+def test_cli_concepts_list_shows_the_base_revision_each_concept_was_made_on(tmp_path, cli):
+    made_on = tiny_plvm()  # its own instance: its base revision is set below
+    made_on.lvlm.base_revision = "projector-sha256:aaaa"
+    store = ConceptStore(tmp_path / "store", StoreIdentity.of(made_on))
+    store.add_from_image("bo", photo(tmp_path / "bo.png", 1), ReferenceEncoder(made_on))
+    store.add_from_image("al", photo(tmp_path / "al.png", 2), ReferenceEncoder(tiny_plvm()))  # no revision
+    rows = {line.split()[1]: line for line in cli("concepts", "list", "--store", tmp_path / "store").stdout.splitlines()
+            if line.split()[1:2] in (["<bo>"], ["<al>"])}
+    assert "projector-sha256:aaaa" in rows["<bo>"] and "projector-sha256" not in rows["<al>"]
+
+
 def one_line_error(result, *needles: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

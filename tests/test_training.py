@@ -46,7 +46,7 @@ class ColourSquares:
         return {"source": "colour-squares"}
 
 
-def make_task(word_weight: float = 10.0) -> AlignerTrainingTask:
+def make_task(word_weight: float = 10.0, answer_style: str = "paper") -> AlignerTrainingTask:
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
     torch.manual_seed(1)
@@ -54,11 +54,13 @@ def make_task(word_weight: float = 10.0) -> AlignerTrainingTask:
                            resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model="tiny")
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
     ref_proc = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    return AlignerTrainingTask(lvlm, aligner, ref_proc, ColourSquares(), AlignerTaskConfig(2, word_weight))
+    return AlignerTrainingTask(lvlm, aligner, ref_proc, ColourSquares(),
+                               AlignerTaskConfig(2, word_weight, answer_style))
 
 
-def test_twenty_steps_lower_the_loss_and_leave_the_base_frozen(tmp_path):
-    task = make_task()
+@pytest.mark.parametrize("answer_style", ["paper", "name-first"])
+def test_twenty_steps_lower_the_loss_and_leave_the_base_frozen(tmp_path, answer_style):
+    task = make_task(answer_style=answer_style)
     base_before = {k: v.clone() for k, v in task.lvlm.model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in task.aligner.encoder.state_dict().items()}
     fixed = ColourSquares().examples(10_000, 8)
@@ -190,6 +192,39 @@ def test_export_writes_a_loadable_aligner_file(tmp_path):
     load_aligner_weights(fresh.aligner, out)
     for key, value in task.trainable_state_dict().items():
         assert torch.equal(fresh.trainable_state_dict()[key], value), key
+
+
+def test_name_first_answers_make_the_concept_the_weighted_first_answer_token():
+    from plvm.injection import IGNORE_INDEX
+    from plvm.synth.qa import load_templates, name_first_answer
+
+    for t in load_templates().recognition_positive:  # every paper template has a name-first form
+        assert name_first_answer(t[1]).startswith("<sks> ") and "Yes" not in name_first_answer(t[1])
+    with pytest.raises(ValueError, match="not a positive"):
+        name_first_answer("No, <sks> is not in this photo.")
+    task = make_task(answer_style="name-first")
+    rng = np.random.default_rng(3)
+    ref, query = square(COLOURS[0], rng), square(COLOURS[1], rng)
+    V = task.lvlm.vocab_size
+
+    def answer_of(ex):
+        enc = task._encode(ex)
+        labels = [t for t in enc.labels if t != IGNORE_INDEX]
+        flagged = [t for t, w in zip(enc.ids, enc.answer_word) if w]
+        return labels, task.lvlm.decode(labels, ["sks"]), task.lvlm.decode(flagged, ["sks"])
+
+    labels, text, word = answer_of(PersonalExample(ref, query, "Is <sks> in this photo?",
+                                                   "Yes, <sks> appears in this picture.", "recog_pos"))
+    assert labels[0] == V and text.startswith("<sks> appears in this picture.") and word == "<sks>"
+    _, text, word = answer_of(PersonalExample(ref, query, "Is <sks> in this photo?",
+                                              "No, <sks> is not in this photo.", "recog_neg"))
+    assert text.startswith("No, <sks> is not") and word == "No"
+    _, text, word = answer_of(PersonalExample(ref, None, "How would you describe <sks>'s hairstyle?",
+                                              "<sks> has short hair.", "attribute"))
+    assert text.startswith("<sks> has short hair.") and word == ""  # an attribute answer's name is not weighted
+    assert make_task().describe()["task"]["answer_style"] == "paper"
+    with pytest.raises(ValueError, match="answer_style"):
+        AlignerTaskConfig(2, 10.0, "yes-first")
 
 
 def test_stage1_word_weight_is_eq2_on_yes_no_answers():

@@ -63,6 +63,9 @@ def train(
     lr: float = typer.Option(1e-4),
     warmup_steps: int = typer.Option(0),
     word_weight: float = typer.Option(10.0, help="w of Eq. 2 (Yes/No answer word weight)"),
+    answer_style: str = typer.Option("paper", help="positive recognition answers: 'paper' (\"Yes, <sks> is in this "
+                                     "photo.\") or 'name-first' (\"<sks> is in this photo.\": the concept's output "
+                                     "row makes the decision)"),
     num_queries: Optional[int] = typer.Option(None, "--k", help="number of context tokens k (preset default)"),
     positive_ratio: float = typer.Option(0.6, help="p, share of positive recognition samples"),
     recog_to_attr: float = typer.Option(1.0, help="recognition : attribute-QA ratio"),
@@ -98,6 +101,10 @@ def train(
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
 
+    from .synth.qa import ANSWER_STYLES
+
+    if answer_style not in ANSWER_STYLES:
+        fail(f"--answer-style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
     p = get_preset(preset)
     cfg = p.aligner
     if num_queries:
@@ -129,7 +136,7 @@ def train(
 
         check_aligner_base(init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
         load_aligner_weights(aligner, init_aligner)
-    task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight))
+    task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight, answer_style))
     fresh = init_aligner is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
     if fresh and calibrate:
         refs = [ex.reference for ex in source.examples(10**6, 32)]  # a batch index the run never reaches
@@ -138,6 +145,15 @@ def train(
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
         typer.echo("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
+    if answer_style == "name-first" and latest_checkpoint(out) is None and not bool(aligner.row_mean.any()):
+        # the concept's output row decides a name-first answer: condition it on the LM's answer states
+        probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
+        if not probe:
+            fail("--answer-style name-first needs recognition samples (kind recog_pos / recog_neg) in the data")
+        hidden, no_logit = task.answer_states(probe)
+        stats = aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
+                                             float(no_logit.mean()))
+        typer.echo("Aligner output row conditioned: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     if fresh and anchor_references > 0:
         if data != "avatarworld":
             raise typer.BadParameter("--anchor-references needs --data avatarworld (identity attributes)")

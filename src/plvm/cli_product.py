@@ -200,13 +200,16 @@ def concepts_list(
     identity = s.identity
     table = Table(title=f"{len(records)} concept(s) in {s.root}"
                   + (f" — base {identity.base_model}" if identity else ""))
-    for col in ("name", "image", "k", "features", "added"):
+    for col in ("name", "image", "k", "features", "base revision", "added"):
         table.add_column(col)
     import datetime as dt
+
+    from .concept import BASE_REVISION_KEY
 
     for r in records:
         table.add_row(r.token, f"{r.image_width}x{r.image_height}" if r.image_width else "-",
                       str(r.num_context_tokens), ", ".join(r.feature_kinds) or "-",
+                      str(r.metadata.get(BASE_REVISION_KEY) or "-"),
                       dt.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"))
     Console(width=max(100, Console().width)).print(table)
 

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import nn
 
 from .concept import ConceptEmbedding
-from .conversation import CONTEXT_CLOSE, CONTEXT_OPEN, Conversation
+from .conversation import CONTEXT_CLOSE, CONTEXT_OPEN, Conversation, referenced_names
 
 IGNORE_INDEX = -100
 CONTEXT_SLOT = -1
@@ -516,17 +516,27 @@ class PersonalizedLVLM(nn.Module):
         """One forward: log-odds ``log p(Yes) − log p(No)`` of the first answer token, ``[B]``.
 
         Each conversation must end with a user turn (the question). Both "Yes" and " Yes" spellings count
-        (log-sum-exp), likewise for "No". ``> 0`` means the model answers Yes.
+        (log-sum-exp), likewise for "No". An answer that starts with a concept the question names
+        ("<bo> is in this photo.", the name-first answers of
+        :func:`plvm.synth.qa.name_first_answer`) affirms too: that concept's logit row counts as Yes.
+        ``> 0`` means the model answers Yes.
         """
         convs = [conversations] if isinstance(conversations, Conversation) else list(conversations)
         batch, tensors = self.prepare(convs)
         hidden, _ = self.hidden_states(batch, tensors)
         last = torch.tensor(batch.lengths, device=hidden.device) - 1
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, d]
-        logp = torch.log_softmax(self.logits_from_hidden(h, tensors).float(), dim=-1)
-        yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
+        logp = torch.log_softmax(self.logits_from_hidden(h, tensors).float(), dim=-1)  # [B, V + C]
+        yes = torch.stack([torch.logsumexp(logp[b, self.yes_ids + self._named_columns(conv)], dim=-1)
+                           for b, conv in enumerate(convs)])
         no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
         return (yes - no).cpu()
+
+    def _named_columns(self, conversation: Conversation) -> list[int]:
+        """Logit columns (``V + j``) of the concepts named in the conversation's last user turn."""
+        names = [c.name for c in conversation.concepts]
+        question = next((t.text for t in reversed(conversation.turns) if t.role == "user"), "")
+        return [self.vocab_size + names.index(n) for n in dict.fromkeys(referenced_names(question)) if n in names]
 
     # ------------------------------------------------------------------ generation
     def decode(self, ids: Sequence[int], concept_names: Sequence[str]) -> str:

@@ -148,7 +148,8 @@ def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1
         scene = world.sample_scene(rng, "test")
         item = described_person_vqa(scene.graph, rng)
         score = _yes_no_log_odds(lvlm, GenericExample([scene.image], item.question, item.answer, "vqa"))
-        rows.append((int(item.meta["n_changed"]), len(scene.graph["people"]), score))
+        # the properties that really changed: meta["n_changed"] also counts a woman's skipped facial hair
+        rows.append((len(item.meta["changed"]), len(scene.graph["people"]), score))
         changed.append(list(item.meta["changed"]))
     pos = [x for c, _, x in rows if c == 0]
     breakdown = {}

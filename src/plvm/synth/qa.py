@@ -130,6 +130,26 @@ def recognition_qa(rng: np.random.Generator, positive: bool, name: str = SKS) ->
               kind="recog_pos" if positive else "recog_neg", meta={"answer_word": "Yes" if positive else "No"})
 
 
+#: Recognition answer styles: the paper's ("Yes, <sks> is in this photo.") or name-first ("<sks> is in this
+#: photo.", see :func:`name_first_answer`).
+ANSWER_STYLES = ("paper", "name-first")
+
+
+def name_first_answer(answer: str, name: str = SKS) -> str:
+    """A positive recognition answer that starts with the concept instead of "Yes".
+
+    ``"Yes, <sks> is in this photo."`` → ``"<sks> is in this photo."``; answers whose "Yes, " is not followed by
+    the name (``"Yes, I can see <sks> in the photo."``) become ``"<sks> is in this photo."``. With a frozen LM
+    the first answer token then decides between the concept's own output row (``e_weight``, §3.1) and "No":
+    the comparison of the photo with the reference is the bilinear ``h · e_weight``, which the Aligner learns,
+    instead of a comparison the LM would have to make before saying "Yes". Negative answers keep their "No".
+    """
+    head = "Yes, " + name
+    if not answer.startswith("Yes,"):
+        raise ValueError(f"not a positive recognition answer: {answer!r}")
+    return answer[len("Yes, "):] if answer.startswith(head + " ") else f"{name} is in this photo."
+
+
 # ================================================================================ attributes
 #: The paper's text-only questions -> the attribute each one asks about.
 PAPER_QUESTION_ATTRIBUTE: Mapping[str, str] = MappingProxyType({

@@ -24,6 +24,7 @@ from ..aligner import Aligner
 from ..concept import ConceptEmbedding
 from ..conversation import single_turn
 from ..injection import ConceptTensors, PersonalizedLVLM
+from ..synth.qa import name_first_answer
 from .loss import shift_targets, weighted_answer_loss
 
 TRAIN_NAME = "sks"
@@ -51,6 +52,16 @@ class PersonalDataSource(Protocol):
 class AlignerTaskConfig:
     batch_size: int = 2
     word_weight: float = 10.0  # w of Eq. 2 (paper best 10–20)
+    #: "paper": positive recognition answers as in Table 10 ("Yes, <sks> is in this photo."); "name-first":
+    #: they start with the concept ("<sks> is in this photo.", :func:`plvm.synth.qa.name_first_answer`), and
+    #: the concept token is the answer word Eq. 2 weights.
+    answer_style: str = "paper"
+
+    def __post_init__(self) -> None:
+        from ..synth.qa import ANSWER_STYLES
+
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
 
 
 class AlignerTrainingTask:
@@ -83,6 +94,30 @@ class AlignerTrainingTask:
         self._placeholder = ConceptEmbedding(
             TRAIN_NAME, torch.zeros(d), torch.zeros(d), torch.zeros(k, d), lvlm.base_model_id
         )
+
+    def _encode(self, ex: PersonalExample) -> Any:
+        """The example's prompt + answer; a name-first positive answer flags its leading concept as Eq. 2's word."""
+        answer, words = ex.answer, ("Yes", "No")
+        if self.config.answer_style == "name-first" and ex.kind == "recog_pos":
+            marker = f"<{TRAIN_NAME}>"
+            answer, words = name_first_answer(answer, marker), (marker,)
+        conv = single_turn(ex.question, [self._placeholder], image=ex.query, answer=answer)
+        return self.lvlm.encode(conv, answer_words=words)
+
+    @torch.no_grad()
+    def answer_states(self, examples: list[PersonalExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen LM at the first answer position of each example's prompt (current Aligner): last hidden
+        states ``[N, d]`` and the logit of "No" there ``[N]`` (for :meth:`Aligner.calibrate_output_row`)."""
+        e_word, e_weight, context = self.aligner(pixel_values=self.reference_pixels([ex.reference for ex in examples]))
+        convs = [single_turn(ex.question, [self._placeholder], image=ex.query) for ex in examples]
+        batch = self.lvlm.collate([self.lvlm.encode(c) for c in convs])
+        tensors = ConceptTensors.stack(
+            [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size
+        )
+        hidden, _ = self.lvlm.hidden_states(batch, tensors)
+        h = hidden[torch.arange(len(examples)), torch.tensor(batch.lengths) - 1].float()
+        no = self.lvlm.model.get_output_embeddings()(h.to(hidden.dtype)).float()[:, self.lvlm.no_ids].amax(-1)
+        return h, no
 
     # TrainingTask protocol -------------------------------------------------
     def trainable_module(self) -> nn.Module:
@@ -129,10 +164,7 @@ class AlignerTrainingTask:
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 2 loss of ``examples`` given their concept embeddings ``[B, d]``, ``[B, d]``, ``[B, k, d]``."""
-        convs = [
-            single_turn(ex.question, [self._placeholder], image=ex.query, answer=ex.answer) for ex in examples
-        ]
-        batch = self.lvlm.collate([self.lvlm.encode(c) for c in convs])
+        batch = self.lvlm.collate([self._encode(ex) for ex in examples])
         tensors = ConceptTensors.stack(
             [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size
         )
