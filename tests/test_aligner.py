@@ -268,6 +268,33 @@ def test_aligner_weights_record_their_base_revision_and_a_mismatch_is_refused(tm
     assert "BASE MISMATCH (allowed)" in caplog.text and "do not record" in caplog.text
 
 
+def test_aligner_answer_style_is_read_from_its_weights_and_stamped_on_its_concepts(tmp_path):
+    import json
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from plvm.models.tiny_plvm import tiny_plvm
+    from plvm.pipeline import PLVM, aligner_answer_style
+
+    plvm = tiny_plvm()
+    state = plvm.aligner.trainable_state_dict()
+    task = {"kind": "aligner", "base_model": "tiny", "task": {"batch_size": 2, "answer_style": "name-first"}}
+    exported = tmp_path / "aligner.safetensors"
+    save_file(state, str(exported), metadata={"task": json.dumps(task)})
+    ckpt = tmp_path / "checkpoint-000010"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "task": task}))
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata={"task": json.dumps({"kind": "aligner", "task": {"batch_size": 2}})})
+    assert aligner_answer_style(exported) == aligner_answer_style(ckpt) == "name-first"
+    assert aligner_answer_style(old) == "paper"
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    assert "answer_style" not in plvm.make_concept("bo", image).metadata  # paper style: nothing recorded
+    name_first = PLVM(plvm.lvlm, plvm.aligner, plvm.reference_processor, answer_style="name-first")
+    assert name_first.make_concept("bo", image).metadata["answer_style"] == "name-first"
+
+
 def test_committed_mini_aligner_records_the_committed_base_revision():
     from plvm.models.base import mini_base_revision
     from plvm.pipeline import MINI_ALIGNER, aligner_base_revision

@@ -185,8 +185,7 @@ def test_score_yes_no_reads_first_answer_token(lvlm):
     batch, tensors = lvlm.prepare(convs[:1])
     with torch.no_grad():
         logp = torch.log_softmax(lvlm(batch, tensors)[0, -1].float(), -1)
-    affirm = lvlm.yes_ids + [lvlm.vocab_size]  # "Yes", or the named concept itself ("<bo> is in this photo.")
-    expected = torch.logsumexp(logp[affirm], 0) - torch.logsumexp(logp[lvlm.no_ids], 0)
+    expected = torch.logsumexp(logp[lvlm.yes_ids], 0) - torch.logsumexp(logp[lvlm.no_ids], 0)
     torch.testing.assert_close(scores[0], expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(scores[0], scores[1])  # the image matters
 
@@ -200,12 +199,20 @@ def test_an_answer_starting_with_the_named_concept_counts_as_yes_and_only_that_c
         h = lvlm.hidden_states(batch, tensors)[0][0, -1]
         base_max = lvlm.model.get_output_embeddings()(h).max()
     # <bo>'s output row wins the first answer token by a margin (what a name-first Aligner learns for a match)
-    bo = ConceptEmbedding("bo", bo.e_word, h * (base_max.abs() + 20) / h.dot(h), bo.context, "tiny")
+    strong = ConceptEmbedding("bo", bo.e_word, h * (base_max.abs() + 20) / h.dot(h), bo.context, "tiny")
+    bo = ConceptEmbedding("bo", strong.e_word, strong.e_weight, strong.context, "tiny",
+                          metadata={"answer_style": "name-first"})
     about_bo = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [bo, al], image=image(4)))
     about_al = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [bo, al], image=image(4)))
-    plain = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [make_concept("bo", d, 12), al], image=image(4)))
+    both = lvlm.score_yes_no(single_turn("Are <bo> and <al> in this photo?", [bo, al], image=image(4)))
+    paper = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [strong, al], image=image(4)))
+    weak = make_concept("bo", d, 12)  # same e_word and context: the same hidden states, an ordinary output row
+    plain_al = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [weak, al], image=image(4)))
+    plain_bo = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [weak, al], image=image(4)))
     assert about_bo.item() > 10  # saying <bo> first affirms
-    torch.testing.assert_close(about_al, plain, atol=1e-4, rtol=1e-4)  # ... not when the question is about <al>
+    torch.testing.assert_close(about_al, plain_al, atol=1e-4, rtol=1e-4)  # not when the question is about <al>
+    torch.testing.assert_close(paper, plain_bo, atol=1e-4, rtol=1e-4)  # nor for a paper-style concept
+    assert both.item() < 10  # nor in a question about two concepts (a Yes needs both)
 
 
 def test_concept_added_mid_dialogue_keeps_earlier_turns():

@@ -12,7 +12,7 @@ from transformers import CLIPImageProcessorPil, Dinov2Model
 
 from plvm.aligner import Aligner
 from plvm.config import AlignerConfig
-from plvm.injection import PersonalizedLVLM
+from plvm.injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
 from plvm.models.tiny import tiny_dinov2_config, tiny_llava
 from plvm.training.aligner_task import AlignerTaskConfig, AlignerTrainingTask, PersonalExample
 from plvm.training.loop import LoopConfig, run_training
@@ -200,8 +200,7 @@ def test_name_first_answers_make_the_concept_the_weighted_first_answer_token():
 
     for t in load_templates().recognition_positive:  # every paper template has a name-first form
         assert name_first_answer(t[1]).startswith("<sks> ") and "Yes" not in name_first_answer(t[1])
-    with pytest.raises(ValueError, match="not a positive"):
-        name_first_answer("No, <sks> is not in this photo.")
+    assert name_first_answer("Yes. <sks> is there.") == "<sks> is in this photo."  # hand-written data
     task = make_task(answer_style="name-first")
     rng = np.random.default_rng(3)
     ref, query = square(COLOURS[0], rng), square(COLOURS[1], rng)
@@ -225,6 +224,26 @@ def test_name_first_answers_make_the_concept_the_weighted_first_answer_token():
     assert make_task().describe()["task"]["answer_style"] == "paper"
     with pytest.raises(ValueError, match="answer_style"):
         AlignerTaskConfig(2, 10.0, "yes-first")
+
+
+def test_output_row_calibration_starts_the_concept_logit_at_the_level_where_training_reads_it():
+    task = make_task(answer_style="name-first")
+    examples = ColourSquares().examples(123, 6)
+    hidden, no_logit = task.answer_states(examples)
+    assert hidden.shape == (6, task.lvlm.hidden_size) and no_logit.shape == (6,)
+    task.aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in examples]), hidden,
+                                      float(no_logit.mean()))
+    # the concept logit at the position whose prediction is the first answer token, as the loss computes it
+    e_word, e_weight, context = task.aligner(pixel_values=task.reference_pixels([ex.reference for ex in examples]))
+    batch = task.lvlm.collate([task._encode(ex) for ex in examples])
+    tensors = ConceptTensors.stack([[(e_word[i], e_weight[i], context[i])] for i in range(6)], task.lvlm.hidden_size)
+    with torch.no_grad():
+        logits = task.lvlm(batch, tensors)
+    first = (batch.labels != IGNORE_INDEX).int().argmax(dim=1)
+    at_answer = logits[torch.arange(6), first - 1]  # [6, V + 1]
+    concept_logit = at_answer[:, task.lvlm.vocab_size]
+    assert float(concept_logit.mean()) == pytest.approx(float(no_logit.mean()), abs=0.05)
+    torch.testing.assert_close(at_answer[:, task.lvlm.no_ids].amax(-1), no_logit, atol=1e-3, rtol=1e-4)
 
 
 def test_stage1_word_weight_is_eq2_on_yes_no_answers():

@@ -209,13 +209,15 @@ class Aligner(nn.Module):
         ``m · e = a + b`` (the logit's constant part moves like any other coordinate of ``u``, from the offset
         ``b``) and ``δ · e ≈ δ · u`` (the comparison with the photo is untouched).
         """
-        norm2 = self.row_mean.float().pow(2).sum()
+        m = self.row_mean.float()
+        norm2 = m.pow(2).sum()
         if not bool(norm2 > 0):
             return u
-        m = self.row_mean.to(u.dtype)
-        n = m / norm2.sqrt().to(u.dtype)
-        a = u @ n  # [B]
-        return u - a[:, None] * n + (a + self.row_offset.to(u.dtype))[:, None] * (m / norm2.to(u.dtype))
+        with torch.autocast(device_type=u.device.type, enabled=False):  # fp32: ‖m‖² overflows fp16, b ≈ 35 in bf16
+            x, n = u.float(), m / norm2.sqrt()
+            a = x @ n  # [B]
+            e = x - a[:, None] * n + (a + self.row_offset.float())[:, None] * (m / norm2)
+        return e.to(u.dtype)
 
     @torch.no_grad()
     def calibrate_output_row(self, pixel_values: torch.Tensor, hidden: torch.Tensor, level: float) -> dict[str, float]:

@@ -122,11 +122,12 @@ def train(
     model, processor = load_base("mini" if preset == "mini" else p.base_model)
     revision = mini_base_revision() if preset == "mini" else None
     lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model, base_revision=revision)
-    if not no_resume and (resumed := latest_checkpoint(out)) is not None:
+    previous = None if no_resume else latest_checkpoint(out)  # a resume loads its weights: no init steps
+    if previous is not None:
         from .pipeline import IncompatibleAlignerError, check_aligner_base
 
         try:  # a run resumed on another base would record the new revision on weights trained on the old one
-            check_aligner_base(resumed, lvlm)
+            check_aligner_base(previous, lvlm)
         except IncompatibleAlignerError as exc:
             fail(f"cannot resume {out}: {exc}")
     enc, ref_proc = load_reference_encoder(cfg)
@@ -137,7 +138,7 @@ def train(
         check_aligner_base(init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
         load_aligner_weights(aligner, init_aligner)
     task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight, answer_style))
-    fresh = init_aligner is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
+    fresh = init_aligner is None and previous is None
     if fresh and calibrate:
         refs = [ex.reference for ex in source.examples(10**6, 32)]  # a batch index the run never reaches
         factors = aligner.calibrate(
@@ -145,15 +146,6 @@ def train(
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
         typer.echo("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
-    if answer_style == "name-first" and latest_checkpoint(out) is None and not bool(aligner.row_mean.any()):
-        # the concept's output row decides a name-first answer: condition it on the LM's answer states
-        probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
-        if not probe:
-            fail("--answer-style name-first needs recognition samples (kind recog_pos / recog_neg) in the data")
-        hidden, no_logit = task.answer_states(probe)
-        stats = aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
-                                             float(no_logit.mean()))
-        typer.echo("Aligner output row conditioned: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     if fresh and anchor_references > 0:
         if data != "avatarworld":
             raise typer.BadParameter("--anchor-references needs --data avatarworld (identity attributes)")
@@ -169,6 +161,15 @@ def train(
                                      task.reference_pixels, samples, steps=anchor_steps, seed=seed, log=typer.echo)
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
+    if answer_style == "name-first" and previous is None and not bool(aligner.row_mean.any()):
+        # the concept's output row decides a name-first answer: condition it on the LM's answer states
+        probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
+        if not probe:
+            fail("--answer-style name-first needs recognition samples (kind recog_pos / recog_neg) in the data")
+        hidden, no_logit = task.answer_states(probe)
+        stats = aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
+                                             float(no_logit.mean()))
+        typer.echo("Aligner output row conditioned: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     loop = LoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, save_every=save_every, log_every=log_every,
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)

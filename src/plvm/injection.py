@@ -516,10 +516,10 @@ class PersonalizedLVLM(nn.Module):
         """One forward: log-odds ``log p(Yes) − log p(No)`` of the first answer token, ``[B]``.
 
         Each conversation must end with a user turn (the question). Both "Yes" and " Yes" spellings count
-        (log-sum-exp), likewise for "No". An answer that starts with a concept the question names
-        ("<bo> is in this photo.", the name-first answers of
-        :func:`plvm.synth.qa.name_first_answer`) affirms too: that concept's logit row counts as Yes.
-        ``> 0`` means the model answers Yes.
+        (log-sum-exp), likewise for "No". When the question names exactly one concept and that concept was made
+        by an Aligner trained with name-first answers (``metadata["answer_style"] == "name-first"``,
+        :func:`plvm.synth.qa.name_first_answer`), an answer that starts with it ("<bo> is in this photo.")
+        affirms too: its logit row counts as Yes. ``> 0`` means the model answers Yes.
         """
         convs = [conversations] if isinstance(conversations, Conversation) else list(conversations)
         batch, tensors = self.prepare(convs)
@@ -533,10 +533,17 @@ class PersonalizedLVLM(nn.Module):
         return (yes - no).cpu()
 
     def _named_columns(self, conversation: Conversation) -> list[int]:
-        """Logit columns (``V + j``) of the concepts named in the conversation's last user turn."""
-        names = [c.name for c in conversation.concepts]
+        """The logit column (``V + j``) of the one concept the last user turn names, if it is a name-first
+        concept; none otherwise (a question about several concepts is a Yes only if all are there, which
+        saying one of them does not affirm)."""
+        from .concept import ANSWER_STYLE_KEY
+
+        concepts = conversation.concepts
         question = next((t.text for t in reversed(conversation.turns) if t.role == "user"), "")
-        return [self.vocab_size + names.index(n) for n in dict.fromkeys(referenced_names(question)) if n in names]
+        named = [i for i, c in enumerate(concepts) if c.name in set(referenced_names(question))]
+        if len(named) != 1 or concepts[named[0]].metadata.get(ANSWER_STYLE_KEY) != "name-first":
+            return []
+        return [self.vocab_size + named[0]]
 
     # ------------------------------------------------------------------ generation
     def decode(self, ids: Sequence[int], concept_names: Sequence[str]) -> str:

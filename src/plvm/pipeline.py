@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .aligner import Aligner
-from .concept import BASE_REVISION_KEY, ConceptEmbedding
+from .concept import ANSWER_STYLE_KEY, BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
 from .conversation import Conversation, single_turn
 from .injection import PersonalizedLVLM
@@ -62,19 +62,24 @@ class IncompatibleAlignerError(ValueError):
     """Aligner weights were trained on other trained weights of the base LVLM (another revision)."""
 
 
-def aligner_base_revision(path: str | Path) -> str | None:
-    """The base revision an Aligner was trained on, as its training recorded it (``None``: not recorded).
-
-    ``path``: an exported ``aligner.safetensors`` (metadata ``task``) or a training checkpoint directory
-    (``state.json``); both hold the training task's description, where ``plvm train`` writes it.
-    """
+def _aligner_task(path: str | Path) -> dict[str, Any]:
+    """The training task's description recorded with Aligner weights: an exported ``aligner.safetensors``
+    (metadata ``task``) or a training checkpoint directory (``state.json``), where ``plvm train`` writes it."""
     path = Path(path)
     if path.is_dir():
-        task = json.loads((path / "state.json").read_text()).get("task", {})
-    else:
-        with safe_open(str(path), framework="pt") as f:
-            task = json.loads((f.metadata() or {}).get("task", "{}"))
-    return task.get(BASE_REVISION_KEY)
+        return json.loads((path / "state.json").read_text()).get("task", {})
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("task", "{}"))
+
+
+def aligner_base_revision(path: str | Path) -> str | None:
+    """The base revision an Aligner was trained on, as its training recorded it (``None``: not recorded)."""
+    return _aligner_task(path).get(BASE_REVISION_KEY)
+
+
+def aligner_answer_style(path: str | Path) -> str:
+    """The recognition answer style an Aligner was trained with (``"paper"`` when not recorded)."""
+    return _aligner_task(path).get("task", {}).get("answer_style", "paper")
 
 
 def load_aligner_weights(aligner: Aligner, path: str | Path) -> None:
@@ -111,7 +116,8 @@ def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch:
 class PLVM:
     """The Aligner + a :class:`PersonalizedLVLM` with ready-made calls for the common questions."""
 
-    def __init__(self, lvlm: PersonalizedLVLM, aligner: Aligner, reference_processor: Any, preset: str = "custom"):
+    def __init__(self, lvlm: PersonalizedLVLM, aligner: Aligner, reference_processor: Any, preset: str = "custom",
+                 answer_style: str = "paper"):
         if aligner.config.d_llm != lvlm.hidden_size:
             raise ValueError(
                 f"Aligner makes embeddings of width {aligner.config.d_llm}, the LVLM's hidden size is {lvlm.hidden_size}"
@@ -124,6 +130,7 @@ class PLVM:
         self.aligner = aligner.eval()
         self.reference_processor = reference_processor
         self.preset = preset
+        self.answer_style = answer_style  # how the Aligner was trained to answer recognition questions
 
     @classmethod
     def from_preset(
@@ -154,7 +161,8 @@ class PLVM:
             )
         else:
             logger.warning("Aligner for preset %s is UNTRAINED (random weights): answers are meaningless", name)
-        return cls(lvlm, aligner, ref_proc, preset=name)
+        style = aligner_answer_style(weights) if weights is not None and Path(weights).exists() else "paper"
+        return cls(lvlm, aligner, ref_proc, preset=name, answer_style=style)
 
     # ------------------------------------------------------------------ concepts
     @torch.no_grad()
@@ -163,10 +171,13 @@ class PLVM:
         return self.stamp(self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"]))
 
     def stamp(self, concepts: list[ConceptEmbedding]) -> list[ConceptEmbedding]:
-        """Record the base revision (if the base tracks one) in freshly made concepts (in place, returned)."""
-        if self.lvlm.base_revision is not None:
-            for concept in concepts:
+        """Record the base revision (if the base tracks one) and a name-first answer style in freshly made
+        concepts (in place, returned)."""
+        for concept in concepts:
+            if self.lvlm.base_revision is not None:
                 concept.metadata[BASE_REVISION_KEY] = self.lvlm.base_revision
+            if self.answer_style != "paper":
+                concept.metadata[ANSWER_STYLE_KEY] = self.answer_style
         return concepts
 
     def make_concept(self, name: str, image: Image.Image) -> ConceptEmbedding:

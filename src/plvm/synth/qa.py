@@ -143,11 +143,10 @@ def name_first_answer(answer: str, name: str = SKS) -> str:
     the first answer token then decides between the concept's own output row (``e_weight``, §3.1) and "No":
     the comparison of the photo with the reference is the bilinear ``h · e_weight``, which the Aligner learns,
     instead of a comparison the LM would have to make before saying "Yes". Negative answers keep their "No".
+    Any other positive answer (hand-written data: "Yes. <sks> is there.") also becomes the canonical one.
     """
-    head = "Yes, " + name
-    if not answer.startswith("Yes,"):
-        raise ValueError(f"not a positive recognition answer: {answer!r}")
-    return answer[len("Yes, "):] if answer.startswith(head + " ") else f"{name} is in this photo."
+    head = "Yes, " + name + " "
+    return answer[len("Yes, "):] if answer.startswith(head) else f"{name} is in this photo."
 
 
 # ================================================================================ attributes

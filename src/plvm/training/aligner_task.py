@@ -23,7 +23,7 @@ from torch import nn
 from ..aligner import Aligner
 from ..concept import ConceptEmbedding
 from ..conversation import single_turn
-from ..injection import ConceptTensors, PersonalizedLVLM
+from ..injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
 from ..synth.qa import name_first_answer
 from .loss import shift_targets, weighted_answer_loss
 
@@ -109,13 +109,13 @@ class AlignerTrainingTask:
         """The frozen LM at the first answer position of each example's prompt (current Aligner): last hidden
         states ``[N, d]`` and the logit of "No" there ``[N]`` (for :meth:`Aligner.calibrate_output_row`)."""
         e_word, e_weight, context = self.aligner(pixel_values=self.reference_pixels([ex.reference for ex in examples]))
-        convs = [single_turn(ex.question, [self._placeholder], image=ex.query) for ex in examples]
-        batch = self.lvlm.collate([self.lvlm.encode(c) for c in convs])
-        tensors = ConceptTensors.stack(
+        batch = self.lvlm.collate([self._encode(ex) for ex in examples])  # the position training reads is the
+        tensors = ConceptTensors.stack(  # one before the first answer label (templates differ on the space)
             [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size
         )
         hidden, _ = self.lvlm.hidden_states(batch, tensors)
-        h = hidden[torch.arange(len(examples)), torch.tensor(batch.lengths) - 1].float()
+        first = (batch.labels != IGNORE_INDEX).int().argmax(dim=1)  # [N]
+        h = hidden[torch.arange(len(examples)), first - 1].float()
         no = self.lvlm.model.get_output_embeddings()(h.to(hidden.dtype)).float()[:, self.lvlm.no_ids].amax(-1)
         return h, no
 
