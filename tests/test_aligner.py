@@ -235,6 +235,20 @@ def test_plvm_stamps_concepts_with_the_base_revision_and_refuses_them_on_another
         plvm.lvlm.prepare([single_turn("Is <bo> here?", [bo], image=image)])
 
 
+def write_aligner_records(tmp_path, state, task):
+    """An exported Aligner file and a training checkpoint directory, both recording ``task``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    exported = tmp_path / "aligner.safetensors"
+    save_file(state, str(exported), metadata={"task": json.dumps(task)})
+    ckpt = tmp_path / "checkpoint-000010"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "task": task}))
+    return exported, ckpt
+
+
 def test_aligner_weights_record_their_base_revision_and_a_mismatch_is_refused(tmp_path, caplog):
     import json
 
@@ -246,11 +260,7 @@ def test_aligner_weights_record_their_base_revision_and_a_mismatch_is_refused(tm
     plvm = tiny_plvm()
     state = plvm.aligner.trainable_state_dict()
     task = {"kind": "aligner", "base_model": "tiny", "base_revision": "projector-sha256:aaaa"}
-    exported = tmp_path / "aligner.safetensors"
-    save_file(state, str(exported), metadata={"task": json.dumps(task)})
-    ckpt = tmp_path / "checkpoint-000010"
-    ckpt.mkdir()
-    (ckpt / "state.json").write_text(json.dumps({"step": 10, "task": task}))
+    exported, ckpt = write_aligner_records(tmp_path, state, task)
     old = tmp_path / "old.safetensors"
     save_file(state, str(old), metadata={"task": json.dumps({"kind": "aligner", "base_model": "tiny"})})
     assert aligner_base_revision(exported) == aligner_base_revision(ckpt) == "projector-sha256:aaaa"
@@ -280,11 +290,7 @@ def test_aligner_answer_style_is_read_from_its_weights_and_stamped_on_its_concep
     plvm = tiny_plvm()
     state = plvm.aligner.trainable_state_dict()
     task = {"kind": "aligner", "base_model": "tiny", "task": {"batch_size": 2, "answer_style": "name-first"}}
-    exported = tmp_path / "aligner.safetensors"
-    save_file(state, str(exported), metadata={"task": json.dumps(task)})
-    ckpt = tmp_path / "checkpoint-000010"
-    ckpt.mkdir()
-    (ckpt / "state.json").write_text(json.dumps({"step": 10, "task": task}))
+    exported, ckpt = write_aligner_records(tmp_path, state, task)
     old = tmp_path / "old.safetensors"
     save_file(state, str(old), metadata={"task": json.dumps({"kind": "aligner", "task": {"batch_size": 2}})})
     assert aligner_answer_style(exported) == aligner_answer_style(ckpt) == "name-first"

@@ -11,16 +11,15 @@ Run: ``.venv/bin/python scripts/diag/lm_probe.py [N_TRAIN N_TEST] [--base CKPT_O
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from plvm.conversation import Conversation
 from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.mini import build_llava_mini, export_stage1
 from plvm.synth.avatarworld import AvatarWorld
+
+from _base import load_mini_lvlm
 
 from _headprobe import linear_probe
 
@@ -64,11 +63,7 @@ def main() -> None:
     ap.add_argument("--base", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    projector = args.base
-    if projector and Path(projector).is_dir():
-        projector, _ = export_stage1(projector, Path(tempfile.mkdtemp()) / "projector.safetensors")
-    model, proc = build_llava_mini(projector=projector)
-    lvlm = PersonalizedLVLM(model, proc, base_model="plvm/llava-mini")
+    lvlm = load_mini_lvlm(args.base)
     world = AvatarWorld(seed=0)
     tr = features(lvlm, world, "train", args.n_train, 1)
     te = features(lvlm, world, "test", args.n_test, 2)

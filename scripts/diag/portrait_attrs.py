@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,12 @@ import torch
 
 from plvm.injection import PersonalizedLVLM
 from plvm.models.base_eval import candidate_logprobs
-from plvm.models.mini import build_llava_mini, export_stage1
 from plvm.models.mini_lora import MiniLoraConfig
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.training.loop import LoopConfig, latest_checkpoint, load_checkpoint, run_training
 from plvm.training.stage1_task import GenericExample, ProjectorTrainingTask
+
+from _base import load_mini_lvlm
 
 QUESTIONS = {
     "hair_color": ("What color is this person's hair?", ("black", "brown", "blonde", "red", "grey", "white")),
@@ -102,11 +102,7 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    projector = args.base
-    if projector and Path(projector).is_dir():
-        projector, _ = export_stage1(projector, Path(tempfile.mkdtemp()) / "projector.safetensors")
-    model, proc = build_llava_mini(projector=projector)
-    lvlm = PersonalizedLVLM(model, proc, base_model="plvm/llava-mini")
+    lvlm = load_mini_lvlm(args.base)
     world = AvatarWorld(seed=0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from plvm.conversation import Conversation
-from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.mini import build_llava_mini
+from plvm.injection import ConceptTensors
 from plvm.synth.avatarworld import AvatarWorld
+
+from _base import load_mini_lvlm
 
 
 def auc(pos, neg) -> float:
@@ -36,8 +37,8 @@ def main() -> None:
     n_train = int(sys.argv[1]) if len(sys.argv) > 1 else 800
     n_test = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     torch.set_num_threads(2)
-    model, proc = build_llava_mini()
-    lvlm = PersonalizedLVLM(model, proc, base_model="plvm/llava-mini")
+    lvlm = load_mini_lvlm()
+    model, proc = lvlm.model, lvlm.processor
     world = AvatarWorld(seed=0)
     tower = model.model.vision_tower
 
