@@ -299,6 +299,8 @@ def test_aligner_answer_style_is_read_from_its_weights_and_stamped_on_its_concep
     assert "answer_style" not in plvm.make_concept("bo", image).metadata  # paper style: nothing recorded
     name_first = PLVM(plvm.lvlm, plvm.aligner, plvm.reference_processor, answer_style="name-first")
     assert name_first.make_concept("bo", image).metadata["answer_style"] == "name-first"
+    with pytest.raises(ValueError, match="answer_style"):
+        PLVM(plvm.lvlm, plvm.aligner, plvm.reference_processor, answer_style="name_first")
 
 
 def test_committed_mini_aligner_records_the_committed_base_revision():

@@ -61,6 +61,11 @@ def make_task(word_weight: float = 10.0, answer_style: str = "paper") -> Aligner
 @pytest.mark.parametrize("answer_style", ["paper", "name-first"])
 def test_twenty_steps_lower_the_loss_and_leave_the_base_frozen(tmp_path, answer_style):
     task = make_task(answer_style=answer_style)
+    if answer_style == "name-first":  # as `plvm train` does: the concept row decides, conditioned first
+        probe = ColourSquares().examples(20_000, 8)
+        hidden, no_logit = task.answer_states(probe)
+        task.aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
+                                          float(no_logit.mean()))
     base_before = {k: v.clone() for k, v in task.lvlm.model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in task.aligner.encoder.state_dict().items()}
     fixed = ColourSquares().examples(10_000, 8)

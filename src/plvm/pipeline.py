@@ -130,6 +130,10 @@ class PLVM:
         self.aligner = aligner.eval()
         self.reference_processor = reference_processor
         self.preset = preset
+        from .synth.qa import ANSWER_STYLES
+
+        if answer_style not in ANSWER_STYLES:
+            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
         self.answer_style = answer_style  # how the Aligner was trained to answer recognition questions
 
     @classmethod
