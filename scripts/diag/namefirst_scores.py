@@ -15,13 +15,12 @@ import torch
 
 from plvm.conversation import single_turn
 from plvm.pipeline import PLVM
+from plvm.eval.metrics import roc_auc
 from plvm.synth.avatarworld import AvatarWorld
 
 
 def auc(pos, neg) -> float:
-    s = np.concatenate([pos, neg])
-    r = s.argsort().argsort() + 1.0
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return roc_auc(np.asarray(pos).tolist(), np.asarray(neg).tolist())
 
 
 def samples(world: AvatarWorld, n: int, portraits: bool):

@@ -22,15 +22,14 @@ import torch
 
 from plvm.conversation import Conversation
 from plvm.injection import ConceptTensors
+from plvm.eval.metrics import roc_auc
 from plvm.synth.avatarworld import AvatarWorld
 
 from _base import load_mini_lvlm
 
 
 def auc(pos, neg) -> float:
-    s = np.concatenate([pos, neg])
-    r = s.argsort().argsort() + 1.0
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return roc_auc(np.asarray(pos).tolist(), np.asarray(neg).tolist())
 
 
 def main() -> None:
@@ -105,7 +104,6 @@ def main() -> None:
         for k in ("portrait", "scene"):
             rows = np.array([kk == k for kk in te_q[3]])
             out.append(f"{k} {auc(S[rows][Y[rows]], S[rows][~Y[rows]]):.3f}")
-        # hard negatives: identities of the same family as a positive
         print(f"{name}: test AUC " + ", ".join(out))
 
 

@@ -101,10 +101,12 @@ def train(
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
 
-    from .synth.qa import ANSWER_STYLES
+    from .synth.qa import check_answer_style
 
-    if answer_style not in ANSWER_STYLES:
-        fail(f"--answer-style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
+    try:
+        check_answer_style(answer_style)
+    except ValueError as exc:
+        fail(f"--answer-style: {exc}")
     p = get_preset(preset)
     cfg = p.aligner
     if num_queries:

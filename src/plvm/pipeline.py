@@ -130,11 +130,9 @@ class PLVM:
         self.aligner = aligner.eval()
         self.reference_processor = reference_processor
         self.preset = preset
-        from .synth.qa import ANSWER_STYLES
+        from .synth.qa import check_answer_style
 
-        if answer_style not in ANSWER_STYLES:
-            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
-        self.answer_style = answer_style  # how the Aligner was trained to answer recognition questions
+        self.answer_style = check_answer_style(answer_style)  # how the Aligner was trained to answer recognition questions
 
     @classmethod
     def from_preset(

@@ -135,6 +135,13 @@ def recognition_qa(rng: np.random.Generator, positive: bool, name: str = SKS) ->
 ANSWER_STYLES = ("paper", "name-first")
 
 
+def check_answer_style(style: str) -> str:
+    """``style`` if it is one of :data:`ANSWER_STYLES`, else ``ValueError``."""
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {style!r}")
+    return style
+
+
 def name_first_answer(answer: str, name: str = SKS) -> str:
     """A positive recognition answer that starts with the concept instead of "Yes".
 

@@ -58,10 +58,9 @@ class AlignerTaskConfig:
     answer_style: str = "paper"
 
     def __post_init__(self) -> None:
-        from ..synth.qa import ANSWER_STYLES
+        from ..synth.qa import check_answer_style
 
-        if self.answer_style not in ANSWER_STYLES:
-            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
+        check_answer_style(self.answer_style)
 
 
 class AlignerTrainingTask:
