@@ -306,13 +306,32 @@ def test_personal_samples_match_their_ground_truth(world):
             assert s.query is None and s.answer_word is None and s.graph is None
             continue
         ids = [p["identity"] for p in s.graph["people"]]
-        assert set(ids) <= train_ids
+        assert set(ids) <= train_ids and s.query_identities == tuple(ids)
         if s.kind == "recog_pos":
             assert s.identity_id in ids and s.answer_word == "Yes" and s.answer.startswith("Yes")
         else:
             assert s.identity_id not in ids and s.answer_word == "No" and s.answer.startswith("No")
             assert s.hard_negative in ids
     assert kinds == {"recog_pos", "recog_neg", "attribute"}
+
+
+def test_portrait_queries_show_one_person_the_concept_exactly_when_positive(world):
+    it = world.iter_personal_samples(np.random.default_rng(5), positive_ratio=0.5, recog_to_attr=1e9,
+                                     hard_negative_share=0.5, portrait_query_share=1.0)
+    samples = [next(it) for _ in range(24)]
+    train_ids = {i.id for i in world.split("train")}
+    kinds = Counter(s.kind for s in samples)
+    assert kinds["recog_pos"] > 0 and kinds["recog_neg"] > 0
+    for s in samples:
+        assert s.graph is None and s.query.size == (SIZE, SIZE) and len(s.query_identities) == 1
+        (person,) = s.query_identities
+        assert person in train_ids and (person == s.identity_id) == (s.kind == "recog_pos")
+        if s.hard_negative is not None:
+            assert person == s.hard_negative
+    positive = next(s for s in samples if s.kind == "recog_pos")  # another photo of the concept, not a copy
+    assert np.abs(np.asarray(positive.query, float) - np.asarray(positive.reference, float)).mean() > 1.0
+    with pytest.raises(ValueError, match="portrait_query_share"):
+        next(world.iter_personal_samples(np.random.default_rng(0), portrait_query_share=1.5))
 
 
 def test_generic_samples_match_their_ground_truth(world):
@@ -436,6 +455,27 @@ def test_eval_set_shape_and_isolation(world, small_eval):
                            n_multi3=2, n_external=2, size=96)
     assert [q.graph for q in again.queries] == [q.graph for q in es.queries]
     assert again.queries[0].image.tobytes() == es.queries[0].image.tobytes()
+
+
+def test_portrait_eval_set_asks_about_another_photo_of_the_concept_alone(tmp_path, world):
+    from plvm.eval.readers import read_plvm
+
+    es = build_eval_set(world, n_identities=3, queries_per_identity=(2, 2), n_text_qa=3, n_multi2=0, n_multi3=0,
+                        n_external=0, size=96, query_kind="portrait")
+    assert es.meta["query_kind"] == "portrait" and len(es.queries) == 6 and es.visual_qa == []
+    for q in es.queries:
+        assert q.graph is None and q.image.size == (96, 96)
+        ref = np.asarray(es.references[q.identity_id], float)
+        assert np.abs(np.asarray(q.image, float) - ref).mean() > 1.0  # another photo, not the reference
+    # the portrait of a concept shows that concept: closer to its own reference than to the others'
+    for q in es.queries:
+        dist = {c: np.abs(np.asarray(q.image, float) - np.asarray(r, float)).mean() for c, r in es.references.items()}
+        assert dist[q.identity_id] < max(dist.values())
+    dataset = read_plvm(write_plvm_format(es, tmp_path / "plvm"))
+    assert sorted(dataset.concepts) == sorted(i.id for i in es.identities)
+    assert sum(len(c.query_images) for c in dataset.concepts.values()) == 6
+    with pytest.raises(ValueError, match="query_kind"):
+        build_eval_set(world, n_identities=3, query_kind="crowd")
 
 
 def _same_image(path: Path, img: Image.Image) -> bool:

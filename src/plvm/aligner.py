@@ -197,7 +197,11 @@ class Aligner(nn.Module):
         dtype = self.f_word.net[0].weight.dtype
         z_ref = z_ref.to(dtype)
         global_token, patches = z_ref[:, 0], z_ref[:, 1:]
-        return self.f_word(global_token), self.condition_row(self.f_weight(global_token)), self.resampler(patches)
+        return self.f_word(global_token), self.output_row(global_token), self.resampler(patches)
+
+    def output_row(self, global_token: torch.Tensor) -> torch.Tensor:
+        """``e_weight`` ``[B, d_llm]`` from the reference's global token ``z_ref[:, 0]`` ``[B, d_enc]``."""
+        return self.condition_row(self.f_weight(global_token.to(self.f_weight.net[0].weight.dtype)))
 
     def condition_row(self, u: torch.Tensor) -> torch.Tensor:
         """``f_weight``'s output ``u`` ``[B, d_llm]`` → ``e_weight`` ``[B, d_llm]`` (identity until calibrated).

@@ -66,6 +66,17 @@ def train(
     answer_style: str = typer.Option("paper", help="positive recognition answers: 'paper' (\"Yes, <sks> is in this "
                                      "photo.\") or 'name-first' (\"<sks> is in this photo.\": the concept's output "
                                      "row makes the decision)"),
+    bank_weight: float = typer.Option(0.0, help="λ of the identity-bank loss (not in the paper; name-first only): "
+                                                "each query's answer state against every training identity's "
+                                                "output row; 0 = off"),
+    bank_renders: int = typer.Option(2, help="reference portraits per training identity in the bank"),
+    portrait_query_share: float = typer.Option(0.0, help="AvatarWorld: share of recognition queries that are a "
+                                                         "one-person portrait instead of a scene"),
+    row_fit_queries: int = typer.Option(0, help="after training: fit the output row f_weight on the cached answer "
+                                                "states of this many recognition queries (plvm.training.row_fit; "
+                                                "name-first; written to OUT/row-fit; 0 = off)"),
+    row_fit_epochs: int = typer.Option(300),
+    row_fit_lr: float = typer.Option(1e-3),
     num_queries: Optional[int] = typer.Option(None, "--k", help="number of context tokens k (preset default)"),
     positive_ratio: float = typer.Option(0.6, help="p, share of positive recognition samples"),
     recog_to_attr: float = typer.Option(1.0, help="recognition : attribute-QA ratio"),
@@ -98,6 +109,7 @@ def train(
     from .models.base import load_base, mini_base_revision
     from .pipeline import load_reference_encoder
     from .training.aligner_task import AlignerTaskConfig, AlignerTrainingTask
+    from .training.row_fit import RowFitConfig
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
 
@@ -107,6 +119,13 @@ def train(
         check_answer_style(answer_style)
     except ValueError as exc:
         fail(f"--answer-style: {exc}")
+    try:
+        task_config = AlignerTaskConfig(batch_size, word_weight, answer_style, bank_weight, bank_renders)
+        if row_fit_queries and answer_style != "name-first":
+            raise ValueError("--row-fit-queries fits the output row, which decides only name-first answers")
+        row_fit = RowFitConfig(row_fit_queries, row_fit_epochs, row_fit_lr, seed=seed) if row_fit_queries else None
+    except ValueError as exc:
+        fail(str(exc))
     p = get_preset(preset)
     cfg = p.aligner
     if num_queries:
@@ -118,8 +137,10 @@ def train(
 
         world = AvatarWorld(seed=world_seed, num_identities=num_identities)
         source = AvatarWorldPersonalSource(world, seed, "train", positive_ratio, recog_to_attr,
-                                           hard_negative_share, hard_negative_distance)
+                                           hard_negative_share, hard_negative_distance, portrait_query_share)
     else:
+        if portrait_query_share:
+            fail("--portrait-query-share needs --data avatarworld")
         source = FolderPersonalSource(data, seed)
     model, processor = load_base("mini" if preset == "mini" else p.base_model)
     revision = mini_base_revision() if preset == "mini" else None
@@ -139,7 +160,10 @@ def train(
 
         check_aligner_base(init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
         load_aligner_weights(aligner, init_aligner)
-    task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, AlignerTaskConfig(batch_size, word_weight, answer_style))
+    try:  # a folder source has no reference bank
+        task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, task_config)
+    except ValueError as exc:
+        fail(str(exc))
     fresh = init_aligner is None and previous is None
     if fresh and calibrate:
         refs = [ex.reference for ex in source.examples(10**6, 32)]  # a batch index the run never reaches
@@ -176,6 +200,17 @@ def train(
                       seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, threads=threads)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
+    if row_fit is not None:
+        from .training.row_fit import collect_answer_states, fit_output_row, save_row_fit
+
+        try:
+            report = fit_output_row(task, collect_answer_states(task, row_fit), row_fit, log=typer.echo)
+        except ValueError as exc:
+            fail(f"row fit: {exc}")
+        (out / "row-fit.json").write_text(json.dumps(report, indent=2))
+        path = save_row_fit(out / "row-fit", task, summary["step"], loop.to_dict(), report)
+        typer.echo(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); "
+                   f"wrote {path}")
 
 
 def _open_kinds_option(text: str | None) -> dict[str, float] | None:
@@ -331,6 +366,17 @@ def train_base(
                       log_every=log_every, seed=seed, threads=threads, mixed_precision=mixed_precision)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
+    if row_fit is not None:
+        from .training.row_fit import collect_answer_states, fit_output_row, save_row_fit
+
+        try:
+            report = fit_output_row(task, collect_answer_states(task, row_fit), row_fit, log=typer.echo)
+        except ValueError as exc:
+            fail(f"row fit: {exc}")
+        (out / "row-fit.json").write_text(json.dumps(report, indent=2))
+        path = save_row_fit(out / "row-fit", task, summary["step"], loop.to_dict(), report)
+        typer.echo(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); "
+                   f"wrote {path}")
 
 
 @app.command("export")

@@ -21,6 +21,11 @@ class Split(str, enum.Enum):
     train = "train"
 
 
+class QueryKind(str, enum.Enum):
+    scene = "scene"
+    portrait = "portrait"
+
+
 class Format(str, enum.Enum):
     plvm = "plvm"
     yollava = "yollava"
@@ -58,6 +63,9 @@ def avatarworld(
     n_multi3: int = typer.Option(150, "--n-multi3", help="Multi-concept images with 3 concepts."),
     n_external: int = typer.Option(50, "--n-external", help="External images with no known concept."),
     eval_seed: int = typer.Option(0, "--eval-seed", help="Seed of the photos and questions of the set."),
+    query_kind: QueryKind = typer.Option(QueryKind.scene, "--query-kind",
+                                   help="What a concept's query photos show: 'scene' (1-4 people) or 'portrait' "
+                                        "(the concept alone, another photo of them; no visual QA)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Render an AvatarWorld evaluation (or training) set and write it in PLVM / Yo'LLaVA / multi-concept layouts."""
@@ -79,7 +87,7 @@ def avatarworld(
         eval_set = build_eval_set(world, split=split.value, seed=eval_seed, n_identities=n,
                                   queries_per_identity=(queries_min, queries_max), n_text_qa=n_text_qa,
                                   n_multi2=n_multi2, n_multi3=n_multi3, n_external=n_external, size=size,
-                                  progress=on_progress)
+                                  query_kind=query_kind.value, progress=on_progress)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     with tqdm(total=count_images(eval_set, fmt.value), desc="write", unit="img", disable=quiet) as bar:

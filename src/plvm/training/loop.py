@@ -155,8 +155,10 @@ def plot_loss(log_path: Path, png_path: Path, title: str = "training loss") -> N
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], label="loss (window mean)")
-    if "loss_word" in rows[0]:
-        ax.plot(steps, [r["loss_word"] for r in rows], label="Yes/No word CE", alpha=0.7)
+    for key, label in (("loss_word", "Yes/No word CE"), ("loss_bank", "identity-bank loss")):
+        have = [r for r in rows if key in r]  # a window may lack a measure (no recognition sample)
+        if have:
+            ax.plot([r["step"] for r in have], [r[key] for r in have], label=label, alpha=0.7)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -7,6 +7,9 @@ Shape with the defaults (on ``AvatarWorld(seed=0)``, whose test split holds 80 i
   that are not concepts, sometimes a look-alike of the concept (hard negative). So for a concept X,
   the queries of every other concept are true negatives — no concept ever appears in another
   concept's photo.
+  With ``query_kind="portrait"`` each query is instead another portrait of the concept alone (other clothes,
+  background, expression): the paper's face setting, where a query photo mostly shows one person. Portrait
+  queries have no scene graph and get no visual questions.
 * 70 text-only multiple-choice questions (the paper's seven ``text_only_questions``).
 * one visual multiple-choice question per query (position, clothing colour/type, expression,
   people count, cycled), 3 options each.
@@ -25,6 +28,9 @@ from PIL import Image
 from .attributes import Identity
 from .world import PEOPLE_COUNT_PROBS, AvatarWorld
 
+#: What a concept's query photo shows: a scene (1–4 people) or a portrait of the concept alone.
+QUERY_KINDS: tuple[str, ...] = ("scene", "portrait")
+
 #: Visual question kinds used by the evaluation set (cycled so that each appears equally often).
 EVAL_VISUAL_KINDS: tuple[str, ...] = ("position", "clothing_color", "clothing_type", "expression", "count")
 
@@ -36,7 +42,7 @@ class EvalQuery:
     identity_id: str
     index: int
     image: Image.Image
-    graph: dict[str, Any]
+    graph: dict[str, Any] | None  # None for a portrait query
 
 
 @dataclass
@@ -96,14 +102,17 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
                    queries_per_identity: tuple[int, int] = (5, 10), n_text_qa: int = 70,
                    visual_qa_per_query: int = 1, n_multi2: int = 150, n_multi3: int = 150, n_external: int = 50,
                    hard_negative_prob: float = 0.3, hard_negative_distance: int = 2, size: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> EvalSet:
+                   query_kind: str = "scene", progress: Callable[[int, int], None] | None = None) -> EvalSet:
     """Build the evaluation set deterministically from ``world`` and ``seed``.
 
     ``n_identities`` concepts are drawn from ``split``; the remaining identities of the split are
     the strangers (for ``split="test"`` with no identity left, the train identities serve as strangers;
     for ``split="train"`` that is an error, so that test identities never appear in training photos).
+    ``query_kind`` (:data:`QUERY_KINDS`) chooses what the concepts' query photos show.
     ``progress(done, total)`` is called after every rendered image.
     """
+    if query_kind not in QUERY_KINDS:
+        raise ValueError(f"query_kind must be one of {QUERY_KINDS}, got {query_kind!r}")
     rng = np.random.default_rng([world.seed, int(seed), 4242])
     from .. import qa
 
@@ -137,6 +146,10 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
     queries: list[EvalQuery] = []
     for c in concepts:
         for k in range(n_queries[c.id]):
+            if query_kind == "portrait":
+                queries.append(EvalQuery(c.id, k, world.render_reference(c, size=size, rng_or_seed=rng), None))
+                tick()
+                continue
             include = [c]
             if rng.random() < hard_negative_prob:
                 look = world.hard_negatives(c, strangers, hard_negative_distance, 1, rng)
@@ -163,7 +176,7 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
     visual_qa: list[EvalQA] = []
     start = int(rng.integers(len(EVAL_VISUAL_KINDS)))
     for j, q in enumerate(queries):
-        for r in range(int(visual_qa_per_query)):
+        for r in range(int(visual_qa_per_query) if q.graph is not None else 0):
             kind = EVAL_VISUAL_KINDS[(start + j * visual_qa_per_query + r) % len(EVAL_VISUAL_KINDS)]
             item = qa.visual_mc_qa(q.graph, rng, target=q.identity_id, kind=kind, n_options=3)
             visual_qa.append(EvalQA(q.identity_id, item.question, dict(item.options or {}), str(item.correct),
@@ -191,5 +204,6 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
         "n_identities": n, "n_strangers": len(strangers), "n_queries": len(queries), "n_text_qa": len(text_qa),
         "n_visual_qa": len(visual_qa), "n_multi2": n_multi2, "n_multi3": n_multi3, "n_external": n_external,
         "hard_negative_prob": hard_negative_prob, "hard_negative_distance": hard_negative_distance,
+        **({"query_kind": query_kind} if query_kind != "scene" else {}),
     }
     return EvalSet(concepts, strangers, references, queries, text_qa, visual_qa, multi, meta)

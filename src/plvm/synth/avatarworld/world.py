@@ -49,6 +49,7 @@ class PersonalSample:
         answer_word: ``"Yes"`` / ``"No"`` for recognition, ``None`` for attribute questions.
         graph: Scene graph of ``query`` (``None`` when there is no query).
         hard_negative: Id of the look-alike placed in a negative query, if any.
+        query_identities: Ids of everyone in ``query`` (empty when there is no query).
     """
 
     reference: Image.Image
@@ -60,6 +61,7 @@ class PersonalSample:
     answer_word: str | None
     graph: dict[str, Any] | None = None
     hard_negative: str | None = None
+    query_identities: tuple[str, ...] = ()
 
 
 class AvatarWorld:
@@ -237,8 +239,8 @@ class AvatarWorld:
 
     def iter_personal_samples(self, rng: np.random.Generator, split: str = "train", positive_ratio: float = 0.6,
                               recog_to_attr: float = 1.0, hard_negative_share: float = 0.5,
-                              hard_negative_distance: int = 2, extra_questions: bool = True
-                              ) -> Iterator[PersonalSample]:
+                              hard_negative_distance: int = 2, extra_questions: bool = True,
+                              portrait_query_share: float = 0.0) -> Iterator[PersonalSample]:
         """Endless personalised samples (reference + query + question about ``<sks>``).
 
         Args:
@@ -247,8 +249,14 @@ class AvatarWorld:
             hard_negative_share: Share of negative queries that contain a look-alike of the concept
                 (an identity within ``hard_negative_distance`` attributes; the nearest ones if none).
             extra_questions: Also ask the extra attribute questions, beyond the paper's seven.
+            portrait_query_share: Share of recognition queries that are a portrait of one person (another
+                photo of the concept, or of someone else) instead of a scene — the paper's face setting, where
+                a query is mostly one person's photo. 0 draws the stream of earlier versions.
         """
         from .. import qa
+
+        if not 0.0 <= portrait_query_share <= 1.0:
+            raise ValueError(f"portrait_query_share must be in [0, 1], got {portrait_query_share}")
 
         pool = self._splits[split]
         if len(pool) < 2:
@@ -259,19 +267,23 @@ class AvatarWorld:
             ref = self.render_reference(target, rng_or_seed=rng)
             if rng.random() < p_recog:
                 positive = bool(rng.random() < positive_ratio)
+                portrait = portrait_query_share > 0 and bool(rng.random() < portrait_query_share)
                 hard = None
-                if positive:
-                    scene = self.sample_scene(rng, split, include=[target])
+                include: list[Identity] = [target] if positive else []
+                if not positive and rng.random() < hard_negative_share:
+                    look = self.look_alike(target, pool, hard_negative_distance, rng)
+                    if look is not None:
+                        include, hard = [look], look.id
+                if portrait:  # one person: the concept, the look-alike, or anyone else
+                    person = include[0] if include else self.sample_scene_identity(rng, pool, exclude=target)
+                    image, graph, people = self.render_reference(person, rng_or_seed=rng), None, (person.id,)
                 else:
-                    include: list[Identity] = []
-                    if rng.random() < hard_negative_share:
-                        look = self.look_alike(target, pool, hard_negative_distance, rng)
-                        if look is not None:
-                            include, hard = [look], look.id
-                    scene = self.sample_scene(rng, split, include=include, exclude=[target])
+                    scene = (self.sample_scene(rng, split, include=include) if positive
+                             else self.sample_scene(rng, split, include=include, exclude=[target]))
+                    image, graph, people = scene.image, scene.graph, tuple(scene.identity_ids)
                 item = qa.recognition_qa(rng, positive)
-                yield PersonalSample(ref, scene.image, item.question, item.answer, item.kind, target.id,
-                                     "Yes" if positive else "No", scene.graph, hard)
+                yield PersonalSample(ref, image, item.question, item.answer, item.kind, target.id,
+                                     "Yes" if positive else "No", graph, hard, people)
             else:
                 item = qa.attribute_qa(target, rng, extra=extra_questions)
                 yield PersonalSample(ref, None, item.question, item.answer, "attribute", target.id, None)

@@ -1,0 +1,154 @@
+"""Fitting the concept's output row on cached answer states (not in the paper; name-first Aligners only).
+
+With name-first answers (:class:`~plvm.training.aligner_task.AlignerTaskConfig`) the recognition decision at
+the first answer position is ``h · e_weight(ref) − logit_No``, with ``h`` the frozen LM's last hidden state
+there. Training (Eq. 2 + the identity-bank loss) shows ``f_weight`` each query photo once. Here the Aligner's
+word and context path stays as trained, the answer states of many recognition queries are computed once,
+and ``f_weight`` alone is fitted on the identity-bank loss over all of them for many epochs — the full-batch
+fit a linear probe gets.
+
+Model selection is on *new identities*: a share of the bank's identities is held out of the fit, and the
+epoch kept is the one whose held-out rows rank best (mean per-query ROC AUC of ``z`` between held-out
+identities in the photo and held-out identities not in it).
+
+Approximation: ``h`` of query ``i`` is computed with the prompt of its own sample's reference; at inference
+the prompt is that of the concept asked about. Only the evaluation harness measures the real thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .aligner_task import RECOGNITION_KINDS, AlignerTrainingTask, bank_objective, mean_query_auc
+from .loop import _atomic_save, _atomic_write_text
+
+
+@dataclass
+class RowFitConfig:
+    queries: int = 1500  # recognition queries whose answer states are cached
+    epochs: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch: int = 8  # LM forward batch while caching states
+    heldout_identities: float = 0.15  # share of the bank's identities kept out of the fit, for choosing the epoch
+    eval_every: int = 10
+    seed: int = 0
+    #: batch indices of the data source used for the queries start here (beyond any training run's)
+    first_index: int = 3 * 10**6
+
+    def __post_init__(self) -> None:
+        if self.queries < 2 or self.epochs < 1 or self.batch < 1 or self.eval_every < 1:
+            raise ValueError("row fit: queries >= 2, epochs >= 1, batch >= 1 and eval_every >= 1 are required")
+        if not 0.0 < self.heldout_identities < 1.0:
+            raise ValueError(f"heldout_identities must be in (0, 1), got {self.heldout_identities}")
+
+
+@dataclass
+class AnswerStates:
+    """Cached answer-position states of recognition queries."""
+
+    h: torch.Tensor  # [N, d] fp32
+    no: torch.Tensor  # [N] logit of "No"
+    query_identities: list[tuple[str, ...]]
+
+
+@torch.no_grad()
+def collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, progress: bool = True) -> AnswerStates:
+    """``config.queries`` recognition samples of ``task``'s data source → their answer states (current Aligner)."""
+    hs, nos, ids = [], [], []
+    index = config.first_index
+    with tqdm(total=config.queries, desc="answer states", disable=not progress, mininterval=5) as bar:
+        while len(ids) < config.queries:
+            batch = [ex for ex in task.data.examples(index, config.batch)
+                     if ex.kind in RECOGNITION_KINDS and ex.query_identities is not None]
+            index += 1
+            if index - config.first_index > 100 * config.queries:
+                raise ValueError("the data source gives no recognition samples with known query identities")
+            batch = batch[: config.queries - len(ids)]
+            if not batch:
+                continue
+            h, no = task.answer_states(batch)
+            hs.append(h.cpu())
+            nos.append(no.cpu())
+            ids += [ex.query_identities for ex in batch]
+            bar.update(len(batch))
+    return AnswerStates(torch.cat(hs), torch.cat(nos), ids)
+
+
+def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowFitConfig,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit ``task.aligner.f_weight`` on the identity-bank loss over ``states``; keep the best held-out epoch.
+
+    Returns a report: the config, the held-out identities, and per evaluated epoch the fit loss and the
+    held-out AUC (before fitting = epoch 0), with the epoch kept.
+    """
+    if task.config.answer_style != "name-first":
+        raise ValueError("the output row decides only name-first answers: fit it for a name-first Aligner")
+    if not task.bank_ids:
+        task.build_bank()
+    rng = np.random.default_rng([config.seed, 61])
+    identities = sorted(set(task.bank_ids))
+    n_out = max(1, int(round(config.heldout_identities * len(identities))))
+    heldout = {identities[int(i)] for i in rng.choice(len(identities), n_out, replace=False)}
+    keep = torch.tensor([bid not in heldout for bid in task.bank_ids])
+    y = task.bank_targets(states.query_identities)  # [N, M]
+    # held-out score: the queries that show a held-out identity, ranked over the held-out rows only
+    shows = y[:, ~keep].sum(1) > 0
+    if not bool(shows.any()):
+        raise ValueError("no cached query shows a held-out identity: collect more queries")
+    params = list(task.aligner.f_weight.parameters())
+    for p in task.aligner.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def heldout_auc() -> float:
+        with torch.no_grad():
+            rows = task.bank_rows()[~keep]
+            z = states.h[shows] @ rows.T.cpu() - states.no[shows][:, None]
+        return mean_query_auc(z, y[shows][:, ~keep])
+
+    history = [{"epoch": 0, "heldout_auc": heldout_auc()}]
+    best = (history[0]["heldout_auc"], 0, {k: v.detach().clone() for k, v in task.aligner.f_weight.state_dict().items()})
+    for epoch in range(1, config.epochs + 1):
+        optimizer.zero_grad(set_to_none=True)
+        evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
+        loss, fit_auc = bank_objective(states.h, states.no, task.bank_rows()[keep], y[:, keep], with_auc=evaluate)
+        loss.backward()
+        optimizer.step()
+        if evaluate:
+            row = {"epoch": epoch, "loss": float(loss.detach()), "fit_auc": fit_auc, "heldout_auc": heldout_auc()}
+            history.append(row)
+            if log is not None:
+                log(f"row fit epoch {epoch}: loss {row['loss']:.4f}, fit AUC {fit_auc:.3f}, "
+                    f"held-out AUC {row['heldout_auc']:.3f}")
+            if row["heldout_auc"] > best[0]:
+                best = (row["heldout_auc"], epoch, {k: v.detach().clone()
+                                                    for k, v in task.aligner.f_weight.state_dict().items()})
+    task.aligner.f_weight.load_state_dict(best[2])
+    for p in params:
+        p.requires_grad_(False)
+    return {"config": dataclasses.asdict(config), "queries": len(states.query_identities),
+            "heldout_identities": sorted(heldout), "history": history, "kept_epoch": best[1],
+            "kept_heldout_auc": best[0]}
+
+
+def save_row_fit(out_dir: str | Path, task: AlignerTrainingTask, step: int, loop: dict[str, Any],
+                 report: dict[str, Any]) -> Path:
+    """``out_dir`` as a checkpoint directory (``trainable.safetensors`` + ``state.json``, no optimizer): what
+    ``--aligner-weights`` and ``plvm export`` read; the task description records the fit."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save(task.trainable_state_dict(), out / "trainable.safetensors", {"step": str(step)})
+    state = {"step": step, "loop": loop, "task": {**task.describe(), "row_fit": report}}
+    _atomic_write_text(out / "state.json", json.dumps(state, indent=2, sort_keys=True))
+    return out
