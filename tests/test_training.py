@@ -335,7 +335,8 @@ def test_identity_bank_loss_needs_name_first_answers_and_a_reference_bank():
 
 def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_heldout_epoch(tmp_path):
     from plvm.pipeline import aligner_answer_style, load_aligner_weights
-    from plvm.training.row_fit import RowFitConfig, collect_answer_states, fit_output_row, save_row_fit
+    from plvm.training.row_fit import (AnswerStates, RowFitConfig, answer_states_tag, collect_answer_states,
+                                       fit_output_row, load_or_collect_answer_states, save_row_fit)
 
     task = make_task(answer_style="name-first", data=ColourBank())  # no bank loss in training: the fit builds it
     condition_output_row(task)
@@ -345,6 +346,25 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
     assert len(states.query_identities) == 12
     again = collect_answer_states(task, config, progress=False)  # deterministic in the source's batches
     torch.testing.assert_close(again.h, states.h)
+    states.save(tmp_path / "states.safetensors", "run step 3")  # the cache round trip
+    loaded = AnswerStates.load(tmp_path / "states.safetensors", "run step 3")
+    assert torch.equal(loaded.h, states.h) and torch.equal(loaded.no, states.no)
+    assert loaded.query_identities == states.query_identities
+    assert AnswerStates.load(tmp_path / "states.safetensors", "run step 4") is None  # computed with another tag
+    # the cache is keyed on what the states depend on: the word and context path, not f_weight
+    cache = tmp_path / "cache.safetensors"
+    cached = load_or_collect_answer_states(task, config, cache, progress=False)
+    torch.testing.assert_close(cached.h, states.h)
+    tag = answer_states_tag(task, config)
+    with torch.no_grad():
+        for module, same in ((task.aligner.f_weight, True), (task.aligner.f_word, False)):
+            kept = module.net[0].weight.clone()
+            module.net[0].weight.add_(1.0)
+            assert (answer_states_tag(task, config) == tag) == same
+            module.net[0].weight.copy_(kept)
+    assert answer_states_tag(task, RowFitConfig(queries=13, batch=4)) != tag
+    AnswerStates(states.h + 1, states.no, states.query_identities).save(cache, tag)  # marked: read, not recomputed
+    torch.testing.assert_close(load_or_collect_answer_states(task, config, cache, progress=False).h, states.h + 1)
     before = {k: v.clone() for k, v in task.aligner.trainable_state_dict().items()}
     report = fit_output_row(task, states, config)
     assert len(report["heldout_identities"]) == 1 and task.bank_ids  # one of the four colours held out

@@ -77,6 +77,7 @@ def train(
                                                 "name-first; written to OUT/row-fit; 0 = off)"),
     row_fit_epochs: int = typer.Option(300),
     row_fit_lr: float = typer.Option(1e-3),
+    row_fit_weight_decay: float = typer.Option(0.0, help="AdamW weight decay of the row fit"),
     num_queries: Optional[int] = typer.Option(None, "--k", help="number of context tokens k (preset default)"),
     positive_ratio: float = typer.Option(0.6, help="p, share of positive recognition samples"),
     recog_to_attr: float = typer.Option(1.0, help="recognition : attribute-QA ratio"),
@@ -123,7 +124,8 @@ def train(
         task_config = AlignerTaskConfig(batch_size, word_weight, answer_style, bank_weight, bank_renders)
         if row_fit_queries and answer_style != "name-first":
             raise ValueError("--row-fit-queries fits the output row, which decides only name-first answers")
-        row_fit = RowFitConfig(row_fit_queries, row_fit_epochs, row_fit_lr, seed=seed) if row_fit_queries else None
+        row_fit = (RowFitConfig(row_fit_queries, row_fit_epochs, row_fit_lr, row_fit_weight_decay, seed=seed)
+                   if row_fit_queries else None)
     except ValueError as exc:
         fail(str(exc))
     p = get_preset(preset)
@@ -201,10 +203,11 @@ def train(
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
     if row_fit is not None:
-        from .training.row_fit import collect_answer_states, fit_output_row, save_row_fit
+        from .training.row_fit import fit_output_row, load_or_collect_answer_states, save_row_fit
 
         try:
-            report = fit_output_row(task, collect_answer_states(task, row_fit), row_fit, log=typer.echo)
+            states = load_or_collect_answer_states(task, row_fit, out / f"row-fit-states-{row_fit.queries}.safetensors")
+            report = fit_output_row(task, states, row_fit, log=typer.echo)
         except ValueError as exc:
             fail(f"row fit: {exc}")
         (out / "row-fit.json").write_text(json.dumps(report, indent=2))
@@ -366,17 +369,6 @@ def train_base(
                       log_every=log_every, seed=seed, threads=threads, mixed_precision=mixed_precision)
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
-    if row_fit is not None:
-        from .training.row_fit import collect_answer_states, fit_output_row, save_row_fit
-
-        try:
-            report = fit_output_row(task, collect_answer_states(task, row_fit), row_fit, log=typer.echo)
-        except ValueError as exc:
-            fail(f"row fit: {exc}")
-        (out / "row-fit.json").write_text(json.dumps(report, indent=2))
-        path = save_row_fit(out / "row-fit", task, summary["step"], loop.to_dict(), report)
-        typer.echo(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); "
-                   f"wrote {path}")
 
 
 @app.command("export")

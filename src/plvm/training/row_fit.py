@@ -18,6 +18,7 @@ the prompt is that of the concept asked about. Only the evaluation harness measu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .aligner_task import RECOGNITION_KINDS, AlignerTrainingTask, bank_objective, mean_query_auc
@@ -58,6 +60,49 @@ class AnswerStates:
     h: torch.Tensor  # [N, d] fp32
     no: torch.Tensor  # [N] logit of "No"
     query_identities: list[tuple[str, ...]]
+
+    def save(self, path: str | Path, tag: str) -> None:
+        """Write to ``path`` (safetensors; identities and ``tag`` — what the states were computed with — in
+        the header)."""
+        _atomic_save({"h": self.h, "no": self.no}, Path(path),
+                     {"query_identities": json.dumps([list(q) for q in self.query_identities]), "tag": tag})
+
+    @classmethod
+    def load(cls, path: str | Path, tag: str) -> "AnswerStates | None":
+        """Read states written by :meth:`save`; ``None`` if they were computed with another ``tag``."""
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("tag") != tag:
+                return None
+            return cls(f.get_tensor("h"), f.get_tensor("no"),
+                       [tuple(q) for q in json.loads(meta["query_identities"])])
+
+
+def answer_states_tag(task: AlignerTrainingTask, config: RowFitConfig) -> str:
+    """What the answer states depend on: the data source, the queries drawn from it, and the Aligner's word and
+    context path (``f_word``, resampler, output-row conditioning excluded: ``h`` is read before the LM head) —
+    not ``f_weight``, which the fit changes. A sha256 over those."""
+    digest = hashlib.sha256(json.dumps({"data": task.data.describe(), "queries": config.queries,
+                                        "batch": config.batch, "first_index": config.first_index},
+                                       sort_keys=True).encode())
+    for name, tensor in sorted(task.aligner.trainable_state_dict().items()):
+        if not name.startswith("f_weight.") and name not in ("row_mean", "row_offset"):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def load_or_collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, cache: str | Path,
+                                  progress: bool = True) -> AnswerStates:
+    """The answer states of :func:`collect_answer_states`, read from ``cache`` if it holds states computed with
+    the same :func:`answer_states_tag`, else computed and written there (collecting is the slow part of a fit:
+    an LM forward per query)."""
+    cache, tag = Path(cache), answer_states_tag(task, config)
+    states = AnswerStates.load(cache, tag) if cache.exists() else None
+    if states is None:
+        states = collect_answer_states(task, config, progress=progress)
+        states.save(cache, tag)
+    return states
 
 
 @torch.no_grad()
