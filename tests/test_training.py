@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -336,7 +337,8 @@ def test_identity_bank_loss_needs_name_first_answers_and_a_reference_bank():
 def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_heldout_epoch(tmp_path):
     from plvm.pipeline import aligner_answer_style, load_aligner_weights
     from plvm.training.row_fit import (AnswerStates, RowFitConfig, answer_states_tag, collect_answer_states,
-                                       fit_output_row, load_or_collect_answer_states, save_row_fit)
+                                       fit_output_row, load_or_collect_answer_states, own_pair_objective,
+                                       save_row_fit)
 
     task = make_task(answer_style="name-first", data=ColourBank())  # no bank loss in training: the fit builds it
     condition_output_row(task)
@@ -349,7 +351,16 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
     states.save(tmp_path / "states.safetensors", "run step 3")  # the cache round trip
     loaded = AnswerStates.load(tmp_path / "states.safetensors", "run step 3")
     assert torch.equal(loaded.h, states.h) and torch.equal(loaded.no, states.no)
-    assert loaded.query_identities == states.query_identities
+    assert loaded.query_identities == states.query_identities and loaded.concept_ids == states.concept_ids
+    assert torch.equal(loaded.own_tokens, states.own_tokens) and torch.equal(loaded.own_labels, states.own_labels)
+    # each sample's own reference, label and concept: the squares' colours say who is who
+    again_examples = [ex for i in range(config.first_index, config.first_index + 40)
+                      for ex in task.data.examples(i, config.batch) if ex.kind in ("recog_pos", "recog_neg")][:12]
+    assert states.concept_ids == [ex.concept_id for ex in again_examples]
+    assert states.own_labels.tolist() == [float(ex.kind == "recog_pos") for ex in again_examples]
+    assert states.own_tokens.shape == (12, task.aligner.config.d_enc)
+    torch.testing.assert_close(states.own_tokens[:1], task.aligner.encode_reference(
+        task.reference_pixels([again_examples[0].reference]))[:, 0].float())
     assert AnswerStates.load(tmp_path / "states.safetensors", "run step 4") is None  # computed with another tag
     # the cache is keyed on what the states depend on: the word and context path, not f_weight
     cache = tmp_path / "cache.safetensors"
@@ -363,8 +374,22 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
             assert (answer_states_tag(task, config) == tag) == same
             module.net[0].weight.copy_(kept)
     assert answer_states_tag(task, RowFitConfig(queries=13, batch=4)) != tag
-    AnswerStates(states.h + 1, states.no, states.query_identities).save(cache, tag)  # marked: read, not recomputed
+    dataclasses.replace(states, h=states.h + 1).save(cache, tag)  # marked: read, not recomputed
     torch.testing.assert_close(load_or_collect_answer_states(task, config, cache, progress=False).h, states.h + 1)
+    # the own-pair term by hand: each query against its own concept's row, balanced logistic loss, pooled AUC
+    with torch.no_grad():
+        rows = task.aligner.output_row(states.own_tokens).double()
+        select = torch.tensor([i % 3 != 0 for i in range(12)])
+        loss, auc = own_pair_objective(states, rows.float(), select)
+        z = [float(states.h[i].double() @ rows[i] - states.no[i]) for i in range(12) if select[i]]
+        y = [bool(states.own_labels[i]) for i in range(12) if select[i]]
+    pos, neg = [v for v, t in zip(z, y) if t], [v for v, t in zip(z, y) if not t]
+    assert pos and neg
+    expected = 0.5 * np.mean([np.log1p(np.exp(-v)) for v in pos]) + 0.5 * np.mean([np.log1p(np.exp(v)) for v in neg])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert auc == pytest.approx(np.mean([a > b for a in pos for b in neg]))
+    with pytest.raises(ValueError, match="own_weight"):
+        RowFitConfig(own_weight=-1.0)
     before = {k: v.clone() for k, v in task.aligner.trainable_state_dict().items()}
     report = fit_output_row(task, states, config)
     assert len(report["heldout_identities"]) == 1 and task.bank_ids  # one of the four colours held out
@@ -372,6 +397,7 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
     assert [r["epoch"] for r in history] == [0, 5, 10, 15, 20, 25, 30, 35, 40]
     assert history[-1]["loss"] < history[1]["loss"]  # the fit lowers its loss
     assert report["kept_heldout_auc"] == max(r["heldout_auc"] for r in history)
+    assert all("heldout_rank_auc" in r for r in history)
     after = task.aligner.trainable_state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert all(k.startswith("f_weight.") for k in changed)

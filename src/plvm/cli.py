@@ -78,6 +78,8 @@ def train(
     row_fit_epochs: int = typer.Option(300),
     row_fit_lr: float = typer.Option(1e-3),
     row_fit_weight_decay: float = typer.Option(0.0, help="AdamW weight decay of the row fit"),
+    row_fit_own_weight: float = typer.Option(1.0, help="row fit: weight of the own-pair term (each query against "
+                                                       "its own concept's row; 0 = the identity bank alone)"),
     num_queries: Optional[int] = typer.Option(None, "--k", help="number of context tokens k (preset default)"),
     positive_ratio: float = typer.Option(0.6, help="p, share of positive recognition samples"),
     recog_to_attr: float = typer.Option(1.0, help="recognition : attribute-QA ratio"),
@@ -124,8 +126,8 @@ def train(
         task_config = AlignerTaskConfig(batch_size, word_weight, answer_style, bank_weight, bank_renders)
         if row_fit_queries and answer_style != "name-first":
             raise ValueError("--row-fit-queries fits the output row, which decides only name-first answers")
-        row_fit = (RowFitConfig(row_fit_queries, row_fit_epochs, row_fit_lr, row_fit_weight_decay, seed=seed)
-                   if row_fit_queries else None)
+        row_fit = (RowFitConfig(row_fit_queries, row_fit_epochs, row_fit_lr, row_fit_weight_decay, seed=seed,
+                                own_weight=row_fit_own_weight) if row_fit_queries else None)
     except ValueError as exc:
         fail(str(exc))
     p = get_preset(preset)
