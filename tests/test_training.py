@@ -374,6 +374,9 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
             assert (answer_states_tag(task, config) == tag) == same
             module.net[0].weight.copy_(kept)
     assert answer_states_tag(task, RowFitConfig(queries=13, batch=4)) != tag
+    revision, task.lvlm.base_revision = task.lvlm.base_revision, "projector-sha256:another"  # another trained base
+    assert answer_states_tag(task, config) != tag
+    task.lvlm.base_revision = revision
     dataclasses.replace(states, h=states.h + 1).save(cache, tag)  # marked: read, not recomputed
     torch.testing.assert_close(load_or_collect_answer_states(task, config, cache, progress=False).h, states.h + 1)
     # the own-pair term by hand: each query against its own concept's row, balanced logistic loss, pooled AUC
@@ -465,7 +468,8 @@ def test_train_rejects_bank_and_row_fit_options_without_name_first_answers_befor
     from plvm.cli import app
 
     for args, message in ((["--bank-weight", "1"], "name-first"), (["--row-fit-queries", "100"], "name-first"),
-                          (["--answer-style", "name-first", "--bank-weight", "-1"], "bank_weight")):
+                          (["--answer-style", "name-first", "--bank-weight", "-1"], "bank_weight"),
+                          (["--answer-style", "shouty"], "answer_style")):
         result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "run").exists()  # nothing written

@@ -112,17 +112,11 @@ def train(
     from .models.base import load_base, mini_base_revision
     from .pipeline import load_reference_encoder
     from .training.aligner_task import AlignerTaskConfig, AlignerTrainingTask
-    from .training.row_fit import RowFitConfig
     from .training.data import AvatarWorldPersonalSource, FolderPersonalSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
+    from .training.row_fit import RowFitConfig, fit_output_row, load_or_collect_answer_states, save_row_fit
 
-    from .synth.qa import check_answer_style
-
-    try:
-        check_answer_style(answer_style)
-    except ValueError as exc:
-        fail(f"--answer-style: {exc}")
-    try:
+    try:  # every option checked before anything loads
         task_config = AlignerTaskConfig(batch_size, word_weight, answer_style, bank_weight, bank_renders)
         if row_fit_queries and answer_style != "name-first":
             raise ValueError("--row-fit-queries fits the output row, which decides only name-first answers")
@@ -205,8 +199,6 @@ def train(
     summary = run_training(task, loop, out, resume=not no_resume)
     typer.echo(json.dumps(summary, indent=2))
     if row_fit is not None:
-        from .training.row_fit import fit_output_row, load_or_collect_answer_states, save_row_fit
-
         try:
             states = load_or_collect_answer_states(task, row_fit, out / f"row-fit-states-{row_fit.queries}.safetensors")
             report = fit_output_row(task, states, row_fit, log=typer.echo)

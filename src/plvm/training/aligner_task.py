@@ -187,10 +187,14 @@ class AlignerTrainingTask:
         return self.lvlm.encode(conv, answer_words=words)
 
     @torch.no_grad()
-    def answer_states(self, examples: list[PersonalExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    def answer_states(self, examples: list[PersonalExample], z_ref: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen LM at the first answer position of each example's prompt (current Aligner): last hidden
-        states ``[N, d]`` and the logit of "No" there ``[N]`` (for :meth:`Aligner.calibrate_output_row`)."""
-        e_word, e_weight, context = self.aligner(pixel_values=self.reference_pixels([ex.reference for ex in examples]))
+        states ``[N, d]`` and the logit of "No" there ``[N]`` (for :meth:`Aligner.calibrate_output_row`).
+        ``z_ref``: the references' encoder output ``[N, L, d_enc]``, if the caller has it already."""
+        if z_ref is None:
+            z_ref = self.aligner.encode_reference(self.reference_pixels([ex.reference for ex in examples]))
+        e_word, e_weight, context = self.aligner(z_ref=z_ref)
         batch = self.lvlm.collate([self._encode(ex) for ex in examples])  # the position training reads is the
         tensors = ConceptTensors.stack(  # one before the first answer label (templates differ on the space)
             [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size

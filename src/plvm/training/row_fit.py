@@ -91,10 +91,11 @@ class AnswerStates:
 
 
 def answer_states_tag(task: AlignerTrainingTask, config: RowFitConfig) -> str:
-    """What the answer states depend on: the data source, the queries drawn from it, and the Aligner's word and
-    context path (``f_word``, resampler, output-row conditioning excluded: ``h`` is read before the LM head) —
-    not ``f_weight``, which the fit changes. A sha256 over those."""
-    digest = hashlib.sha256(json.dumps({"data": task.data.describe(), "queries": config.queries,
+    """What the answer states depend on: the base LVLM (id and revision), the data source, the queries drawn
+    from it, and the Aligner's word and context path (``f_word``, resampler; the output-row conditioning is
+    excluded: ``h`` is read before the LM head) — not ``f_weight``, which the fit changes. A sha256 over those."""
+    digest = hashlib.sha256(json.dumps({"base": [task.lvlm.base_model_id, task.lvlm.base_revision],
+                                        "data": task.data.describe(), "queries": config.queries,
                                         "batch": config.batch, "first_index": config.first_index},
                                        sort_keys=True).encode())
     for name, tensor in sorted(task.aligner.trainable_state_dict().items()):
@@ -132,12 +133,12 @@ def collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, progr
             batch = batch[: config.queries - len(ids)]
             if not batch:
                 continue
-            h, no = task.answer_states(batch)
+            z_ref = task.aligner.encode_reference(task.reference_pixels([ex.reference for ex in batch]))
+            h, no = task.answer_states(batch, z_ref)
             hs.append(h.cpu())
             nos.append(no.cpu())
             ids += [ex.query_identities for ex in batch]
-            pixels = task.reference_pixels([ex.reference for ex in batch])
-            own.append(task.aligner.encode_reference(pixels)[:, 0].float().cpu())
+            own.append(z_ref[:, 0].float().cpu())
             labels += [float(ex.kind == "recog_pos") for ex in batch]
             concepts += [str(ex.concept_id) for ex in batch]
             bar.update(len(batch))
