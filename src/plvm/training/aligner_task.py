@@ -112,10 +112,18 @@ def bank_objective(h: torch.Tensor, no: torch.Tensor, rows: torch.Tensor, y: tor
     y = y.to(device)
     with torch.autocast(device_type=device.type, enabled=False):
         z = h.detach().float().to(device) @ rows.float().T - no.detach().float().to(device)[:, None]  # [n, M]
+    return balanced_logistic_loss(z, y).mean(), mean_query_auc(z.detach(), y) if with_auc else None
+
+
+def balanced_logistic_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Class-balanced logistic loss along the last axis: ``z``, ``y`` ``[..., M]`` → ``[...]``, the mean BCE over
+    the positives plus the mean over the negatives, halved (a class that is absent adds 0)."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z, y = z.float(), y.to(z.device).float()
         bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
-    pos = (bce * y).sum(1) / y.sum(1).clamp(min=1)
-    neg = (bce * (1 - y)).sum(1) / (1 - y).sum(1).clamp(min=1)
-    return (0.5 * pos + 0.5 * neg).mean(), mean_query_auc(z.detach(), y) if with_auc else None
+        pos = (bce * y).sum(-1) / y.sum(-1).clamp(min=1)
+        neg = (bce * (1 - y)).sum(-1) / (1 - y).sum(-1).clamp(min=1)
+    return 0.5 * pos + 0.5 * neg
 
 
 def mean_query_auc(z: torch.Tensor, y: torch.Tensor) -> float:
@@ -216,9 +224,14 @@ class AlignerTrainingTask:
 
     def bank_rows(self) -> torch.Tensor:
         """The bank's output rows ``e_weight`` ``[M, d_llm]`` in fp32, from the current ``f_weight``."""
+        return self.output_rows(self.bank_tokens)
+
+    def output_rows(self, global_tokens: torch.Tensor) -> torch.Tensor:
+        """References' global tokens ``z_ref[:, 0]`` ``[M, d_enc]`` → their output rows ``e_weight`` ``[M, d_llm]``
+        in fp32, from the current ``f_weight`` (autocast off)."""
         device = self.aligner.f_weight.net[0].weight.device
         with torch.autocast(device_type=device.type, enabled=False):
-            return self.aligner.output_row(self.bank_tokens.to(device)).float()
+            return self.aligner.output_row(global_tokens.to(device)).float()
 
     def bank_loss(self, examples: list[PersonalExample], h: torch.Tensor, no: torch.Tensor
                   ) -> tuple[torch.Tensor, float] | None:

@@ -33,7 +33,8 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..eval.metrics import roc_auc
-from .aligner_task import RECOGNITION_KINDS, AlignerTrainingTask, bank_objective, mean_query_auc
+from .aligner_task import (RECOGNITION_KINDS, AlignerTrainingTask, balanced_logistic_loss, bank_objective,
+                           mean_query_auc)
 from .loop import _atomic_save, _atomic_write_text
 
 
@@ -153,11 +154,9 @@ def own_pair_objective(states: AnswerStates, rows: torch.Tensor, select: torch.T
 
     ``rows``: ``[N, d]`` output rows of every query's own reference; ``select``: ``[N]`` bool."""
     z = (states.h[select].to(rows) * rows[select]).sum(-1).float() - states.no[select].to(rows.device).float()
-    y = states.own_labels[select].to(z.device)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
-    loss = 0.5 * (bce * y).sum() / y.sum().clamp(min=1) + 0.5 * (bce * (1 - y)).sum() / (1 - y).sum().clamp(min=1)
-    zd, yd = z.detach().cpu(), y.cpu() > 0.5
-    return loss, roc_auc(zd[yd].tolist(), zd[~yd].tolist())
+    y = states.own_labels[select]
+    zd, yd = z.detach().cpu(), y > 0.5
+    return balanced_logistic_loss(z, y), roc_auc(zd[yd].tolist(), zd[~yd].tolist())
 
 
 def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowFitConfig,
@@ -195,16 +194,11 @@ def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowF
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    def own_rows() -> torch.Tensor:
-        device = task.aligner.f_weight.net[0].weight.device
-        with torch.autocast(device_type=device.type, enabled=False):
-            return task.aligner.output_row(states.own_tokens.to(device)).float()
-
     def heldout_aucs() -> dict[str, float]:
         with torch.no_grad():
             rows = task.bank_rows()[~keep]
             z = states.h[shows] @ rows.T.cpu() - states.no[shows][:, None]
-            return {"heldout_auc": own_pair_objective(states, own_rows(), about)[1],
+            return {"heldout_auc": own_pair_objective(states, task.output_rows(states.own_tokens), about)[1],
                     "heldout_rank_auc": mean_query_auc(z, y[shows][:, ~keep])}
 
     def snapshot() -> dict[str, torch.Tensor]:
@@ -217,7 +211,7 @@ def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowF
         evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
         loss, fit_auc = bank_objective(states.h, states.no, task.bank_rows()[keep], y[:, keep], with_auc=evaluate)
         if config.own_weight > 0:
-            own, _ = own_pair_objective(states, own_rows(), ~about)
+            own, _ = own_pair_objective(states, task.output_rows(states.own_tokens), ~about)
             loss = loss + config.own_weight * own
         loss.backward()
         optimizer.step()
