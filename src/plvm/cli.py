@@ -25,6 +25,7 @@ def _mount_optional(name: str, module: str, help_text: str) -> None:
 
 _mount_optional("synth", "plvm.synth.cli", "Synthesize data (AvatarWorld).")
 _mount_optional("bench", "plvm.bench.cli", "Benchmarks: what personalization costs (docs/BENCHMARKS.md).")
+_mount_optional("diag", "plvm.diag.cli", "Diagnostics: check a base or a design in minutes (identity probe).")
 
 
 def _register_product_commands() -> None:
@@ -261,7 +262,8 @@ def train_base(
     no_resume: bool = typer.Option(False),
     lora_r: int = typer.Option(0, help="rank of LoRA adapters on the LM (0 = projector only)"),
     lora_alpha: int = typer.Option(32),
-    mix: str = typer.Option("0.4,0.4,0.2", help="proportions of caption, visual QA, same-person samples"),
+    mix: str = typer.Option("0.4,0.4,0.2", help="proportions of caption, visual QA, same-person and (optional) "
+                                                "image-prompt recognition samples"),
     turns: int = typer.Option(1, help="questions per visual-QA dialogue (several answers share one image)"),
     init_projector: Optional[Path] = typer.Option(None, help="start from this projector file"),
     mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (accelerate autocast)"),
@@ -306,8 +308,9 @@ def train_base(
     from .training.stage1_task import ProjectorTrainingTask
 
     weights = tuple(float(x) for x in mix.split(","))
-    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-        raise typer.BadParameter("--mix needs three non-negative numbers, e.g. 0.2,0.5,0.3")
+    if len(weights) not in (3, 4) or min(weights) < 0 or sum(weights) <= 0:
+        raise typer.BadParameter("--mix needs three or four non-negative numbers, e.g. 0.2,0.5,0.3 or "
+                                 "0.1,0.4,0.1,0.4")
     if anchor_regions not in REGIONS:
         raise typer.BadParameter(f"--anchor-regions must be one of {', '.join(REGIONS)}")
     open_kinds = _open_kinds_option(vqa_kinds)

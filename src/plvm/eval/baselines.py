@@ -38,7 +38,7 @@ from ..concept import ConceptEmbedding
 from ..conversation import Conversation, single_turn
 from ..injection import ConceptTensors, PersonalizedLVLM
 from ..training.loss import shift_targets, weighted_answer_loss
-from .prompts import IMAGE_SLOT, EvalConversation, load_paper_templates, neutralize
+from .prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation, load_paper_templates, neutralize
 from .readers import EvalDataset
 
 
@@ -219,7 +219,7 @@ class ImagePrompt(Method):
     key = "image"
     label = "Base + image prompt"
 
-    def __init__(self, lvlm: PersonalizedLVLM, template: str = "Here is <{name}>: {image}."):
+    def __init__(self, lvlm: PersonalizedLVLM, template: str = IMAGE_PROMPT_TEMPLATE):
         super().__init__(lvlm)
         self.template = template
         self._refs: dict[str, Image.Image] = {}

@@ -25,6 +25,8 @@ IMAGE_SLOT = "\ue002"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 """LLaVA-1.5's multiple-choice instruction (what AvatarWorld's MC questions are trained with)."""
 
+IMAGE_PROMPT_TEMPLATE = "Here is <{name}>: {image}."
+"""The image-prompt baseline's introduction of a concept (and of LLaVA-mini's image-prompt training samples)."""
 RECOGNITION_QUESTION = "Is <sks> in this photo?"
 MULTI_QUESTION = "Can you see {names} in this photo? Answer the question using a single word Yes or No."
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]

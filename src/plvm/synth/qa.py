@@ -130,6 +130,18 @@ def recognition_qa(rng: np.random.Generator, positive: bool, name: str = SKS) ->
               kind="recog_pos" if positive else "recog_neg", meta={"answer_word": "Yes" if positive else "No"})
 
 
+_NAME_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "j", "ch", "sh")
+_NAME_VOWELS = ("a", "e", "i", "o", "u")
+
+
+def random_concept_name(rng: np.random.Generator) -> str:
+    """A short made-up concept name (``"bo"``, ``"kel"``, ``"shimo"``): one or two consonant-vowel syllables,
+    sometimes with a final consonant — the kind of name a user gives a concept, never a real word on purpose."""
+    syllables = "".join(_choice(rng, _NAME_ONSETS) + _choice(rng, _NAME_VOWELS)
+                        for _ in range(int(rng.integers(1, 3))))
+    return syllables + (_choice(rng, ("l", "n", "m", "x", "")) if rng.random() < 0.4 else "")
+
+
 #: Recognition answer styles: the paper's ("Yes, <sks> is in this photo.") or name-first ("<sks> is in this
 #: photo.", see :func:`name_first_answer`).
 ANSWER_STYLES = ("paper", "name-first")

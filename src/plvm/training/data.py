@@ -93,7 +93,7 @@ class AvatarWorldGenericSource:
     """
 
     def __init__(self, world: Any, seed: int = 0, split: str = "train",
-                 mix: tuple[float, float, float] = (0.4, 0.4, 0.2), turns: int = 1,
+                 mix: Sequence[float] = (0.4, 0.4, 0.2), turns: int = 1,
                  same_portrait_share: float = 0.5, described_share: float = 0.0,
                  open_kinds: Mapping[str, float] | str | None = None,
                  described_properties: Sequence[str] | None = None):
@@ -132,7 +132,7 @@ class AvatarWorldGenericSource:
         out = []
         for _ in range(n):
             s = next(stream)
-            ex = GenericExample(list(s.images), s.question, s.answer, s.kind)
+            ex = GenericExample(list(s.images), s.question, s.answer, s.kind, name=s.meta.get("name"))
             if self.turns > 1 and s.kind == "vqa":
                 first = s.meta.get("qa", {}).get("meta", {})
                 ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from ..conversation import Conversation
+from ..eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation
 from ..injection import ConceptTensors, PersonalizedLVLM
 from ..models.mini_lora import MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
 from .loss import shift_targets, weighted_answer_loss
@@ -41,6 +42,8 @@ class GenericExample:
     answer: str
     kind: str = "generic"
     follow_up: list[tuple[str, str]] = field(default_factory=list)
+    name: str | None = None
+    """``kind == "image_prompt"``: the concept name the first image introduces (the harness's image prompt)."""
 
 
 class GenericDataSource(Protocol):
@@ -50,9 +53,19 @@ class GenericDataSource(Protocol):
 
 
 def generic_conversation(example: GenericExample, with_answer: bool = True) -> Conversation:
-    """The dialogue of ``example``; without answers only its first question (what evaluation asks)."""
-    conv = Conversation()
-    conv.user(example.question, image=example.images or None)
+    """The dialogue of ``example``; without answers only its first question (what evaluation asks).
+
+    An ``image_prompt`` example is laid out exactly as the harness's image-prompt baseline asks:
+    ``"Here is <name>: <image>.\n<image>\n<question>"``."""
+    if example.kind == "image_prompt":
+        if not example.name or len(example.images) != 2:
+            raise ValueError("an image_prompt example needs a name and two images (reference, query)")
+        conv = EvalConversation()
+        intro = IMAGE_PROMPT_TEMPLATE.format(name=example.name, image=IMAGE_SLOT)
+        conv.raw_user(f"{intro}\n{IMAGE_SLOT}\n{example.question}", example.images)
+    else:
+        conv = Conversation()
+        conv.user(example.question, image=example.images or None)
     if with_answer:
         conv.assistant(example.answer)
         for question, answer in example.follow_up:

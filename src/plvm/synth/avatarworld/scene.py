@@ -321,6 +321,14 @@ def render_portrait(identity: Identity, size: int, rng: np.random.Generator, sup
     return canvas.reduce(f) if f > 1 else canvas
 
 
+def portrait_face_bbox(identity: Identity, size: int) -> tuple[float, float, float, float]:
+    """The face box (output px, as a scene graph's ``face_bbox``) of ``identity``'s reference portrait of side
+    ``size``: the same formula as a scene person's head rectangle, at the portrait's centre and scale."""
+    face = face_geometry(identity.attributes["face_shape"])
+    s, cx, cy = PORTRAIT_SCALE * size, size / 2, PORTRAIT_CENTER_Y * size
+    return (cx - (face.rx + 0.15) * s, cy - (face.ry + 0.1) * s, cx + (face.rx + 0.15) * s, cy + (face.ry + 0.05) * s)
+
+
 def portrait_to_pixel(u: float, v: float, size: int) -> tuple[float, float]:
     """Output-pixel position of avatar unit point ``(u, v)`` in a reference portrait of side ``size``."""
     return size / 2 + u * PORTRAIT_SCALE * size, PORTRAIT_CENTER_Y * size + v * PORTRAIT_SCALE * size

@@ -168,14 +168,18 @@ class AvatarWorld:
 
     # ------------------------------------------------------------------ sample streams
     def iter_generic_samples(self, rng: np.random.Generator, split: str = "train",
-                             weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
+                             weights: Sequence[float] = (0.4, 0.4, 0.2),
                              hard_negative_distance: int = 2,
                              same_portrait_share: float = 0.5, described_share: float = 0.0,
                              open_kinds: Mapping[str, float] | None = None,
                              described_properties: Sequence[str] | None = None) -> Iterator[GenericSample]:
         """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
-        ``weights`` are the proportions of ``caption``, ``vqa`` and ``same_person`` samples. A same-person
+        ``weights`` are the proportions of ``caption``, ``vqa``, ``same_person`` and (optional fourth weight)
+        ``image_prompt`` samples. An image-prompt sample is the harness's image-prompt recognition question on
+        training identities: a named reference portrait (``meta["name"]``, a random short name), then a scene
+        (or, with ``same_portrait_share``, a portrait) and a paper recognition template about that name; half
+        are positives, half of the negatives show a look-alike. A same-person
         question compares a reference portrait with another portrait (share ``same_portrait_share``) or
         with a scene; half of each kind are the same person. ``described_share`` of the visual questions ask
         whether a described person is in the photo (:func:`plvm.synth.qa.described_person_vqa`; 0 draws the
@@ -192,9 +196,15 @@ class AvatarWorld:
         if open_kinds is not None:
             open_kinds = qa.open_kind_weights(open_kinds)
         pool = self._splits[split]
+        if len(weights) not in (3, 4):
+            raise ValueError(f"weights: 3 or 4 proportions (caption, vqa, same_person[, image_prompt]), got {weights}")
         p = np.asarray(weights, dtype=float) / float(np.sum(weights))
+        kinds = ("caption", "vqa", "same_person", "image_prompt")[:len(p)]
         while True:
-            kind = ("caption", "vqa", "same_person")[int(rng.choice(3, p=p))]
+            kind = kinds[int(rng.choice(len(p), p=p))]
+            if kind == "image_prompt":
+                yield self._image_prompt_sample(rng, split, pool, same_portrait_share, hard_negative_distance)
+                continue
             if kind == "caption":
                 scene = self.sample_scene(rng, split)
                 yield GenericSample([scene.image], qa.caption_prompt(rng), qa.scene_caption(scene.graph), kind,
@@ -230,6 +240,27 @@ class AvatarWorld:
                             if n_people == 1 else "Is the person in the first image also in the second image?")
                 yield GenericSample([ref, img], question, "Yes" if same else "No", kind, [None, graph],
                                     {"identity": a.id, "other": other_id, "same": same})
+
+    def _image_prompt_sample(self, rng: np.random.Generator, split: str, pool: Sequence[Identity],
+                             portrait_share: float, hard_negative_distance: int) -> GenericSample:
+        """One image-prompt recognition sample (see :meth:`iter_generic_samples`); ``images`` = [reference, query]."""
+        from .. import qa  # local import: qa depends on this package
+
+        a = pool[int(rng.integers(len(pool)))]
+        ref = self.render_reference(a, rng_or_seed=rng)
+        positive = bool(rng.random() < 0.5)
+        other = None if positive or rng.random() >= 0.5 else self.look_alike(a, pool, hard_negative_distance, rng)
+        if rng.random() < portrait_share:
+            b = a if positive else (other or self.sample_scene_identity(rng, pool, exclude=a))
+            query, graph = self.render_reference(b, rng_or_seed=rng), None
+        else:
+            scene = (self.sample_scene(rng, split, include=[a]) if positive else
+                     self.sample_scene(rng, split, include=[other] if other else [], exclude=[a]))
+            query, graph = scene.image, scene.graph
+        name = qa.random_concept_name(rng)
+        item = qa.recognition_qa(rng, positive, name=f"<{name}>")
+        return GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
+                             {"identity": a.id, "same": positive, "name": name})
 
     @staticmethod
     def sample_scene_identity(rng: np.random.Generator, pool: Sequence[Identity], exclude: Identity) -> Identity:

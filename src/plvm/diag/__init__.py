@@ -1,0 +1,1 @@
+"""Diagnostics that earn their place: measurements a design is checked with before a long run (``plvm diag``)."""
