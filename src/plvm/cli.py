@@ -225,7 +225,8 @@ def _open_kinds_option(text: str | None) -> dict[str, float] | None:
 
 def _feature_layer_option(text: str | None, init_projector: Path | None, resumed: Path | None) -> Any:
     """``--vision-feature-layer`` → the layer(s) to build LLaVA-mini with; a resumed run or an ``--init-projector``
-    keeps the layer it was trained on (a different explicit value is an error); ``None``: the default."""
+    keeps the layer it was trained on (a different explicit value is an error, except a list that contains an
+    init projector's single layer: it is widened to read them all); ``None``: the default."""
     from .models.mini import feature_layer_str, parse_feature_layer, projector_metadata
 
     try:
@@ -239,6 +240,10 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
     elif init_projector is not None:
         recorded, source = projector_metadata(init_projector).get("vision_feature_layer", "-1"), str(init_projector)
     if recorded is None:
+        return wanted
+    widening = (resumed is None and isinstance(wanted, list) and len(recorded.split(",")) == 1
+                and int(recorded) in wanted)
+    if widening:  # an --init-projector on one layer, read as one of several (plvm.models.identity_shaping)
         return wanted
     if wanted is not None and feature_layer_str(wanted) != recorded:
         raise typer.BadParameter(f"{source} reads vision feature layer {recorded}, not {text}",
@@ -296,10 +301,14 @@ def train_base(
     init_lora: Optional[Path] = typer.Option(None, help="start the LM LoRA from this lm_lora.safetensors (e.g. "
                                                         "the committed one, under a fresh projector); default: the "
                                                         "LoRA --init-projector names, if any"),
+    shape_identity_steps: int = typer.Option(0, min=0, help="stage 0 of LLaVA-mini v2 before stage 1: shape the "
+                                                            "projector so head tokens carry identity "
+                                                            "(plvm.models.identity_shaping; 0 = off)"),
+    shape_identity_weight: float = typer.Option(0.3, min=0.0, help="identity shaping's λ (contrastive weight)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
-    from .models.mini import build_llava_mini, projector_lora
+    from .models.mini import build_llava_mini, feature_layer_str, projector_lora, projector_metadata
     from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .synth.avatarworld import AvatarWorld
     from .training.anchor import REGIONS
@@ -326,8 +335,16 @@ def train_base(
             typer.echo("warning: --described-properties has no effect with --described-share 0", err=True)
     if init_lora is not None and not init_lora.is_file():
         raise typer.BadParameter(f"no such file: {init_lora}", param_hint="--init-lora")
-    layer = _feature_layer_option(vision_feature_layer, init_projector, None if no_resume else latest_checkpoint(out))
-    model, processor = build_llava_mini(projector=init_projector, lora=False, vision_feature_layer=layer)
+    resumed = None if no_resume else latest_checkpoint(out)
+    layer = _feature_layer_option(vision_feature_layer, init_projector, resumed)
+    widen = (init_projector is not None and layer is not None
+             and feature_layer_str(layer) != projector_metadata(init_projector).get("vision_feature_layer", "-1"))
+    model, processor = build_llava_mini(projector=None if widen else init_projector, lora=False,
+                                        vision_feature_layer=layer)
+    if widen:
+        from .models.identity_shaping import load_widened_projector
+
+        load_widened_projector(model, init_projector)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     world = AvatarWorld(seed=world_seed, num_identities=num_identities)
     fresh = init_projector is None and latest_checkpoint(out) is None  # init steps; a resume loads its weights
@@ -348,6 +365,17 @@ def train_base(
                              seed=seed, log=typer.echo, regions=anchor_regions)
         out.mkdir(parents=True, exist_ok=True)
         (out / "anchor.json").write_text(json.dumps(stats, indent=2))
+    if shape_identity_steps > 0 and resumed is None:  # a resumed run's checkpoint holds the shaped projector
+        from dataclasses import asdict
+
+        from .models.identity_shaping import IdentityShapingConfig, collect_tower_features, shape_projector
+
+        shaping = IdentityShapingConfig(steps=shape_identity_steps, identity_weight=shape_identity_weight, seed=seed)
+        cache = collect_tower_features(model, processor.image_processor, world, shaping, log=typer.echo)
+        stats = shape_projector(model, cache, shaping, log=typer.echo)
+        del cache
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "identity_shaping.json").write_text(json.dumps({"config": asdict(shaping), "final": stats}, indent=2))
     lora = MiniLoraConfig(r=lora_r, lora_alpha=lora_alpha) if lora_r > 0 else None
     source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
                                       described_share=described_share, open_kinds=open_kinds,

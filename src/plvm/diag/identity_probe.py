@@ -19,7 +19,7 @@ reads) and for its output (the image tokens the LM sees).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,13 +55,15 @@ class ProbeConfig:
 
 @dataclass
 class RegionItems:
-    """Rendered person regions: ``images[image_of[i]]`` holds person ``i`` (``identity[i]``) in ``box[i]`` (px)."""
+    """Rendered person regions: ``images[image_of[i]]`` holds person ``i`` (``identity[i]``) in ``box[i]`` (px);
+    ``glasses_worn[i]``: glasses visible on them in that image (empty when not recorded)."""
 
     images: list[Image.Image]
     image_of: list[int]
     box: list[tuple[float, float, float, float]]
     identity: list[str]
     is_reference: list[bool]
+    glasses_worn: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.identity)
@@ -72,7 +74,7 @@ def render_regions(world: AvatarWorld, identities: Sequence[Any], scenes_per_id:
     """Each identity's canonical portrait and ``scenes_per_id`` scenes with 0–2 strangers from ``pool``.
 
     Only the identity's own appearance in a scene is a query (strangers may not be in the gallery)."""
-    items = RegionItems([], [], [], [], [])
+    items = RegionItems([], [], [], [], [], [])
     for ident in identities:
         portrait = world.render_reference(ident)
         items.images.append(portrait)
@@ -80,6 +82,7 @@ def render_regions(world: AvatarWorld, identities: Sequence[Any], scenes_per_id:
         items.box.append(head_box({"face_bbox": portrait_face_bbox(ident, portrait.width)}))
         items.identity.append(ident.id)
         items.is_reference.append(True)
+        items.glasses_worn.append(ident.attributes["glasses"] != "none")  # portraits always show them
         for _ in range(scenes_per_id):
             scene = world.sample_scene(rng, include=[ident], n_people=int(rng.integers(1, 4)), pool=pool)
             items.images.append(scene.image)
@@ -88,6 +91,7 @@ def render_regions(world: AvatarWorld, identities: Sequence[Any], scenes_per_id:
             items.box.append(head_box(person))
             items.identity.append(ident.id)
             items.is_reference.append(False)
+            items.glasses_worn.append(bool(person["glasses_worn"]))
     return items
 
 
