@@ -319,3 +319,23 @@ def test_cli_mounted_as_plvm_eval(tmp_path):
     assert data["methods"]["plvm"]["results"]["recog"]["invalid"] == invalid
     bad = runner.invoke(root, ["eval", "--model", "tiny", "--data", str(tmp_path / "toy"), "--baselines", "nope"])
     assert bad.exit_code != 0
+
+
+def test_best_threshold_and_cross_fitted_metrics_by_hand():
+    from plvm.eval.metrics import best_threshold, cross_fitted_metrics
+
+    # separable at any t in (0.5, 2): the midpoint 1.25 is chosen
+    assert best_threshold([0.0, 0.5, 2.0, 3.0], [False, False, True, True]) == pytest.approx(1.25)
+    # all positives: every threshold below the lowest score is perfect; the one closest to 0 wins
+    assert best_threshold([1.0, 2.0], [True, True]) == pytest.approx(0.0)
+    # concept "a" has scores shifted by +10: a threshold fitted on "b" (0.5) calls all of "a" Yes, and one
+    # fitted on "a" (10.5) calls all of "b" No — a per-concept offset is not calibrated away
+    scores = [10.0, 11.0, 0.0, 1.0]
+    labels = [False, True, False, True]
+    out = cross_fitted_metrics(scores, labels, ["a", "a", "b", "b"])
+    assert out["thresholds"] == [pytest.approx(0.5), pytest.approx(10.5)]  # fold 0 = "a" (fitted on "b")
+    assert (out["tp"], out["fp"], out["tn"], out["fn"]) == (1, 1, 1, 1) and out["mean_acc"] == pytest.approx(0.5)
+    same = cross_fitted_metrics([0.0, 1.0, 0.2, 1.2], labels, ["a", "a", "b", "b"])
+    assert same["mean_acc"] == 1.0
+    with pytest.raises(ValueError, match="folds"):
+        cross_fitted_metrics(scores, labels, ["a"] * 4)

@@ -137,9 +137,12 @@ class PLVM:
     @classmethod
     def from_preset(
         cls, name: str = "mini", aligner_weights: str | Path | None = None, allow_untrained: bool = False,
-        allow_base_mismatch: bool = False,
+        allow_base_mismatch: bool = False, base_projector: str | Path | None = None,
     ) -> "PLVM":
         """Build the base LVLM, the reference encoder and the Aligner of a preset, with trained weights.
+
+        ``base_projector``: LLaVA-mini only — another trained projector file (and the LoRA it names) instead
+        of the committed one, e.g. a candidate base under evaluation.
 
         Raises :class:`IncompatibleAlignerError` when the weights record another base revision than the
         loaded base (LLaVA-mini: another trained projector/LoRA), unless ``allow_base_mismatch``.
@@ -147,8 +150,13 @@ class PLVM:
         from .models.base import load_base, mini_base_revision
 
         preset: Preset = get_preset(name)
-        model, processor = load_base("mini" if name == "mini" else preset.base_model)
-        revision = mini_base_revision() if name == "mini" else None
+        if base_projector is not None and name != "mini":
+            raise ValueError(f"base_projector is for the mini preset, not {name!r}")
+        if name == "mini":
+            model, processor = load_base("mini", projector=base_projector)
+        else:
+            model, processor = load_base(preset.base_model)
+        revision = mini_base_revision(base_projector) if name == "mini" else None
         lvlm = PersonalizedLVLM(model, processor, base_model=preset.base_model, base_revision=revision)
         encoder, ref_proc = load_reference_encoder(preset.aligner)
         aligner = Aligner(preset.aligner, encoder)

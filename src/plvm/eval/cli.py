@@ -45,14 +45,16 @@ def tiny_plvm(seed: int = 0) -> Any:
 
 
 def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False,
-              allow_base_mismatch: bool = False) -> Any:
+              allow_base_mismatch: bool = False, base_projector: Optional[Path] = None) -> Any:
     """``"tiny"`` → :func:`tiny_plvm`; a preset name (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``."""
     if model == "tiny":
+        if base_projector is not None:
+            raise typer.BadParameter("--base-projector is for --model mini")
         return tiny_plvm()
     from ..pipeline import PLVM
 
     return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained,
-                            allow_base_mismatch=allow_base_mismatch)
+                            allow_base_mismatch=allow_base_mismatch, base_projector=base_projector)
 
 
 def _split(value: str) -> list[str]:
@@ -79,6 +81,9 @@ def eval_command(
     allow_untrained: bool = typer.Option(False, help="run PLVM with a random Aligner (sanity checks only)"),
     allow_base_mismatch: bool = typer.Option(False, help="use Aligner weights trained on another revision of the "
                                                          "base (e.g. an older LLaVA-mini projector), with a warning"),
+    base_projector: Optional[Path] = typer.Option(None, help="--model mini: evaluate on this trained LLaVA-mini "
+                                                             "projector (+ the LoRA it names) instead of the "
+                                                             "committed base"),
     yollava_steps: int = typer.Option(100, help="Yo'LLaVA tuning steps per concept"),
     yollava_lr: float = typer.Option(5e-3),
     yollava_batch: int = typer.Option(4),
@@ -141,7 +146,7 @@ def eval_command(
     uses_aligner = bool({"plvm", "plvm-idp"} & set(keys))
     try:  # without an Aligner-based method the Aligner is unused: neither trained weights nor their base matter
         plvm = load_plvm(model, aligner_weights, allow_untrained or not uses_aligner,
-                         allow_base_mismatch or not uses_aligner)
+                         allow_base_mismatch or not uses_aligner, base_projector)
     except IncompatibleAlignerError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)

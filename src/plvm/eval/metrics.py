@@ -133,6 +133,47 @@ def binary_metrics(labels: Sequence[bool], predictions: Sequence[Optional[bool]]
     )
 
 
+def best_threshold(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """The score threshold ``t`` ("Yes" iff ``score > t``) with the highest mean accuracy on these examples.
+
+    Candidates are the midpoints between consecutive distinct scores (and below the lowest / above the
+    highest); ties of mean accuracy go to the threshold closest to 0, the model's own Yes/No boundary."""
+    if len(scores) != len(labels) or not len(scores):
+        raise ValueError("best_threshold needs as many labels as scores, at least one")
+    values = sorted(set(float(x) for x in scores))
+    candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1.0]
+
+    def mean_acc(t: float) -> float:
+        return binary_metrics(labels, [x > t for x in scores]).mean_acc
+
+    return max(candidates, key=lambda t: (round(mean_acc(t), 12), -abs(t)))
+
+
+def cross_fitted_metrics(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[str],
+                         folds: int = 2) -> dict[str, Any]:
+    """Yes/No metrics at a *calibrated* threshold that never saw the examples it decides.
+
+    ``groups`` (e.g. the concept asked about) are dealt into ``folds`` folds by sorted name; each fold is decided
+    at :func:`best_threshold` of the other folds' examples, so no threshold is fitted on the identities it is
+    scored on. Returns :meth:`BinaryMetrics.to_dict` plus ``"thresholds"`` (one per fold)."""
+    if not len(scores) == len(labels) == len(groups):
+        raise ValueError("scores, labels and groups must have the same length")
+    names = sorted(set(groups))
+    if len(names) < folds:
+        raise ValueError(f"{len(names)} groups cannot fill {folds} folds")
+    fold_of = {name: i % folds for i, name in enumerate(names)}
+    preds: list[Optional[bool]] = [None] * len(scores)
+    thresholds = []
+    for f in range(folds):
+        train = [i for i, g in enumerate(groups) if fold_of[g] != f]
+        t = best_threshold([scores[i] for i in train], [labels[i] for i in train])
+        thresholds.append(t)
+        for i, g in enumerate(groups):
+            if fold_of[g] == f:
+                preds[i] = scores[i] > t
+    return {**binary_metrics(labels, preds).to_dict(), "thresholds": thresholds}
+
+
 @dataclass
 class ChoiceMetrics:
     """Multiple-choice accuracy. ``invalid`` answers (no letter could be read) are wrong."""
