@@ -32,6 +32,7 @@ from PIL import Image
 
 from .concept import ConceptEmbedding
 from .store import EncodedConcept, FeatureMatrix
+from .validation import check_boxes, check_finite, check_threshold, check_top_k
 
 Box = tuple[float, float, float, float]
 
@@ -242,7 +243,8 @@ class Identifier:
         self.store = store
         self.encoder = encoder
         self.face = face if face is not None else encoder.face
-        self.threshold = threshold
+        # a programmatic setting may sit above 1 (nothing passes); requests are held to [-1, 1] (identify())
+        self.threshold = check_finite(threshold, "threshold")
         if face_threshold is None:
             face_threshold = float(getattr(self.face, "threshold", DEFAULT_FACE_THRESHOLD))
         self.face_threshold = face_threshold
@@ -255,10 +257,15 @@ class Identifier:
         top_k: int | None = 10,
         whole_image: bool = True,
     ) -> IdentifyResult:
-        """Score every stored concept on ``image`` (and its ``regions``); best ``top_k`` first."""
-        threshold = self.threshold if threshold is None else float(threshold)
+        """Score every stored concept on ``image`` (and its ``regions``); best ``top_k`` first.
+
+        ``threshold``, ``top_k`` and ``regions`` are checked by :mod:`plvm.validation` (a region must lie
+        inside the image); :class:`~plvm.validation.InvalidInputError` says what is allowed.
+        """
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        top_k = check_top_k(top_k)
         image = image.convert("RGB")
-        boxes = [b for b in (clamp_box(r, image.size) for r in (regions or [])) if b is not None]
+        boxes = [b for b in (clamp_box(r, image.size) for r in check_boxes(regions, image.size)) if b is not None]
         faces: list[FaceLike] = []
         if self.face is not None:
             faces = list(self.face.detect_and_embed(image))

@@ -246,6 +246,17 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, label: str =
     return LoadedImage(rgb, bytes(data), sha256_hex(data), fmt, original_mode)
 
 
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header alone (nothing is decoded); ``None`` if unreadable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        except Exception:  # decode_image reports what is wrong, with the right error type
+            return None
+
+
 def load_image(source: ImageSource, limits: ImageLimits = DEFAULT_LIMITS, label: str | None = None) -> LoadedImage:
     """Read and decode ``source`` (path, bytes or binary file) safely; see :func:`decode_image`."""
     if label is None:
@@ -269,6 +280,7 @@ __all__ = [
     "UnsupportedImageError",
     "decode_image",
     "load_image",
+    "probe_size",
     "read_limited",
     "sha256_hex",
     "to_rgb",

@@ -114,15 +114,19 @@ class CorruptStoreError(StoreError):
     """A store file (the index or a concept file) cannot be read; the message names it and how to recover."""
 
 
+class StoreFullError(StoreError):
+    """The disk (or a file-size limit) ran out while writing; nothing was stored."""
+
+
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-def _disk_error(exc: BaseException, root: Path) -> StoreError | None:
+def _disk_error(exc: BaseException, root: Path) -> StoreFullError | None:
     """A one-line :class:`StoreError` for "disk full"-like failures (``None`` for anything else)."""
     text = str(exc).lower()
     if (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or any(
             t in text for t in ("disk is full", "file too large", "no space left", "quota exceeded")):
-        return StoreError(f"no space left for the concept store {root} ({' '.join(str(exc).split())[:120]}); "
+        return StoreFullError(f"no space left for the concept store {root} ({' '.join(str(exc).split())[:120]}); "
                           "nothing was stored: free some space and try again")
     return None
 
@@ -970,6 +974,7 @@ class ConceptStore:
 __all__ = [
     "ConceptEncoderLike",
     "CorruptStoreError",
+    "StoreFullError",
     "ConceptExistsError",
     "ConceptNotFoundError",
     "ConceptRecord",
