@@ -31,6 +31,7 @@ from .validation import (
     check_threshold,
     check_top_k,
     parse_box,
+    special_token_texts,
     unknown_name_message,
 )
 
@@ -321,6 +322,7 @@ def ask(
         raise UnknownConceptError(unknown_name_message(missing[0].strip("<>"), s.names(), "stored"))
     loaded = load_image(image) if image is not None else None
     plvm = load_model(model)
+    check_question(question, image_token=plvm.lvlm.image_token, special_tokens=special_token_texts(plvm.lvlm.tokenizer))
     s.bind(StoreIdentity.of(plvm))
     face = face_backend_option(faces) if (auto_identify and loaded is not None) or faces else None
     encoder = ReferenceEncoder(plvm, face=face)

@@ -82,6 +82,19 @@ def clamp_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, in
 
 
 # ---------------------------------------------------------------------- encoding
+#: Images above this many pixels are box-reduced by an integer factor before the encoder's processor (which
+#: would otherwise convert the whole photo to arrays); the encoder sees 224 px, so nothing it uses is lost.
+WORKING_PIXELS = 16_000_000
+
+
+def _working_size(image: Image.Image) -> Image.Image:
+    pixels = image.width * image.height
+    if pixels <= WORKING_PIXELS:
+        return image
+    factor = int(np.ceil(np.sqrt(pixels / WORKING_PIXELS)))
+    return image.reduce(factor) if min(image.size) // factor >= 1 else image
+
+
 class ReferenceEncoder:
     """The Aligner's frozen encoder as a feature extractor, and the one-pass concept maker of the store.
 
@@ -97,7 +110,8 @@ class ReferenceEncoder:
         self.kind = f"ref:{cfg.encoder}:{cfg.d_enc}:{cfg.image_size}"
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = self.plvm.reference_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        images = [_working_size(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
+        out = self.plvm.reference_processor(images=images, return_tensors="pt")
         return out["pixel_values"]
 
     @torch.no_grad()
@@ -264,7 +278,7 @@ class Identifier:
         """
         threshold = self.threshold if threshold is None else check_threshold(threshold)
         top_k = check_top_k(top_k)
-        image = image.convert("RGB")
+        image = image if image.mode == "RGB" else image.convert("RGB")
         boxes = [b for b in (clamp_box(r, image.size) for r in check_boxes(regions, image.size)) if b is not None]
         faces: list[FaceLike] = []
         if self.face is not None:

@@ -131,6 +131,22 @@ def _disk_error(exc: BaseException, root: Path) -> StoreFullError | None:
     return None
 
 
+def _sqlite_error(root: Path, exc: sqlite3.Error) -> StoreError:
+    """A one-line :class:`StoreError` for an SQLite failure: disk full, an operational failure (locked,
+    read-only, I/O error: nothing was changed), or a damaged index (:func:`_corrupt_index`)."""
+    disk = _disk_error(exc, root)
+    if disk is not None:
+        return disk
+    if isinstance(exc, sqlite3.OperationalError):
+        text = " ".join(str(exc).split())[:120]
+        if "disk i/o" in text.lower():
+            return StoreFullError(f"the concept store index {root / 'index.sqlite'} could not be written ({text}: "
+                                  "disk full or failing?); nothing was stored: free some space and try again")
+        return StoreError(f"the concept store index {root / 'index.sqlite'} cannot be used now ({text}); "
+                          "nothing was changed")
+    return _corrupt_index(root, exc)
+
+
 def _corrupt_index(root: Path, exc: BaseException) -> CorruptStoreError:
     index = root / "index.sqlite"
     return CorruptStoreError(
@@ -422,7 +438,7 @@ class ConceptStore:
                 self.sweep_orphans()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise _disk_error(exc, self.root) or _corrupt_index(self.root, exc) from None
+            raise _sqlite_error(self.root, exc) from None
         except BaseException:
             self._db.close()
             raise
@@ -545,7 +561,7 @@ class ConceptStore:
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise StoreError(f"the concept store {self.root} refused the change: {exc}") from None
-                raise _disk_error(exc, self.root) or _corrupt_index(self.root, exc) from None
+                raise _sqlite_error(self.root, exc) from None
             except (StoreError, ConceptError):
                 raise
             except Exception as exc:  # e.g. OSError(ENOSPC) or safetensors' I/O error while writing a file
@@ -561,7 +577,7 @@ class ConceptStore:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise _corrupt_index(self.root, exc) from None
+                raise _sqlite_error(self.root, exc) from None
 
     def _meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -674,6 +690,12 @@ class ConceptStore:
             concept = ConceptEmbedding.load(path, base_model=identity.base_model, hidden_size=identity.hidden_size)
         except IncompatibleConceptError as exc:
             raise StoreMismatchError(str(exc)) from None
+        except ConceptError as exc:
+            photo = (f" (its reference photo: {self._image_path(row['image_sha256'], row['image_ext'])})"
+                     if row["image_sha256"] else "")
+            raise CorruptStoreError(
+                f"the file of concept <{row['name']}>, {path}, is unreadable ({' '.join(str(exc).split())[:120]}); "
+                f"it was left as it is. Recover: plvm concepts add {row['name']} PHOTO --replace{photo}") from None
         return concept if concept.name == row["name"] else concept.renamed(row["name"])
 
     def load_many(self, names: Iterable[str]) -> list[ConceptEmbedding]:
@@ -942,6 +964,8 @@ class ConceptStore:
             size = path.stat().st_size
         except FileNotFoundError:
             raise StoreError(f"no such file: {path}") from None
+        if not path.is_file():
+            raise StoreError(f"{path} is not a file: give an exported .safetensors concept file")
         if size > MAX_IMPORT_BYTES:
             raise StoreError(f"{path} is {size} bytes; concept files are at most {MAX_IMPORT_BYTES}")
         header, tensors = read_concept_file(path)
