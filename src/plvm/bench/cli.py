@@ -308,12 +308,16 @@ def reliability_command(
     from .reliability import failures, markdown, run_all, summary, to_json
     from .serve import load_test, upload_memory
 
+    import time
+
+    t0 = time.perf_counter()
     outcomes = run_all(writers=writers)
     mem = upload_memory(8) if memory else None
     load = load_test(load_requests, 8) if load_requests else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(outcomes, load=load, memory=mem, command=_reliability_command(writers, load_requests,
-                                                                                             memory)))
+                                                                                             memory),
+                            took_s=time.perf_counter() - t0))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"summary": summary(outcomes), "cases": to_json(outcomes), "memory": mem,
                                      "load": load}, indent=1) + "\n")

@@ -836,14 +836,17 @@ def failures(outcomes: Iterable[Outcome]) -> list[Outcome]:
 
 
 def markdown(outcomes: Sequence[Outcome], load: dict[str, Any] | None = None,
-             memory: dict[str, Any] | None = None, command: str = "plvm bench reliability") -> str:
+             memory: dict[str, Any] | None = None, command: str = "plvm bench reliability",
+             took_s: float | None = None) -> str:
     rows = summary(outcomes)
     total = {k: sum(r[k] for r in rows) for k in ("tried", "clear", "accepted", "traceback", "wrong", "lost")}
     lines = [
         "# Reliability: hostile input, faults and load",
         "",
-        f"Regenerate with `{command}` (about 2-4 minutes on 2 CPU cores; the same cases run in "
-        "`tests/test_hostile.py`). Every number below was measured by that command; nothing is hand-edited.",
+        f"Regenerate with `{command}`"
+        + (f" (this run took {took_s:.0f} s on a shared 2-core CPU)" if took_s else "")
+        + "; the same cases run in `tests/test_hostile.py`. Every number below was measured by that command; "
+        "nothing is hand-edited.",
         "",
         "Each input is sent through the CLI (`typer` runner, exit status and stderr), the HTTP API "
         "(FastAPI `TestClient`, status and `detail`) and/or the Python API, on the tiny random model "

@@ -126,6 +126,10 @@ def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) ->
             for name in ("bo", "mo"):
                 setup.post("/api/concepts", data={"name": name}, files={"image": ("r.png", photos[0 if name == "bo"
                                                                                                else 1], "image/png")})
+            for i in range(requests):  # what each rm request removes exists before the run starts
+                if MIX[i % len(MIX)] == "rm":
+                    setup.post("/api/concepts", data={"name": f"pre-{i}"},
+                               files={"image": ("r.png", photos[i % len(photos)], "image/png")})
 
         def client() -> Any:
             if not hasattr(local, "client"):
@@ -149,8 +153,8 @@ def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) ->
                 elif kind == "add":
                     r = c.post("/api/concepts", data={"name": f"load-{i}"},
                                files={"image": ("r.png", photo, "image/png")})
-                else:  # rm: the concept the previous add of this cycle made
-                    r = c.delete(f"/api/concepts/load-{i - 1}")
+                else:  # rm: a concept added before the run
+                    r = c.delete(f"/api/concepts/pre-{i}")
                 status: int | str = r.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
