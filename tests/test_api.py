@@ -39,7 +39,7 @@ def store(tmp_path, plvm):
 @pytest.fixture()
 def client(plvm, store):
     # the tiny random encoder finds every photo alike (cosine ~0.95): only the same photo passes 0.999
-    return TestClient(create_app(plvm, store, limits=LIMITS, threshold=0.999))
+    return TestClient(create_app(plvm, store, limits=LIMITS, threshold=0.999), base_url="http://127.0.0.1")
 
 
 def add(client, name, seed=1, **extra):
@@ -168,7 +168,7 @@ def test_ask_with_faces_and_visual_prompt(plvm, store):
             arr = np.asarray(image.convert("RGB"), dtype=np.float32)
             return [SimpleNamespace(box=(0, 0, 10, 10), score=1.0, embedding=arr.mean((0, 1)) - 127.0)]
 
-    client = TestClient(create_app(plvm, store, limits=LIMITS, threshold=2.0, face=OneFace()))
+    client = TestClient(create_app(plvm, store, limits=LIMITS, threshold=2.0, face=OneFace()), base_url="http://127.0.0.1")
     added = add(client, "bo", seed=1).json()
     assert added["face"]["faces_found"] == 1 and "face:oneface" in added["feature_kinds"]
     r = client.post("/api/ask", data={"question": "Who is in this photo?", "visual_prompt": "true"},
@@ -218,7 +218,7 @@ def test_chat_session_keeps_history_and_concepts(client):
 
 
 def test_token_auth(plvm, store):
-    client = TestClient(create_app(plvm, store, token="s3cret", limits=LIMITS))
+    client = TestClient(create_app(plvm, store, token="s3cret", limits=LIMITS), base_url="http://127.0.0.1")
     assert client.get("/api/info").status_code == 401
     r = client.get("/api/concepts", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["detail"]

@@ -35,16 +35,17 @@ from .identify import Identifier, IdentifyResult
 from .identify import visual_prompt as make_visual_prompt
 from .images import DEFAULT_LIMITS, ImageError, ImageLimits, ImageSource, LoadedImage, load_image
 from .store import ConceptRecord, ConceptStore, StoreError
+from .validation import (
+    EmptyQuestionError,
+    InvalidInputError,
+    QuestionTooLongError,
+    check_max_new_tokens,
+    check_question,
+    special_token_texts,
+    unknown_name_message,
+)
 
 MAX_AUTO_CONCEPTS = 3
-
-
-class EmptyQuestionError(ValueError):
-    """The question is empty (or only whitespace)."""
-
-
-class QuestionTooLongError(ValueError):
-    """The question exceeds the configured maximum length."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class ChatSession:
         self.encoder = encoder if encoder is not None else (identifier.encoder if identifier is not None else None)
         self.auto_identify = auto_identify
         self.max_auto = max_auto
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.max_question_chars = max_question_chars
         self.limits = limits
         self.model_lock = model_lock or threading.Lock()
@@ -138,6 +139,7 @@ class ChatSession:
         self.pending_images: list[Image.Image] = []
         self.pending_identify: IdentifyResult | None = None
         self.image_label: str | None = None
+        self._special_tokens: list[str] | None = None
 
     # ------------------------------------------------------------------ concepts
     @property
@@ -207,13 +209,17 @@ class ChatSession:
 
         Raises:
             EmptyQuestionError: blank question.
+            QuestionTooLongError: longer than ``max_question_chars``.
+            InvalidInputError: an image placeholder, a context-token marker character or a special token
+                of the model written in the question (:func:`plvm.validation.check_question`).
             UnknownConceptError: a ``<name>`` that is neither active nor stored (lists the known ones).
         """
-        text = (question or "").strip()
-        if not text:
-            raise EmptyQuestionError("empty question: type a question, e.g. 'Is <bo> in this photo?'")
-        if len(text) > self.max_question_chars:
-            raise QuestionTooLongError(f"question is {len(text)} characters; the limit is {self.max_question_chars}")
+        lvlm = getattr(self.plvm, "lvlm", None)
+        if self._special_tokens is None:
+            self._special_tokens = special_token_texts(getattr(lvlm, "tokenizer", None))
+        text = check_question(question or "", self.max_question_chars,
+                              image_token=getattr(lvlm, "image_token", None) or "<image>",
+                              special_tokens=self._special_tokens)
         snapshot, active_snapshot = self.conversation.copy(), dict(self.active)
         new: list[str] = []
         try:
@@ -222,8 +228,7 @@ class ChatSession:
             stored = set(self.store.names())
             unknown = [n for n in [*wanted, *named] if n not in self.active and n not in stored]
             if unknown:
-                known = ", ".join(f"<{n}>" for n in self.known_names()) or "none"
-                raise UnknownConceptError(f"unknown concept <{unknown[0]}>; known concepts: {known}")
+                raise UnknownConceptError(unknown_name_message(unknown[0], self.known_names()))
             for n in wanted:
                 if n not in self.active:
                     self._activate(n, "requested")
@@ -402,6 +407,7 @@ __all__ = [
     "ActiveConcept",
     "ChatSession",
     "EmptyQuestionError",
+    "InvalidInputError",
     "PreparedTurn",
     "QuestionTooLongError",
     "Reply",

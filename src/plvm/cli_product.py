@@ -18,10 +18,22 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 
-from .chat import EmptyQuestionError, QuestionTooLongError
 from .concept import ConceptError
 from .images import ImageError
 from .store import ConceptStore, StoreError, StoreIdentity, default_store_path
+from .validation import (
+    InvalidInputError,
+    check_boxes,
+    check_int,
+    check_max_new_tokens,
+    check_positive,
+    check_question,
+    check_threshold,
+    check_top_k,
+    parse_box,
+    special_token_texts,
+    unknown_name_message,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,7 +43,7 @@ class ModelUnavailableError(RuntimeError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ImageError, ConceptError, StoreError, EmptyQuestionError, QuestionTooLongError, ModelUnavailableError,
+    ImageError, ConceptError, StoreError, InvalidInputError, ModelUnavailableError,
 )
 
 
@@ -129,16 +141,6 @@ def face_backend_option(faces: Optional[bool]) -> Any:
 def open_store(store: Optional[Path], plvm: Any = None) -> ConceptStore:
     """The store at ``--store``; bound to ``plvm``'s base model when given (refuses another)."""
     return ConceptStore(_store_path(store), StoreIdentity.of(plvm) if plvm is not None else None)
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise ConceptError(f"--box takes x0,y0,x1,y1 (pixels), got {text!r}")
-    return tuple(values)  # type: ignore[return-value]
 
 
 def _echo_json(data: Any) -> None:
@@ -309,16 +311,18 @@ def ask(
     from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
     from .images import load_image
 
-    if not question.strip():
-        raise EmptyQuestionError("empty question: e.g. plvm ask --image photo.jpg 'Is <bo> in this photo?'")
+    # every option checked before the model loads (the same checks run again inside the Python API)
+    question = check_question(question)
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
+    threshold = check_threshold(threshold)
     s = open_store(store)
     known = set(s.names())
     missing = [n for n in [*referenced_names(question), *concept] if n.strip("<>") not in known]
-    if missing:  # before loading the model
-        listing = ", ".join(f"<{n}>" for n in s.names()) or "none"
-        raise UnknownConceptError(f"unknown concept <{missing[0].strip('<>')}>; stored concepts: {listing}")
+    if missing:
+        raise UnknownConceptError(unknown_name_message(missing[0].strip("<>"), s.names(), "stored"))
     loaded = load_image(image) if image is not None else None
     plvm = load_model(model)
+    check_question(question, image_token=plvm.lvlm.image_token, special_tokens=special_token_texts(plvm.lvlm.tokenizer))
     s.bind(StoreIdentity.of(plvm))
     face = face_backend_option(faces) if (auto_identify and loaded is not None) or faces else None
     encoder = ReferenceEncoder(plvm, face=face)
@@ -358,8 +362,11 @@ def identify(
     from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
     from .images import load_image
 
-    boxes = [_parse_box(b) for b in box]
+    threshold = check_threshold(threshold)
+    top_k = check_top_k(top_k)
+    boxes = [parse_box(b) for b in box]
     loaded = load_image(image)
+    boxes = check_boxes(boxes, loaded.image.size)  # before the model loads
     plvm = load_model(model)
     s = open_store(store, plvm)
     face = face_backend_option(faces)
@@ -397,6 +404,8 @@ def chat(
     from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
     from .images import load_image
 
+    threshold = check_threshold(threshold)
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
     loaded = load_image(image) if image is not None else None
     plvm = load_model(model)
     s = open_store(store, plvm)
@@ -441,6 +450,11 @@ def serve(
     max_request_mb: float = typer.Option(24.0, "--max-request-mb", help="largest request body (MiB)"),
     max_image_mb: float = typer.Option(20.0, "--max-image-mb", help="largest image file (MiB)"),
     max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="largest image (megapixels)"),
+    max_decoded_mp: float = typer.Option(40.0, "--max-decoded-megapixels",
+                                         help="decoded image pixels all requests together may hold (megapixels); "
+                                              "concurrent large uploads wait for room"),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="also answer to this Host name (e.g. behind a "
+                                                                   "proxy); others are refused (DNS rebinding)"),
     faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -452,15 +466,24 @@ def serve(
     from .server.run import serve as run_server
 
     check_bind(host, token)  # before loading anything
+    check_int(port, "port (--port)", 0, 65535)
+    threshold = check_threshold(threshold)
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
+    check_positive(max_request_mb, "--max-request-mb", 4096)
+    check_positive(max_image_mb, "--max-image-mb", 4096)
+    check_positive(max_megapixels, "--max-megapixels", 1000)
+    check_positive(max_decoded_mp, "--max-decoded-megapixels", 10000)
     limits = ServerLimits(
         max_request_bytes=int(max_request_mb * 1024 * 1024),
         image=ImageLimits(max_bytes=int(max_image_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6)),
         max_new_tokens=max_new_tokens,
+        max_decoded_pixels=int(max_decoded_mp * 1e6),
     )
     plvm = load_model(model)
     s = open_store(store, plvm)
     app = create_app(plvm, s, token=token, limits=limits, model_name=model, face=face_backend_option(faces),
-                     threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+                     threshold=DEFAULT_THRESHOLD if threshold is None else threshold, bind_host=host,
+                     allow_hosts=allow_host)
     typer.echo(f"plvm serving model {model} with store {s.root} ({len(s)} concepts) on http://{host}:{port}/"
                + (" (bearer token required)" if token else ""), err=True)
     run_server(app, host=host, port=port, token=token)

@@ -43,22 +43,60 @@ class IncompatibleConceptError(ConceptError):
     """A concept was made for another base model or hidden size."""
 
 
+#: ``<t1>``, ``<t2>``, … stand for a concept's context tokens in the paper's prompt (``<bo> is <t1>…<tk>.``).
+CONTEXT_TOKEN_NAME = re.compile(r"^t[0-9]+$", re.IGNORECASE)
+#: Names whose ``<name>`` is the image placeholder or a special token of common tokenizers (Llama/Mistral
+#: ``<s>``, ``<unk>``, BERT-style ``<mask>``/``<cls>``/``<sep>``, ``<pad>``, ``<eos>``/``<bos>``, reasoning
+#: models' ``<think>``); the model's own tokenizer is checked too (:func:`plvm.validation.check_name_for_tokenizer`).
+RESERVED_NAMES = frozenset({"image", "video", "audio", "s", "unk", "pad", "eos", "bos", "mask", "cls", "sep",
+                            "think", "endoftext"})
+NAME_RULE = ("1-64 letters, digits, '-' or '_' with at least one letter or digit, not 'image', 't1', 't2', … "
+             "(context-token markers) or a tokenizer's special token (e.g. <bo> or my-dog_2)")
+
+
+def _bare(raw: str) -> str:
+    if not isinstance(raw, str):
+        raise ConceptError(f"concept name must be a string, got {type(raw).__name__}")
+    name = raw.strip(" ")  # spaces around a name are forgiven; a newline or tab is refused below
+    if name.startswith("<") and name.endswith(">"):
+        name = name[1:-1]
+    return name
+
+
+def lookup_name(raw: str) -> str:
+    """The bare name of an *existing* concept (``bo`` or ``<bo>``): the syntax check of
+    :func:`normalize_name` without the reserved-name rules, so a concept stored before a name became
+    reserved can still be shown, renamed and removed."""
+    name = _bare(raw)
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConceptError(f"invalid concept name {raw!r}: use {NAME_RULE}")
+    return name
+
+
 def normalize_name(raw: str) -> str:
     """Validate a concept name, accepting ``bo`` or ``<bo>``; returns the bare name ``bo``.
 
-    Names are 1–64 characters of letters, digits, ``-`` and ``_``.
+    Names are 1–64 characters of letters, digits, ``-`` and ``_``, with at least one letter or digit;
+    ``image``, the context-token markers ``t1``, ``t2``, … and :data:`RESERVED_NAMES` are refused (they
+    would collide with the prompt's own syntax). Surrounding spaces are dropped; any other whitespace
+    (a trailing newline or tab) is refused, never silently removed.
     """
-    if not isinstance(raw, str):
-        raise ConceptError(f"concept name must be a string, got {type(raw).__name__}")
-    name = raw.strip()
-    if name.startswith("<") and name.endswith(">"):
-        name = name[1:-1]
-    if not NAME_PATTERN.match(name):
-        raise ConceptError(
-            f"invalid concept name {raw!r}: use 1-64 letters, digits, '-' or '_' (e.g. <bo> or my-dog_2)"
-        )
+    name = _bare(raw)
+    if not NAME_PATTERN.fullmatch(name):
+        if name.strip() != name or any(ch.isspace() for ch in name):
+            raise ConceptError(f"invalid concept name {raw!r}: it contains whitespace (a newline or tab?); use "
+                               f"{NAME_RULE}")
+        raise ConceptError(f"invalid concept name {raw!r}: use {NAME_RULE}")
+    if not any(ch.isalnum() for ch in name):
+        raise ConceptError(f"invalid concept name {raw!r}: it needs a letter or digit; use {NAME_RULE}")
     if name.lower() == "image":
         raise ConceptError("'image' is reserved for the image placeholder <image>")
+    if CONTEXT_TOKEN_NAME.match(name):
+        raise ConceptError(f"invalid concept name {raw!r}: <{name}> is how context tokens are written "
+                           f"(<bo> is <t1>…<tk>.); use {NAME_RULE}")
+    if name.lower() in RESERVED_NAMES:
+        raise ConceptError(f"invalid concept name {raw!r}: <{name}> is a special token of common tokenizers; "
+                           f"use {NAME_RULE}")
     return name
 
 
@@ -206,13 +244,17 @@ class ConceptEmbedding:
         """Read a concept file; with ``base_model``/``hidden_size`` given, refuse other models' concepts."""
         path = Path(path)
         header, tensors = read_concept_file(path)
+        try:
+            metadata = json.loads(header.get("metadata", "{}"))
+        except json.JSONDecodeError:
+            raise ConceptError(f"{path}: corrupt metadata header (not JSON)") from None
         concept = cls(
-            name=header["name"],
+            name=header.get("name", ""),
             e_word=tensors["e_word"],
             e_weight=tensors["e_weight"],
             context=tensors["context"],
-            base_model=header["base_model"],
-            metadata=json.loads(header.get("metadata", "{}")),
+            base_model=header.get("base_model", ""),
+            metadata=metadata if isinstance(metadata, dict) else {},
         )
         if str(concept.hidden_size) != header.get("hidden_size"):
             raise ConceptError(f"{path}: header hidden_size disagrees with the tensors")

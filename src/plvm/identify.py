@@ -32,6 +32,7 @@ from PIL import Image
 
 from .concept import ConceptEmbedding
 from .store import EncodedConcept, FeatureMatrix
+from .validation import check_boxes, check_finite, check_threshold, check_top_k
 
 Box = tuple[float, float, float, float]
 
@@ -81,6 +82,19 @@ def clamp_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, in
 
 
 # ---------------------------------------------------------------------- encoding
+#: Images above this many pixels are box-reduced by an integer factor before the encoder's processor (which
+#: would otherwise convert the whole photo to arrays); the encoder sees 224 px, so nothing it uses is lost.
+WORKING_PIXELS = 16_000_000
+
+
+def _working_size(image: Image.Image) -> Image.Image:
+    pixels = image.width * image.height
+    if pixels <= WORKING_PIXELS:
+        return image
+    factor = int(np.ceil(np.sqrt(pixels / WORKING_PIXELS)))
+    return image.reduce(factor) if min(image.size) // factor >= 1 else image
+
+
 class ReferenceEncoder:
     """The Aligner's frozen encoder as a feature extractor, and the one-pass concept maker of the store.
 
@@ -96,7 +110,8 @@ class ReferenceEncoder:
         self.kind = f"ref:{cfg.encoder}:{cfg.d_enc}:{cfg.image_size}"
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = self.plvm.reference_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        images = [_working_size(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
+        out = self.plvm.reference_processor(images=images, return_tensors="pt")
         return out["pixel_values"]
 
     @torch.no_grad()
@@ -242,7 +257,8 @@ class Identifier:
         self.store = store
         self.encoder = encoder
         self.face = face if face is not None else encoder.face
-        self.threshold = threshold
+        # a programmatic setting may sit above 1 (nothing passes); requests are held to [-1, 1] (identify())
+        self.threshold = check_finite(threshold, "threshold")
         if face_threshold is None:
             face_threshold = float(getattr(self.face, "threshold", DEFAULT_FACE_THRESHOLD))
         self.face_threshold = face_threshold
@@ -255,10 +271,15 @@ class Identifier:
         top_k: int | None = 10,
         whole_image: bool = True,
     ) -> IdentifyResult:
-        """Score every stored concept on ``image`` (and its ``regions``); best ``top_k`` first."""
-        threshold = self.threshold if threshold is None else float(threshold)
-        image = image.convert("RGB")
-        boxes = [b for b in (clamp_box(r, image.size) for r in (regions or [])) if b is not None]
+        """Score every stored concept on ``image`` (and its ``regions``); best ``top_k`` first.
+
+        ``threshold``, ``top_k`` and ``regions`` are checked by :mod:`plvm.validation` (a region must lie
+        inside the image); :class:`~plvm.validation.InvalidInputError` says what is allowed.
+        """
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        top_k = check_top_k(top_k)
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        boxes = [b for b in (clamp_box(r, image.size) for r in check_boxes(regions, image.size)) if b is not None]
         faces: list[FaceLike] = []
         if self.face is not None:
             faces = list(self.face.detect_and_embed(image))

@@ -234,16 +234,27 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, label: str =
         try:
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no second full-size copy
             rgb = to_rgb(image)
             rgb.load()
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{label} has too many pixels (decompression bomb?): {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             raise CorruptImageError(f"{label} is truncated or corrupt: {_one_line(exc)}") from None
-    if rgb is image:
-        rgb = rgb.copy()  # detach from the file object
+    if rgb is image and getattr(image, "n_frames", 1) > 1:
+        rgb = rgb.copy()  # detach the first frame from an animated file (single frames are loaded in full)
     return LoadedImage(rgb, bytes(data), sha256_hex(data), fmt, original_mode)
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header alone (nothing is decoded); ``None`` if unreadable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        except Exception:  # decode_image reports what is wrong, with the right error type
+            return None
 
 
 def load_image(source: ImageSource, limits: ImageLimits = DEFAULT_LIMITS, label: str | None = None) -> LoadedImage:
@@ -269,6 +280,7 @@ __all__ = [
     "UnsupportedImageError",
     "decode_image",
     "load_image",
+    "probe_size",
     "read_limited",
     "sha256_hex",
     "to_rgb",

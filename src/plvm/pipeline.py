@@ -23,6 +23,7 @@ from .concept import ANSWER_STYLE_KEY, BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
 from .conversation import Conversation, single_turn
 from .injection import PersonalizedLVLM
+from .validation import check_max_new_tokens, check_name_for_tokenizer, check_question, special_token_texts
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,10 @@ class PLVM:
 
     def stamp(self, concepts: list[ConceptEmbedding]) -> list[ConceptEmbedding]:
         """Record the base revision (if the base tracks one) and a name-first answer style in freshly made
-        concepts (in place, returned)."""
+        concepts (in place, returned). Refuses names whose ``<name>`` this model's tokenizer treats as a
+        special token (:func:`plvm.validation.check_name_for_tokenizer`)."""
         for concept in concepts:
+            check_name_for_tokenizer(concept.name, self.lvlm.tokenizer)
             if self.lvlm.base_revision is not None:
                 concept.metadata[BASE_REVISION_KEY] = self.lvlm.base_revision
             if self.answer_style != "paper":
@@ -207,6 +210,11 @@ class PLVM:
         max_new_tokens: int = 64,
         on_text: Callable[[str], None] | None = None,
     ) -> str:
+        """Answer ``question`` about ``image`` with ``concepts`` introduced (inputs checked by
+        :mod:`plvm.validation`: no image placeholder or special token in the text, 1 ≤ max_new_tokens)."""
+        question = check_question(question, image_token=self.lvlm.image_token,
+                                  special_tokens=special_token_texts(self.lvlm.tokenizer))
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
         conv = Conversation(list(concepts))
         conv.user(question, image=image)
         return self.lvlm.generate(conv, max_new_tokens=max_new_tokens, on_text=on_text).text

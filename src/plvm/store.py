@@ -10,9 +10,15 @@ Layout of a store directory::
 Guarantees:
 
 * **Concurrent writers lose nothing.** Every mutation runs under an exclusive ``flock`` on
-  ``.write.lock`` *and* inside one SQLite transaction (``BEGIN IMMEDIATE``); files are written to a
-  temporary name and ``os.replace``-d into place before the row that points at them is committed, and
-  removed only after the row is gone. A crash leaves at worst an orphan file, never a dangling row.
+  ``.write.lock`` *and* inside one SQLite transaction (``BEGIN IMMEDIATE``).
+* **A crash loses nothing acknowledged, by construction.** New files are written to a temporary name and
+  ``os.replace``-d into place *before* the transaction that points at them commits; files that a commit
+  orphans (a removed or replaced concept's file, an image nobody uses any more) are unlinked only *after*
+  the COMMIT. Nothing is ever unlinked inside a transaction, so ``kill -9`` at any point leaves at worst an
+  orphan file, never a dangling row; orphans (and stale temporary files) are swept when a store is opened.
+* **Corruption is reported, never papered over.** An index that SQLite cannot read, or a concept file
+  that does not parse, raises :class:`StoreError` naming the file and how to recover; the store never
+  replaces or deletes a file it cannot read.
 * **No path traversal.** File names come from random hex ids and SHA-256 digests checked against a
   pattern, never from concept names or imported headers; names are validated by
   :func:`plvm.concept.normalize_name` (letters, digits, ``-``, ``_``).
@@ -33,6 +39,7 @@ identifying against 10⁴ concepts is one matrix product.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -54,6 +61,7 @@ from .concept import (
     ConceptEmbedding,
     ConceptError,
     IncompatibleConceptError,
+    lookup_name,
     normalize_name,
     read_concept_file,
 )
@@ -67,6 +75,13 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _KIND_RE = re.compile(r"^[A-Za-z0-9_.:/+-]{1,128}$")
 _IMAGE_EXTS = frozenset(EXTENSIONS.values())
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
+#: Most context tokens ``k`` a concept may have (the paper uses 16; the Aligner's ``num_queries``).
+MAX_CONTEXT_TOKENS = 256
+#: Longest feature vector (face embeddings are 128-512, reference-encoder CLS features up to a few thousand).
+MAX_FEATURE_DIM = 16_384
+#: Largest JSON metadata kept with one concept (bytes).
+MAX_METADATA_BYTES = 64 * 1024
+_REF_KIND_RE = re.compile(r"^ref:.*:(\d+):(\d+)$")
 
 
 def default_store_path() -> Path:
@@ -93,6 +108,51 @@ class ConceptExistsError(StoreError, ConceptError):
 
 class ConceptNotFoundError(StoreError, UnknownConceptError):
     """No stored concept has this name."""
+
+
+class CorruptStoreError(StoreError):
+    """A store file (the index or a concept file) cannot be read; the message names it and how to recover."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or a file-size limit) ran out while writing; nothing was stored."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _disk_error(exc: BaseException, root: Path) -> StoreFullError | None:
+    """A one-line :class:`StoreError` for "disk full"-like failures (``None`` for anything else)."""
+    text = str(exc).lower()
+    if (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or any(
+            t in text for t in ("disk is full", "file too large", "no space left", "quota exceeded")):
+        return StoreFullError(f"no space left for the concept store {root} ({' '.join(str(exc).split())[:120]}); "
+                          "nothing was stored: free some space and try again")
+    return None
+
+
+def _sqlite_error(root: Path, exc: sqlite3.Error) -> StoreError:
+    """A one-line :class:`StoreError` for an SQLite failure: disk full, an operational failure (locked,
+    read-only, I/O error: nothing was changed), or a damaged index (:func:`_corrupt_index`)."""
+    disk = _disk_error(exc, root)
+    if disk is not None:
+        return disk
+    if isinstance(exc, sqlite3.OperationalError):
+        text = " ".join(str(exc).split())[:120]
+        if "disk i/o" in text.lower():
+            return StoreFullError(f"the concept store index {root / 'index.sqlite'} could not be written ({text}: "
+                                  "disk full or failing?); nothing was stored: free some space and try again")
+        return StoreError(f"the concept store index {root / 'index.sqlite'} cannot be used now ({text}); "
+                          "nothing was changed")
+    return _corrupt_index(root, exc)
+
+
+def _corrupt_index(root: Path, exc: BaseException) -> CorruptStoreError:
+    index = root / "index.sqlite"
+    return CorruptStoreError(
+        f"the concept store index {index} is unreadable ({' '.join(str(exc).split())[:120]}); it was left as it "
+        f"is. Recover: restore it from a backup, or move it aside (mv {index} {index}.broken) and re-add the "
+        f"concepts from their reference photos in {root / 'images'}")
 
 
 # ---------------------------------------------------------------------- records
@@ -204,6 +264,16 @@ def _as_vector(value: Any, kind: str) -> np.ndarray:
     return vec
 
 
+def _check_feature_dim(kind: str, vec: np.ndarray) -> None:
+    """Refuse vectors longer than :data:`MAX_FEATURE_DIM`, and reference-encoder vectors (kind
+    ``ref:<encoder>:<d_enc>:<image size>``) whose length is not the ``d_enc`` their kind names."""
+    if vec.size > MAX_FEATURE_DIM:
+        raise ConceptError(f"feature {kind!r} has {vec.size} values; at most {MAX_FEATURE_DIM} are allowed")
+    m = _REF_KIND_RE.match(kind)
+    if m and vec.size != int(m.group(1)):
+        raise ConceptError(f"feature {kind!r} has {vec.size} values; its encoder gives {m.group(1)}")
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -247,6 +317,83 @@ class _FileLock:
                     self._fd = None
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _checked_import(
+    path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, str], dict[str, Any], dict[str, Any]]:
+    """Check an imported concept file before anything of it reaches the store: float tensors of the right
+    shapes, a sane ``k``, feature tensors that exist and are float vectors, JSON metadata objects of a
+    bounded size whose known keys have the right types. Returns ``header, tensors, features, concept
+    metadata, record metadata``; raises :class:`ConceptError` naming the file and what is allowed."""
+    label = path.name
+
+    def bad(what: str) -> ConceptError:
+        return ConceptError(f"{label}: {what}; not imported")
+
+    for key in ("e_word", "e_weight", "context"):
+        t = tensors[key]
+        if t.dtype not in _FLOAT_DTYPES:
+            raise bad(f"tensor {key} is {str(t.dtype).replace('torch.', '')}; concept tensors are floating point")
+    if tensors["e_word"].ndim != 1 or tensors["e_word"].numel() > MAX_FEATURE_DIM:
+        raise bad(f"e_word has shape {tuple(tensors['e_word'].shape)}; it is one vector of the model's hidden size")
+    k = tensors["context"].shape[0] if tensors["context"].ndim == 2 else -1
+    if not 1 <= k <= MAX_CONTEXT_TOKENS:
+        raise bad(f"context has shape {tuple(tensors['context'].shape)}; it is [k, hidden size] with k from 1 to "
+                  f"{MAX_CONTEXT_TOKENS}")
+    if header.get("num_context_tokens") not in (None, str(k)):
+        raise bad(f"header num_context_tokens {header.get('num_context_tokens')!r} disagrees with the tensors (k={k})")
+    if header.get("hidden_size") not in (None, str(tensors["e_word"].shape[0])):
+        raise bad(f"header hidden_size {header.get('hidden_size')!r} disagrees with the tensors")
+    parsed = {}
+    for key, default in (("metadata", "{}"), ("features", "{}"), ("record_metadata", "{}")):
+        raw = header.get(key, default)
+        if len(raw) > MAX_METADATA_BYTES:
+            raise bad(f"header {key} is {len(raw)} bytes; at most {MAX_METADATA_BYTES} are allowed")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise bad(f"header {key} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise bad(f"header {key} is a JSON {type(value).__name__}; a JSON object is expected")
+        parsed[key] = value
+    features: dict[str, str] = {}
+    for kind, tensor_name in parsed["features"].items():
+        if not isinstance(tensor_name, str) or tensor_name not in tensors or tensor_name in (
+                "e_word", "e_weight", "context", "reference_image"):
+            raise bad(f"feature {kind!r} names tensor {tensor_name!r}, which is not a feature tensor in the file")
+        t = tensors[tensor_name]
+        if t.dtype not in _FLOAT_DTYPES or t.ndim != 1 or not 1 <= t.numel() <= MAX_FEATURE_DIM:
+            raise bad(f"feature {kind!r} is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
+                      f"a float vector of 1 to {MAX_FEATURE_DIM} values is expected")
+        features[str(kind)] = tensor_name
+    if "reference_image" in tensors:
+        t = tensors["reference_image"]
+        if t.dtype != torch.uint8 or t.ndim != 1:
+            raise bad(f"reference_image is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
+                      "the encoded image bytes (uint8, 1-D) are expected")
+    for key, kind in (("base_revision", str), ("answer_style", str)):
+        if key in parsed["metadata"] and not isinstance(parsed["metadata"][key], kind):
+            raise bad(f"metadata {key} must be a string")
+    record = parsed["record_metadata"]
+    face = record.get("face")
+    if face is not None:
+        ok = isinstance(face, dict) and isinstance(face.get("backend", ""), str) and (
+            isinstance(face.get("faces_found", 0), int) and not isinstance(face.get("faces_found", 0), bool))
+        box = face.get("box") if isinstance(face, dict) else None
+        if ok and box is not None:
+            ok = (isinstance(box, list) and len(box) == 4
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box))
+        score = face.get("score") if isinstance(face, dict) else None
+        if ok and score is not None:
+            ok = isinstance(score, (int, float)) and not isinstance(score, bool) and bool(np.isfinite(score))
+        if not ok:
+            raise bad("record metadata 'face' is malformed (an object with backend, faces_found, box [x0, y0, x1, y1], "
+                      "score is expected)")
+    return header, tensors, features, parsed["metadata"], record
+
+
 # ---------------------------------------------------------------------- the store
 class ConceptStore:
     """A directory of concepts with a SQLite index. See the module docstring for the guarantees.
@@ -260,21 +407,41 @@ class ConceptStore:
 
     def __init__(self, root: str | os.PathLike, identity: StoreIdentity | None = None):
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "concepts").mkdir(exist_ok=True)
-        (self.root / "images").mkdir(exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"concept store {self.root} is a file, not a directory: pass a directory with "
+                             "--store DIR (or $PLVM_STORE); it is created if missing")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("concepts", "images"):
+                path = self.root / sub
+                if path.exists() and not path.is_dir():
+                    raise StoreError(f"{path} should be a directory of the concept store {self.root}, but is a "
+                                     "file: move it away")
+                path.mkdir(exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+            raise StoreError(f"cannot use {self.root} as a concept store: {exc.strerror or exc}") from None
         self._lock = _FileLock(self.root / ".write.lock")
         self._db_lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(self.root / "index.sqlite"), timeout=60.0, isolation_level=None, check_same_thread=False
-        )
+        index = self.root / "index.sqlite"
+        if index.exists() and not index.is_file():
+            raise CorruptStoreError(f"the concept store index {index} is not a file: move it away")
+        self._db = sqlite3.connect(str(index), timeout=60.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._matrix_cache: dict[str, FeatureMatrix] = {}
-        with self._lock.hold(), self._db_lock:
-            self._db.execute("PRAGMA busy_timeout = 60000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._create_schema()
+        try:
+            with self._lock.hold(), self._db_lock:
+                self._db.execute("PRAGMA busy_timeout = 60000")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self._create_schema()
+                self._check_schema()
+                self.sweep_orphans()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise _sqlite_error(self.root, exc) from None
+        except BaseException:
+            self._db.close()
+            raise
         self.identity: StoreIdentity | None = None
         if identity is not None:
             self.bind(identity)
@@ -331,26 +498,86 @@ class ConceptStore:
         if version != SCHEMA_VERSION:
             raise StoreError(f"store {self.root} has schema version {version}; this plvm reads {SCHEMA_VERSION}")
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """Exclusive write section: file lock + one IMMEDIATE transaction that bumps the generation."""
+    def _check_schema(self) -> None:
+        """A quick structural check (``PRAGMA quick_check``): a damaged index is reported, not used."""
+        rows = self._db.execute("PRAGMA quick_check").fetchall()
+        result = rows[0][0] if rows else "no result"
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+
+    def sweep_orphans(self) -> list[Path]:
+        """Delete files no index row points at (left by a crash between writing and committing, or between
+        committing and unlinking) and stale temporary files; returns what was removed.
+
+        Runs under the write lock, so it never races with a writer whose files are not committed yet.
+        """
+        removed: list[Path] = []
         with self._lock.hold(), self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            ids = {r[0] for r in self._db.execute("SELECT id FROM concepts")}
+            images = {f"{r[0]}.{r[1]}" for r in self._db.execute(
+                "SELECT DISTINCT image_sha256, image_ext FROM concepts WHERE image_sha256 IS NOT NULL")}
+            for sub, keep in (("concepts", lambda n: n.endswith(".safetensors") and n[:-12] in ids),
+                              ("images", lambda n: n in images)):
+                with os.scandir(self.root / sub) as entries:
+                    for entry in entries:
+                        if not entry.is_file(follow_symlinks=False) or keep(entry.name):
+                            continue
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                            removed.append(Path(entry.path))
+        return removed
+
+    @contextlib.contextmanager
+    def _write(
+        self,
+        obsolete: list[tuple[str, str | None, str | None]] | None = None,
+        created: list[Path] | None = None,
+    ) -> Iterator[sqlite3.Connection]:
+        """Exclusive write section: file lock + one IMMEDIATE transaction that bumps the generation.
+
+        ``obsolete`` collects ``(id, image sha, ext)`` of rows the transaction deletes; their files are
+        unlinked only after the COMMIT (still under the lock), so a crash never leaves a row without its file.
+        ``created`` collects files the transaction wrote; they are unlinked if it rolls back.
+        """
+        with self._lock.hold(), self._db_lock:
             try:
-                yield self._db
-                self._db.execute(
-                    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'"
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute(
+                        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'"
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    for path in created or ():
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                    raise
+                finally:
+                    self._matrix_cache.clear()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise StoreError(f"the concept store {self.root} refused the change: {exc}") from None
+                raise _sqlite_error(self.root, exc) from None
+            except (StoreError, ConceptError):
                 raise
-            finally:
-                self._matrix_cache.clear()
+            except Exception as exc:  # e.g. OSError(ENOSPC) or safetensors' I/O error while writing a file
+                disk = _disk_error(exc, self.root)
+                if disk is None:
+                    raise
+                raise disk from None
+            if obsolete:
+                self._remove_files(obsolete)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._db_lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise _sqlite_error(self.root, exc) from None
 
     def _meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -405,7 +632,7 @@ class ConceptStore:
 
     # ------------------------------------------------------------------ reading
     def _row(self, name: str) -> sqlite3.Row:
-        bare = normalize_name(name)
+        bare = lookup_name(name)  # lenient: a concept stored under a name now reserved can still be removed
         rows = self._query("SELECT * FROM concepts WHERE name = ? COLLATE BINARY", (bare,))
         if not rows:
             raise ConceptNotFoundError(f"unknown concept <{bare}>; stored concepts: {_known_list(self.names())}")
@@ -463,6 +690,12 @@ class ConceptStore:
             concept = ConceptEmbedding.load(path, base_model=identity.base_model, hidden_size=identity.hidden_size)
         except IncompatibleConceptError as exc:
             raise StoreMismatchError(str(exc)) from None
+        except ConceptError as exc:
+            photo = (f" (its reference photo: {self._image_path(row['image_sha256'], row['image_ext'])})"
+                     if row["image_sha256"] else "")
+            raise CorruptStoreError(
+                f"the file of concept <{row['name']}>, {path}, is unreadable ({' '.join(str(exc).split())[:120]}); "
+                f"it was left as it is. Recover: plvm concepts add {row['name']} PHOTO --replace{photo}") from None
         return concept if concept.name == row["name"] else concept.renamed(row["name"])
 
     def load_many(self, names: Iterable[str]) -> list[ConceptEmbedding]:
@@ -542,7 +775,11 @@ class ConceptStore:
         return self.add_many([item], replace=replace)[0]
 
     def add_many(self, items: Sequence[NewConcept], replace: bool = False) -> list[ConceptRecord]:
-        """Store several concepts in one transaction (all or none)."""
+        """Store several concepts in one transaction (all or none).
+
+        Order of work (crash safety): write the new concept files and images, commit the index, then unlink
+        the files the commit orphaned (replaced concepts, images no longer used).
+        """
         if not items:
             return []
         prepared = []
@@ -552,61 +789,69 @@ class ConceptStore:
             if item.concept.name.lower() in seen:
                 raise ConceptExistsError(f"concept <{item.concept.name}> is given twice")
             seen.add(item.concept.name.lower())
+            k = item.concept.num_context_tokens
+            if not 1 <= k <= MAX_CONTEXT_TOKENS:
+                raise ConceptError(f"concept <{item.concept.name}> has {k} context tokens; "
+                                   f"1 to {MAX_CONTEXT_TOKENS} are allowed")
             vectors = {}
             for kind, value in item.features.items():
-                if not _KIND_RE.match(kind):
-                    raise ConceptError(f"invalid feature kind {kind!r}")
+                if not isinstance(kind, str) or not _KIND_RE.match(kind):
+                    raise ConceptError(f"invalid feature kind {kind!r}: 1-128 of letters, digits and _.:/+-")
                 vectors[kind] = _as_vector(value, kind)
-            prepared.append((item, vectors))
+                _check_feature_dim(kind, vectors[kind])
+            meta = dict(item.concept.metadata)
+            meta.update(item.metadata)
+            meta_json = json.dumps(meta, sort_keys=True, default=str)
+            if len(meta_json) > MAX_METADATA_BYTES:
+                raise ConceptError(f"metadata of <{item.concept.name}> is {len(meta_json)} bytes; "
+                                   f"at most {MAX_METADATA_BYTES} are kept")
+            prepared.append((item, vectors, meta_json))
         created: list[Path] = []
         obsolete: list[tuple[str, str | None, str | None]] = []  # (id, sha, ext) of replaced rows
         now = time.time()
-        try:
-            with self._write() as db:
-                for item, vectors in prepared:
-                    c = item.concept
-                    old = db.execute("SELECT id, name, image_sha256, image_ext, created_at FROM concepts WHERE name = ?",
-                                     (c.name,)).fetchone()
-                    if old is not None and not replace:
-                        raise ConceptExistsError(self._exists_message(c.name, old["name"]))
-                    concept_id = secrets.token_hex(16)
-                    path = self._concept_path(concept_id)
-                    c.save(path)
-                    created.append(path)
-                    sha = ext = None
-                    width = height = None
-                    if item.image is not None:
-                        sha, ext = item.image.sha256, item.image.ext
-                        width, height = item.image.image.size
-                        img_path = self._image_path(sha, ext)
-                        if not img_path.exists():
-                            _atomic_write_bytes(img_path, item.image.data)
-                            created.append(img_path)
-                    if old is not None:
-                        db.execute("DELETE FROM concepts WHERE id = ?", (old["id"],))
-                        obsolete.append((old["id"], old["image_sha256"], old["image_ext"]))
-                    meta = dict(c.metadata)
-                    meta.update(item.metadata)
-                    db.execute(
-                        "INSERT INTO concepts(id, name, base_model, hidden_size, num_context_tokens, image_sha256, "
-                        "image_ext, image_width, image_height, created_at, updated_at, metadata) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (concept_id, c.name, c.base_model, c.hidden_size, c.num_context_tokens, sha, ext, width,
-                         height, old["created_at"] if old is not None else now, now,
-                         json.dumps(meta, sort_keys=True, default=str)),
-                    )
-                    db.executemany(
-                        "INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
-                        [(concept_id, kind, int(v.size), v.tobytes()) for kind, v in vectors.items()],
-                    )
-                # inside the lock: nobody else can start referencing the files we remove
-                self._remove_files(db, obsolete)
-        except BaseException:
-            for path in created:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            raise
-        return [self.get(item.concept.name) for item, _ in prepared]
+        with self._write(obsolete, created) as db:
+            for item, vectors, meta_json in prepared:
+                c = item.concept
+                old = db.execute("SELECT id, name, image_sha256, image_ext, created_at FROM concepts WHERE name = ?",
+                                 (c.name,)).fetchone()
+                if old is not None and not replace:
+                    raise ConceptExistsError(self._exists_message(c.name, old["name"]))
+                for kind, v in vectors.items():
+                    dims = [r[0] for r in db.execute(
+                        "SELECT DISTINCT f.dim FROM features f JOIN concepts c ON c.id = f.concept_id "
+                        "WHERE f.kind = ? AND c.name != ?", (kind, c.name))]
+                    if dims and v.size not in dims:
+                        raise ConceptError(
+                            f"feature {kind!r} of <{c.name}> has {v.size} values; the stored concepts' have "
+                            f"{dims[0]} (made by another encoder?)")
+                concept_id = secrets.token_hex(16)
+                path = self._concept_path(concept_id)
+                created.append(path)
+                c.save(path)
+                sha = ext = None
+                width = height = None
+                if item.image is not None:
+                    sha, ext = item.image.sha256, item.image.ext
+                    width, height = item.image.image.size
+                    img_path = self._image_path(sha, ext)
+                    if not img_path.exists():
+                        created.append(img_path)
+                        _atomic_write_bytes(img_path, item.image.data)
+                if old is not None:
+                    db.execute("DELETE FROM concepts WHERE id = ?", (old["id"],))
+                    obsolete.append((old["id"], old["image_sha256"], old["image_ext"]))
+                db.execute(
+                    "INSERT INTO concepts(id, name, base_model, hidden_size, num_context_tokens, image_sha256, "
+                    "image_ext, image_width, image_height, created_at, updated_at, metadata) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (concept_id, c.name, c.base_model, c.hidden_size, c.num_context_tokens, sha, ext, width,
+                     height, old["created_at"] if old is not None else now, now, meta_json),
+                )
+                db.executemany(
+                    "INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
+                    [(concept_id, kind, int(v.size), v.tobytes()) for kind, v in vectors.items()],
+                )
+        return [self.get(item.concept.name) for item, _, _ in prepared]
 
     def add_from_image(
         self,
@@ -627,10 +872,11 @@ class ConceptStore:
         return self.add(encoded.concept, loaded, encoded.features, replace=replace, metadata=meta)
 
     def rename(self, old: str, new: str, replace: bool = False) -> ConceptRecord:
-        """Rename a concept (its files are named by id, so only the index changes)."""
+        """Rename a concept (its files are named by id, so only the index changes; a concept replaced by the
+        new name loses its files only after the commit)."""
         new_bare = normalize_name(new)
-        obsolete = []
-        with self._write() as db:
+        obsolete: list[tuple[str, str | None, str | None]] = []
+        with self._write(obsolete) as db:
             row = self._row(old)
             clash = db.execute("SELECT id, name, image_sha256, image_ext FROM concepts WHERE name = ? AND id != ?",
                                (new_bare, row["id"])).fetchone()
@@ -640,26 +886,29 @@ class ConceptStore:
                 db.execute("DELETE FROM concepts WHERE id = ?", (clash["id"],))
                 obsolete.append((clash["id"], clash["image_sha256"], clash["image_ext"]))
             db.execute("UPDATE concepts SET name = ?, updated_at = ? WHERE id = ?", (new_bare, time.time(), row["id"]))
-            self._remove_files(db, obsolete)
         return self.get(new_bare)
 
     def remove(self, name: str) -> ConceptRecord:
-        """Delete a concept, its file, and its reference image if no other concept uses it."""
-        with self._write() as db:
+        """Delete a concept; its file (and its reference image if no other concept uses it) is unlinked after
+        the commit."""
+        obsolete: list[tuple[str, str | None, str | None]] = []
+        with self._write(obsolete) as db:
             record = self._record(self._row(name))
             db.execute("DELETE FROM concepts WHERE id = ?", (record.id,))
-            self._remove_files(db, [(record.id, record.image_sha256, record.image_ext)])
+            obsolete.append((record.id, record.image_sha256, record.image_ext))
         return record
 
-    def _remove_files(self, db: sqlite3.Connection, obsolete: Sequence[tuple[str, str | None, str | None]]) -> None:
-        """Unlink files of deleted rows (called with the write lock held; the rows are already deleted)."""
+    def _remove_files(self, obsolete: Sequence[tuple[str, str | None, str | None]]) -> None:
+        """Unlink the files of rows a *committed* transaction deleted (write lock held). Never raises: a file
+        that cannot be removed now is an orphan the next open sweeps."""
         for concept_id, sha, ext in obsolete:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError, StoreError):
                 self._concept_path(concept_id).unlink()
             if sha:
-                still_used = db.execute("SELECT 1 FROM concepts WHERE image_sha256 = ? LIMIT 1", (sha,)).fetchone()
-                if still_used is None:
-                    with contextlib.suppress(FileNotFoundError, StoreError):
+                with contextlib.suppress(OSError, StoreError, sqlite3.Error):
+                    still_used = self._db.execute("SELECT 1 FROM concepts WHERE image_sha256 = ? LIMIT 1",
+                                                  (sha,)).fetchone()
+                    if still_used is None:
                         self._image_path(sha, ext or "").unlink()
 
     # ------------------------------------------------------------------ export / import
@@ -715,44 +964,41 @@ class ConceptStore:
             size = path.stat().st_size
         except FileNotFoundError:
             raise StoreError(f"no such file: {path}") from None
+        if not path.is_file():
+            raise StoreError(f"{path} is not a file: give an exported .safetensors concept file")
         if size > MAX_IMPORT_BYTES:
             raise StoreError(f"{path} is {size} bytes; concept files are at most {MAX_IMPORT_BYTES}")
         header, tensors = read_concept_file(path)
+        header, tensors, feature_names, concept_meta, record_meta = _checked_import(path, header, tensors)
         try:
-            concept_meta = json.loads(header.get("metadata", "{}"))
-            feature_names = json.loads(header.get("features", "{}"))
-            record_meta = json.loads(header.get("record_metadata", "{}"))
-        except json.JSONDecodeError as exc:
-            raise ConceptError(f"{path}: corrupt header ({exc})") from None
-        concept = ConceptEmbedding(
-            name=header.get("name", ""),
-            e_word=tensors["e_word"].float(),
-            e_weight=tensors["e_weight"].float(),
-            context=tensors["context"].float(),
-            base_model=header.get("base_model", ""),
-            metadata=concept_meta if isinstance(concept_meta, dict) else {},
-        )
-        if name is not None:
-            concept = concept.renamed(name)
+            concept = ConceptEmbedding(
+                name=name if name is not None else header.get("name", ""),
+                e_word=tensors["e_word"].float(),
+                e_weight=tensors["e_weight"].float(),
+                context=tensors["context"].float(),
+                base_model=header.get("base_model", ""),
+                metadata=concept_meta,
+            )
+        except ConceptError as exc:
+            raise ConceptError(f"{path.name}: {exc}") from None
         self.check_available(concept.name, replace)
-        features = {}
-        if isinstance(feature_names, dict):
-            for kind, tensor_name in feature_names.items():
-                if tensor_name in tensors:
-                    features[str(kind)] = tensors[tensor_name].float().numpy()
+        features = {kind: tensors[tensor_name].float().numpy() for kind, tensor_name in feature_names.items()}
         image = None
         if "reference_image" in tensors:
-            data = tensors["reference_image"].to(torch.uint8).numpy().tobytes()
+            data = tensors["reference_image"].numpy().tobytes()
             image = decode_image(data, limits, label=f"reference image in {path.name}")
             if header.get("image_sha256") and header["image_sha256"] != image.sha256:
                 raise ConceptError(f"{path}: the embedded reference image does not match its recorded hash")
-        meta = record_meta if isinstance(record_meta, dict) else {}
+        meta = dict(record_meta)
         meta["imported_from"] = path.name
         return self.add(concept, image, features, replace=replace, metadata=meta)
 
 
+
 __all__ = [
     "ConceptEncoderLike",
+    "CorruptStoreError",
+    "StoreFullError",
     "ConceptExistsError",
     "ConceptNotFoundError",
     "ConceptRecord",

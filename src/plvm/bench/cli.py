@@ -2,7 +2,9 @@
 
 Commands: ``cost`` (Table 7 at real size), ``concept-add`` (Table 6), ``recognition`` (throughput),
 ``scaling`` (concepts, identify, memory), ``face`` (face detect + embed per image, identify over 10^4
-faces), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report`` (re-render the doc from JSON).
+faces), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report`` (re-render the doc from JSON);
+``serve`` (a bounded local load test of ``plvm serve``) and ``reliability`` (hostile inputs, faults and
+load → ``docs/RELIABILITY.md``).
 Every command prints its Markdown tables and writes a JSON file; ``--tiny`` runs it on random tiny
 models in seconds (smoke test — not results; ``face --tiny`` uses the real dlib models on 2 images).
 """
@@ -264,6 +266,78 @@ def report_command(
     # name the JSON folder in the document only when it is a repository-relative path
     write_report(out, results, smoke=smoke, json_dir=None if json_dir.is_absolute() else str(json_dir))
     typer.echo(f"wrote {out} ({len(results)} benchmark(s) from {json_dir})")
+
+
+@app.command("serve")
+def serve_command(
+    requests: int = typer.Option(500, "--requests", help="requests to send (1-100000)"),
+    concurrency: int = typer.Option(8, "--concurrency", help="clients at once (1-64)"),
+    memory: bool = typer.Option(False, "--memory", help="instead: server memory under concurrent large uploads"),
+    uploads: int = typer.Option(8, "--uploads", help="with --memory: concurrent 16000x2400 PNG uploads"),
+    faces: bool = typer.Option(False, "--faces/--no-faces", help="run the server with its face backend"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the figures as JSON"),
+) -> None:
+    """Bounded local load test of `plvm serve --model tiny` on 127.0.0.1 (stops by itself): errors, p50/p95."""
+    import json
+
+    from .reliability import load_markdown, memory_markdown
+    from .serve import load_test, upload_memory
+
+    try:
+        result = upload_memory(uploads, faces=faces) if memory else load_test(requests, concurrency, faces=faces)
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(memory_markdown(result) if memory else load_markdown(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+@app.command("reliability")
+def reliability_command(
+    out: Path = typer.Option(Path("docs/RELIABILITY.md"), "--out", help="the Markdown report"),
+    json_path: Path = typer.Option(Path("docs/benchmarks/reliability.json"), "--json", help="every case as JSON"),
+    writers: int = typer.Option(50, "--writers", help="concepts each of the two concurrent writers adds"),
+    load_requests: int = typer.Option(500, "--load-requests", help="requests of the load test (0: skip it)"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="measure server memory under 8 large uploads"),
+) -> None:
+    """Hostile inputs, faults and load through CLI, API and Python → docs/RELIABILITY.md (exit 1 on a failure)."""
+    import json
+
+    from .reliability import failures, markdown, run_all, summary, to_json
+    from .serve import load_test, upload_memory
+
+    import time
+
+    t0 = time.perf_counter()
+    outcomes = run_all(writers=writers)
+    mem = upload_memory(8) if memory else None
+    load = load_test(load_requests, 8) if load_requests else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(outcomes, load=load, memory=mem, command=_reliability_command(writers, load_requests,
+                                                                                             memory),
+                            took_s=time.perf_counter() - t0))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"summary": summary(outcomes), "cases": to_json(outcomes), "memory": mem,
+                                     "load": load}, indent=1) + "\n")
+    bad = failures(outcomes)
+    for o in bad:
+        typer.echo(f"FAILED {o.group} / {o.surface} / {o.case}: {o.result} {o.detail}", err=True)
+    typer.echo(f"wrote {out} and {json_path}: {len(outcomes)} cases, {len(bad)} failed")
+    if bad or (load and load["all"]["errors"]):
+        raise typer.Exit(1)
+
+
+def _reliability_command(writers: int, load_requests: int, memory: bool) -> str:
+    args = ["plvm bench reliability"]
+    if writers != 50:
+        args.append(f"--writers {writers}")
+    if load_requests != 500:
+        args.append(f"--load-requests {load_requests}")
+    if not memory:
+        args.append("--no-memory")
+    return " ".join(args)
 
 
 def main() -> None:

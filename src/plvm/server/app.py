@@ -21,14 +21,18 @@ POST     /api/chats/{id}/concepts              JSON ``{"name"}``: use a stored c
 DELETE   /api/chats/{id}                       end a session
 =======  ====================================  ====================================================
 
-Errors are JSON ``{"detail": "one line"}``: 401 (token), 404 (unknown concept/session), 409 (name taken,
-other base model), 413 (body, file or pixels too large), 415 (not an image), 422 (corrupt image, bad
-name, empty question, bad field). ``stream=true`` answers as NDJSON lines: ``{"event": "start", ...}``,
+Errors are JSON ``{"detail": "one line"}``: 400 (foreign ``Host``: DNS rebinding), 401 (token), 403
+(cross-origin write without the token: CSRF), 404 (unknown concept/session), 409 (name taken, other base
+model), 413 (body, file or pixels too large), 415 (not an image), 422 (corrupt image, bad name, empty
+question, bad field — the same message as the CLI's, from :mod:`plvm.validation`), 503 (busy decoding
+other large images), 507 (disk full). See :mod:`plvm.server.guard` for the Host/Origin rules and the
+decoded-pixel budget. ``stream=true`` answers as NDJSON lines: ``{"event": "start", ...}``,
 ``{"event": "text", "text": ...}``…, then ``{"event": "done", ...}`` or ``{"event": "error", "detail"}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -37,15 +41,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..chat import ChatSession, EmptyQuestionError, PreparedTurn, QuestionTooLongError
-from ..concept import ConceptError, IncompatibleConceptError, normalize_name
+from ..chat import ChatSession, PreparedTurn
+from ..concept import ConceptError, IncompatibleConceptError, lookup_name
 from ..conversation import UnknownConceptError
 from ..identify import DEFAULT_THRESHOLD, FaceBackend, Identifier, ReferenceEncoder
 from ..images import (
@@ -56,15 +61,20 @@ from ..images import (
     MIME_TYPES,
     UnsupportedImageError,
     decode_image,
+    probe_size,
 )
 from ..store import (
     ConceptExistsError,
     ConceptNotFoundError,
     ConceptStore,
+    CorruptStoreError,
     StoreError,
+    StoreFullError,
     StoreIdentity,
     StoreMismatchError,
 )
+from ..validation import InvalidInputError, check_boxes, check_threshold, check_top_k
+from .guard import BudgetExceededError, PixelBudget, RequestGuardMiddleware, allowed_host_names
 from .limits import ServerLimits
 from .middleware import BodySizeLimitMiddleware
 from .schemas import (
@@ -92,8 +102,10 @@ ERROR_STATUS: list[tuple[type[BaseException], int]] = [
     (UnknownConceptError, 404),
     (IncompatibleConceptError, 409),
     (ConceptError, 422),
-    (EmptyQuestionError, 422),
-    (QuestionTooLongError, 422),
+    (InvalidInputError, 422),
+    (BudgetExceededError, 503),
+    (StoreFullError, 507),
+    (CorruptStoreError, 500),
     (StoreError, 500),
 ]
 
@@ -101,7 +113,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in [(401, "missing or wrong bearer token"), (404, "unknown concept or session"),
                        (409, "name taken or concept of another base model"), (413, "too large"),
-                       (415, "not an image"), (422, "invalid input")]
+                       (415, "not an image"), (422, "invalid input"), (400, "foreign Host header"),
+                       (403, "cross-origin write without the token")]
 }
 
 
@@ -162,8 +175,13 @@ def create_app(
     threshold: float = DEFAULT_THRESHOLD,
     face: FaceBackend | None = None,
     model_name: str | None = None,
+    bind_host: str = "127.0.0.1",
+    allow_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """Build the app for one model and one store (no global state: everything hangs off this app).
+
+    ``bind_host`` (the address it will listen on) and ``allow_hosts`` are the ``Host`` names it answers to
+    besides loopback names (:func:`plvm.server.guard.allowed_host_names`).
 
     Raises :class:`plvm.store.StoreMismatchError` if ``store`` was made for another base model.
     """
@@ -190,36 +208,58 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_bytes)
+    # outermost: a foreign Host or a cross-origin write is refused before its body is read
+    app.add_middleware(RequestGuardMiddleware, allowed_hosts=allowed_host_names(bind_host, allow_hosts), token=token)
+    pixels = PixelBudget(limits.max_decoded_pixels)
 
     async def user_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=status_for(exc))
 
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:3]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "form"))
+            parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
     for cls, _ in ERROR_STATUS:
         app.add_exception_handler(cls, user_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     api = APIRouter(prefix="/api", dependencies=[Depends(auth)], responses=ERROR_RESPONSES)
 
     # ------------------------------------------------------------------ helpers
-    def read_image(upload: UploadFile, label: str = "image") -> LoadedImage:
+    def read_image(upload: UploadFile, label: str, held: contextlib.ExitStack) -> LoadedImage:
+        """Read and decode an upload; its decoded pixels are reserved in the app's budget until ``held``
+        closes (the end of the request), so concurrent large uploads are decoded one after another."""
         data = upload.file.read(limits.image.max_bytes + 1)
         name = Path(upload.filename or label).name[:80] or label
         if len(data) > limits.image.max_bytes:
             raise ImageTooLargeError(f"{name} is larger than the limit of {limits.image.max_bytes} bytes")
+        size = probe_size(data)  # header only; None: let decode_image say what is wrong
+        if size is not None and size[0] * size[1] <= limits.image.max_pixels:
+            held.enter_context(pixels.hold(size[0] * size[1]))
         return decode_image(data, limits.image, label=name)
 
     def parse_names(raw: Optional[str]) -> list[str]:
         if not raw:
             return []
-        return [normalize_name(n) for n in raw.replace(",", " ").split()]
+        return [lookup_name(n) for n in raw.replace(",", " ").split()]
 
     def answer_response(session: ChatSession, turn: PreparedTurn, stream: bool, sid: str | None,
-                        session_lock: threading.Lock | None = None) -> Any:
+                        session_lock: threading.Lock | None = None,
+                        held: contextlib.ExitStack | None = None) -> Any:
+        def done() -> None:
+            if session_lock is not None:
+                session_lock.release()
+            if held is not None:
+                held.close()
+
         if not stream:
             try:
                 reply = session.generate(turn)
             finally:
-                if session_lock is not None:
-                    session_lock.release()
+                done()
             out = reply.to_dict()
             out["session_id"] = sid
             return out
@@ -232,8 +272,7 @@ def create_app(
             except Exception as exc:  # reported in-band: the 200 header is already sent
                 chunks.put(("error", exc))
             finally:
-                if session_lock is not None:
-                    session_lock.release()
+                done()
 
         # started now, not on first read: the session lock is released even if the client never reads
         threading.Thread(target=work, name="plvm-generate", daemon=True).start()
@@ -285,9 +324,10 @@ def create_app(
         replace: bool = Form(False, description="overwrite an existing concept of this name"),
     ) -> ConceptOut:
         bare = store.check_available(name, replace)
-        loaded = read_image(image, "reference image")
-        with model_lock:
-            record = store.add_from_image(bare, loaded, encoder, replace=replace, limits=limits.image)
+        with contextlib.ExitStack() as held:
+            loaded = read_image(image, "reference image", held)
+            with model_lock:
+                record = store.add_from_image(bare, loaded, encoder, replace=replace, limits=limits.image)
         return ConceptOut.of(record)
 
     @api.post("/concepts/import", response_model=ConceptOut, status_code=201, summary="Import an exported concept")
@@ -338,26 +378,25 @@ def create_app(
     @api.post("/identify", response_model=IdentifyOut, summary="Rank stored concepts on a photo")
     def identify(
         image: UploadFile = File(...),
-        threshold: Optional[float] = Form(None, ge=-1.0, le=1.0),
-        top_k: int = Form(10, ge=1, le=1000),
-        boxes: Optional[str] = Form(None, description="JSON list of [x0, y0, x1, y1] regions"),
+        threshold: Optional[float] = Form(None, description="cosine similarity from -1 to 1"),
+        top_k: int = Form(10, description="1 to 10000"),
+        boxes: Optional[str] = Form(None, description="JSON list of [x0, y0, x1, y1] regions inside the image"),
     ) -> dict[str, Any]:
-        regions = []
+        threshold = check_threshold(threshold)
+        top_k = check_top_k(top_k)
+        regions: list[Any] = []
         if boxes:
             try:
                 regions = json.loads(boxes)
-                ok = isinstance(regions, list) and all(
-                    isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
-                    for b in regions)
-            except json.JSONDecodeError:
-                ok = False
-            if not ok:
-                raise HTTPException(422, "boxes must be a JSON list of [x0, y0, x1, y1] lists")
-            if len(regions) > limits.max_boxes:
-                raise HTTPException(422, f"at most {limits.max_boxes} boxes")
-        loaded = read_image(image, "photo")
-        with model_lock:
-            result = identifier.identify(loaded.image, regions=regions, threshold=threshold, top_k=top_k)
+            except (json.JSONDecodeError, RecursionError):
+                regions = None  # type: ignore[assignment]
+            if not isinstance(regions, list):
+                raise InvalidInputError("boxes must be a JSON list of [x0, y0, x1, y1] lists")
+            regions = check_boxes(regions, max_boxes=limits.max_boxes)
+        with contextlib.ExitStack() as held:
+            loaded = read_image(image, "photo", held)
+            with model_lock:
+                result = identifier.identify(loaded.image, regions=regions, threshold=threshold, top_k=top_k)
         return result.to_dict()
 
     # ------------------------------------------------------------------ ask / chat
@@ -373,10 +412,15 @@ def create_app(
         stream: bool = Form(False, description="answer as NDJSON events while generating"),
     ) -> Any:
         session = new_session(auto_identify=auto_identify, visual_prompt=visual_prompt)
-        if image is not None and (image.filename or image.size):
-            session.set_image(read_image(image, "photo"))
-        turn = session.prepare(question, parse_names(concepts))
-        return answer_response(session, turn, stream, None)
+        held = contextlib.ExitStack()
+        try:
+            if image is not None and (image.filename or image.size):
+                session.set_image(read_image(image, "photo", held))
+            turn = session.prepare(question, parse_names(concepts))
+        except BaseException:
+            held.close()
+            raise
+        return answer_response(session, turn, stream, None, held=held)
 
     @api.post("/chats", status_code=201, summary="Start a chat session")
     def create_chat() -> dict[str, str]:
@@ -412,7 +456,13 @@ def create_app(
         stream: bool = Form(False),
     ) -> Any:
         entry = sessions.get(sid)
-        loaded = read_image(image, "photo") if image is not None and (image.filename or image.size) else None
+        held = contextlib.ExitStack()
+        try:
+            loaded = (read_image(image, "photo", held) if image is not None and (image.filename or image.size)
+                      else None)
+        except BaseException:
+            held.close()
+            raise
         entry.lock.acquire()  # released when the answer is complete (after streaming, if any)
         try:
             if loaded is not None:
@@ -420,8 +470,9 @@ def create_app(
             turn = entry.chat.prepare(text, parse_names(concepts))
         except BaseException:
             entry.lock.release()
+            held.close()
             raise
-        return answer_response(entry.chat, turn, stream, sid, session_lock=entry.lock)
+        return answer_response(entry.chat, turn, stream, sid, session_lock=entry.lock, held=held)
 
     app.include_router(api)
 
@@ -436,6 +487,7 @@ def create_app(
     app.state.store = store
     app.state.identifier = identifier
     app.state.sessions = sessions
+    app.state.pixel_budget = pixels
     return app
 
 

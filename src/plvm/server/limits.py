@@ -19,6 +19,9 @@ class ServerLimits:
         max_sessions: Chat sessions kept in memory (least recently used ones are dropped).
         max_boxes: Most regions one identify request may give.
         max_import_bytes: Largest concept file accepted by ``/api/concepts/import``.
+        max_decoded_pixels: Decoded pixels all requests together may hold at once (uploads reserve
+            ``width × height`` before decoding and wait for room: memory stays flat under concurrent large
+            uploads; :class:`plvm.server.guard.PixelBudget`).
     """
 
     max_request_bytes: int = 24 * 1024 * 1024
@@ -28,3 +31,4 @@ class ServerLimits:
     max_sessions: int = 64
     max_boxes: int = 32
     max_import_bytes: int = 24 * 1024 * 1024
+    max_decoded_pixels: int = 40_000_000
