@@ -295,3 +295,143 @@ def test_bench_face_command_tiny(tmp_path, monkeypatch):
     assert data["command"] == "plvm bench face --tiny --n 2 --backends dlib --gallery 1000 --repeats 3 --threads 1"
     assert data["tiny"] is True and list(data["data"]["backends"]) == ["dlib"]
     assert "Detect + align + embed per image" in res.output
+
+
+# ---------------------------------------------------------------------- base LVLM cost (tiny bases)
+BASE_COST_SECTION = "## 6. Base LVLM cost per recognition answer"
+
+
+def test_base_cost_image_prompt_is_the_harness_layout():
+    from plvm.bench.base_cost import image_prompt_conversation, plain_conversation, recognition_questions
+    from plvm.eval.baselines import Binding, ImagePrompt
+    from plvm.models.tiny_plvm import tiny_plvm
+
+    q1, q2 = recognition_questions(2, size=32)
+    assert q1.label and not q2.label and q1.reference.size == q1.query.size == (32, 32)
+    method = ImagePrompt(tiny_plvm().lvlm)
+    method._refs[q1.name] = q1.reference
+    harness = method.conversation(f"Is <{q1.name}> in this photo?", [Binding(q1.name, q1.name)], [q1.query])
+    ours = image_prompt_conversation(q1)
+    assert ours.to_messages() == harness.to_messages()
+    assert ours.images == [q1.reference, q1.query]
+    plain = plain_conversation(q1).to_messages()
+    assert [c["type"] for c in plain[0]["content"]] == ["image", "text"]
+    assert [q.name for q in recognition_questions(2, size=32)] == [q1.name, q2.name]  # seeded
+
+
+def test_base_cost_projectors_put_the_committed_one_first(tmp_path, monkeypatch):
+    import plvm.models.base as base
+    from plvm.bench.base_cost import resolve_projectors
+
+    committed, other = tmp_path / "committed.safetensors", tmp_path / "other.safetensors"
+    committed.write_bytes(b"x")
+    other.write_bytes(b"y")
+    monkeypatch.setattr(base, "find_mini_projector", lambda: committed)
+    assert resolve_projectors([]) == [committed]
+    assert resolve_projectors([other, other]) == [committed, other]
+    assert resolve_projectors([other, committed]) == [other, committed]  # listed: keeps its place
+    with pytest.raises(FileNotFoundError):
+        resolve_projectors([tmp_path / "missing.safetensors"])
+
+
+def test_bench_base_cost_tiny_table_ratios_report(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from plvm.bench.base_cost import NOT_MEASURED_HERE, SHAPE_LABELS, SHAPES
+    from plvm.bench.cli import app
+    from plvm.bench.common import BenchResult
+    from plvm.bench.report import SECTIONS, load_results, render
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    threads = torch.get_num_threads()
+    out = tmp_path / "base_cost.json"
+    try:
+        res = CliRunner().invoke(app, ["base-cost", "--tiny", "--queries", "4", "--repeats", "2", "--warmup", "1",
+                                       "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    result = BenchResult.load(out)
+    assert result.tiny and result.name == "base_cost" and result.machine["cpu"]
+    assert result.command == "plvm bench base-cost --tiny --queries 4 --repeats 2 --warmup 1 --threads 1"
+    data = result.data
+    assert data["questions"] == 4 and data["positives"] == 2
+    bases = data["bases"]
+    assert [b["label"] for b in bases] == ["A", "B"]
+    assert [b["vision_feature_layer"] for b in bases] == ["-1", "0,-1"]
+    assert bases[1]["projector_params"] > bases[0]["projector_params"]  # input 2 x 32 instead of 32
+    for b in bases:
+        assert set(b["ms_per_question"]) == set(SHAPES) == set(b["ratio_to_first"])
+        assert b["build_s"] > 0 and b["image_tokens_per_image"] == 4
+        for shape in SHAPES:
+            ms = b["ms_per_question"][shape]
+            assert ms["unit"] == "ms" and ms["n"] == 4 * 2 and len(ms["samples"]) == 8
+            assert all(x > 0 for x in ms["samples"]) and 0 < ms["min"] <= ms["median"] <= ms["max"]
+            assert b["ratio_to_first"][shape] > 0 and len(b["logodds"][shape]) == 4
+            assert len(b["prompt_tokens"][shape]) == 4
+        # two images (and the introduction) against one
+        assert min(b["prompt_tokens"]["image_prompt"]) > max(b["prompt_tokens"]["plain"])
+    assert bases[0]["ratio_to_first"] == {s: 1.0 for s in SHAPES}
+    assert bases[0]["ratio_range_over_repeats"] == {s: [1.0, 1.0] for s in SHAPES}
+
+    timing, build = result.tables
+    rows = table_rows(timing.markdown)
+    assert len(rows) == 4 and all(len(r) == 6 for r in rows)  # bases x shapes
+    assert [(r[0], r[2]) for r in rows] == [(b, SHAPE_LABELS[s]) for b in ("A", "B") for s in SHAPES]
+    for row in rows:
+        assert row[4].endswith(" ms") and len(floats(row[4])) == 3 and all(x > 0 for x in floats(row[4]))
+    assert all(r[5].startswith("**1.00×** (1.00–1.00)") for r in rows[:2])
+    assert [r[0] for r in table_rows(build.markdown)] == ["A", "B"]
+    assert "Is there a person with glasses in this image?" in timing.markdown
+
+    assert SECTIONS["base_cost"]["title"] == BASE_COST_SECTION[3:]
+    measured = section(render({"base_cost": result}), BASE_COST_SECTION)
+    assert result.command in measured and NOT_MEASURED_HERE not in measured and "not part of `plvm bench all`" in measured
+    placeholder = section(render({}), BASE_COST_SECTION)
+    assert NOT_MEASURED_HERE in placeholder and "| A |" in placeholder and "| B |" in placeholder
+    assert load_results(tmp_path)["base_cost"].tables == result.tables  # refreshed from data: same tables
+
+
+def test_bench_base_cost_real_path_on_tiny_stand_ins(tmp_path, monkeypatch):
+    """The non-tiny path (projector files → bases → tables) with ``load_base`` building tiny models."""
+    from safetensors.torch import save_file
+
+    import plvm.models.base as base
+    from plvm.bench.base_cost import bench_base_cost
+    from plvm.models.mini import parse_feature_layer
+    from plvm.models.tiny import tiny_llava
+
+    committed, other = tmp_path / "v1" / "projector.safetensors", tmp_path / "v2" / "projector.safetensors"
+    for path, layer in ((committed, "-1"), (other, "0,-1")):
+        path.parent.mkdir()
+        save_file({"w": torch.zeros(1)}, str(path), metadata={"vision_feature_layer": layer, "image_size": "28"})
+    built = []
+
+    def fake_load_base(name, projector=None, **kw):
+        from plvm.models.mini import projector_metadata
+
+        assert name == "mini"
+        built.append(projector)
+        layer = parse_feature_layer(projector_metadata(projector)["vision_feature_layer"])
+        return tiny_llava(template="chatml", vision_feature_layer=layer)
+
+    monkeypatch.setattr(base, "find_mini_projector", lambda: committed)
+    monkeypatch.setattr(base, "load_base", fake_load_base)
+    monkeypatch.chdir(tmp_path)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    threads = torch.get_num_threads()
+    try:
+        result = bench_base_cost([other], queries=2, repeats=1, warmup=0, threads=1, size=32)
+    finally:
+        torch.set_num_threads(threads)
+    assert built == [committed, other] and not result.tiny
+    assert result.command == ("plvm bench base-cost --projectors v1/projector.safetensors,v2/projector.safetensors "
+                              "--queries 2 --repeats 1 --warmup 0 --threads 1")
+    a, b = result.data["bases"]
+    assert (a["projector"], a["vision_feature_layer"], a["image_size"]) == ("v1/projector.safetensors", "-1", 28)
+    assert (b["projector"], b["vision_feature_layer"]) == ("v2/projector.safetensors", "0,-1")
+    assert a["revision"].startswith("projector-sha256:") and a["revision"] != b["revision"] and a["lora"] is None
+    assert a["ratio_to_first"] == {"image_prompt": 1.0, "plain": 1.0}
+    assert "`v2/projector.safetensors`" in result.tables[1].markdown

@@ -2,7 +2,8 @@
 
 Commands: ``cost`` (Table 7 at real size), ``concept-add`` (Table 6), ``recognition`` (throughput),
 ``scaling`` (concepts, identify, memory), ``face`` (face detect + embed per image, identify over 10^4
-faces), ``all`` (everything + ``docs/BENCHMARKS.md``) and ``report`` (re-render the doc from JSON);
+faces), ``base-cost`` (one recognition answer on two or more LLaVA-mini bases; not part of ``all``),
+``all`` (everything else + ``docs/BENCHMARKS.md``) and ``report`` (re-render the doc from JSON);
 ``serve`` (a bounded local load test of ``plvm serve``) and ``reliability`` (hostile inputs, faults and
 load → ``docs/RELIABILITY.md``).
 Every command prints its Markdown tables and writes a JSON file; ``--tiny`` runs it on random tiny
@@ -136,6 +137,25 @@ def scaling_command(
                         store_concepts, threads), json_path)
 
 
+@app.command("base-cost")
+def base_cost_command(
+    projectors: str = typer.Option("", "--projectors", help="LLaVA-mini projector files (or stage-1 checkpoint dirs), "
+                                                            "comma-separated; the committed projector is added "
+                                                            "first unless listed; ignored with --tiny"),
+    queries: int = typer.Option(24, "--queries", help="recognition questions (each asked in both prompt shapes)"),
+    repeats: int = typer.Option(3, "--repeats"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed passes over the questions per base"),
+    tiny: bool = TINY,
+    threads: Optional[int] = THREADS,
+    json_path: Optional[Path] = JSON,
+) -> None:
+    """One Yes/No recognition answer (batch 1) on each base, interleaved: ms per question, prompt tokens,
+    ratio to the first base, start-up."""
+    from .base_cost import bench_base_cost
+
+    _emit(bench_base_cost(_csv(projectors), queries, repeats, warmup, threads, tiny), json_path)
+
+
 #: ``plvm bench face`` settings of a full run and of a ``--tiny`` smoke run (dlib only: it loads fast).
 FACE_DEFAULTS = {"n": 20, "backends": "dlib,insightface", "gallery": 10_000, "repeats": 20}
 FACE_TINY = {"n": 2, "backends": "dlib", "gallery": 1000, "repeats": 3}
@@ -177,13 +197,14 @@ def all_command(
     tiny: bool = TINY,
     threads: Optional[int] = THREADS,
 ) -> None:
-    """Run every benchmark with its defaults and (re)write the Markdown document and JSON files."""
-    from .report import FILES, write_report
+    """Run every benchmark (except base-cost) with its defaults and (re)write the Markdown document and JSON files."""
+    from .report import FILES, NOT_IN_ALL, load_results, write_report
 
     out = out or ((TINY_DIR / "BENCHMARKS.md") if tiny else DEFAULT_DOC)
     json_dir = json_dir or (out.parent / "benchmarks")
     skipped = {s.replace("-", "_") for s in _csv(skip)}
-    results: dict[str, BenchResult | None] = {}
+    # sections `all` does not run (base-cost) keep the result already in json_dir, if any
+    results: dict[str, BenchResult | None] = dict(load_results(json_dir, NOT_IN_ALL))
     errors: dict[str, str] = {}
 
     def concept_add() -> BenchResult:

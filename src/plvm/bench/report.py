@@ -1,15 +1,17 @@
 """``docs/BENCHMARKS.md`` from benchmark results (JSON files or in-memory :class:`BenchResult` objects).
 
 Sections whose benchmark has not run show their tables with "not yet measured — run `plvm bench all`"
-in place of numbers; nothing is ever filled in by hand.
+(or the section's own command, for benchmarks not part of ``all``) in place of numbers; nothing is ever
+filled in by hand.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
+from .base_cost import base_cost_tables
 from .common import NOT_MEASURED, BenchResult, machine_line
 from .concept_add import concept_add_tables
 from .cost import cost_tables
@@ -17,8 +19,10 @@ from .face import face_tables
 from .scaling import scaling_tables
 from .throughput import recognition_tables
 
-ORDER = ("cost", "concept_add", "recognition", "scaling", "face")
+ORDER = ("cost", "concept_add", "recognition", "scaling", "face", "base_cost")
 FILES = {name: f"{name}.json" for name in ORDER}
+#: Sections ``plvm bench all`` does not run (it keeps their JSON from ``--json-dir`` when there is one).
+NOT_IN_ALL = ("base_cost",)
 
 SECTIONS = {
     "cost": {
@@ -83,6 +87,24 @@ SECTIONS = {
         ),
         "placeholder": lambda: face_tables(None),
     },
+    "base_cost": {
+        "title": "6. Base LVLM cost per recognition answer",
+        "command": "plvm bench base-cost --projectors models/llava-mini/projector.safetensors,NEW/projector.safetensors",
+        "about": (
+            "What one recognition answer costs on different LLaVA-mini bases (projector files: the DINOv2 block(s) "
+            "the projector reads — `vision_feature_layer`, e.g. `-1` or `8,-1`, concatenated — and the LM LoRA it "
+            "names), measured side by side in one process. Each time is one `score_yes_no` call on one "
+            "conversation (batch 1: preprocessing, tokenization, one forward, Yes/No log-odds — what `plvm eval "
+            "--scoring logits` runs per question), for the same seeded AvatarWorld test questions in two shapes: "
+            "the eval harness's image prompt (`Here is <id>: <image>.` + the query scene + `Is <id> in this "
+            "photo?`, 2 images) and a plain one-image question about the query scene. Bases interleaved per repeat "
+            "(A, B, A, B …); ratio = this base's median ÷ the first base's, with the range of per-repeat ratios; "
+            "start-up = building each base once. Not part of `plvm bench all` (it needs the projector files to "
+            "compare); `plvm bench report` renders its `base_cost.json`."
+        ),
+        "placeholder": lambda: base_cost_tables(None),
+        "in_all": False,
+    },
 }
 
 INTRO = """\
@@ -112,12 +134,13 @@ COMMANDS = """\
 
 | command | what it runs | default settings |
 |---|---|---|
-| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` | the five below, then this page | as below |
+| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` | the five below (not `base-cost`), then this page | as below |
 | `plvm bench cost [--sizes 7b,mini] [--params-only]` | §1, Table 7 | 1 warm-up + 3 repeats, 3 Aligner runs per repeat, 7B in bf16, mini in float32 |
 | `plvm bench concept-add [--aligner PATH] [--data DIR]` | §2, Table 6 | 2 concepts of an 8-identity AvatarWorld set (4 query photos each), 20 encodes, 10 min cap per concept, accuracy checked every 10 steps |
 | `plvm bench recognition [--aligner PATH] [--data DIR]` | §3 | 32 queries, batch 8, ≤ 8 new tokens, 1 warm-up + 3 repeats |
 | `plvm bench scaling [--only concepts,identify,memory]` | §4 | 1/2/4/8 concepts × 10 repeats; 10²/10³/10⁴ stored × 50 repeats; 100 concepts added to a store |
 | `plvm bench face [--n 20] [--backends dlib,insightface] [--gallery 10000] [--repeats 20]` | §5 | 20 images per backend after 1 warm-up; identify among 10⁴ stored faces × 20 repeats; 1 thread |
+| `plvm bench base-cost --projectors A,B[,C] [--queries 24]` | §6 (not part of `all`) | the committed projector first, then the given ones; 24 questions × 2 prompt shapes, batch 1, 1 warm-up pass + 3 repeats, bases interleaved |
 | `plvm bench report --json-dir DIR [--out FILE]` | re-render this page from JSON | |
 
 All take `--threads N` (default: all usable CPUs; 1 for `face`) and `--tiny` (random tiny models — for
@@ -161,17 +184,19 @@ def refresh_tables(result: BenchResult) -> BenchResult:
         "recognition": lambda: recognition_tables(data, settings.get("batch_size", 8), settings.get("max_new_tokens", 8)),
         "scaling": lambda: scaling_tables(data),
         "face": lambda: face_tables(result),
+        "base_cost": lambda: base_cost_tables(data, result.tiny),
     }
     if result.name in builders and data:
         result.tables = builders[result.name]()
     return result
 
 
-def load_results(json_dir: str | Path) -> dict[str, BenchResult]:
+def load_results(json_dir: str | Path, names: Sequence[str] = ORDER) -> dict[str, BenchResult]:
+    """The results of ``names`` whose JSON files exist in ``json_dir``, tables rebuilt from their data."""
     out: dict[str, BenchResult] = {}
     root = Path(json_dir)
-    for name, file in FILES.items():
-        path = root / file
+    for name in names:
+        path = root / FILES[name]
         if path.is_file():
             out[name] = refresh_tables(BenchResult.load(path))
     return out
@@ -182,7 +207,7 @@ def render(results: Mapping[str, BenchResult | None], smoke: Mapping[str, BenchR
     """The whole document. ``results`` by benchmark name; missing ones get placeholder tables."""
     errors = errors or {}
     parts = [INTRO.format(not_measured=NOT_MEASURED).rstrip()]
-    measured = [r for r in results.values() if r is not None]
+    measured = [results[n] for n in ORDER if results.get(n) is not None]  # the machine line: first in order
     if measured:
         stamp = max(r.started_at for r in measured)
         parts.append(f"Last generated {time.strftime('%Y-%m-%d %H:%M')} from runs started up to {stamp}."
@@ -194,7 +219,8 @@ def render(results: Mapping[str, BenchResult | None], smoke: Mapping[str, BenchR
         parts.append("## Machine\n\n" + NOT_MEASURED)
     for name in ORDER:
         sec = SECTIONS[name]
-        block = [f"## {sec['title']}", sec["about"], f"Full run: `{sec['command']}` (part of `plvm bench all`)."]
+        where = "part of `plvm bench all`" if sec.get("in_all", True) else "not part of `plvm bench all`"
+        block = [f"## {sec['title']}", sec["about"], f"Full run: `{sec['command']}` ({where})."]
         res = results.get(name)
         if name in errors:
             block.append(f"**Last run of `plvm bench all`:** {errors[name]}")
@@ -232,4 +258,4 @@ def write_report(out: str | Path, results: Mapping[str, BenchResult | None],
     return out
 
 
-__all__ = ["FILES", "ORDER", "load_results", "render", "write_report"]
+__all__ = ["FILES", "NOT_IN_ALL", "ORDER", "load_results", "render", "write_report"]

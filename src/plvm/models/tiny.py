@@ -95,10 +95,13 @@ def tiny_llava(
     text_hidden: int = 64,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    vision_feature_layer: int | list[int] = -1,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random tiny ``LlavaForConditionalGeneration`` (DINOv2 vision tower, 2-layer Llama) + processor.
 
     ``template`` chooses the chat layout: ``"llava15"`` (USER:/ASSISTANT:) or ``"chatml"``.
+    ``vision_feature_layer``: the tower hidden state(s) the projector reads (of 3: embeddings + 2 blocks);
+    a list is concatenated as in HF LLaVA (projector input ``32 × len(list)``), like LLaVA-mini's ``[8, -1]``.
     """
     from transformers import CLIPImageProcessorPil  # PIL backend: no torchvision needed
 
@@ -121,7 +124,7 @@ def tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         tie_word_embeddings=tie_word_embeddings,
