@@ -214,3 +214,85 @@ def test_cli_store_file_and_unknown_marker_are_one_line(tmp_path):
     assert r.exit_code == 2 and r.stderr.strip().count("\n") == 0 and "is a file, not a directory" in r.stderr
     r = runner.invoke(app, ["ask", "Is <t2> here?", "--model", "tiny", "--store", str(tmp_path / "s")])
     assert r.exit_code == 2 and "context tokens are written" in r.stderr
+
+
+# ---------------------------------------------------------------------- checkpoints and weight files
+def test_broken_weight_files_and_checkpoints_are_one_line_errors(tmp_path):
+    """eval --aligner-weights, eval-base --projector, export (and the Python calls under them) on empty,
+    truncated, oversized-header, pickle, wrong-shape, missing-key, NaN/inf/int files and checkpoints with a
+    missing or corrupt state.json: exit 2, one line naming the file, no traceback; good files still load."""
+    outcomes = rel.checkpoint_cases(tmp_path)
+    _no_failures(outcomes)
+    cases = {(o.surface, o.case) for o in outcomes}
+    for label in ("empty file", "truncated to half", "oversized header length (10^12)", "pickle (torch.save)",
+                  "wrong shape", "missing tensor", "NaN in a tensor", "+inf in a tensor", "integer tensor"):
+        assert ("cli", f"eval --aligner-weights: {label}") in cases
+        assert ("cli", f"eval-base --projector: {label}") in cases
+        assert ("cli", f"export: stage-1 checkpoint, trainable.safetensors: {label}") in cases
+        assert ("cli", f"export: Aligner checkpoint, trainable.safetensors: {label}") in cases
+    for label in ("state.json missing", "state.json truncated", "state.json without step"):
+        assert ("cli", f"export: stage-1 checkpoint, {label}") in cases
+        assert ("cli", f"eval-base --projector DIR: stage-1 checkpoint, {label}") in cases
+        assert ("cli", f"eval --aligner-weights DIR: Aligner checkpoint, {label}") in cases
+    accepted = {o.case for o in outcomes if o.result == "accepted"}
+    assert "check_projector_file: vision_feature_layer '8,-1', linear_1 768 wide" in accepted
+    assert {"export: a good stage-1 checkpoint", "export: a good Aligner checkpoint"} <= accepted
+    assert sum(o.expect == "refuse" for o in outcomes) > 200
+
+
+def test_committed_weights_pass_the_checks():
+    from plvm.config import get_preset
+    from plvm.models.mini import check_projector_file
+    from plvm.models.mini_lora import read_lora
+    from plvm.pipeline import MINI_ALIGNER, REPO_ROOT, aligner_answer_style, read_aligner_weights
+
+    projector = REPO_ROOT / "models" / "llava-mini" / "projector.safetensors"
+    if not projector.is_file() or not MINI_ALIGNER.is_file():
+        pytest.skip("committed weights not present")
+    tensors, metadata = check_projector_file(projector)
+    assert tensors["linear_1.weight"].shape == (576, 384) and metadata["lm_lora"] == "lm_lora.safetensors"
+    assert read_lora(projector.with_name("lm_lora.safetensors"))[1].r == 16
+    assert len(read_aligner_weights(MINI_ALIGNER, get_preset("mini").aligner)) == 47
+    assert aligner_answer_style(MINI_ALIGNER) == "paper"
+
+
+def test_weight_file_reader_pieces(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from plvm.validation import (
+        MissingWeightFileError, WeightFileError, read_checkpoint_state, read_weights, shape_problems)
+
+    with pytest.raises(MissingWeightFileError) as err:  # still a FileNotFoundError for older callers
+        read_weights(tmp_path / "nope.safetensors", "weights")
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
+    save_file({"a": torch.ones(4, dtype=torch.float16), "b": torch.zeros(0)}, str(tmp_path / "ok.safetensors"))
+    tensors, _ = read_weights(tmp_path / "ok.safetensors", "weights")
+    assert set(tensors) == {"a", "b"}
+    save_file({"a": torch.tensor([1.0, float("nan"), float("inf")])}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(WeightFileError, match=r"tensor a of .*nan\.safetensors has 2 non-finite values"):
+        read_weights(tmp_path / "nan.safetensors", "weights")
+    assert shape_problems({"x": (2, 3), "y": (1,)}, {"x": (3, 2), "z": (4,)}, optional=()) == [
+        "missing z (4,)", "unexpected y (1,)", "x: file has (2, 3), model needs (3, 2)"]
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "state.json").write_text('{"step": 3, "task": {}, "loop": {}}')
+    assert read_checkpoint_state(tmp_path / "ck")["step"] == 3
+    (tmp_path / "ck" / "state.json").write_text('{"step": true, "task": {}, "loop": {}}')
+    with pytest.raises(WeightFileError, match="no whole-number 'step'"):
+        read_checkpoint_state(tmp_path / "ck")
+
+
+def test_tiny_eval_loads_aligner_weights_it_is_given(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from plvm.eval.cli import load_plvm, tiny_plvm
+    from plvm.validation import WeightFileError
+
+    state = tiny_plvm().aligner.trainable_state_dict()
+    save_file({k: v.contiguous() + 1 for k, v in state.items()}, str(tmp_path / "a.safetensors"))
+    loaded = load_plvm("tiny", tmp_path / "a.safetensors").aligner.trainable_state_dict()
+    assert all(torch.equal(loaded[k], state[k] + 1) for k in state)  # no longer silently ignored
+    save_file({k: torch.zeros(3) for k in state}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(WeightFileError, match="do not fit the tiny Aligner"):
+        load_plvm("tiny", tmp_path / "b.safetensors")

@@ -403,19 +403,37 @@ def export(
 ) -> None:
     """Write a checkpoint's trained weights as a standalone safetensors file (with its training state).
 
-    A LLaVA-mini stage-1 checkpoint with LM LoRA also writes ``lm_lora.safetensors`` beside ``out``."""
-    from safetensors.torch import load_file, save_file
+    A LLaVA-mini stage-1 checkpoint with LM LoRA also writes ``lm_lora.safetensors`` beside ``out``. A bad
+    checkpoint (missing or corrupt state.json, unreadable, non-finite or mis-shaped weights) is refused with
+    one ``error:`` line (exit status 2) and nothing is written."""
+    from safetensors.torch import save_file
 
-    state = json.loads((checkpoint / "state.json").read_text())
-    metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
-                "loop": json.dumps(state["loop"], sort_keys=True)}
-    if state["task"].get("kind") == "projector":
-        from .models.mini import export_stage1
+    from .validation import WeightFileError, read_checkpoint, read_checkpoint_state
 
-        projector, lora = export_stage1(checkpoint, out, metadata)
-        typer.echo(f"wrote {projector}" + (f" and {lora}" if lora else "") + f" (step {state['step']})")
-        return
-    tensors = load_file(str(checkpoint / "trainable.safetensors"))
+    try:
+        state = read_checkpoint_state(checkpoint)
+        metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
+                    "loop": json.dumps(state.get("loop", {}), sort_keys=True)}
+        if state["task"].get("kind") == "projector":
+            from .models.mini import export_stage1
+
+            projector, lora = export_stage1(checkpoint, out, metadata)
+            typer.echo(f"wrote {projector}" + (f" and {lora}" if lora else "") + f" (step {state['step']})")
+            return
+        if isinstance(state["task"].get("aligner"), dict):  # an Aligner run: its weights must fit its config
+            from .config import AlignerConfig
+            from .pipeline import read_aligner_weights
+
+            try:
+                config = AlignerConfig.from_dict(state["task"]["aligner"])
+            except (TypeError, ValueError) as exc:
+                raise WeightFileError(f"{checkpoint / 'state.json'} records a malformed Aligner configuration "
+                                      f"({' '.join(str(exc).split())})") from None
+            tensors = read_aligner_weights(checkpoint, config)
+        else:
+            _, tensors = read_checkpoint(checkpoint)
+    except WeightFileError as exc:
+        fail(" ".join(str(exc).split()))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=metadata)
     typer.echo(f"wrote {out} ({len(tensors)} tensors, step {state['step']})")
@@ -444,12 +462,16 @@ def eval_base(
     import tempfile
 
     from .models.mini import export_stage1
+    from .validation import WeightFileError
 
-    tmp, source = tempfile.TemporaryDirectory(), projector
-    if projector is not None and projector.is_dir():  # a training checkpoint: split it like `plvm export`
-        projector, _ = export_stage1(projector, Path(tmp.name) / "projector.safetensors")
-    model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ its LoRA)
-    tmp.cleanup()
+    source = projector
+    with tempfile.TemporaryDirectory() as tmp:
+        try:  # a bad file or checkpoint fails here, before the model loads (plvm.validation.read_weights)
+            if projector is not None and projector.is_dir():  # a training checkpoint: split it like `plvm export`
+                projector, _ = export_stage1(projector, Path(tmp) / "projector.safetensors")
+            model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ LoRA)
+        except WeightFileError as exc:
+            fail(" ".join(str(exc).split()))
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
                            n_open=n_open, n_described=n_described, open_kinds=open_kinds)

@@ -15,20 +15,33 @@ from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from .aligner import Aligner
 from .concept import ANSWER_STYLE_KEY, BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
 from .conversation import Conversation, single_turn
 from .injection import PersonalizedLVLM
-from .validation import check_max_new_tokens, check_name_for_tokenizer, check_question, special_token_texts
+from .validation import (
+    MissingWeightFileError,
+    WeightFileError,
+    check_max_new_tokens,
+    check_name_for_tokenizer,
+    check_question,
+    join_problems,
+    read_checkpoint,
+    read_checkpoint_state,
+    read_weights,
+    read_weights_metadata,
+    shape_problems,
+    special_token_texts,
+)
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MINI_ALIGNER = REPO_ROOT / "models" / "plvm-mini" / "aligner.safetensors"
+ALIGNER_FILE = ("Aligner weights (an aligner.safetensors from plvm export, or a plvm train checkpoint directory "
+                "with state.json and trainable.safetensors)")
 
 
 def reference_image_processor(image_size: int = 224) -> Any:
@@ -68,9 +81,52 @@ def _aligner_task(path: str | Path) -> dict[str, Any]:
     (metadata ``task``) or a training checkpoint directory (``state.json``), where ``plvm train`` writes it."""
     path = Path(path)
     if path.is_dir():
-        return json.loads((path / "state.json").read_text()).get("task", {})
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("task", "{}"))
+        return read_checkpoint_state(path)["task"]
+    text = read_weights_metadata(path, ALIGNER_FILE).get("task", "{}")
+    try:
+        task = json.loads(text)
+    except ValueError:
+        task = None
+    if not isinstance(task, dict) or not isinstance(task.get("task", {}), dict):
+        raise WeightFileError(f"{path} records a malformed training task (metadata 'task' is not a JSON object); "
+                              f"expected {ALIGNER_FILE}")
+    return task
+
+
+def aligner_shapes(config: AlignerConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of :meth:`Aligner.trainable_state_dict` for ``config`` (built on the meta
+    device: no memory, no encoder)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Aligner(config, None).trainable_state_dict().items()}
+
+
+def read_aligner_weights(path: str | Path, config: AlignerConfig) -> dict[str, torch.Tensor]:
+    """Aligner weights (an exported file or a ``plvm train`` checkpoint directory) for an Aligner of ``config``,
+    checked without building it: a readable safetensors file (:func:`plvm.validation.read_weights`), finite
+    floating-point tensors, every tensor of the right shape; raises a one-line
+    :class:`~plvm.validation.WeightFileError` with the path and what was expected."""
+    path = Path(path)
+    if path.is_dir():
+        state, tensors = read_checkpoint(path, ALIGNER_FILE)
+        kind = state["task"].get("kind", "aligner")
+        if kind != "aligner":
+            raise WeightFileError(f"{path} is a checkpoint of a {kind!r} task (plvm train-base), not of plvm train; "
+                                  f"expected {ALIGNER_FILE}")
+        source = path / "trainable.safetensors"
+    else:
+        if not path.exists():
+            raise MissingWeightFileError(f"{path}: no such file or directory; expected {ALIGNER_FILE}")
+        tensors, _ = read_weights(path, ALIGNER_FILE)
+        source = path
+    # weights saved before output-row conditioning existed have no row_mean / row_offset: it stays off
+    problems = shape_problems({k: v.shape for k, v in tensors.items()}, aligner_shapes(config),
+                              optional=("row_mean", "row_offset"))
+    if problems:
+        raise WeightFileError(
+            f"Aligner weights {source} do not fit the {config.base_model} Aligner (d_enc {config.d_enc}, d_llm "
+            f"{config.d_llm}, k {config.num_queries}, MLP {config.mlp_hidden}, resampler {config.resampler_hidden} x "
+            f"{config.resampler_blocks}): {join_problems(problems)}")
+    return tensors
 
 
 def aligner_base_revision(path: str | Path) -> str | None:
@@ -80,15 +136,19 @@ def aligner_base_revision(path: str | Path) -> str | None:
 
 def aligner_answer_style(path: str | Path) -> str:
     """The recognition answer style an Aligner was trained with (``"paper"`` when not recorded)."""
-    return _aligner_task(path).get("task", {}).get("answer_style", "paper")
+    from .synth.qa import check_answer_style
+
+    style = _aligner_task(path).get("task", {}).get("answer_style", "paper")
+    try:
+        return check_answer_style(style)
+    except ValueError as exc:
+        raise WeightFileError(f"{path} records an unknown answer style ({' '.join(str(exc).split())})") from None
 
 
 def load_aligner_weights(aligner: Aligner, path: str | Path) -> None:
-    """Load trained Aligner weights (``aligner.safetensors`` or a training checkpoint directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "trainable.safetensors"
-    aligner.load_trainable_state_dict(load_file(str(path)))
+    """Load trained Aligner weights (``aligner.safetensors`` or a training checkpoint directory), checked by
+    :func:`read_aligner_weights` (a bad file raises a one-line :class:`~plvm.validation.WeightFileError`)."""
+    aligner.load_trainable_state_dict(read_aligner_weights(path, aligner.config))
 
 
 def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch: bool = False) -> None:
@@ -146,13 +206,22 @@ class PLVM:
         of the committed one, e.g. a candidate base under evaluation.
 
         Raises :class:`IncompatibleAlignerError` when the weights record another base revision than the
-        loaded base (LLaVA-mini: another trained projector/LoRA), unless ``allow_base_mismatch``.
+        loaded base (LLaVA-mini: another trained projector/LoRA), unless ``allow_base_mismatch``; raises
+        :class:`~plvm.validation.WeightFileError` (one line, before any model loads) when ``aligner_weights``
+        or ``base_projector`` is missing, unreadable, non-finite or of the wrong shapes.
         """
         from .models.base import load_base, mini_base_revision
 
         preset: Preset = get_preset(name)
         if base_projector is not None and name != "mini":
             raise ValueError(f"base_projector is for the mini preset, not {name!r}")
+        weights = aligner_weights or (MINI_ALIGNER if name == "mini" else None)
+        trained, style = None, "paper"
+        if aligner_weights is not None or (weights is not None and Path(weights).exists()):
+            # checked before the base loads: a bad file fails in a second, with a one-line WeightFileError
+            trained = read_aligner_weights(weights, preset.aligner)
+            aligner_base_revision(weights)
+            style = aligner_answer_style(weights)
         if name == "mini":
             model, processor = load_base("mini", projector=base_projector)
         else:
@@ -161,10 +230,9 @@ class PLVM:
         lvlm = PersonalizedLVLM(model, processor, base_model=preset.base_model, base_revision=revision)
         encoder, ref_proc = load_reference_encoder(preset.aligner)
         aligner = Aligner(preset.aligner, encoder)
-        weights = aligner_weights or (MINI_ALIGNER if name == "mini" else None)
-        if weights is not None and Path(weights).exists():
+        if trained is not None:
             check_aligner_base(weights, lvlm, allow_base_mismatch)
-            load_aligner_weights(aligner, weights)
+            aligner.load_trainable_state_dict(trained)
         elif not allow_untrained:
             raise FileNotFoundError(
                 f"no trained Aligner weights for preset {name!r} (looked for {weights}); train one with "
@@ -172,7 +240,6 @@ class PLVM:
             )
         else:
             logger.warning("Aligner for preset %s is UNTRAINED (random weights): answers are meaningless", name)
-        style = aligner_answer_style(weights) if weights is not None and Path(weights).exists() else "paper"
         return cls(lvlm, aligner, ref_proc, preset=name, answer_style=style)
 
     # ------------------------------------------------------------------ concepts

@@ -8,14 +8,24 @@ CLI also calls them before loading a model, so a typo fails at once.
 
 Concept *names* are checked by :func:`plvm.concept.normalize_name` (syntax and reserved names) and, with a
 model at hand, by :func:`check_name_for_tokenizer` (names whose ``<name>`` the tokenizer treats specially).
+
+Weight files and training checkpoints (``--aligner-weights``, ``--projector``, ``plvm export``, the LoRA a
+projector names) are read by :func:`read_weights` / :func:`read_checkpoint` here, which every loader uses
+(:func:`plvm.models.mini.read_projector`, :func:`plvm.models.mini_lora.read_lora`,
+:func:`plvm.pipeline.read_aligner_weights`, :func:`plvm.models.mini.export_stage1`): a missing, empty,
+truncated, oversized-header or pickle file, a corrupt ``state.json``, integer or non-finite tensors and
+missing or mis-shaped tensors (:func:`shape_problems`) raise :class:`WeightFileError` — one line with the path
+and what was expected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import numbers
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 from .concept import CONTEXT_TOKEN_NAME, ConceptError
 
@@ -33,6 +43,15 @@ Box = tuple[float, float, float, float]
 
 class InvalidInputError(ValueError):
     """An input is out of range or malformed; ``str(err)`` is one line saying what is allowed."""
+
+
+class WeightFileError(InvalidInputError):
+    """A weights file or training checkpoint cannot be used; ``str(err)`` is one line with the path and what
+    was expected (unreadable, not safetensors, truncated, non-finite, missing or mis-shaped tensors, …)."""
+
+
+class MissingWeightFileError(WeightFileError, FileNotFoundError):
+    """A weights file, checkpoint directory or a checkpoint's ``state.json`` does not exist."""
 
 
 class EmptyQuestionError(InvalidInputError):
@@ -200,8 +219,196 @@ def check_name_for_tokenizer(name: str, tokenizer: Any) -> str:
     return name
 
 
+# ---------------------------------------------------------------------- weight files and checkpoints
+#: safetensors' own limit on the JSON header (``safetensors`` refuses larger ones).
+SAFETENSORS_MAX_HEADER = 100_000_000
+CHECKPOINT_RULE = "a training checkpoint directory (checkpoint-NNNNNN/ with state.json and trainable.safetensors)"
+
+
+def _one_line_text(text: Any, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _sniff_safetensors(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The parsed header of a safetensors file ``(tensor entries, metadata)``, or a :class:`WeightFileError`
+    saying what is wrong with the file (checked before ``safetensors`` sees it, so every message is ours)."""
+    expected = f"expected {what}"
+    if not path.exists():
+        raise MissingWeightFileError(f"{path}: no such file; {expected}")
+    if path.is_dir():
+        raise WeightFileError(f"{path} is a directory; {expected}")
+    if not path.is_file():
+        raise WeightFileError(f"{path} is not a regular file; {expected}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if size == 0:
+                raise WeightFileError(f"{path} is empty (0 bytes); {expected}")
+            if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04",
+                                                                                        b"\x05")):
+                raise WeightFileError(
+                    f"{path} is a pickle (torch.save) file, not safetensors: plvm never unpickles weights (a pickle "
+                    f"can run code); convert it with safetensors.torch.save_file; {expected}")
+            if size < 8:
+                raise WeightFileError(f"{path} is truncated ({size} bytes; a safetensors file starts with an "
+                                      f"8-byte header length); {expected}")
+            n = int.from_bytes(head, "little")
+            if n > SAFETENSORS_MAX_HEADER:
+                raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header length field says "
+                                      f"{n} bytes, over safetensors' {SAFETENSORS_MAX_HEADER}-byte limit; {expected}")
+            if 8 + n > size:
+                raise WeightFileError(f"{path} is truncated: its header claims {n} bytes, only {size - 8} follow; "
+                                      f"{expected}")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise WeightFileError(f"{path} cannot be read ({exc.strerror or exc}); {expected}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header is not JSON; "
+                              f"{expected}") from None
+    if not isinstance(header, dict):
+        raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header is not a JSON object; "
+                              f"{expected}")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightFileError(f"{path} has malformed safetensors metadata (not a map of strings); {expected}")
+    end = 0
+    for key, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not isinstance(entry.get("shape"), list)):
+            raise WeightFileError(f"{path} is corrupt: tensor {key!r} has a malformed header entry; {expected}")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise WeightFileError(f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}; "
+                              f"{expected}")
+    return header, metadata
+
+
+def read_weights_metadata(path: str | Path, what: str) -> dict[str, str]:
+    """The metadata of a safetensors weights file (header only; the file checked as :func:`read_weights`
+    does, without its tensors)."""
+    return _sniff_safetensors(Path(path), what)[1]
+
+
+def read_weights(path: str | Path, what: str, check_values: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a safetensors weights file, refused with a one-line :class:`WeightFileError`
+    (path + ``what`` was expected) when it is missing, a directory, empty, truncated, has an oversized or
+    malformed header, is a pickle, holds no tensors, or (``check_values``) holds a non-floating-point or a
+    non-finite (NaN/±inf) tensor."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _, metadata = _sniff_safetensors(path, what)
+    tensors: dict[str, Any] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except Exception as exc:  # safetensors' SafetensorError and friends: the file is not what it claims
+        raise WeightFileError(f"{path} is not a readable safetensors file ({_one_line_text(exc)}); "
+                              f"expected {what}") from None
+    if not tensors:
+        raise WeightFileError(f"{path} holds no tensors; expected {what}")
+    if check_values:
+        check_tensor_values(path, tensors, what)
+    return tensors, metadata
+
+
+def check_tensor_values(path: str | Path, tensors: Mapping[str, Any], what: str) -> None:
+    """Every tensor floating point and finite (a NaN weight gives NaN answers, not an error)."""
+    import torch
+
+    for key, tensor in tensors.items():
+        if not torch.is_floating_point(tensor):
+            raise WeightFileError(f"tensor {key} of {path} is {str(tensor.dtype).replace('torch.', '')}; "
+                                  f"expected floating-point weights ({what})")
+        if tensor.numel() == 0 or math.isfinite(float(tensor.sum(dtype=torch.float64))):
+            continue  # one pass, no copy: a NaN or ±inf anywhere makes the float64 sum non-finite
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise WeightFileError(f"tensor {key} of {path} has {bad} non-finite value{'s' if bad > 1 else ''} "
+                                  f"(NaN or ±inf) of {tensor.numel()}; expected finite weights ({what})")
+
+
+def shape_problems(got: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]],
+                   optional: Iterable[str] = ()) -> list[str]:
+    """``missing NAME SHAPE`` / ``unexpected NAME SHAPE`` / ``NAME: file has X, model needs Y`` for every tensor
+    of ``got`` (name → shape) that does not fit ``expected``; names in ``optional`` may be missing."""
+    got = {k: tuple(v) for k, v in got.items()}
+    expected = {k: tuple(v) for k, v in expected.items()}
+    optional = set(optional)
+    problems = [f"missing {n} {s}" for n, s in expected.items() if n not in got and n not in optional]
+    problems += [f"unexpected {n} {s}" for n, s in got.items() if n not in expected]
+    problems += [f"{n}: file has {got[n]}, model needs {s}" for n, s in expected.items() if n in got and got[n] != s]
+    return problems
+
+
+def join_problems(problems: Sequence[str], at_most: int = 6) -> str:
+    text = "; ".join(problems[:at_most])
+    return text + (f"; and {len(problems) - at_most} more" if len(problems) > at_most else "")
+
+
+def read_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
+    """``state.json`` of a training checkpoint directory (:func:`plvm.training.loop.save_checkpoint`), checked:
+    an object with a whole-number ``step``, a ``task`` object and (if present) a ``loop`` object."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise MissingWeightFileError(f"{checkpoint}: no such checkpoint directory; expected {CHECKPOINT_RULE}")
+    if not checkpoint.is_dir():
+        raise WeightFileError(f"{checkpoint} is a file, not a checkpoint directory; expected {CHECKPOINT_RULE}")
+    path = checkpoint / "state.json"
+    if not path.is_file():
+        raise MissingWeightFileError(f"{path} is missing: {checkpoint} is not a complete training checkpoint; "
+                                     f"expected {CHECKPOINT_RULE}")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WeightFileError(f"{path} cannot be read ({exc.strerror or exc}); expected {CHECKPOINT_RULE}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WeightFileError(f"{path} is corrupt (not JSON: {_one_line_text(exc, 80)}); expected the state.json "
+                              "plvm train writes (use an intact checkpoint, e.g. an earlier checkpoint-NNNNNN)"
+                              ) from None
+    problems = []
+    if not isinstance(state, dict):
+        problems.append("it is not a JSON object")
+    else:
+        if isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int) or state["step"] < 0:
+            problems.append("no whole-number 'step'")
+        if not isinstance(state.get("task"), dict):
+            problems.append("no 'task' object")
+        if not isinstance(state.get("loop", {}), dict):
+            problems.append("'loop' is not an object")
+    if problems:
+        raise WeightFileError(f"{path} is not a training checkpoint's state ({', '.join(problems)}); expected "
+                              "the state.json plvm train writes (step, task, loop)")
+    return state
+
+
+def read_checkpoint(checkpoint: str | Path, what: str = "the checkpoint's trained weights"
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state, tensors)`` of a training checkpoint directory: :func:`read_checkpoint_state` and
+    :func:`read_weights` of its ``trainable.safetensors``."""
+    state = read_checkpoint_state(checkpoint)
+    tensors, _ = read_weights(Path(checkpoint) / "trainable.safetensors", what)
+    return state, tensors
+
+
 __all__ = [
     "BOX_RULE",
+    "CHECKPOINT_RULE",
+    "MissingWeightFileError",
+    "WeightFileError",
+    "check_tensor_values",
+    "join_problems",
+    "read_checkpoint",
+    "read_checkpoint_state",
+    "read_weights",
+    "read_weights_metadata",
+    "shape_problems",
     "EmptyQuestionError",
     "IMAGE_PLACEHOLDER",
     "InvalidInputError",

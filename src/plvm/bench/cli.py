@@ -322,26 +322,52 @@ def reliability_command(
     writers: int = typer.Option(50, "--writers", help="concepts each of the two concurrent writers adds"),
     load_requests: int = typer.Option(500, "--load-requests", help="requests of the load test (0: skip it)"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="measure server memory under 8 large uploads"),
+    only: Optional[str] = typer.Option(None, "--only", help="re-run just this group (checkpoints) and keep the other "
+                                                            "groups, memory and load from the existing --json"),
 ) -> None:
     """Hostile inputs, faults and load through CLI, API and Python → docs/RELIABILITY.md (exit 1 on a failure)."""
     import json
 
-    from .reliability import failures, markdown, run_all, summary, to_json
+    from .reliability import STANDALONE_GROUPS, failures, from_json, markdown, run_all, run_group, summary, to_json
     from .serve import load_test, upload_memory
 
     import time
 
     t0 = time.perf_counter()
-    outcomes = run_all(writers=writers)
-    mem = upload_memory(8) if memory else None
-    load = load_test(load_requests, 8) if load_requests else None
+    if only is not None:
+        if only not in STANDALONE_GROUPS:
+            typer.secho(f"error: --only runs one of {', '.join(STANDALONE_GROUPS)}; got {only!r}", fg=typer.colors.RED,
+                        err=True)
+            raise typer.Exit(2)
+        try:
+            previous = json.loads(json_path.read_text())
+            kept = from_json(c for c in previous["cases"] if c["group"] != only)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            typer.secho(f"error: --only needs the JSON of a previous full run at {json_path} ({exc})",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        outcomes = kept + run_group(only)
+        mem, load = previous.get("memory"), previous.get("load")
+        took, rerun = previous.get("took_s"), (only, time.perf_counter() - t0)
+        if took is None and out.is_file():  # reports before the JSON recorded it: the full run's time, as printed
+            import re
+
+            found = re.search(r"this run took (\d+) s", out.read_text())
+            took = float(found.group(1)) if found else None
+        command = previous.get("command") or _reliability_command(writers, load_requests, memory)
+    else:
+        outcomes = run_all(writers=writers)
+        mem = upload_memory(8) if memory else None
+        load = load_test(load_requests, 8) if load_requests else None
+        took, rerun = time.perf_counter() - t0, None
+        command = _reliability_command(writers, load_requests, memory)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(outcomes, load=load, memory=mem, command=_reliability_command(writers, load_requests,
-                                                                                             memory),
-                            took_s=time.perf_counter() - t0))
+    out.write_text(markdown(outcomes, load=load, memory=mem, command=command, took_s=took, rerun=rerun))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"summary": summary(outcomes), "cases": to_json(outcomes), "memory": mem,
-                                     "load": load}, indent=1) + "\n")
+                                     "load": load, "command": command, "took_s": took,
+                                     **({"rerun": {"group": rerun[0], "took_s": rerun[1]}} if rerun else {})},
+                                    indent=1) + "\n")
     bad = failures(outcomes)
     for o in bad:
         typer.echo(f"FAILED {o.group} / {o.surface} / {o.case}: {o.result} {o.detail}", err=True)

@@ -46,11 +46,18 @@ def tiny_plvm(seed: int = 0) -> Any:
 
 def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False,
               allow_base_mismatch: bool = False, base_projector: Optional[Path] = None) -> Any:
-    """``"tiny"`` → :func:`tiny_plvm`; a preset name (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``."""
+    """``"tiny"`` → :func:`tiny_plvm` (with ``aligner_weights`` loaded into its Aligner, if given); a preset name
+    (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``. Bad weights raise a one-line
+    :class:`plvm.validation.WeightFileError`."""
     if model == "tiny":
         if base_projector is not None:
             raise typer.BadParameter("--base-projector is for --model mini")
-        return tiny_plvm()
+        plvm = tiny_plvm()
+        if aligner_weights is not None:
+            from ..pipeline import load_aligner_weights
+
+            load_aligner_weights(plvm.aligner, aligner_weights)
+        return plvm
     from ..pipeline import PLVM
 
     return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained,
@@ -142,13 +149,14 @@ def eval_command(
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
     from ..pipeline import IncompatibleAlignerError
+    from ..validation import WeightFileError
 
     uses_aligner = bool({"plvm", "plvm-idp"} & set(keys))
     try:  # without an Aligner-based method the Aligner is unused: neither trained weights nor their base matter
         plvm = load_plvm(model, aligner_weights, allow_untrained or not uses_aligner,
                          allow_base_mismatch or not uses_aligner, base_projector)
-    except IncompatibleAlignerError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    except (IncompatibleAlignerError, WeightFileError) as exc:  # weights: before any model loads
+        typer.secho(f"error: {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     face = None
     if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):

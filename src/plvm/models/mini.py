@@ -35,14 +35,12 @@ DINOv2 use).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
     Dinov2Config,
@@ -58,6 +56,15 @@ from plvm.calibration import fold_standardisation, rescale_output
 from plvm.config import MINI_BASE_MODEL
 from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
 from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
+from plvm.validation import (
+    MissingWeightFileError,
+    WeightFileError,
+    join_problems,
+    read_checkpoint,
+    read_weights,
+    read_weights_metadata,
+    shape_problems,
+)
 
 IMAGE_TOKEN = "<image>"
 DEFAULT_IMAGE_SIZE = 168  # 12 x 12 = 144 image tokens
@@ -81,6 +88,13 @@ def parse_feature_layer(text: str) -> FeatureLayer:
     return layers[0] if len(layers) == 1 and "," not in text else layers
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
+#: Widths LLaVA-mini's projector maps between: DINOv2-S/14's hidden size → SmolLM2-135M's.
+VISION_HIDDEN_SIZE = 384
+TEXT_HIDDEN_SIZE = 576
+PROJECTOR_FILE = ("a LLaVA-mini projector file (safetensors with multi_modal_projector.linear_1/linear_2 weight and "
+                  "bias, as plvm export writes)")
+STAGE1_CHECKPOINT = ("a LLaVA-mini stage-1 checkpoint (plvm train-base) whose trainable.safetensors holds "
+                     "multi_modal_projector.* and optional lm_lora.* tensors")
 BASE_MODEL_ID = MINI_BASE_MODEL
 
 # SmolLM2's own default system prompt (its chat template inserts it when a conversation has none).
@@ -274,60 +288,119 @@ def save_projector(model: LlavaForConditionalGeneration, path: str | Path, **met
 
 
 def read_projector(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors (keys without the ``multi_modal_projector.`` prefix) and metadata of a projector file."""
+    """Tensors (keys without the ``multi_modal_projector.`` prefix) and metadata of a projector file.
+
+    The file is checked by :func:`plvm.validation.read_weights` (safetensors, finite floating-point tensors)
+    and must hold only projector tensors; raises :class:`~plvm.validation.WeightFileError` (one line)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"projector file not found: {path}")
+    raw, metadata = read_weights(path, PROJECTOR_FILE)
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            name = key
-            for prefix in ("model." + PROJECTOR_PREFIX, PROJECTOR_PREFIX):
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
-                    break
-            else:
-                raise ValueError(
-                    f"{path}: tensor {key!r} is not a projector tensor; a projector file holds only "
-                    f"'{PROJECTOR_PREFIX}*' tensors (write it with plvm.models.mini.save_projector)"
-                )
-            tensors[name] = handle.get_tensor(key)
+    for key, tensor in raw.items():
+        name = key
+        for prefix in ("model." + PROJECTOR_PREFIX, PROJECTOR_PREFIX):
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        else:
+            raise WeightFileError(
+                f"{path}: tensor {key!r} is not a projector tensor; a projector file holds only "
+                f"'{PROJECTOR_PREFIX}*' tensors (write it with plvm.models.mini.save_projector or plvm export)"
+            )
+        tensors[name] = tensor
     return tensors, metadata
 
 
 def projector_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a projector file, without reading its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"projector file not found: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    """The metadata of a projector file, without reading its tensors (the header checked as
+    :func:`read_projector` checks it)."""
+    return read_weights_metadata(path, PROJECTOR_FILE)
+
+
+def recorded_feature_layer(path: str | Path, metadata: dict[str, str]) -> FeatureLayer | None:
+    """The ``vision_feature_layer`` a projector file records (``None``: not recorded), refused when malformed."""
+    text = metadata.get("vision_feature_layer")
+    if text is None:
+        return None
+    try:
+        return parse_feature_layer(text)
+    except ValueError as exc:
+        raise WeightFileError(f"{path} records vision_feature_layer={text!r}, which is not valid ({exc}); "
+                              f"expected {PROJECTOR_FILE}") from None
+
+
+def projector_shapes(text_hidden: int = TEXT_HIDDEN_SIZE, vision_hidden: int = VISION_HIDDEN_SIZE,
+                     n_layers: int = 1) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of LLaVA's projector ``Linear(vision × n_layers, text) → GELU → Linear(text, text)``."""
+    return {"linear_1.weight": (text_hidden, vision_hidden * n_layers), "linear_1.bias": (text_hidden,),
+            "linear_2.weight": (text_hidden, text_hidden), "linear_2.bias": (text_hidden,)}
+
+
+def check_projector_tensors(path: str | Path, tensors: dict[str, torch.Tensor], layer: FeatureLayer | None,
+                            text_hidden: int | None = TEXT_HIDDEN_SIZE,
+                            vision_hidden: int | None = VISION_HIDDEN_SIZE) -> None:
+    """Refuse projector tensors (names without the prefix) that are not LLaVA's projector for ``layer``
+    (its width: ``vision_hidden × len(layer)``); ``None`` sizes are taken from the file (another base)."""
+    n_layers = len(layer) if isinstance(layer, list) else 1
+    first = tensors.get("linear_1.weight")
+    if text_hidden is None:
+        text_hidden = int(first.shape[0]) if first is not None and first.dim() == 2 else 0
+    if vision_hidden is None:
+        width = int(first.shape[1]) if first is not None and first.dim() == 2 else 0
+        vision_hidden = width // n_layers if width % n_layers == 0 else -1
+    problems = shape_problems({k: v.shape for k, v in tensors.items()},
+                              projector_shapes(text_hidden, vision_hidden, n_layers))
+    if problems:
+        reads = f"vision_feature_layer={feature_layer_str(layer)}, " if layer is not None else ""
+        raise WeightFileError(
+            f"projector file {path} does not fit LLaVA-mini's projector ({reads}vision hidden {vision_hidden} x "
+            f"{n_layers} → text hidden {text_hidden}): {join_problems(problems)}")
+
+
+def check_projector_file(path: str | Path, lora: bool = True,
+                         vision_feature_layer: FeatureLayer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Everything about a LLaVA-mini projector file that can be checked without building the model (so a bad
+    ``--projector`` fails in a second, not after loading DINOv2 and SmolLM2): :func:`read_projector`, its
+    recorded feature layer, its shapes for that layer (``"8,-1"`` → ``linear_1`` reads 768 features) and,
+    with ``lora``, the LM LoRA it names (:func:`projector_lora`, :func:`plvm.models.mini_lora.read_lora`).
+
+    ``vision_feature_layer``: the layer(s) the model will be built with, if already chosen."""
+    from plvm.models.mini_lora import read_lora
+
+    tensors, metadata = read_projector(path)
+    recorded = recorded_feature_layer(path, metadata)
+    if (recorded is not None and vision_feature_layer is not None
+            and feature_layer_str(recorded) != feature_layer_str(vision_feature_layer)):
+        raise WeightFileError(f"projector file {path} was trained on vision_feature_layer="
+                              f"{feature_layer_str(recorded)}, the model uses {feature_layer_str(vision_feature_layer)}")
+    layer = recorded if recorded is not None else (vision_feature_layer if vision_feature_layer is not None
+                                                   else VISION_FEATURE_LAYER)
+    check_projector_tensors(path, tensors, layer)
+    if lora:
+        lora_path = projector_lora(path, metadata)
+        if lora_path is not None:
+            read_lora(lora_path)
+    return tensors, metadata
 
 
 def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> dict[str, str]:
     """Load a projector file into ``model`` in place, after checking names and shapes.
 
-    Returns the file's metadata. Raises ``ValueError`` naming every missing, unexpected or mis-shaped tensor.
+    Returns the file's metadata. Raises :class:`~plvm.validation.WeightFileError` (a ``ValueError``) naming
+    every missing, unexpected or mis-shaped tensor, or the file's own problem (:func:`read_projector`).
     """
     tensors, metadata = read_projector(path)
     projector = model.model.multi_modal_projector
     expected = {name: tuple(t.shape) for name, t in projector.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in tensors.items()}
-    problems = [f"missing {n} {s}" for n, s in expected.items() if n not in got]
-    problems += [f"unexpected {n} {s}" for n, s in got.items() if n not in expected]
-    problems += [
-        f"{n}: file has {got[n]}, model needs {s}" for n, s in expected.items() if n in got and got[n] != s
-    ]
+    problems = shape_problems({name: t.shape for name, t in tensors.items()}, expected)
     if problems:
-        raise ValueError(
+        raise WeightFileError(
             f"projector file {path} does not fit this model (vision hidden "
             f"{model.config.vision_config.hidden_size} → text hidden {model.config.text_config.hidden_size}): "
-            + "; ".join(problems)
+            + join_problems(problems)
         )
     layer = metadata.get("vision_feature_layer")
     if layer is not None and layer != feature_layer_str(model.config.vision_feature_layer):
-        raise ValueError(
+        raise WeightFileError(
             f"projector file {path} was trained on vision_feature_layer={layer}, "
             f"the model uses {model.config.vision_feature_layer}"
         )
@@ -366,30 +439,58 @@ def projector_lora(projector: str | Path, metadata: dict[str, str] | None = None
     name = meta.get(LORA_FILE_KEY)
     if not name:
         return None
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise WeightFileError(f"{projector} names its LM LoRA {name!r}; expected a file name beside the projector")
     path = projector.with_name(name)
     if not path.is_file():
-        raise FileNotFoundError(f"{projector} was trained together with the LM LoRA {path}, which is missing")
+        raise MissingWeightFileError(f"{projector} was trained together with the LM LoRA {path}, which is missing; "
+                                     "keep the two files together (plvm export writes both)")
     if meta.get(LORA_SHA_KEY) and _sha256(path) != meta[LORA_SHA_KEY]:
-        raise ValueError(f"{path} is not the LoRA {projector} was trained with (sha256 differs)")
+        raise WeightFileError(f"{path} is not the LoRA {projector} was trained with (sha256 differs); "
+                              "keep the pair plvm export wrote")
     return path
 
 
 def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, str] | None = None
                   ) -> tuple[Path, Path | None]:
     """Split a stage-1 training checkpoint into ``out`` (projector) and, if LoRA trained, ``lm_lora.safetensors``
-    beside it; the projector's metadata names the LoRA file and its sha256, so they load as a pair."""
-    from plvm.models.mini_lora import MiniLoraConfig, save_lora
+    beside it; the projector's metadata names the LoRA file and its sha256, so they load as a pair.
+
+    The checkpoint is checked first (:func:`plvm.validation.read_checkpoint`, a stage-1 task, projector shapes
+    for its feature layer, LoRA tensors for its recorded rank): nothing is written from a bad one, and every
+    problem is a one-line :class:`~plvm.validation.WeightFileError`."""
+    from plvm.models.mini_lora import check_lora_tensors, lora_config_from_metadata, save_lora
     from plvm.training.stage1_task import LORA_KEY, PROJECTOR_KEY
 
     checkpoint, out = Path(checkpoint), Path(out)
-    state = json.loads((checkpoint / "state.json").read_text())
-    tensors = load_file(str(checkpoint / "trainable.safetensors"))
-    layer = state["task"].get("vision_feature_layer", feature_layer_str(VISION_FEATURE_LAYER))  # older runs: -1
+    state, tensors = read_checkpoint(checkpoint, STAGE1_CHECKPOINT)
+    trainable = checkpoint / "trainable.safetensors"
+    task = state["task"]
+    if task.get("kind") != "projector":
+        raise WeightFileError(f"{checkpoint} is a checkpoint of a {task.get('kind', 'unknown')!r} task, not of "
+                              f"plvm train-base; expected {STAGE1_CHECKPOINT}")
+    layer = task.get("vision_feature_layer", feature_layer_str(VISION_FEATURE_LAYER))  # older runs: -1
+    if not isinstance(layer, str):
+        raise WeightFileError(f"{checkpoint / 'state.json'} records vision_feature_layer={layer!r}; expected a "
+                              "string such as '-1' or '8,-1'")
+    parsed = recorded_feature_layer(checkpoint / "state.json", {"vision_feature_layer": layer})
+    strangers = sorted(k for k in tensors if not k.startswith((PROJECTOR_KEY, LORA_KEY)))
+    if strangers:
+        raise WeightFileError(f"{trainable}: tensor {strangers[0]!r} is neither a projector nor an LM LoRA tensor; "
+                              f"expected {STAGE1_CHECKPOINT}")
+    mini = task.get("base_model", BASE_MODEL_ID) == BASE_MODEL_ID  # other bases (tests' tiny LLaVA): own sizes
+    check_projector_tensors(trainable, {k[len(PROJECTOR_KEY):]: v for k, v in tensors.items()
+                                        if k.startswith(PROJECTOR_KEY)}, parsed,
+                            *((TEXT_HIDDEN_SIZE, VISION_HIDDEN_SIZE) if mini else (None, None)))
     meta = {"vision_feature_layer": layer, **(metadata or {})}
     lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
     lora_path = None
     if lora:
-        config = MiniLoraConfig.from_metadata(state["task"]["lora"])
+        if not isinstance(task.get("lora"), dict):
+            raise WeightFileError(f"{trainable} holds LM LoRA tensors but {checkpoint / 'state.json'} records no "
+                                  "LoRA configuration (task.lora); expected the state plvm train-base writes")
+        config = lora_config_from_metadata(checkpoint / "state.json", task["lora"])
+        check_lora_tensors(trainable, lora, config, prefix=LORA_KEY)
         lora_path = save_lora(lora, config, out.with_name("lm_lora.safetensors"), meta)
         meta.update({LORA_FILE_KEY: lora_path.name, LORA_SHA_KEY: _sha256(lora_path)})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -425,9 +526,15 @@ def build_llava_mini(
         ``[B, 3, image_size, image_size]``; ``model(**inputs).logits``: ``[B, T, 49153]``.
     """
     mini_image_processor(image_size)  # validate image_size before the slow part
+    if projector is not None:  # a bad projector (or the LoRA it names) fails here, before the slow part
+        from plvm.models.mini_lora import read_lora
+
+        _, recorded_meta = check_projector_file(projector, lora=lora is True, vision_feature_layer=vision_feature_layer)
+        if lora not in (True, False, None):
+            read_lora(lora)
     if vision_feature_layer is None:
-        recorded = projector_metadata(projector).get("vision_feature_layer") if projector is not None else None
-        vision_feature_layer = parse_feature_layer(recorded) if recorded else VISION_FEATURE_LAYER
+        recorded = recorded_feature_layer(projector, recorded_meta) if projector is not None else None
+        vision_feature_layer = recorded if recorded is not None else VISION_FEATURE_LAYER
     vision = load_packaged_dinov2(torch.float32)
     language, _ = load_packaged_smollm2(torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(

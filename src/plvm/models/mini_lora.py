@@ -21,12 +21,15 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, LoraModel, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlavaForConditionalGeneration
 
+from plvm.validation import WeightFileError, read_weights
+
 LORA_KIND = "llava-mini lm lora"
 ADAPTER = "default"
+LORA_FILE = ("a LLaVA-mini LM LoRA file (safetensors with *.lora_A.weight / *.lora_B.weight tensors and "
+             "r, lora_alpha, target_modules metadata, as plvm export writes)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,52 @@ def load_lora_state_dict(tuner: LoraModel, state: dict[str, torch.Tensor]) -> No
         raise ValueError(f"LoRA state does not fit: missing {missing[:3]}…, unexpected {result.unexpected_keys[:3]}…")
 
 
+def lora_config_from_metadata(path: str | Path, meta: dict[str, str]) -> MiniLoraConfig:
+    """:meth:`MiniLoraConfig.from_metadata`, refused with a one-line :class:`~plvm.validation.WeightFileError`
+    naming ``path`` (the LoRA file, or the state.json recording the configuration) when malformed."""
+    if meta.get("plvm") != LORA_KIND:
+        raise WeightFileError(f"{path} is not a LLaVA-mini LoRA (metadata plvm={meta.get('plvm')!r}, expected "
+                              f"{LORA_KIND!r}); expected {LORA_FILE}")
+    try:
+        config = MiniLoraConfig.from_metadata(meta)
+        modules = config.target_modules
+        valid = (config.r > 0 and config.lora_alpha > 0 and modules
+                 and all(isinstance(m, str) and m.isidentifier() for m in modules))
+    except (KeyError, TypeError, ValueError) as exc:  # a missing key, int('x'), target_modules not JSON
+        raise WeightFileError(f"{path} has malformed LoRA metadata ({type(exc).__name__}: {exc}); expected "
+                              "r and lora_alpha (positive whole numbers) and target_modules (a JSON list of names)"
+                              ) from None
+    if not valid:
+        raise WeightFileError(f"{path} has invalid LoRA metadata (r={config.r}, lora_alpha={config.lora_alpha}, "
+                              f"target_modules={list(modules)}); expected positive r and lora_alpha and module names")
+    return config
+
+
+def check_lora_tensors(path: str | Path, tensors: dict[str, torch.Tensor], config: MiniLoraConfig,
+                       prefix: str = "") -> None:
+    """Every tensor a 2-D ``…<target>.lora_A.weight`` ``[r, d_in]`` or ``…<target>.lora_B.weight`` ``[d_out, r]``
+    of a target module, each A with its B (``prefix``: how the names are written in ``path``, for messages)."""
+    problems: list[str] = []
+    pairs: dict[str, set[str]] = {}
+    for key, tensor in tensors.items():
+        stem, _, part = key.rpartition(".lora_")
+        module = stem.rsplit(".", 1)[-1]
+        if part not in ("A.weight", "B.weight") or module not in config.target_modules:
+            problems.append(f"{prefix}{key} is not a LoRA tensor of {'/'.join(config.target_modules)}")
+            continue
+        pairs.setdefault(stem, set()).add(part[0])
+        rank_dim = 0 if part[0] == "A" else 1
+        if tensor.dim() != 2 or tensor.shape[rank_dim] != config.r:
+            want = f"[{config.r}, d_in]" if part[0] == "A" else f"[d_out, {config.r}]"
+            problems.append(f"{prefix}{key} has shape {tuple(tensor.shape)}, rank r={config.r} needs {want}")
+    problems += [f"{prefix}{stem}.lora_{'AB'[sides == {'A'}]}.weight is missing" for stem, sides in pairs.items()
+                 if sides != {"A", "B"}]
+    if problems:
+        more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+        raise WeightFileError(f"LoRA tensors of {path} do not fit their configuration: "
+                              + "; ".join(problems[:4]) + more)
+
+
 def save_lora(tensors: dict[str, torch.Tensor], config: MiniLoraConfig, path: str | Path,
               metadata: dict[str, str] | None = None) -> Path:
     path = Path(path)
@@ -87,12 +136,13 @@ def save_lora(tensors: dict[str, torch.Tensor], config: MiniLoraConfig, path: st
 
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], MiniLoraConfig]:
+    """Tensors and configuration of a LoRA file, checked (:func:`plvm.validation.read_weights`: safetensors,
+    finite floating-point tensors; the metadata; :func:`check_lora_tensors`); raises a one-line
+    :class:`~plvm.validation.WeightFileError`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        config = MiniLoraConfig.from_metadata(dict(handle.metadata() or {}))
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    tensors, metadata = read_weights(path, LORA_FILE)
+    config = lora_config_from_metadata(path, metadata)
+    check_lora_tensors(path, tensors, config)
     return tensors, config
 
 
@@ -100,7 +150,12 @@ def merge_lora(model: LlavaForConditionalGeneration, path: str | Path) -> MiniLo
     """Merge a saved adapter into ``model``'s language model in place; the result has plain linears."""
     tensors, config = read_lora(path)
     tuner = add_lora(model, config)
-    load_lora_state_dict(tuner, tensors)
+    try:
+        load_lora_state_dict(tuner, tensors)
+    except (RuntimeError, ValueError) as exc:  # names or shapes of another LM (torch: "size mismatch for …")
+        detail = " ".join(str(exc).split())
+        raise WeightFileError(f"LoRA file {path} does not fit this language model: "
+                              f"{detail[:300] + '...' if len(detail) > 300 else detail}") from None
     with torch.no_grad():
         model.model.language_model = tuner.merge_and_unload()
     return config
