@@ -122,7 +122,16 @@ class InsightFaceEncoder(FaceEncoder):
         return np.ascontiguousarray((x - 127.5) / 128.0)
 
     def _detect_canvases(self, canvases):
-        canvases = np.stack(canvases)  # equal shapes: one batched run over all scales
+        results: list = [None] * len(canvases)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(canvases):  # equal shapes (all scales <= 1): one batched run
+            by_shape.setdefault(c.shape, []).append(i)
+        for idx in by_shape.values():
+            for i, r in zip(idx, self._detect_batch(np.stack([canvases[i] for i in idx]))):
+                results[i] = r
+        return results
+
+    def _detect_batch(self, canvases: np.ndarray):
         s, h, w = canvases.shape[:3]
         outs = dict(zip(self._det_outputs, self._det.run(None, {self._det_input: self._det_blob(canvases)})))
         thr = self.det_threshold
