@@ -265,7 +265,7 @@ class Identifier:
     ):
         self.store = store
         self.encoder = encoder
-        self.face = face if face is not None else encoder.face
+        self.face = face if face is not None else getattr(encoder, "face", None)
         self.threshold = threshold
         if face_threshold is None:
             face_threshold = float(getattr(self.face, "threshold", DEFAULT_FACE_THRESHOLD))

@@ -223,6 +223,7 @@ class SameForEveryPhoto:
     """
 
     kind = "ref:same-for-every-photo"
+    face = None
 
     def features(self, images: Sequence[Image.Image]) -> np.ndarray:
         return np.ones((len(images), 4), dtype=np.float32)
