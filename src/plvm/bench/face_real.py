@@ -237,9 +237,11 @@ class RegressionSet:
     queries: list[tuple[Variant, str | None]]
 
 
-def regression_set(photos: dict[str, RealPhoto] | None = None, edits: Sequence[str] = EDITS) -> RegressionSet:
+def regression_set(photos: dict[str, RealPhoto] | None = None, edits: Sequence[str] = EDITS,
+                   other_edits: Sequence[str] | None = None) -> RegressionSet:
     """:data:`EVAL_IDENTITIES`' reference portraits, and as queries every edit of every photo of them (the
-    reference photo itself included, other photos of the person as shipped too) plus the faceless photos."""
+    reference photo's edits but not the photo itself; the other photos of the person as shipped too, and
+    with ``other_edits`` — default ``edits``) plus the faceless photos."""
     photos = real_photos() if photos is None else photos
     refs: dict[str, Image.Image] = {}
     queries: list[tuple[Variant, str | None]] = []
@@ -249,8 +251,9 @@ def regression_set(photos: dict[str, RealPhoto] | None = None, edits: Sequence[s
         refs[person] = photos[ref_key].load()
         for key in (ref_key, *others):
             if key in photos:
-                queries += [(v, person) for v in variants(photos[key], [e for e in edits if e != "original"]
-                                                            if key == ref_key else edits)]
+                wanted = [e for e in edits if e != "original"] if key == ref_key else \
+                    ("original", *[e for e in (edits if other_edits is None else other_edits) if e != "original"])
+                queries += [(v, person) for v in variants(photos[key], wanted)]
     for key in FACELESS:
         if key in photos:
             queries.append((Variant(f"{key}/original", photos[key].load(), ()), None))
