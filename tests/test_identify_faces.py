@@ -72,6 +72,17 @@ def test_faces_seen_decide_person_concepts_even_against_perfect_image_features()
     assert m["mug"].present and m["mug"].source in ("image", "region")
 
 
+def test_a_concept_without_a_face_is_still_image_matched_when_people_outnumber_the_image_rows():
+    t = FeatureTable()
+    same = SameForEveryPhoto()
+    for name, emb in (("bo", BO), ("al", AL), ("cy", [0.0, 0.0, 1.0])):
+        t.put(name, {"face:stub": np.asarray(emb, np.float32)})  # people without image features at all
+    t.put("mug", {same.kind: same.features([PHOTO])[0]})
+    m = identify(Faces("stub", []), store=t)
+    assert m["mug"].present and m["mug"].source == "image"
+    assert {m[n].reason for n in ("bo", "al", "cy")} == {"no face found"}
+
+
 def test_without_the_backend_that_embedded_the_reference_person_concepts_are_never_image_matched():
     no_backend = identify(None)
     other = identify(Faces("other", [((10, 10, 50, 50), BO)]))

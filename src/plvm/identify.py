@@ -293,7 +293,9 @@ class Identifier:
         persons = self.person_concepts()
         best: dict[str, Match] = {}
         ref = self.store.feature_matrix(self.encoder.kind)
-        if len(ref) and crops and len(persons) < len(ref):  # image features only for concepts without a face
+        image_concepts = [n not in persons for n in ref.names] if persons else None
+        # image features only for concepts without a face (skip the encoder when there are none)
+        if len(ref) and crops and (image_concepts is None or any(image_concepts)):
             query = _unit(self.encoder.features(crops))  # [R, d]
             if query.shape[1] != ref.matrix.shape[1]:
                 raise ValueError(
@@ -301,8 +303,8 @@ class Identifier:
             scores = query @ ref.matrix.T  # [R, N] — the one matrix product over all stored concepts
             rows = scores.argmax(axis=0)
             top = scores[rows, np.arange(scores.shape[1])]
-            if persons:
-                top = np.where([n in persons for n in ref.names], -np.inf, top)
+            if image_concepts is not None:
+                top = np.where(image_concepts, top, -np.inf)
             keep = np.flatnonzero(np.isfinite(top))
             if top_k is not None and len(keep) > top_k:  # only the best k need Match objects
                 keep = keep[np.argpartition(-top[keep], max(0, int(top_k)))[: max(0, int(top_k))]]
