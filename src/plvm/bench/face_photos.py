@@ -2,7 +2,7 @@
 
 Nothing here is downloaded at run time and no photo is copied into the repository: every file is read
 from an installed package (located with :func:`plvm.encoders.face.find_package_dir`, never imported) or
-from a source distribution that ``scripts/setup.sh`` keeps unpacked-free under
+from a source distribution that ``scripts/setup.sh`` keeps (still packed) under
 ``<venv>/share/plvm/sdist`` (read with :mod:`tarfile`, in memory). Missing packages contribute nothing,
 so callers (tests, benchmarks) skip with the reason :func:`missing_sources` gives.
 

@@ -94,7 +94,7 @@ class DlibFaceEncoder(FaceEncoder):
     default_threshold = calibration.threshold
     default_det_threshold = 0.0
     #: HOG's window is 80 px and ``dlib_upsample=1`` doubles the canvas, so a 960 canvas finds faces down to
-    #: ~40/960 of the photo's longer side (the ~45 px faces of a 1237 px team photo: 16/16; 640: 2/16).
+    #: ~40/960 of the photo's longer side (raw HOG on the 1237 px team photo's ~45 px faces: 16/16; at 640: 2/16).
     default_det_size = 960
     license = "dlib models: public domain / CC0 (the 68-point iBUG predictor is never loaded)"
     pad_canvas = False
