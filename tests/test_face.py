@@ -104,7 +104,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         FaceConfig(backend="opencv")
     with pytest.raises(ValueError):
-        FaceConfig(det_scales=(1.0, 2.0))
+        FaceConfig(det_scales=(1.0, 5.0))  # scales above 1 upsample since issue 28; above 4 is refused
     with pytest.raises(ValueError):
         FaceConfig(det_size=600)
     assert FaceConfig(det_scales=[1, 0.5]).det_scales == (1.0, 0.5)

@@ -302,7 +302,11 @@ def format_identify(result: IdentifyResult, limit: int = 5) -> str:
     parts = []
     for m in result.matches[:limit]:
         where = "" if m.box is None else f" @{m.source}{list(m.box)}"
-        parts.append(f"<{m.name}> {m.score:.3f}{' ✓' if m.present else ''}{where}")
+        if m.score is None:  # a person concept and no face in the photo (or no usable face backend)
+            parts.append(f"<{m.name}> — ({m.reason})")
+            continue
+        conf = "" if m.confidence is None else f" ({m.confidence:.0%})"
+        parts.append(f"<{m.name}> {m.score:.3f}{conf}{' ✓' if m.present else ''}{where}")
     return f"identify (threshold {result.threshold:g}): " + ", ".join(parts)
 
 

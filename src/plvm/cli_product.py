@@ -379,10 +379,15 @@ def identify(
     if not result.matches:
         typer.echo(f"no concepts with features in {s.root} to compare with")
         return
-    typer.echo(f"{'concept':<24} {'score':>7}  {'present':<8} where   (threshold {result.threshold:.2f})")
+    face_t = "" if result.face_threshold is None else f", face {result.face_threshold:.3f}"
+    typer.echo(f"{'concept':<24} {'score':>7} {'confidence':>10}  {'present':<8} why / where   "
+               f"(threshold image {result.threshold:.2f}{face_t})")
     for m in result.matches:
-        where = "whole image" if m.box is None else f"{m.source} {list(m.box)}"
-        typer.echo(f"{'<' + m.name + '>':<24} {m.score:>7.3f}  {'yes' if m.present else 'no':<8} {where}")
+        score = "-" if m.score is None else f"{m.score:.3f}"
+        conf = "-" if m.confidence is None else f"{m.confidence:.0%}"
+        where = "" if m.box is None else f" {m.source} {list(m.box)}"
+        typer.echo(f"{'<' + m.name + '>':<24} {score:>7} {conf:>10}  {'yes' if m.present else 'no':<8} "
+                   f"{m.reason or m.source}{where}")
     present = ", ".join(f"<{m.name}>" for m in result.present) or "nobody known"
     typer.echo(f"in this photo: {present}")
 

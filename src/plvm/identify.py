@@ -12,13 +12,15 @@ Regions come from explicit boxes and/or an optional face backend: any object wit
 
 * detected face boxes are added as regions for the reference-encoder similarity, and
 * face embeddings are matched against concepts whose reference image had a face (their face embedding is
-  stored at add time under the kind ``face:<backend name>``), with their own threshold. When the query
-  shows faces, such a *person* concept is decided by its best face match alone (a whole-image feature
-  match does not override "none of these faces is them"); concepts without a face, and photos in which
-  no face is detected, use the image-feature path.
+  stored at add time under the kind ``face:<backend name>``), with their own threshold. Such a *person*
+  concept is decided by its face alone, always: by its best face match when the query shows faces, and
+  as a negative with reason ``"no face found"`` when it shows none — never by whole-image (or region)
+  features, which say "same" for photos that merely look alike. Only concepts whose reference has no
+  face (a dog, a mug) use the image-feature path.
 
-Scores are cosine similarities in ``[-1, 1]``; a concept is *present* when its best score reaches the
-threshold of the source that produced it.
+Scores are cosine similarities in ``[-1, 1]`` (``None`` when there was nothing to compare: no face in the
+query); a concept is *present* when its best score reaches the threshold of the source that produced it.
+Every match says why (:data:`REASONS`), and face matches carry the backend's calibrated confidence.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from PIL import Image
 
 from .concept import ConceptEmbedding
+from .encoders.face import face_confidence
 from .store import EncodedConcept, FeatureMatrix
 from .validation import check_boxes, check_finite, check_threshold, check_top_k
 
@@ -38,6 +41,13 @@ Box = tuple[float, float, float, float]
 
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_FACE_THRESHOLD = 0.4
+
+#: Why a match is (not) present. Person concepts: ``face match`` / ``no matching face`` (faces seen, none
+#: reaches the threshold) / ``no face found`` (the query shows no face) / ``no face backend`` (identify runs
+#: without one) / ``face from another backend`` (the reference face was embedded by a different backend).
+#: Other concepts: ``image match`` / ``no image match`` (whole photo or a given/face region).
+REASONS = ("face match", "no matching face", "no face found", "no face backend", "face from another backend",
+           "image match", "no image match")
 
 
 class FaceLike(Protocol):
@@ -47,7 +57,11 @@ class FaceLike(Protocol):
 
 
 class FeatureSource(Protocol):
-    """Where :class:`Identifier` reads stored vectors: a :class:`~plvm.store.ConceptStore` or an in-memory table."""
+    """Where :class:`Identifier` reads stored vectors: a :class:`~plvm.store.ConceptStore` or an in-memory table.
+
+    ``feature_kinds() -> {kind: count}`` is optional; with it, concepts whose face was stored by another
+    backend are still recognised as person concepts (and never matched by image features).
+    """
 
     def feature_matrix(self, kind: str) -> FeatureMatrix: ...
 
@@ -190,21 +204,29 @@ class Match:
 
     Attributes:
         name: Concept name (bare).
-        score: Cosine similarity of the best-matching query region.
+        score: Cosine similarity of the best-matching query region; ``None`` when nothing was compared
+            (a person concept and a query without a detected face).
         source: ``"image"`` (whole photo), ``"region"`` (a given box), or ``"face"`` (face embedding).
         box: The region that matched best, or ``None`` for the whole image.
         present: ``score`` reached the threshold for ``source``.
+        reason: Why, one of :data:`REASONS` (``None`` for matches built by hand).
+        confidence: For face matches, the backend's calibrated probability of "same person"
+            (``FaceEncoder.confidence``); ``None`` otherwise.
     """
 
     name: str
-    score: float
+    score: float | None
     source: str
     box: tuple[int, int, int, int] | None
     present: bool
+    reason: str | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "token": f"<{self.name}>", "score": round(self.score, 4), "source": self.source,
-                "box": list(self.box) if self.box else None, "present": self.present}
+        return {"name": self.name, "token": f"<{self.name}>",
+                "score": None if self.score is None else round(self.score, 4), "source": self.source,
+                "box": list(self.box) if self.box else None, "present": self.present, "reason": self.reason,
+                "confidence": None if self.confidence is None else round(self.confidence, 4)}
 
 
 @dataclass
@@ -216,6 +238,7 @@ class IdentifyResult:
     face_threshold: float | None = None
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
     num_concepts: int = 0
+    faces_found: int | None = None
 
     @property
     def present(self) -> list[Match]:
@@ -227,6 +250,7 @@ class IdentifyResult:
             "face_threshold": self.face_threshold,
             "num_concepts": self.num_concepts,
             "regions": [list(r) for r in self.regions],
+            "faces_found": self.faces_found,
             "matches": [m.to_dict() for m in self.matches],
             "present": [m.name for m in self.present],
         }
@@ -256,7 +280,7 @@ class Identifier:
     ):
         self.store = store
         self.encoder = encoder
-        self.face = face if face is not None else encoder.face
+        self.face = face if face is not None else getattr(encoder, "face", None)
         # a programmatic setting may sit above 1 (nothing passes); requests are held to [-1, 1] (identify())
         self.threshold = check_finite(threshold, "threshold")
         if face_threshold is None:
@@ -287,9 +311,12 @@ class Identifier:
         boxes = list(dict.fromkeys(boxes))
         crops = ([image] if whole_image else []) + [image.crop(b) for b in boxes]
         crop_boxes: list[tuple[int, int, int, int] | None] = ([None] if whole_image else []) + boxes
+        persons = self.person_concepts()
         best: dict[str, Match] = {}
         ref = self.store.feature_matrix(self.encoder.kind)
-        if len(ref) and crops:
+        image_concepts = [n not in persons for n in ref.names] if persons else None
+        # image features only for concepts without a face (skip the encoder when there are none)
+        if len(ref) and crops and (image_concepts is None or any(image_concepts)):
             query = _unit(self.encoder.features(crops))  # [R, d]
             if query.shape[1] != ref.matrix.shape[1]:
                 raise ValueError(
@@ -297,40 +324,87 @@ class Identifier:
             scores = query @ ref.matrix.T  # [R, N] — the one matrix product over all stored concepts
             rows = scores.argmax(axis=0)
             top = scores[rows, np.arange(scores.shape[1])]
-            keep = np.arange(len(top))
-            if top_k is not None and len(top) > top_k:  # only the best k need Match objects
-                keep = np.argpartition(-top, max(0, int(top_k)))[: max(0, int(top_k))]
+            if image_concepts is not None:
+                top = np.where(image_concepts, top, -np.inf)
+            keep = np.flatnonzero(np.isfinite(top))
+            if top_k is not None and len(keep) > top_k:  # only the best k need Match objects
+                keep = keep[np.argpartition(-top[keep], max(0, int(top_k)))[: max(0, int(top_k))]]
             for j in keep:
                 name, box, score = ref.names[int(j)], crop_boxes[int(rows[j])], float(top[j])
-                best[name] = Match(name, score, "image" if box is None else "region", box, score >= threshold)
-        face_threshold = None
-        if self.face is not None:
-            face_threshold = self.face_threshold
-            fm = self.store.feature_matrix(face_kind(self.face))
-            embeddings = [np.asarray(f.embedding, dtype=np.float32).reshape(-1) for f in faces]
-            if len(fm) and embeddings:
-                fscores = _unit(np.stack(embeddings)) @ fm.matrix.T  # [F, N_face]
-                rows = fscores.argmax(axis=0)
-                for j, name in enumerate(fm.names):  # a person concept is decided by its face when faces are seen
-                    score = float(fscores[rows[j], j])
-                    best[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, image.size),
-                                       score >= face_threshold)
-        matches = sorted(best.values(), key=lambda m: (not m.present, -m.score))
+                best[name] = Match(name, score, "image" if box is None else "region", box, score >= threshold,
+                                   "image match" if score >= threshold else "no image match")
+        face_threshold = self.face_threshold if self.face is not None else None
+        best.update(self._face_matches(persons, faces, image.size, top_k))
+        matches = sorted(best.values(), key=lambda m: (not m.present, m.score is None, -(m.score or 0.0)))
         if top_k is not None:
             matches = matches[: max(0, int(top_k))]
-        return IdentifyResult(matches, threshold, face_threshold, boxes, len(ref))
+        return IdentifyResult(matches, threshold, face_threshold, boxes, max(len(ref), len(persons)),
+                              None if self.face is None else len(faces))
+
+    def person_concepts(self) -> dict[str, str]:
+        """``name → face kind`` of every stored concept whose reference has a face (any backend)."""
+        kinds = [face_kind(self.face)] if self.face is not None else []
+        listed = getattr(self.store, "feature_kinds", None)
+        if callable(listed):
+            kinds += sorted(k for k in listed() if k.startswith("face:") and k not in kinds)
+        persons: dict[str, str] = {}
+        for kind in kinds:
+            for name in self.store.feature_matrix(kind).names:
+                persons.setdefault(name, kind)
+        return persons
+
+    def _face_matches(self, persons: dict[str, str], faces: Sequence[FaceLike], size: tuple[int, int],
+                      top_k: int | None) -> dict[str, Match]:
+        """The answer for every person concept, decided by faces only (see :data:`REASONS`)."""
+        out: dict[str, Match] = {}
+        if not persons:
+            return out
+        limit = None if top_k is None else max(0, int(top_k))
+
+        def absent(names: Iterable[str], reason: str) -> None:
+            for n in names:
+                if limit is not None and len(out) >= limit:
+                    return
+                out[n] = Match(n, None, "face", None, False, reason)
+
+        if self.face is None:
+            absent(sorted(persons), "no face backend")
+            return out
+        kind = face_kind(self.face)
+        fm = self.store.feature_matrix(kind)
+        embeddings = [np.asarray(f.embedding, dtype=np.float32).reshape(-1) for f in faces]
+        slope = getattr(getattr(self.face, "calibration", None), "slope", None)
+        if len(fm) and embeddings:
+            fscores = _unit(np.stack(embeddings)) @ fm.matrix.T  # [F, N_face]
+            rows = fscores.argmax(axis=0)
+            top = fscores[rows, np.arange(len(fm.names))]
+            keep = np.arange(len(top))
+            if limit is not None and len(top) > limit:
+                keep = np.argpartition(-top, limit)[:limit]
+            for j in keep:
+                name, score = fm.names[int(j)], float(top[j])
+                present = score >= self.face_threshold
+                out[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, size), present,
+                                  "face match" if present else "no matching face",
+                                  None if slope is None else face_confidence(score, self.face_threshold, slope))
+        elif len(fm):
+            absent(fm.names, "no face found")
+        absent(sorted(n for n, k in persons.items() if k != kind), "face from another backend")
+        return out
 
 
 __all__ = [
     "Box",
     "DEFAULT_FACE_THRESHOLD",
     "DEFAULT_THRESHOLD",
+    "REASONS",
     "FaceBackend",
     "IdentifyResult",
     "Identifier",
     "Match",
     "ReferenceEncoder",
     "clamp_box",
+    "face_confidence",
     "face_kind",
     "horizontal_place",
     "main_face",

@@ -296,7 +296,7 @@ def bench_face(
             "ms_median_per_photo": {k: round(float(np.median(v)), 1) for k, v in per_photo.items()},
             "faces_found": faces,
             "det_scales": list(enc.config.det_scales),
-            "det_size": enc.config.det_size,
+            "det_size": enc.det_size,
         }
     rng = np.random.default_rng(0)
     for d in sorted(dims or {128, 512}):

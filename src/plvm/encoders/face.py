@@ -105,6 +105,10 @@ class NonCommercialWeightsWarning(UserWarning):
     """Emitted whenever non-commercial-only weights are loaded (after the caller opted in)."""
 
 
+#: Largest detector scale (× ``det_size``) accepted in ``FaceConfig.det_scales`` / ``retry_upscale``.
+MAX_DET_SCALE = 4.0
+
+
 # ---------------------------------------------------------------------------------------- data types
 def backend_model_dir(config: "FaceConfig", package: str, subdir: str, backend: str, install_hint: str) -> Path:
     """Where a backend's weight files are: ``config.model_dir`` or ``<package>/<subdir>`` of the installed
@@ -128,9 +132,20 @@ class FaceConfig:
             non-commercial research only (``insightface``).
         det_threshold: Minimum detector score; ``None`` → the backend's default (SCRFD probability
             0.5; dlib detector margin 0.0).
-        det_size: Side of the square detector canvas, in pixels (a multiple of 32).
-        det_scales: Fractions of ``det_size`` that the image's longer side is resized to, one
-            detector pass each; passes are merged with NMS. ``(1.0,)`` is single-scale.
+        det_size: Side of the square detector canvas, in pixels (a multiple of 32); ``None`` → the
+            backend's ``default_det_size`` (dlib 960: its HOG window needs ~80 px faces, so group photos
+            need the larger canvas; insightface 640).
+        det_scales: Multiples of ``det_size`` that the image's longer side is resized to, one
+            detector pass each; passes are merged with NMS. ``(1.0,)`` is single-scale; values above 1
+            upsample (the canvas grows to fit).
+        det_retry: When the passes at ``det_scales`` find no face, look again — on the image padded by
+            ``retry_pad`` of its size on each side (faces that fill the frame or touch the border), then
+            upsampled by ``retry_upscale`` (small faces), then rotated by each of ``retry_rotations``
+            degrees (tilted faces) — and stop at the first view that finds one. Boxes and landmarks are
+            mapped back to the photo. Photos with a face pay nothing; faceless ones pay every view.
+        retry_pad: Border added on each side for the padded view, as a fraction of the longer side.
+        retry_upscale: Scale of the upsampled view (× ``det_size``); ``1`` skips it.
+        retry_rotations: Angles (degrees, counter-clockwise) of the rotated views.
         nms_iou: IoU above which overlapping detections (within and across scales) are merged.
         min_face_size: Detections whose shorter box side (image pixels) is below this are dropped
             (smaller faces carry too little identity: two ~13 px crowd faces reach cosine 0.43).
@@ -151,8 +166,12 @@ class FaceConfig:
     backend: str = "dlib"
     allow_noncommercial: bool = False
     det_threshold: float | None = None
-    det_size: int = 640
+    det_size: int | None = None
     det_scales: tuple[float, ...] = (1.0, 0.5)
+    det_retry: bool = True
+    retry_pad: float = 0.3
+    retry_upscale: float = 2.0
+    retry_rotations: tuple[float, ...] = (30.0, -30.0)
     nms_iou: float = 0.4
     min_face_size: float = 16.0
     max_faces: int | None = None
@@ -167,12 +186,15 @@ class FaceConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("dlib", "insightface"):
             raise ValueError(f"backend must be 'dlib' or 'insightface', got {self.backend!r}")
-        if self.det_size <= 0 or self.det_size % 32:
+        if self.det_size is not None and (self.det_size <= 0 or self.det_size % 32):
             raise ValueError(f"det_size must be a positive multiple of 32, got {self.det_size}")
         scales = tuple(float(s) for s in self.det_scales)
-        if not scales or any(not (0.0 < s <= 1.0) for s in scales):
-            raise ValueError(f"det_scales must be non-empty, each in (0, 1], got {self.det_scales}")
+        if not scales or any(not (0.0 < s <= MAX_DET_SCALE) for s in scales):
+            raise ValueError(f"det_scales must be non-empty, each in (0, {MAX_DET_SCALE:g}], got {self.det_scales}")
         object.__setattr__(self, "det_scales", scales)
+        object.__setattr__(self, "retry_rotations", tuple(float(a) for a in self.retry_rotations))
+        if not 0.0 <= self.retry_pad <= 1.0 or not 1.0 <= self.retry_upscale <= MAX_DET_SCALE:
+            raise ValueError(f"retry_pad must be in [0, 1] and retry_upscale in [1, {MAX_DET_SCALE:g}]")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.num_threads < 1 or self.embed_batch_size < 1 or self.dlib_upsample < 0:
@@ -183,6 +205,30 @@ class FaceConfig:
             raise ValueError(f"dlib_detector must be 'hog' or 'cnn', got {self.dlib_detector!r}")
         if self.insightface_input not in ("arcface", "unit"):
             raise ValueError(f"insightface_input must be 'arcface' or 'unit', got {self.insightface_input!r}")
+
+
+@dataclass(frozen=True)
+class FaceCalibration:
+    """How a backend's ``default_threshold`` and confidence curve were chosen (stored with the backend).
+
+    Attributes:
+        threshold: Cosine from which two faces count as the same person (balanced accuracy maximised on
+            the calibration pairs; the midpoint of the widest gap among the maximisers).
+        slope: Slope of the logistic confidence ``1 / (1 + exp(-slope * (cos - threshold)))``, fitted by
+            class-balanced maximum likelihood on the same pairs.
+        identities: The people the pairs come from — disjoint from the real-photo regression set that
+            the threshold is evaluated on (``plvm.bench.face_real``).
+        genuine: Number of same-person pairs (other photos and edited copies of a photo).
+        impostor: Number of different-person pairs.
+        command: The command that produced these numbers.
+    """
+
+    threshold: float
+    slope: float
+    identities: tuple[str, ...] = ()
+    genuine: int = 0
+    impostor: int = 0
+    command: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,6 +288,13 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     bn = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     out = an @ bn.T
     return float(out) if out.ndim == 0 else out
+
+
+def face_confidence(score: float, threshold: float, slope: float) -> float:
+    """Calibrated probability of "same person" for a face cosine: ``1 / (1 + exp(-slope (score - threshold)))``
+    (0.5 at the threshold in use; ``slope`` from the backend's :class:`FaceCalibration`)."""
+    z = max(-60.0, min(60.0, float(slope) * (float(score) - float(threshold))))
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -404,9 +457,10 @@ class Canvas:
 def make_canvases(image: np.ndarray, det_size: int, scales: Sequence[float], pad: bool = True) -> list[Canvas]:
     """Resize ``image`` ``[H, W, 3]`` so its longer side is ``s * det_size`` for each ``s`` in ``scales``.
 
-    With ``pad`` each resized image is pasted top-left on a black ``det_size``² canvas (the letterbox
-    SCRFD expects; equal shapes batch into one run); without, it is returned as is (dlib's detectors
-    take any size, and scanning black padding would only cost time).
+    With ``pad`` each resized image is pasted top-left on a black square canvas of side
+    ``max(det_size, s * det_size)`` rounded up to a multiple of 32 (the letterbox SCRFD expects; equal
+    shapes batch into one run); without, it is returned as is (dlib's detectors take any size, and
+    scanning black padding would only cost time).
     """
     h, w = image.shape[:2]
     pil = Image.fromarray(image)
@@ -416,12 +470,63 @@ def make_canvases(image: np.ndarray, det_size: int, scales: Sequence[float], pad
         nw, nh = max(1, int(round(w * ratio))), max(1, int(round(h * ratio)))
         resized = image if (nw, nh) == (w, h) else np.asarray(pil.resize((nw, nh), Image.Resampling.BILINEAR))
         if pad:
-            canvas = np.zeros((det_size, det_size, 3), dtype=np.uint8)
+            side = max(det_size, 32 * math.ceil(max(nw, nh) / 32))
+            canvas = np.zeros((side, side, 3), dtype=np.uint8)
             canvas[:nh, :nw] = resized
         else:
             canvas = np.ascontiguousarray(resized)
         out.append(Canvas(canvas, nw / w))
     return out
+
+
+def retry_views(image: np.ndarray, config: FaceConfig):
+    """The second-look views of a photo in which the first detection found no face (``FaceConfig.det_retry``).
+
+    Yields:
+        ``(view [H', W', 3] uint8, to_photo [2, 3] affine: view pixels → photo pixels, scales)`` — the photo
+        padded by ``retry_pad`` (mean-colour border: a face that fills the frame gets the context a
+        detector window needs), upsampled by ``retry_upscale``, then rotated by each ``retry_rotations``
+        angle about its centre (canvas expanded, mean-colour fill).
+    """
+    h, w = image.shape[:2]
+    fill = tuple(int(v) for v in image.reshape(-1, 3).mean(0))
+    if config.retry_pad > 0:
+        p = int(round(config.retry_pad * max(h, w)))
+        view = np.empty((h + 2 * p, w + 2 * p, 3), dtype=np.uint8)
+        view[:] = fill
+        view[p : p + h, p : p + w] = image
+        yield view, np.array([[1.0, 0.0, -p], [0.0, 1.0, -p]]), config.det_scales
+    if config.retry_upscale > 1.0:
+        yield image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (float(config.retry_upscale),)
+    pil = Image.fromarray(image)
+    for angle in config.retry_rotations:
+        rotated = pil.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
+        yield np.asarray(rotated), rotation_to_photo(angle, (w, h), rotated.size), config.det_scales
+
+
+def rotation_to_photo(angle: float, size: tuple[int, int], rotated_size: tuple[int, int]) -> np.ndarray:
+    """``[2, 3]`` affine from pixels of ``PIL.Image.rotate(angle, expand=True)`` back to the original's pixels.
+
+    PIL rotates counter-clockwise about the image centre; in pixel-index coordinates (y down) a view point
+    ``v`` comes from ``R(angle) @ (v - c_view) + c_photo`` with ``R = [[cos, -sin], [sin, cos]]``.
+    """
+    a = math.radians(angle)
+    c, s = math.cos(a), math.sin(a)
+    rot = np.array([[c, -s], [s, c]])
+    c_photo = np.array([(size[0] - 1) / 2.0, (size[1] - 1) / 2.0])
+    c_view = np.array([(rotated_size[0] - 1) / 2.0, (rotated_size[1] - 1) / 2.0])
+    return np.hstack([rot, (c_photo - rot @ c_view)[:, None]])
+
+
+def map_boxes(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Boxes ``[K, 4]`` under a similarity ``affine`` ``[2, 3]``: the centre is mapped, width and height are
+    scaled by the transform's scale (a face box stays a face-sized box under rotation)."""
+    boxes = np.asarray(boxes, np.float64)
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    centres = centres @ affine[:, :2].T + affine[:, 2]
+    scale = math.sqrt(abs(np.linalg.det(affine[:, :2])))
+    half = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1) * scale / 2
+    return np.concatenate([centres - half, centres + half], axis=1)
 
 
 # ---------------------------------------------------------------------------------------- encoder
@@ -446,6 +551,9 @@ class FaceEncoder(abc.ABC):
     landmark_names: tuple[str, ...] = ()
     default_threshold: float = 0.5
     default_det_threshold: float = 0.5
+    default_det_size: int = 640
+    #: How ``default_threshold`` was chosen and the confidence slope (see :class:`FaceCalibration`).
+    calibration: "FaceCalibration | None" = None
     license: str = ""
     #: Whether the detector wants square padded canvases (see :func:`make_canvases`).
     pad_canvas: bool = True
@@ -480,6 +588,20 @@ class FaceEncoder(abc.ABC):
         return self.default_threshold if self.config.threshold is None else float(self.config.threshold)
 
     @property
+    def det_size(self) -> int:
+        """Detector canvas side in use: ``config.det_size`` or the backend's ``default_det_size``."""
+        return self.default_det_size if self.config.det_size is None else int(self.config.det_size)
+
+    def confidence(self, score: float) -> float:
+        """Calibrated probability that a face cosine ``score`` means "same person" (0.5 at :attr:`threshold`).
+
+        A logistic curve ``1 / (1 + exp(-slope * (score - threshold)))`` whose slope was fitted on the
+        calibration identities (:attr:`calibration`); without a calibration, a step at the threshold.
+        """
+        slope = self.calibration.slope if self.calibration is not None else 1e3
+        return face_confidence(score, self.threshold, slope)
+
+    @property
     def det_threshold(self) -> float:
         """Detector score threshold in use."""
         t = self.config.det_threshold
@@ -498,7 +620,8 @@ class FaceEncoder(abc.ABC):
         """
 
     def _refine_landmarks(self, image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
-        """Landmarks ``[K, 5, 2]`` for merged ``boxes`` ``[K, 4]`` on the full-resolution ``image``."""
+        """Landmarks ``[K, 5, 2]`` for merged ``boxes`` ``[K, 4]`` on the full-resolution ``image`` (the
+        detection view: the photo itself, or its padded / rotated copy)."""
         assert landmarks is not None
         return landmarks
 
@@ -508,11 +631,12 @@ class FaceEncoder(abc.ABC):
 
     # -- public API
     def detect(self, image: ImageInput, scales: Sequence[float] | None = None) -> list[FaceBox]:
-        """Detect faces at every scale of ``config.det_scales`` (or ``scales``) and merge with NMS.
+        """Detect faces at every scale of ``config.det_scales`` (or ``scales``), merge with NMS, and — when
+        nothing is found and ``config.det_retry`` is on — look again on padded, upsampled and rotated views.
 
         Args:
             image: PIL image, ``[H, W, 3]`` RGB array or path.
-            scales: Override ``config.det_scales`` (e.g. ``(1.0,)`` for single-scale).
+            scales: Exactly these passes instead (e.g. ``(1.0,)`` for single-scale), without retries.
 
         Returns:
             Faces sorted by score (highest first); empty when there is none.
@@ -521,11 +645,30 @@ class FaceEncoder(abc.ABC):
         return self._detect_array(arr, scales)
 
     def _detect_array(self, arr: np.ndarray, scales: Sequence[float] | None = None) -> list[FaceBox]:
-        cfg = self.config
-        scales = tuple(cfg.det_scales if scales is None else scales)
         if arr.shape[0] < 2 or arr.shape[1] < 2:
             return []
-        canvases = make_canvases(arr, cfg.det_size, scales, pad=self.pad_canvas)
+        explicit = scales is not None
+        found = self._detect_view(arr, tuple(self.config.det_scales if scales is None else scales))
+        if not found and self.config.det_retry and not explicit:
+            for view, to_photo, view_scales in retry_views(arr, self.config):
+                found = self._detect_view(view, view_scales, to_photo, arr.shape[:2])
+                if found:
+                    break
+        if self.config.max_faces is not None:
+            found = found[: self.config.max_faces]
+        return found
+
+    def _detect_view(
+        self,
+        view: np.ndarray,
+        scales: Sequence[float],
+        to_photo: np.ndarray | None = None,
+        photo_shape: tuple[int, int] | None = None,
+    ) -> list[FaceBox]:
+        """One multi-scale detection on ``view`` (the photo or a padded/upsampled/rotated copy), NMS-merged,
+        landmarks refined on the view, then mapped to photo pixels by the ``[2, 3]`` affine ``to_photo``."""
+        cfg = self.config
+        canvases = make_canvases(view, self.det_size, scales, pad=self.pad_canvas)
         raw = self._detect_canvases([c.pixels for c in canvases])
         all_boxes, all_scores, all_kps = [], [], []
         for canvas, (boxes, scores, kps) in zip(canvases, raw):
@@ -541,18 +684,22 @@ class FaceEncoder(abc.ABC):
         boxes = np.concatenate(all_boxes)
         scores = np.concatenate(all_scores)
         kps = np.concatenate(all_kps)
-        h, w = arr.shape[:2]
+        h, w = view.shape[:2]
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
         ok = (side >= cfg.min_face_size) & inside
         boxes, scores, kps = boxes[ok], scores[ok], kps[ok]
         keep = nms(boxes, scores, cfg.nms_iou)
-        if cfg.max_faces is not None:
-            keep = keep[: cfg.max_faces]
         boxes, scores, kps = boxes[keep], scores[keep], kps[keep]
         if len(boxes) == 0:
             return []
-        kps = self._refine_landmarks(arr, boxes, kps)
+        kps = self._refine_landmarks(view, boxes, kps)
+        if to_photo is not None:
+            boxes, kps = map_boxes(boxes, to_photo), np.asarray(kps, np.float64) @ to_photo[:, :2].T + to_photo[:, 2]
+            ph, pw = photo_shape if photo_shape is not None else (h, w)
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            ok = (cx >= 0) & (cy >= 0) & (cx < pw) & (cy < ph)  # a "face" in the padding is not in the photo
+            boxes, scores, kps = boxes[ok], scores[ok], kps[ok]
         return [
             FaceBox(tuple(float(v) for v in b), float(s), np.asarray(k, dtype=np.float32))
             for b, s, k in zip(boxes, scores, kps)
@@ -672,13 +819,19 @@ __all__ = [
     "NonCommercialLicenseError",
     "NonCommercialWeightsWarning",
     "dlib_template",
+    "face_confidence",
     "find_package_dir",
     "l2_normalize",
     "main_face_key",
     "pick_main_face",
     "Canvas",
+    "FaceCalibration",
+    "MAX_DET_SCALE",
     "make_canvases",
+    "map_boxes",
     "nms",
+    "retry_views",
+    "rotation_to_photo",
     "similarity",
     "to_rgb_array",
     "umeyama",

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .face import FaceBackendUnavailable, FaceConfig, FaceEncoder, backend_model_dir, dlib_template
+from .face import (
+    FaceBackendUnavailable,
+    FaceCalibration,
+    FaceConfig,
+    FaceEncoder,
+    backend_model_dir,
+    dlib_template,
+)
 
 DETECTOR_CNN_FILE = "mmod_human_face_detector.dat"
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -77,11 +84,18 @@ class DlibFaceEncoder(FaceEncoder):
     template.setflags(write=False)
     #: Subject's left = image right for a frontal face.
     landmark_names = ("left_eye_outer", "left_eye_inner", "right_eye_outer", "right_eye_inner", "nose_base")
-    #: Calibrated in docs/FACE.md: different photos of the same person 0.949–0.975; different people
-    #: up to 0.929 (Yao Ming vs a team-mate), and up to 0.954 between ~43 px faces — a thin margin.
-    #: dlib's own rule, Euclidean 0.6 on the raw descriptors (norm ≈ 1.38), is cosine ≈ 0.905.
-    default_threshold = 0.93
+    #: Chosen on people disjoint from the regression set (docs/FACE.md, ``python -m plvm.bench.face_real
+    #: calibrate``): 112 genuine pairs 0.930–1.000, 2,463 impostor pairs 0.734–0.948 (18 above 0.93, all
+    #: ~45 px team faces). dlib's own rule, Euclidean 0.6 on raw descriptors, is cosine ≈ 0.905.
+    calibration = FaceCalibration(
+        threshold=0.93, slope=98.3, genuine=112, impostor=2463, command="python -m plvm.bench.face_real calibrate",
+        identities=("Yao Ming", "China national team 2008", "Tim Duncan", "Manu Ginobili", "Tony Parker",
+                    "six actors (insightface t1.jpg)"))
+    default_threshold = calibration.threshold
     default_det_threshold = 0.0
+    #: HOG's window is 80 px and ``dlib_upsample=1`` doubles the canvas, so a 960 canvas finds faces down to
+    #: ~40/960 of the photo's longer side (raw HOG on the 1237 px team photo's ~45 px faces: 16/16; at 640: 2/16).
+    default_det_size = 960
     license = "dlib models: public domain / CC0 (the 68-point iBUG predictor is never loaded)"
     pad_canvas = False
 

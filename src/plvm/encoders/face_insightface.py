@@ -29,6 +29,7 @@ from .face import (
     ARCFACE_TEMPLATE_112,
     INSIGHTFACE_LICENSE_NOTE,
     FaceBackendUnavailable,
+    FaceCalibration,
     FaceConfig,
     FaceEncoder,
     NonCommercialLicenseError,
@@ -92,9 +93,14 @@ class InsightFaceEncoder(FaceEncoder):
     crop_size = 112
     template = ARCFACE_TEMPLATE_112
     landmark_names = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
-    #: Calibrated in docs/FACE.md: different photos of the same person 0.63–0.72, different people
-    #: ≤ 0.23 (faces ≥ 40 px) / ≤ 0.43 (two ~13 px crowd faces); 0.40 splits them.
-    default_threshold = 0.40
+    #: Chosen on people disjoint from the regression set (docs/FACE.md, ``python -m plvm.bench.face_real
+    #: calibrate``): 123 genuine pairs 0.272–0.998, 2,762
+    #: impostor pairs −0.218–0.234; the midpoint of the gap. (Before issue 28: 0.40, from 4 genuine pairs.)
+    calibration = FaceCalibration(
+        threshold=0.253, slope=17.2, genuine=123, impostor=2762, command="python -m plvm.bench.face_real calibrate",
+        identities=("Yao Ming", "China national team 2008", "Tim Duncan", "Manu Ginobili", "Tony Parker",
+                    "six actors (insightface t1.jpg)"))
+    default_threshold = calibration.threshold
     default_det_threshold = 0.5
     license = "InsightFace weights: non-commercial research only (code BSD-3-Clause)"
 
@@ -122,7 +128,16 @@ class InsightFaceEncoder(FaceEncoder):
         return np.ascontiguousarray((x - 127.5) / 128.0)
 
     def _detect_canvases(self, canvases):
-        canvases = np.stack(canvases)  # equal shapes: one batched run over all scales
+        results: list = [None] * len(canvases)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(canvases):  # equal shapes (all scales <= 1): one batched run
+            by_shape.setdefault(c.shape, []).append(i)
+        for idx in by_shape.values():
+            for i, r in zip(idx, self._detect_batch(np.stack([canvases[i] for i in idx]))):
+                results[i] = r
+        return results
+
+    def _detect_batch(self, canvases: np.ndarray):
         s, h, w = canvases.shape[:3]
         outs = dict(zip(self._det_outputs, self._det.run(None, {self._det_input: self._det_blob(canvases)})))
         thr = self.det_threshold

@@ -40,6 +40,10 @@ class FeatureTable:
         self._vectors: dict[str, dict[str, np.ndarray]] = {}
         self._cache: dict[str, FeatureMatrix] = {}
 
+    def feature_kinds(self) -> dict[str, int]:
+        """Stored kinds and how many concepts have each (as :meth:`plvm.store.ConceptStore.feature_kinds`)."""
+        return {kind: len(rows) for kind, rows in self._vectors.items() if rows}
+
     def put(self, name: str, features: dict[str, np.ndarray]) -> None:
         for kind, vector in features.items():
             self._vectors.setdefault(kind, {})[name] = np.asarray(vector, np.float32).reshape(-1)
@@ -90,6 +94,14 @@ class IdentifyIndex:
     def match(self, image: Image.Image, concept_id: str) -> Match | None:
         return next((m for m in self.identify(image).matches if m.name == concept_id), None)
 
+    def reason_counts(self) -> dict[str, int]:
+        """How often each :data:`plvm.identify.REASONS` entry decided a (photo, concept) answer so far."""
+        counts: dict[str, int] = {}
+        for result in self._results.values():
+            for m in result.matches:
+                counts[str(m.reason)] = counts.get(str(m.reason), 0) + 1
+        return dict(sorted(counts.items()))
+
     def describe(self) -> dict[str, Any]:
         refs = list(self.references.values())
         return {
@@ -99,6 +111,8 @@ class IdentifyIndex:
             "references_with_face": sum(1 for r in refs if r.get("box")),
             "references": len(refs),
             "photos_identified": len(self._results),
+            "photos_without_face": sum(1 for r in self._results.values() if r.faces_found == 0),
+            "reasons": self.reason_counts(),
         }
 
 
@@ -117,11 +131,14 @@ class IdentifyRecognition(Method):
         self.index.add(dataset, concept_id)
 
     def recognize(self, concept_id: str, image: Image.Image) -> tuple[bool, float, str]:
-        """``(present, score, source)`` for concept ``concept_id`` on ``image``."""
+        """``(present, score, source)`` for concept ``concept_id`` on ``image``; a person concept on a photo
+        without a detected face is ``(False, -inf, "face")`` (never decided by image features; the reasons
+        are counted in :meth:`IdentifyIndex.describe`)."""
         match = self.index.match(image, concept_id)
         if match is None:
             return False, float("-inf"), "none"
-        return bool(match.present), float(match.score), match.source
+        score = float("-inf") if match.score is None else float(match.score)  # no face found: ranks last
+        return bool(match.present), score, match.source
 
     def conversation(self, text: str, bindings: Sequence[Binding], images: Sequence[Image.Image] = ()) -> Conversation:
         raise NotImplementedError("the identify method answers recognition without the LVLM")
@@ -152,7 +169,7 @@ class PLVMIdentifyPrompt(PLVMMethod):
     def hint(self, bindings: Sequence[Binding], image: Image.Image) -> str:
         result = self.index.identify(image)
         by_id = {m.name: m for m in result.matches}
-        renamed = [Match(b.name, m.score, m.source, m.box, m.present)
+        renamed = [Match(b.name, m.score, m.source, m.box, m.present, m.reason, m.confidence)
                    for b in bindings if (m := by_id.get(b.concept)) is not None]
         return visual_prompt(IdentifyResult(renamed, result.threshold), image.width)
 

@@ -54,10 +54,17 @@ class InfoOut(BaseModel):
 class MatchOut(BaseModel):
     name: str
     token: str
-    score: float = Field(description="cosine similarity of reference-encoder features")
+    score: Optional[float] = Field(description="cosine similarity (face embeddings for person concepts, "
+                                               "reference-encoder features otherwise); null when the photo "
+                                               "shows no face to compare with a person concept")
     source: str = Field(description="image | region | face")
     box: Optional[list[int]] = None
     present: bool
+    reason: Optional[str] = Field(None, description="face match | no matching face | no face found | no face "
+                                                    "backend | face from another backend | image match | "
+                                                    "no image match")
+    confidence: Optional[float] = Field(None, description="face matches: the backend's calibrated "
+                                                          "probability of 'same person'")
 
 
 class IdentifyOut(BaseModel):
@@ -65,6 +72,7 @@ class IdentifyOut(BaseModel):
     face_threshold: Optional[float] = None
     num_concepts: int
     regions: list[list[int]] = []
+    faces_found: Optional[int] = Field(None, description="faces detected in the photo (null: no face backend)")
     matches: list[MatchOut]
     present: list[str]
 

@@ -108,12 +108,13 @@ function renderIdentify(result) {
   const table = el("table", { class: "scores", "data-testid": "identify-table" });
   table.append(el("tr", {}, el("th", {}, "concept"), el("th", {}, "score"), el("th", {}, ""), el("th", {}, "")));
   for (const m of result.matches) {
-    const pct = Math.max(0, Math.min(100, (m.score + 1) * 50));
+    const scored = m.score !== null && m.score !== undefined;  // null: a person concept, no face in the photo
+    const pct = scored ? Math.max(0, Math.min(100, (m.score + 1) * 50)) : 0;
     const mark = Math.max(0, Math.min(100, (result.threshold + 1) * 50));
     const bar = el("div", { class: "bar", title: `threshold ${result.threshold}` }, el("span", { style: `width:${pct}%` }), el("i", { style: `left:${mark}%` }));
     table.append(el("tr", { class: m.present ? "present" : "", dataset: { concept: m.name } },
-      el("td", { class: "name" }, m.token), el("td", {}, m.score.toFixed(3)), el("td", {}, bar),
-      el("td", {}, m.present ? "present" : "")));
+      el("td", { class: "name" }, m.token), el("td", {}, scored ? m.score.toFixed(3) : "–"), el("td", {}, bar),
+      el("td", { title: m.reason || "" }, m.present ? "present" : (m.reason === "no face found" ? "no face found" : ""))));
   }
   box.append(el("p", { class: "hint" }, `similarity of reference features (threshold ${result.threshold})`), table);
 }
