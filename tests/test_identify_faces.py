@@ -137,7 +137,8 @@ def test_http_identify_shows_the_reason(tmp_path):
     plvm = tiny_plvm()
     store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
     backend = Faces("stub", [((0, 0, 20, 20), BO)])
-    client = TestClient(create_app(plvm, store, limits=ServerLimits(), threshold=-1.0, face=backend))
+    client = TestClient(create_app(plvm, store, limits=ServerLimits(), threshold=-1.0, face=backend),
+                        base_url="http://127.0.0.1")
     buf = io.BytesIO()
     PHOTO.save(buf, "PNG")
     r = client.post("/api/concepts", data={"name": "bo"}, files={"image": ("bo.png", buf.getvalue(), "image/png")})
