@@ -71,12 +71,12 @@ def test_context_words_follow_the_attribute_order():
 
 
 def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler():
-    from plvm.synth.avatarworld import ATTRIBUTES
     from transformers import Dinov2Model
 
     from plvm.aligner import Aligner
     from plvm.config import AlignerConfig
     from plvm.models.tiny import tiny_dinov2_config
+    from plvm.synth.avatarworld import ATTRIBUTES
     from plvm.training.anchor import train_aligner_anchor
 
     torch.manual_seed(0)

@@ -43,7 +43,8 @@ def client(plvm, store):
 
 
 def add(client, name, seed=1, **extra):
-    return client.post("/api/concepts", data={"name": name, **extra}, files={"image": ("ref.png", png(seed), "image/png")})
+    return client.post("/api/concepts", data={"name": name, **extra},
+                       files={"image": ("ref.png", png(seed), "image/png")})
 
 
 def test_info_openapi_and_page(client):

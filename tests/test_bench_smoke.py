@@ -387,7 +387,8 @@ def test_bench_base_cost_tiny_table_ratios_report(tmp_path, monkeypatch):
 
     assert SECTIONS["base_cost"]["title"] == BASE_COST_SECTION[3:]
     measured = section(render({"base_cost": result}), BASE_COST_SECTION)
-    assert result.command in measured and NOT_MEASURED_HERE not in measured and "not part of `plvm bench all`" in measured
+    assert (result.command in measured and NOT_MEASURED_HERE not in measured
+            and "not part of `plvm bench all`" in measured)
     placeholder = section(render({}), BASE_COST_SECTION)
     assert NOT_MEASURED_HERE in placeholder and "| A |" in placeholder and "| B |" in placeholder
     assert load_results(tmp_path)["base_cost"].tables == result.tables  # refreshed from data: same tables

@@ -137,12 +137,14 @@ def test_cli_concepts_ask_identify(tmp_path, cli):
     r = cli("concepts", "add", "<bo>", ref, "--model", "tiny", "--store", store)
     assert r.exit_code == 0 and "added <bo>" in r.stdout
     r = cli("concepts", "add", "bo", ref, "--model", "tiny", "--store", store)
-    assert r.exit_code == 2 and r.stderr.strip() == "error: concept <bo> already exists; use --replace (replace=true) to overwrite it"
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "error: concept <bo> already exists; use --replace (replace=true) to overwrite it")
     assert cli("concepts", "add", "bo", ref, "--replace", "--model", "tiny", "--store", store).exit_code == 0
     r = cli("concepts", "list", "--json", "--store", store)
     assert [c["name"] for c in __import__("json").loads(r.stdout)] == ["bo"]
     assert "<bo>" in cli("concepts", "list", "--store", store).stdout
-    r = cli("ask", "--image", ref, "Is <bo> in this photo?", "--model", "tiny", "--store", store, "--max-new-tokens", "5")
+    r = cli("ask", "--image", ref, "Is <bo> in this photo?", "--model", "tiny", "--store", store,
+            "--max-new-tokens", "5")
     assert r.exit_code == 0 and "concepts: <bo> (named)" in r.stderr
     r = cli("identify", "--image", ref, "--model", "tiny", "--store", store, "--box", "0,0,24,24", "--json")
     assert r.exit_code == 0 and __import__("json").loads(r.stdout)["matches"][0]["name"] == "bo"

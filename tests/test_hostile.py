@@ -261,7 +261,12 @@ def test_weight_file_reader_pieces(tmp_path):
     from safetensors.torch import save_file
 
     from plvm.validation import (
-        MissingWeightFileError, WeightFileError, read_checkpoint_state, read_weights, shape_problems)
+        MissingWeightFileError,
+        WeightFileError,
+        read_checkpoint_state,
+        read_weights,
+        shape_problems,
+    )
 
     with pytest.raises(MissingWeightFileError) as err:  # still a FileNotFoundError for older callers
         read_weights(tmp_path / "nope.safetensors", "weights")

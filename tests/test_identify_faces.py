@@ -18,7 +18,7 @@ from PIL import Image
 
 from plvm.bench.face_real import SameForEveryPhoto
 from plvm.eval.identify import FeatureTable
-from plvm.identify import REASONS, Identifier, face_kind
+from plvm.identify import REASONS, Identifier
 
 
 class Faces:
@@ -109,8 +109,8 @@ def test_no_person_answer_ever_comes_from_image_or_region_features(seed):
 
 def test_store_concepts_with_faces_stay_faces(tmp_path):
     """The same through a real ConceptStore (feature kinds listed by the store)."""
-    from plvm.models.tiny_plvm import tiny_plvm
     from plvm.identify import ReferenceEncoder
+    from plvm.models.tiny_plvm import tiny_plvm
     from plvm.store import ConceptStore, StoreIdentity
 
     plvm = tiny_plvm()

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from plvm.diag.identity_probe import (ProbeConfig, RegionItems, fit_lda, probe_readings, region_weights,
-                                      reid_scores, run_identity_probe)
+from plvm.diag.identity_probe import (
+    ProbeConfig,
+    RegionItems,
+    fit_lda,
+    probe_readings,
+    region_weights,
+    reid_scores,
+    run_identity_probe,
+)
 
 
 def test_region_weights_cover_the_box_cells_only():

@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from plvm.diag.identity_probe import reid_scores
-from plvm.models.identity_shaping import (SHAPED_ATTRIBUTES, IdentityShapingConfig, TowerFeatures, shape_projector,
-                                          supervised_contrastive, widen_projector)
+from plvm.models.identity_shaping import (
+    SHAPED_ATTRIBUTES,
+    IdentityShapingConfig,
+    TowerFeatures,
+    shape_projector,
+    supervised_contrastive,
+    widen_projector,
+)
 
 
 class Projector(nn.Module):

@@ -10,12 +10,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plvm.synth.filters import (CLIP_THRESHOLD, FACE_THRESHOLD, CallableScorer, FaceIdentityScorer, FilterChain,
-                                ThresholdFilter, make_filters, summarize)
-from plvm.synth.ipadapter.qa import (ConceptData, CallableAnswerer, answer_attributes, attribute_questions,
-                                     build_items, count_kinds, to_concept_answer)
+from plvm.synth.filters import (
+    CLIP_THRESHOLD,
+    FACE_THRESHOLD,
+    CallableScorer,
+    FaceIdentityScorer,
+    FilterChain,
+    ThresholdFilter,
+    make_filters,
+    summarize,
+)
+from plvm.synth.ipadapter.qa import (
+    CallableAnswerer,
+    ConceptData,
+    answer_attributes,
+    attribute_questions,
+    build_items,
+    count_kinds,
+    to_concept_answer,
+)
 from plvm.synth.ipadapter.run import SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
-from plvm.synth.prompts_bank import (CLOTHING, PLACES, build_prompt_bank, prompts_for_reference)
+from plvm.synth.prompts_bank import CLOTHING, PLACES, build_prompt_bank, prompts_for_reference
 
 NO_DIFFUSERS = "diffusers is not installed (pip install 'plvm[synth]'): the tiny SD + IP-Adapter tests need it"
 
@@ -278,8 +293,7 @@ def tiny(tmp_path_factory):
 
 
 def test_tiny_ip_adapter_loads_through_diffusers_and_seeds_are_per_image(tiny, tmp_path):
-    from plvm.synth.ipadapter.generator import (GenerationConfig, GenerationJob, IPAdapterGenerator,
-                                                IPAdapterSpec)
+    from plvm.synth.ipadapter.generator import GenerationConfig, GenerationJob, IPAdapterGenerator, IPAdapterSpec
     from plvm.synth.ipadapter.tiny import build_tiny_components
 
     cfg = GenerationConfig(steps=2, height=32, width=32, batch_size=2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from test_training import ColourCaptions, stage1_loss_before_after
 from torch import nn
 
 from plvm.injection import PersonalizedLVLM
@@ -14,6 +13,7 @@ from plvm.models.mini import export_stage1, projector_lora
 from plvm.models.mini_lora import MiniLoraConfig, add_lora, lora_state_dict, merge_lora, save_lora
 from plvm.models.tiny import tiny_llava
 from plvm.training.stage1_task import ProjectorTrainingTask
+from test_training import ColourCaptions, stage1_loss_before_after
 
 SMALL = MiniLoraConfig(r=4, lora_alpha=8)
 

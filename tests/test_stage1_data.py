@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from plvm.conversation import Conversation
 from plvm.injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
 from plvm.models.base_eval import candidate_logprobs
 from plvm.models.tiny import tiny_llava
@@ -168,7 +167,8 @@ def test_evaluate_base_described_person_scores_every_question_and_splits_negativ
     n_neg = sum(by[f"changes: {c}"]["n"] for c in (1, 2, 3))
     assert 0 < n_neg < 10  # both answers occur with this seed, and each negative has 1, 2 or 3 changes
     assert sum(by[f"people: {k}"]["n"] for k in (1, 2, 3, 4)) == 10  # and each photo 1-4 people
-    by_prop = [by[f"changed: {p}"]["n"] for p in ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")]
+    by_prop = [by[f"changed: {p}"]["n"]
+               for p in ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")]
     assert n_neg <= sum(by_prop) <= 3 * n_neg  # every negative changed 1-3 of them
     assert 0.0 <= result.described_auc <= 1.0
     again = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
@@ -247,7 +247,8 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
               metadata={"vision_feature_layer": "8,-1"})
     run = tmp_path / "checkpoint-000050"
     run.mkdir()
-    (run / "state.json").write_text(json.dumps({"step": 50, "task": {"kind": "projector"}}))  # before layers were recorded
+    # before layers were recorded
+    (run / "state.json").write_text(json.dumps({"step": 50, "task": {"kind": "projector"}}))
     assert _feature_layer_option(None, None, None) is None  # fresh: the default
     assert _feature_layer_option("8", None, None) == 8
     assert _feature_layer_option(None, projector, None) == [8, -1] == _feature_layer_option("8,-1", projector, None)

@@ -193,7 +193,8 @@ def test_import_refuses_traversal_names_and_tampered_images(tmp_path):
 # ---------------------------------------------------------------------- base model binding
 def test_store_refuses_another_base_model(tmp_path):
     ConceptStore(tmp_path, TINY).add(fake_concept("bo"))
-    with pytest.raises(StoreMismatchError, match=r"made for base model 'tiny' \(hidden size 64\), not 'plvm/llava-mini'"):
+    with pytest.raises(StoreMismatchError,
+                       match=r"made for base model 'tiny' \(hidden size 64\), not 'plvm/llava-mini'"):
         ConceptStore(tmp_path, StoreIdentity("plvm/llava-mini", 576))
     with pytest.raises(StoreMismatchError, match="hidden size"):
         ConceptStore(tmp_path, StoreIdentity("tiny", 128))
@@ -297,7 +298,8 @@ def test_main_face_is_the_large_central_one_and_no_face_is_recorded(tmp_path, pl
     assert main_face(faces[:1], (200, 200)).box == edge_big[0] and main_face([], (10, 10)) is None
 
     store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
-    with_face = store.add_from_image("bo", png(1, (200, 200)), ReferenceEncoder(plvm, face=ListedFaces([edge_big, centre])))
+    with_face = store.add_from_image("bo", png(1, (200, 200)),
+                                     ReferenceEncoder(plvm, face=ListedFaces([edge_big, centre])))
     assert with_face.metadata["face"] == {"backend": "face:listed", "faces_found": 2, "box": [70.0, 70.0, 130.0, 128.0],
                                           "score": 0.8}
     assert list(store.feature_matrix("face:listed").names) == ["bo"]

@@ -336,9 +336,16 @@ def test_identity_bank_loss_needs_name_first_answers_and_a_reference_bank():
 
 def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_heldout_epoch(tmp_path):
     from plvm.pipeline import aligner_answer_style, load_aligner_weights
-    from plvm.training.row_fit import (AnswerStates, RowFitConfig, answer_states_tag, collect_answer_states,
-                                       fit_output_row, load_or_collect_answer_states, own_pair_objective,
-                                       save_row_fit)
+    from plvm.training.row_fit import (
+        AnswerStates,
+        RowFitConfig,
+        answer_states_tag,
+        collect_answer_states,
+        fit_output_row,
+        load_or_collect_answer_states,
+        own_pair_objective,
+        save_row_fit,
+    )
 
     task = make_task(answer_style="name-first", data=ColourBank())  # no bank loss in training: the fit builds it
     condition_output_row(task)

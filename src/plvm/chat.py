@@ -170,7 +170,8 @@ class ChatSession:
         return record
 
     # ------------------------------------------------------------------ images
-    def set_image(self, source: ImageSource | LoadedImage | Image.Image, label: str | None = None) -> IdentifyResult | None:
+    def set_image(self, source: ImageSource | LoadedImage | Image.Image,
+                  label: str | None = None) -> IdentifyResult | None:
         """Attach a photo to the next question; identify it when enabled (found concepts become active)."""
         if isinstance(source, Image.Image):
             image = source.convert("RGB")

@@ -454,14 +454,13 @@ def eval_base(
 ) -> None:
     """Held-out generic VQA and two-image same/different accuracy of LLaVA-mini (no personalization)."""
     open_kinds = _open_kinds_option(vqa_kinds)
+    import tempfile
+
     from .injection import PersonalizedLVLM
     from .models.base import load_base
     from .models.base_eval import evaluate_base
-    from .synth.avatarworld import AvatarWorld
-
-    import tempfile
-
     from .models.mini import export_stage1
+    from .synth.avatarworld import AvatarWorld
     from .validation import WeightFileError
 
     source = projector

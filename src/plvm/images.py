@@ -214,7 +214,8 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, label: str =
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{label} has too many pixels (decompression bomb?): {exc}") from None
         except UnidentifiedImageError:
-            raise UnsupportedImageError(f"{label} is not an image plvm can read (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
+            raise UnsupportedImageError(
+                f"{label} is not an image plvm can read (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(f"{label} is corrupt: {_one_line(exc)}") from None
         fmt = (image.format or "").upper()

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 

@@ -181,7 +181,8 @@ class PLVM:
                  answer_style: str = "paper"):
         if aligner.config.d_llm != lvlm.hidden_size:
             raise ValueError(
-                f"Aligner makes embeddings of width {aligner.config.d_llm}, the LVLM's hidden size is {lvlm.hidden_size}"
+                f"Aligner makes embeddings of width {aligner.config.d_llm}, "
+                f"the LVLM's hidden size is {lvlm.hidden_size}"
             )
         if aligner.config.base_model != lvlm.base_model_id:
             raise ValueError(
@@ -193,7 +194,8 @@ class PLVM:
         self.preset = preset
         from .synth.qa import check_answer_style
 
-        self.answer_style = check_answer_style(answer_style)  # how the Aligner was trained to answer recognition questions
+        # how the Aligner was trained to answer recognition questions
+        self.answer_style = check_answer_style(answer_style)
 
     @classmethod
     def from_preset(

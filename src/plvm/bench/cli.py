@@ -58,7 +58,8 @@ def cost_command(
     aligner_runs: int = typer.Option(3, "--aligner-runs", help="Aligner encodes per LVLM repeat"),
     dtype_7b: str = typer.Option("bfloat16", "--dtype-7b"),
     dtype_mini: str = typer.Option("float32", "--dtype-mini"),
-    params_only: bool = typer.Option(False, "--params-only", help="count parameters only (no 7B materialisation, no timing)"),
+    params_only: bool = typer.Option(False, "--params-only",
+                                     help="count parameters only (no 7B materialisation, no timing)"),
     tiny: bool = TINY,
     threads: Optional[int] = THREADS,
     json_path: Optional[Path] = JSON,
@@ -72,9 +73,12 @@ def cost_command(
 
 @app.command("concept-add")
 def concept_add_command(
-    data: Optional[str] = typer.Option(None, "--data", help="eval set folder (default: render a small AvatarWorld set)"),
-    aligner: Optional[str] = typer.Option(None, "--aligner", help="trained mini Aligner weights (file or checkpoint dir)"),
-    allow_untrained: bool = typer.Option(False, "--allow-untrained", help="run with a random Aligner (target meaningless)"),
+    data: Optional[str] = typer.Option(None, "--data",
+                                       help="eval set folder (default: render a small AvatarWorld set)"),
+    aligner: Optional[str] = typer.Option(None, "--aligner",
+                                          help="trained mini Aligner weights (file or checkpoint dir)"),
+    allow_untrained: bool = typer.Option(False, "--allow-untrained",
+                                         help="run with a random Aligner (target meaningless)"),
     concepts: int = typer.Option(2, "--concepts", help="concepts to tune Yo'LLaVA-style"),
     identities: int = typer.Option(8, "--identities", help="identities in the rendered set"),
     queries: int = typer.Option(4, "--queries", help="query photos per identity in the rendered set"),
@@ -114,7 +118,8 @@ def recognition_command(
     """Recognition throughput: `score_yes_no` vs generate-and-parse (queries/s, agreement)."""
     from .throughput import bench_recognition
 
-    _emit(bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads), json_path)
+    _emit(bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads),
+          json_path)
 
 
 @app.command("scaling")
@@ -327,11 +332,10 @@ def reliability_command(
 ) -> None:
     """Hostile inputs, faults and load through CLI, API and Python → docs/RELIABILITY.md (exit 1 on a failure)."""
     import json
+    import time
 
     from .reliability import STANDALONE_GROUPS, failures, from_json, markdown, run_all, run_group, summary, to_json
     from .serve import load_test, upload_memory
-
-    import time
 
     t0 = time.perf_counter()
     if only is not None:

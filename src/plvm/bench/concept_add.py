@@ -198,7 +198,8 @@ def bench_concept_add(
     ])
     run = Run("concept_add", command, {
         "n_concepts": n_concepts, "encode_repeats": encode_repeats, "warmup": warmup, "cap_minutes": cap_minutes,
-        "eval_every": eval_every, "max_steps": max_steps, "batch_size": batch_size, "target": target, "seed": seed}, threads, tiny)
+        "eval_every": eval_every, "max_steps": max_steps, "batch_size": batch_size, "target": target, "seed": seed},
+        threads, tiny)
     result = run.result
     plvm, info = load_bench_plvm(tiny, aligner, allow_untrained=allow_untrained or tiny)
     dataset, data_info = bench_dataset(data, tiny, n_identities=n_identities, queries=queries, seed=seed)
@@ -273,7 +274,8 @@ def bench_concept_add(
 
 def concept_add_tables(data: dict[str, Any] | None, cap_minutes: float | None = None) -> list[Table]:
     headers = ["concept", "PLVM encode p50 / p95", "PLVM accuracy (pos / neg / mean)",
-               "Yo'LLaVA-style tuning to that accuracy", "steps", "Yo'LLaVA accuracy reached (mean)", "ratio tuning / encode p50"]
+               "Yo'LLaVA-style tuning to that accuracy", "steps", "Yo'LLaVA accuracy reached (mean)",
+               "ratio tuning / encode p50"]
     if not data:
         return [Table("Concept add: PLVM encode vs test-time tuning (Table 6)",
                       md_table(headers, [["-", NOT_MEASURED, "-", "-", "-", "-", "-"]]))]
@@ -283,13 +285,15 @@ def concept_add_tables(data: dict[str, Any] | None, cap_minutes: float | None = 
         yl = c["yollava"]
         pa = c["plvm_accuracy"]
         tuning = yl["tuning_s"]
-        when = f"{tuning / 60:.2f} min" if yl["reached"] else f"not reached: stopped by {yl['stop']} at {tuning / 60:.2f} min"
+        when = (f"{tuning / 60:.2f} min" if yl["reached"]
+                else f"not reached: stopped by {yl['stop']} at {tuning / 60:.2f} min")
         if yl.get("target") is not None and abs(yl["target"] - pa["mean"]) > 1e-9:
             when += f" (target overridden: {fmt_pct(yl['target'], 1)})"
         ratio = tuning / enc.median
         rows.append([
             c["concept"], f"{enc.median * 1e3:.1f} / {enc.p95 * 1e3:.1f} ms",
-            f"{fmt_pct(pa['positive'], 0)} / {fmt_pct(pa['negative'], 0)} / **{fmt_pct(pa['mean'], 1)}** ({c['items']} items)",
+            (f"{fmt_pct(pa['positive'], 0)} / {fmt_pct(pa['negative'], 0)} / "
+             f"**{fmt_pct(pa['mean'], 1)}** ({c['items']} items)"),
             when, yl["steps"], f"{fmt_pct(yl['accuracy']['mean'], 1)} (step 0: {fmt_pct(yl['step0_accuracy'], 1)})",
             f"{'' if yl['reached'] else '> '}{ratio:,.0f}×",
         ])

@@ -326,7 +326,7 @@ def setup_mini(dtype: torch.dtype = torch.float32, seed: int = 0) -> Setup:
 
     from ..injection import PersonalizedLVLM
     from ..models.base import find_mini_projector, load_base
-    from ..pipeline import MINI_ALIGNER, load_aligner_weights, load_reference_encoder, reference_image_processor
+    from ..pipeline import MINI_ALIGNER, load_aligner_weights, load_reference_encoder
 
     t0 = time.perf_counter()
     preset = get_preset("mini")
@@ -439,7 +439,8 @@ def time_setup(setup: Setup, repeats: int, warmup: int, aligner_runs: int = 3, s
         encoder_s.append(time.perf_counter() - t)
         aligner_s += runs
         ratios.append(float(np.median(runs)) / lvlm_s[-1])
-        eprint(f"  [{setup.key}] repeat {r + 1}/{repeats}: LVLM {lvlm_s[-1]:.3f} s, Aligner {np.median(runs) * 1e3:.1f} ms")
+        eprint(f"  [{setup.key}] repeat {r + 1}/{repeats}: LVLM {lvlm_s[-1]:.3f} s, "
+               f"Aligner {np.median(runs) * 1e3:.1f} ms")
     lvlm_stats, aligner_stats = Stats.of(lvlm_s), Stats.of(aligner_s)
     return {
         "prompt_tokens": composition,
@@ -568,7 +569,8 @@ def cost_tables(data: dict[str, Any], tiny: bool = False) -> list[Table]:
                 time_rows.append([LABELS[key], "-", NOT_MEASURED, "-", "-", "-", "-"])
             continue
         tok = t["prompt_tokens"]
-        lv, al, enc = Stats.from_dict(t["lvlm_s"]), Stats.from_dict(t["aligner_s"]), Stats.from_dict(t["encoder_only_s"])
+        lv, al, enc = (Stats.from_dict(t["lvlm_s"]), Stats.from_dict(t["aligner_s"]),
+                       Stats.from_dict(t["encoder_only_s"]))
         rr = Stats.from_dict(t["time_ratio_per_repeat"])
         time_rows.append([
             f"{LABELS[key]} ({t['dtype']})",

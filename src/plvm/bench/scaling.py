@@ -45,7 +45,8 @@ IDENTIFY_DIMS = {"mini": 384, "7b": 768}
 
 
 # ---------------------------------------------------------------------- concepts in one prompt
-def concepts_scaling(plvm: Any, counts: Sequence[int], repeats: int, warmup: int, seed: int = 0) -> list[dict[str, Any]]:
+def concepts_scaling(plvm: Any, counts: Sequence[int], repeats: int, warmup: int,
+                     seed: int = 0) -> list[dict[str, Any]]:
     from ..conversation import single_turn
     from ..eval.prompts import MULTI_QUESTION, join_names
     from .cost import _image_side, _noise_image, prompt_composition
@@ -96,7 +97,8 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def identify_scaling(sizes: Sequence[int], dims: dict[str, int], repeats: int, warmup: int, seed: int = 0) -> list[dict[str, Any]]:
+def identify_scaling(sizes: Sequence[int], dims: dict[str, int], repeats: int, warmup: int,
+                     seed: int = 0) -> list[dict[str, Any]]:
     from PIL import Image
 
     from ..identify import Identifier
@@ -127,7 +129,8 @@ def _dir_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def memory_per_concept(sizes: dict[str, tuple[str, int, int, int, int]], store_concepts: int, seed: int = 0) -> list[dict[str, Any]]:
+def memory_per_concept(sizes: dict[str, tuple[str, int, int, int, int]], store_concepts: int,
+                       seed: int = 0) -> list[dict[str, Any]]:
     from ..store import ConceptStore, NewConcept, StoreIdentity
 
     rows = []

@@ -15,7 +15,6 @@ unbounded and never touch another host.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import io
 import os
 import socket
 import statistics

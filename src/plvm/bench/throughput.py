@@ -88,7 +88,8 @@ def bench_recognition(
             t0 = time.perf_counter()
             outputs[key] = fn()
             samples[key].append(time.perf_counter() - t0)
-        eprint(f"recognition: repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {n / v[-1]:.2f} q/s" for k, v in samples.items()))
+        eprint(f"recognition: repeat {r + 1}/{repeats}: "
+               + ", ".join(f"{k} {n / v[-1]:.2f} q/s" for k, v in samples.items()))
     for key, xs in samples.items():
         timings[key] = Stats.of(xs)
     qps = {key: Stats.of([n / x for x in timings[key].samples], unit="q/s") for key in modes}
@@ -136,12 +137,14 @@ def recognition_tables(data: dict[str, Any] | None, batch_size: int = 8, max_new
          f"{q['logits_b1'].median / gen:.1f}×", fmt_pct(data["agreement_logits_vs_generate"], 1)],
         [f"`score_yes_no`, batch {b}", q[bkey].fmt(2), f"{1e3 / q[bkey].median:.0f}", f"{q[bkey].median / gen:.1f}×",
          fmt_pct(data["agreement_logits_vs_generate"], 1)],
-        [f"`generate` (greedy, ≤ {max_new_tokens} tokens) + parse", q["generate"].fmt(2), f"{1e3 / gen:.0f}", "1.0×", "-"],
+        [f"`generate` (greedy, ≤ {max_new_tokens} tokens) + parse", q["generate"].fmt(2), f"{1e3 / gen:.0f}",
+         "1.0×", "-"],
     ]
     note = (f"{data['queries']} queries; unparsed generations: {data['unparsed_generations']}; batch 1 vs batch {b} "
             f"logit decisions agree on {fmt_pct(data['agreement_b1_vs_batched'], 1)} (max |Δ log-odds| "
             f"{data['max_abs_logodds_diff_b1_vs_batched']:.2g}).")
-    return [Table("Recognition throughput: Yes/No logits vs generate-and-parse", md_table(headers, rows) + "\n\n" + note)]
+    return [Table("Recognition throughput: Yes/No logits vs generate-and-parse",
+                  md_table(headers, rows) + "\n\n" + note)]
 
 
 __all__ = ["bench_recognition", "recognition_tables"]

@@ -82,7 +82,8 @@ def parse_feature_layer(text: str) -> FeatureLayer:
     try:
         layers = [int(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"vision feature layer must be an int or a comma-separated list of ints, got {text!r}") from None
+        raise ValueError(
+            f"vision feature layer must be an int or a comma-separated list of ints, got {text!r}") from None
     if not layers or any(not -13 <= x <= 12 for x in layers) or len(set(x % 13 for x in layers)) < len(layers):
         raise ValueError(f"vision feature layers must be distinct hidden-state indices in -13..12, got {text!r}")
     return layers[0] if len(layers) == 1 and "," not in text else layers
@@ -357,7 +358,8 @@ def check_projector_tensors(path: str | Path, tensors: dict[str, torch.Tensor], 
 
 
 def check_projector_file(path: str | Path, lora: bool = True,
-                         vision_feature_layer: FeatureLayer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                         vision_feature_layer: FeatureLayer | None = None
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Everything about a LLaVA-mini projector file that can be checked without building the model (so a bad
     ``--projector`` fails in a second, not after loading DINOv2 and SmolLM2): :func:`read_projector`, its
     recorded feature layer, its shapes for that layer (``"8,-1"`` → ``linear_1`` reads 768 features) and,
@@ -371,7 +373,8 @@ def check_projector_file(path: str | Path, lora: bool = True,
     if (recorded is not None and vision_feature_layer is not None
             and feature_layer_str(recorded) != feature_layer_str(vision_feature_layer)):
         raise WeightFileError(f"projector file {path} was trained on vision_feature_layer="
-                              f"{feature_layer_str(recorded)}, the model uses {feature_layer_str(vision_feature_layer)}")
+                              f"{feature_layer_str(recorded)}, the model uses "
+                              f"{feature_layer_str(vision_feature_layer)}")
     layer = recorded if recorded is not None else (vision_feature_layer if vision_feature_layer is not None
                                                    else VISION_FEATURE_LAYER)
     check_projector_tensors(path, tensors, layer)

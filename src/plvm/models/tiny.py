@@ -154,7 +154,6 @@ def tiny_onevision(seed: int = 0, image_size: int = 28):
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionProcessor,
         Qwen2Config,
         SiglipVisionConfig,
     )

@@ -54,11 +54,11 @@ from ..concept import ConceptError, IncompatibleConceptError, lookup_name
 from ..conversation import UnknownConceptError
 from ..identify import DEFAULT_THRESHOLD, FaceBackend, Identifier, ReferenceEncoder
 from ..images import (
+    MIME_TYPES,
     CorruptImageError,
     ImageError,
     ImageTooLargeError,
     LoadedImage,
-    MIME_TYPES,
     UnsupportedImageError,
     decode_image,
     probe_size,

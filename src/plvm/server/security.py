@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-
 from typing import Optional
 
 from fastapi import Depends, HTTPException, status

@@ -41,7 +41,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command("ipadapter")
 def ipadapter(
-    refs: Path = typer.Option(..., "--refs", help="Folder of reference face images (CelebA-HQ layout: 0.jpg, 1.jpg, …)."),
+    refs: Path = typer.Option(..., "--refs",
+                              help="Folder of reference face images (CelebA-HQ layout: 0.jpg, 1.jpg, …)."),
     out: Path = typer.Option(..., "--out", help="Output training folder (train.json + <ID>/…); resumable."),
     model: Optional[str] = typer.Option(None, "--model", help="Stable Diffusion 1.5 pipeline: hub id or directory "
                                         "(default: stable-diffusion-v1-5/stable-diffusion-v1-5)."),
@@ -61,7 +62,8 @@ def ipadapter(
     guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
     height: Optional[int] = typer.Option(None, "--height", help="(default: 512; --tiny: 32)"),
     width: Optional[int] = typer.Option(None, "--width", help="(default: 512; --tiny: 32)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per diffusion batch, all of one reference (default: --images-per-ref)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per diffusion batch, all of one "
+                                             "reference (default: --images-per-ref)."),
     negative_prompt: str = typer.Option(DEFAULT_NEGATIVE, "--negative-prompt"),
     style: str = typer.Option(DEFAULT_STYLE, "--style", help="Words appended to each scene prompt for SD."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help=f"(default: {DEFAULT_CLIP_MODEL}); 'none' "
@@ -106,8 +108,13 @@ def ipadapter(
     from rich.console import Console
     from tqdm import tqdm
 
-    from .ipadapter.generator import (DEFAULT_IP_ADAPTER, DEFAULT_IP_SUBFOLDER, DEFAULT_IP_WEIGHT, DEFAULT_SD_MODEL,
-                                      diffusers_available)
+    from .ipadapter.generator import (
+        DEFAULT_IP_ADAPTER,
+        DEFAULT_IP_SUBFOLDER,
+        DEFAULT_IP_WEIGHT,
+        DEFAULT_SD_MODEL,
+        diffusers_available,
+    )
     from .ipadapter.run import SettingsMismatch, SynthConfig, run_synthesis
 
     console = Console(stderr=True, quiet=quiet)
@@ -160,7 +167,8 @@ def ipadapter(
         "clip_model": clip_path, "clip_threshold": clip_threshold, "face_backend": face_backend.value,
         "face_threshold": face_threshold, "safety_checker": safety_checker, "tiny": tiny,
     }
-    describe = {"lvlm": lvlm, "attr_instruction": attr_instruction, "face_licence": FACE_LICENCES.get(face_backend.value, face_backend.value),
+    describe = {"lvlm": lvlm, "attr_instruction": attr_instruction,
+                "face_licence": FACE_LICENCES.get(face_backend.value, face_backend.value),
                 "positive_ratio": positive_ratio}
 
     def make_generator():

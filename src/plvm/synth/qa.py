@@ -27,8 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .avatarworld.attributes import (ATTRIBUTES, FACIAL_HAIR_PHRASE, Identity, hair_phrase, join_words,
-                                     person_noun)
+from .avatarworld.attributes import ATTRIBUTES, FACIAL_HAIR_PHRASE, Identity, hair_phrase, join_words, person_noun
 from .avatarworld.backgrounds import background_phrase
 from .avatarworld.objects import OBJECT_NAMES
 from .avatarworld.person import CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS
@@ -525,8 +524,8 @@ def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
 
     Open questions are drawn from the listed kinds only (as always, a kind that cannot be asked about the
     photo — no single person to name, a background that is neither indoors nor outdoors — falls back to
-    ``count``); multiple-choice and described-person questions keep their shares. Weights need not sum to 1. Raises ``ValueError`` on an unknown kind,
-    a malformed entry, a negative weight or an all-zero table.
+    ``count``); multiple-choice and described-person questions keep their shares. Weights need not sum to 1.
+    Raises ``ValueError`` on an unknown kind, a malformed entry, a negative weight or an all-zero table.
     """
     if isinstance(weights, str):
         table: dict[str, float] = {}

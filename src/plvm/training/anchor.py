@@ -197,7 +197,8 @@ def train_anchor(
     rng = np.random.default_rng([seed, 424242])
     scenes = [sample_scene(rng) for _ in range(n_images)]
     features = torch.cat([
-        vision_features(model, image_processor([s.image for s in scenes[i:i + 32]], return_tensors="pt")["pixel_values"])
+        vision_features(model,
+                        image_processor([s.image for s in scenes[i:i + 32]], return_tensors="pt")["pixel_values"])
         .to(torch.bfloat16)
         for i in tqdm(range(0, n_images, 32), desc="anchor: DINOv2 features", mininterval=5)
     ])  # [N, P, d_vision]

@@ -33,8 +33,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..eval.metrics import roc_auc
-from .aligner_task import (RECOGNITION_KINDS, AlignerTrainingTask, balanced_logistic_loss, bank_objective,
-                           mean_query_auc)
+from .aligner_task import RECOGNITION_KINDS, AlignerTrainingTask, balanced_logistic_loss, bank_objective, mean_query_auc
 from .loop import _atomic_save, _atomic_write_text
 
 

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 from PIL import ImageDraw
 
-from .palette import (CLOTHING, EYE, GLASSES_FRAME, HAIR, LIPSTICK, RGB, SKIN, mix, outline_of, shade)
+from .palette import CLOTHING, EYE, GLASSES_FRAME, HAIR, LIPSTICK, RGB, SKIN, mix, outline_of, shade
 from .pen import Pen, ellipse_points
 
 CLOTHING_TYPES: tuple[str, ...] = ("t-shirt", "hoodie", "suit", "dress", "sweater")

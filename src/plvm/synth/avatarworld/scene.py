@@ -17,8 +17,7 @@ from PIL import Image, ImageDraw
 
 from .attributes import Identity
 from .backgrounds import draw_background
-from .objects import (FIXED_COLOR, OBJECT_COLORS, OBJECT_HEIGHT, OBJECT_NAMES, OBJECT_PLACE, draw_object,
-                      object_box)
+from .objects import FIXED_COLOR, OBJECT_COLORS, OBJECT_HEIGHT, OBJECT_NAMES, OBJECT_PLACE, draw_object, object_box
 from .palette import REFERENCE_BACKGROUNDS
 from .person import CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS, Look, draw_person, face_geometry, head_top
 

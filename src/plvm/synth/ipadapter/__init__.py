@@ -9,10 +9,16 @@ Prompts live in :mod:`plvm.synth.prompts_bank`, filters in :mod:`plvm.synth.filt
 :mod:`plvm.synth.cli_ipadapter`. ``diffusers`` is imported only when a generator is built.
 """
 
-from .qa import (ConceptData, CallableAnswerer, LVLMAnswerer, attribute_questions, build_items,
-                 to_concept_answer, to_this_person)
-from .run import (Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed,
-                  run_synthesis)
+from .qa import (
+                 CallableAnswerer,
+                 ConceptData,
+                 LVLMAnswerer,
+                 attribute_questions,
+                 build_items,
+                 to_concept_answer,
+                 to_this_person,
+)
+from .run import Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
 
 __all__ = [
     "CallableAnswerer", "ConceptData", "LVLMAnswerer", "Reference", "RunReport", "SettingsMismatch", "SynthConfig",
