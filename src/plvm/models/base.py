@@ -71,7 +71,8 @@ def load_base(name_or_path: str, **kw: Any) -> tuple[PreTrainedModel, ProcessorM
         **kw: For LLaVA-mini: ``projector`` (path; default: the committed trained projector),
             ``lora`` (default: the one the projector names), ``image_size``, ``dtype``. Otherwise: passed to
             ``from_pretrained`` of the model (e.g. ``dtype``, ``local_files_only``, ``revision``);
-            ``processor_kwargs`` (dict) goes to ``AutoProcessor.from_pretrained``; ``processor`` (a ready processor) skips ``AutoProcessor``.
+            ``processor_kwargs`` (dict) goes to ``AutoProcessor.from_pretrained``; ``processor`` (a ready
+            processor) skips ``AutoProcessor``.
 
     Raises:
         ValueError: the checkpoint is neither LLaVA nor LLaVA-OneVision.
