@@ -462,8 +462,9 @@ def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, s
     The checkpoint is checked first (:func:`plvm.validation.read_checkpoint`, a stage-1 task, projector shapes
     for its feature layer, LoRA tensors for its recorded rank): nothing is written from a bad one, and every
     problem is a one-line :class:`~plvm.validation.WeightFileError`."""
-    from plvm.models.mini_lora import check_lora_tensors, lora_config_from_metadata, save_lora
-    from plvm.training.stage1_task import LORA_KEY, PROJECTOR_KEY
+    from plvm.models.mini_lora import LORA_KEY, check_lora_tensors, lora_config_from_metadata, save_lora
+
+    PROJECTOR_KEY = PROJECTOR_PREFIX
 
     checkpoint, out = Path(checkpoint), Path(out)
     state, tensors = read_checkpoint(checkpoint, STAGE1_CHECKPOINT)

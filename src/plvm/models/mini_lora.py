@@ -26,6 +26,9 @@ from transformers import LlavaForConditionalGeneration
 
 from plvm.validation import WeightFileError, read_weights
 
+LORA_KEY = "lm_lora."
+"""Prefix of the LoRA tensors in a stage-1 training checkpoint (``trainable.safetensors``)."""
+
 LORA_KIND = "llava-mini lm lora"
 ADAPTER = "default"
 LORA_FILE = ("a LLaVA-mini LM LoRA file (safetensors with *.lora_A.weight / *.lora_B.weight tensors and "

@@ -25,7 +25,8 @@ from torch import nn
 from ..conversation import Conversation
 from ..eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation
 from ..injection import ConceptTensors, PersonalizedLVLM
-from ..models.mini_lora import MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
+from ..models.mini import PROJECTOR_PREFIX
+from ..models.mini_lora import LORA_KEY, MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
 from .loss import shift_targets, weighted_answer_loss
 
 
@@ -74,8 +75,7 @@ def generic_conversation(example: GenericExample, with_answer: bool = True) -> C
     return conv
 
 
-PROJECTOR_KEY = "multi_modal_projector."
-LORA_KEY = "lm_lora."
+PROJECTOR_KEY = PROJECTOR_PREFIX  # checkpoint keys of the projector's tensors
 
 
 class ProjectorTrainingTask:
