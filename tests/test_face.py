@@ -14,7 +14,6 @@ crop), not independent photos. Backends whose package is missing are skipped wit
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -116,16 +115,6 @@ def test_insightface_refuses_without_noncommercial_opt_in():
 
 
 # ------------------------------------------------------------------------------------ backends
-@pytest.fixture(scope="module", params=["dlib", "insightface"])
-def enc(request) -> FaceEncoder:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonCommercialWeightsWarning)
-            return FaceEncoder.from_config(FaceConfig(backend=request.param, allow_noncommercial=True))
-    except FaceBackendUnavailable as exc:
-        pytest.skip(f"{request.param} backend unavailable: {exc}")
-
-
 @pytest.fixture(scope="module")
 def mains(enc) -> dict[str, Face]:
     """Main face of each single-person photo, per backend (astronaut only if scikit-image is there)."""

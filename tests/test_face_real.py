@@ -28,7 +28,6 @@ from plvm.bench.face_real import (
     variants,
 )
 from plvm.encoders.face import (
-    FaceBackendUnavailable,
     FaceConfig,
     FaceEncoder,
     NonCommercialWeightsWarning,
@@ -50,16 +49,6 @@ def need(*keys: str) -> None:
     missing = missing_sources(list(keys))
     if missing:
         pytest.skip("real photos not installed: " + "; ".join(missing))
-
-
-@pytest.fixture(scope="module", params=["dlib", "insightface"])
-def enc(request) -> FaceEncoder:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NonCommercialWeightsWarning)
-            return FaceEncoder.from_config(FaceConfig(backend=request.param, allow_noncommercial=True))
-    except FaceBackendUnavailable as exc:
-        pytest.skip(f"{request.param} backend unavailable: {exc}")
 
 
 # ------------------------------------------------------------------------------------ no model needed
