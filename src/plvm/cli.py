@@ -242,7 +242,7 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
     if recorded is None:
         return wanted
     widening = (resumed is None and isinstance(wanted, list) and len(recorded.split(",")) == 1
-                and int(recorded) in wanted)
+                and int(recorded) % 13 in [x % 13 for x in wanted])  # DINOv2-S: 13 hidden states, -1 == 12
     if widening:  # an --init-projector on one layer, read as one of several (plvm.models.identity_shaping)
         return wanted
     if wanted is not None and feature_layer_str(wanted) != recorded:
