@@ -130,3 +130,11 @@ def test_shaping_makes_identity_the_tokens_own_geometry():
     assert len(logs) == 3 and "contrast" in logs[-1]
     assert start < 0.7 and auc() > start + 0.2
     assert stats["step"] == 150 and stats["distill"] > 0  # the code moved the tokens away from the old map
+
+
+def test_widens_is_the_one_rule_for_which_projectors_widen():
+    from plvm.models.mini import widens
+
+    assert widens(-1, [8, -1]) and widens(12, [8, -1])  # -1 and 12 are one DINOv2-S layer
+    assert not widens(-1, -1) and not widens(3, [8, -1]) and not widens([8, -1], [8, -1, 4]) and not widens(-1, None)
+    assert widens(-1, [0, -1], n_states=3) and not widens(1, [0, -1], n_states=3)

@@ -14,15 +14,34 @@ import torch
 from torch import nn
 
 
-@torch.no_grad()
-def fold_standardisation(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Make ``linear`` compute its old map on ``(x - μ) / σ`` (per-channel statistics of ``x`` ``[N, d_in]``):
-    ``W ← W / σ``, ``b ← b - (W / σ) μ``. Returns ``μ`` ``[d_in]``."""
+def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (floored at 1e-6) of ``x`` ``[N, d]``: ``(μ [d], σ [d])``."""
     x = x.float()
-    mu, sigma = x.mean(0), x.std(0).clamp_min(1e-6)
+    return x.mean(0), x.std(0).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def fold_statistics(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor) -> None:
+    """Make ``linear`` compute its old map on ``(x - μ) / σ``: ``W ← W / σ``, ``b ← b - (W / σ) μ``."""
     w = linear.weight.float() / sigma
     linear.weight.copy_(w)
     linear.bias.copy_(linear.bias.float() - w @ mu)
+
+
+@torch.no_grad()
+def unfold_statistics(linear: nn.Linear, mu: torch.Tensor, sigma: torch.Tensor) -> None:
+    """The inverse of :func:`fold_statistics`: ``linear`` then computes, on ``(x - μ) / σ``, the map it computed
+    on ``x`` (``W ← W σ``, ``b ← b + W μ``) — so it can be trained on standardised inputs and folded back."""
+    w = linear.weight.float()
+    linear.bias.copy_(linear.bias.float() + w @ mu)
+    linear.weight.copy_(w * sigma)
+
+
+def fold_standardisation(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Make ``linear`` compute its old map on ``(x - μ) / σ`` (per-channel statistics of ``x`` ``[N, d_in]``):
+    ``W ← W / σ``, ``b ← b - (W / σ) μ``. Returns ``μ`` ``[d_in]``."""
+    mu, sigma = channel_statistics(x)
+    fold_statistics(linear, mu, sigma)
     return mu
 
 

@@ -227,7 +227,7 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
     """``--vision-feature-layer`` → the layer(s) to build LLaVA-mini with; a resumed run or an ``--init-projector``
     keeps the layer it was trained on (a different explicit value is an error, except a list that contains an
     init projector's single layer: it is widened to read them all); ``None``: the default."""
-    from .models.mini import feature_layer_str, parse_feature_layer, projector_metadata
+    from .models.mini import feature_layer_str, parse_feature_layer, projector_metadata, widens
 
     try:
         wanted = parse_feature_layer(text) if text is not None else None
@@ -241,10 +241,8 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
         recorded, source = projector_metadata(init_projector).get("vision_feature_layer", "-1"), str(init_projector)
     if recorded is None:
         return wanted
-    widening = (resumed is None and isinstance(wanted, list) and len(recorded.split(",")) == 1
-                and int(recorded) % 13 in [x % 13 for x in wanted])  # DINOv2-S: 13 hidden states, -1 == 12
-    if widening:  # an --init-projector on one layer, read as one of several (plvm.models.identity_shaping)
-        return wanted
+    if resumed is None and widens(parse_feature_layer(recorded), wanted):  # an --init-projector read as one of
+        return wanted                                                       # several layers (identity_shaping)
     if wanted is not None and feature_layer_str(wanted) != recorded:
         raise typer.BadParameter(f"{source} reads vision feature layer {recorded}, not {text}",
                                  param_hint="--vision-feature-layer")
@@ -308,7 +306,7 @@ def train_base(
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
-    from .models.mini import build_llava_mini, feature_layer_str, projector_lora, projector_metadata
+    from .models.mini import build_llava_mini, parse_feature_layer, projector_lora, projector_metadata, widens
     from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .synth.avatarworld import AvatarWorld
     from .training.anchor import REGIONS
@@ -337,8 +335,8 @@ def train_base(
         raise typer.BadParameter(f"no such file: {init_lora}", param_hint="--init-lora")
     resumed = None if no_resume else latest_checkpoint(out)
     layer = _feature_layer_option(vision_feature_layer, init_projector, resumed)
-    widen = (init_projector is not None and layer is not None
-             and feature_layer_str(layer) != projector_metadata(init_projector).get("vision_feature_layer", "-1"))
+    widen = init_projector is not None and widens(
+        parse_feature_layer(projector_metadata(init_projector).get("vision_feature_layer", "-1")), layer)
     model, processor = build_llava_mini(projector=None if widen else init_projector, lora=False,
                                         vision_feature_layer=layer)
     if widen:

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..calibration import channel_statistics, fold_statistics, unfold_statistics
 from ..diag.identity_probe import RegionItems, region_weights, render_regions
 from ..synth.avatarworld.attributes import ATTRIBUTES
+from .mini import parse_feature_layer, widens
 
 #: Attributes whose linear read-out shaping keeps (``glasses`` = worn in this image).
 SHAPED_ATTRIBUTES: tuple[str, ...] = ("hair_color", "hair_style", "age", "gender", "skin_tone", "facial_hair",
@@ -121,9 +123,9 @@ def widen_projector(state: dict[str, torch.Tensor], d_vision: int, old_layer: in
     """A projector trained on tower layer ``old_layer`` as one reading ``new_layers`` (concatenated), same map:
     ``linear_1``'s columns for the other layers are zero. ``state`` keys without the projector prefix;
     ``n_states``: the tower's hidden states (layers + embeddings), so that ``-1`` and ``12`` are one layer."""
-    layers = [int(x) % n_states for x in new_layers]
-    if old_layer % n_states not in layers:
+    if not widens(old_layer, list(new_layers), n_states):
         raise ValueError(f"layer {old_layer} is not among {list(new_layers)}")
+    layers = [int(x) % n_states for x in new_layers]
     old_layer = old_layer % n_states
     w = state["linear_1.weight"]
     if w.shape[1] != d_vision:
@@ -137,14 +139,14 @@ def widen_projector(state: dict[str, torch.Tensor], d_vision: int, old_layer: in
 def load_widened_projector(model: Any, path: Any) -> dict[str, str]:
     """Load a one-layer projector file into ``model``, whose projector reads several layers including that one
     (:func:`widen_projector`). Returns the file's metadata."""
-    from .mini import parse_feature_layer, read_projector
+    from .mini import read_projector
 
     tensors, metadata = read_projector(path)
     layers = model.config.vision_feature_layer
     layers = layers if isinstance(layers, list) else [layers]
     old = parse_feature_layer(metadata.get("vision_feature_layer", "-1"))
-    if isinstance(old, list):
-        raise ValueError(f"{path} already reads several layers ({old}); only a one-layer projector is widened")
+    if not widens(old, layers, model.config.vision_config.num_hidden_layers + 1):
+        raise ValueError(f"{path} reads layer(s) {old}; only a one-layer projector on one of {layers} is widened")
     vision = model.config.vision_config
     wide = widen_projector(tensors, vision.hidden_size, old, layers, vision.num_hidden_layers + 1)
     projector = model.model.multi_modal_projector
@@ -180,11 +182,8 @@ def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingCon
         target = torch.cat([projector(x[i:i + 64].to(dtype)).half() for i in range(0, len(x), 64)])
         # train on standardised inputs (the widened layers' raw features share a large common component),
         # with linear_1 re-expressed to compute the same map on them; folded back at the end
-        flat = x.reshape(-1, x.shape[-1]).float()
-        mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-6)
-        w1 = projector.linear_1.weight.float()
-        projector.linear_1.bias.add_((w1 @ mu).to(dtype))
-        projector.linear_1.weight.copy_((w1 * sd).to(dtype))
+        mu, sd = channel_statistics(x.reshape(-1, x.shape[-1]))
+        unfold_statistics(projector.linear_1, mu, sd)
     target_energy = float(target.float().pow(2).sum(-1).mean())
     heads = nn.ModuleDict({a: nn.Linear(target.shape[-1], int(cache.labels[a].max()) + 1) for a in SHAPED_ATTRIBUTES})
     names = sorted(set(cache.identity))
@@ -221,8 +220,5 @@ def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingCon
         if step % log_every == 0 or step == config.steps:
             log("identity shaping: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     projector.requires_grad_(False)
-    with torch.no_grad():  # fold the standardisation back: the projector reads raw tower features again
-        w1 = projector.linear_1.weight.float() / sd
-        projector.linear_1.weight.copy_(w1.to(dtype))
-        projector.linear_1.bias.sub_((w1 @ mu).to(dtype))
+    fold_statistics(projector.linear_1, mu, sd)  # the projector reads raw tower features again
     return stats

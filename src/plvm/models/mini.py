@@ -87,6 +87,17 @@ def parse_feature_layer(text: str) -> FeatureLayer:
     if not layers or any(not -13 <= x <= 12 for x in layers) or len(set(x % 13 for x in layers)) < len(layers):
         raise ValueError(f"vision feature layers must be distinct hidden-state indices in -13..12, got {text!r}")
     return layers[0] if len(layers) == 1 and "," not in text else layers
+
+
+def widens(old: FeatureLayer, new: FeatureLayer, n_states: int = 13) -> bool:
+    """Whether a projector trained on the single layer ``old`` can be widened to read ``new``: a list of layers
+    that contains it (``n_states`` hidden states, so ``-1`` and ``12`` are one layer of DINOv2-S).
+    :func:`plvm.models.identity_shaping.widen_projector` does the widening."""
+    if isinstance(old, list) or not isinstance(new, list):
+        return False
+    return int(old) % n_states in [int(x) % n_states for x in new]
+
+
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
 #: Widths LLaVA-mini's projector maps between: DINOv2-S/14's hidden size → SmolLM2-135M's.
