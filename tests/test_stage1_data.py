@@ -256,3 +256,61 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
     for text, init, resumed in (("8", projector, None), ("8", None, run), ("13", None, None)):
         with pytest.raises(typer.BadParameter):
             _feature_layer_option(text, init, resumed)
+
+
+def test_match_supervision_targets_each_query_head_and_trains_a_readout_that_export_drops(tmp_path):
+    """Image-prompt samples carry one target per head of the query image (the named person's: True); the
+    match read-out reads a decoder layer's pooled head tokens, learns, round-trips, and is not exported."""
+    from plvm.models.mini import MATCH_READOUT_PREFIX, export_stage1
+    from plvm.training.loop import LoopConfig, run_training
+    from plvm.training.stage1_task import MatchSupervision, ProjectorTrainingTask
+
+    world = AvatarWorld(seed=0, num_identities=40, size=64)
+    source = AvatarWorldGenericSource(world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=0.5)
+    examples = [ex for i in range(8) for ex in source.examples(i, 2)]
+    for ex in examples:
+        named = [is_named for _, is_named in ex.query_heads]
+        assert named and sum(named) == (ex.answer.startswith("Yes"))  # the named person appears iff "Yes"
+        width, height = ex.images[-1].size
+        for (x0, y0, x1, y1), _ in ex.query_heads:
+            assert x1 > x0 and y1 > y0 and x1 > 0 and y1 > 0 and x0 < width and y0 < height
+    assert any(len(ex.query_heads) > 1 for ex in examples)  # scenes with several heads, not only portraits
+
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    with pytest.raises(ValueError, match="beyond"):
+        ProjectorTrainingTask(lvlm, source, match=MatchSupervision(1.0, layer=2))
+    fixed = examples[:4]
+
+    class Fixed:  # the same four examples every step: the read-out (and projector) can fit them
+        def examples(self, index, n):
+            return fixed
+
+        def describe(self):
+            return {"source": "fixed"}
+
+    task = ProjectorTrainingTask(lvlm, Fixed(), batch_size=4, match=MatchSupervision(1.0, layer=1))
+    with torch.no_grad():
+        _, logs = task.loss(fixed)
+    assert 0.0 <= logs["match_acc"] <= 1.0 and logs["loss_match"] > 0
+    before = logs["loss_match"]
+    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
+    with torch.no_grad():
+        after = task.loss(fixed)[1]["loss_match"]
+    assert after < 0.5 * before, (before, after)
+
+    saved = task.trainable_state_dict()
+    assert {k for k in saved if k.startswith(MATCH_READOUT_PREFIX)} == {"match_readout.weight", "match_readout.bias"}
+    other = ProjectorTrainingTask(PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"), source,
+                                  match=MatchSupervision(1.0, layer=1))
+    other.load_trainable_state_dict(saved)
+    assert all(torch.equal(v, other.trainable_state_dict()[k]) for k, v in saved.items())
+    with pytest.raises(ValueError, match="disagree"):
+        ProjectorTrainingTask(PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"),
+                              source).load_trainable_state_dict(saved)
+    projector, _ = export_stage1(tmp_path / "checkpoint-000020", tmp_path / "projector.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(projector), "pt") as f:
+        keys = set(f.keys())
+    assert keys and all(k.startswith("multi_modal_projector.") for k in keys)

@@ -133,11 +133,25 @@ class AvatarWorldGenericSource:
         for _ in range(n):
             s = next(stream)
             ex = GenericExample(list(s.images), s.question, s.answer, s.kind, name=s.meta.get("name"))
+            if s.kind == "image_prompt":
+                ex.query_heads = self._query_heads(s)
             if self.turns > 1 and s.kind == "vqa":
                 first = s.meta.get("qa", {}).get("meta", {})
                 ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
             out.append(ex)
         return out
+
+    def _query_heads(self, sample: Any) -> list[tuple[tuple[float, float, float, float], bool]]:
+        """Head boxes of the query image of an image-prompt sample, each with "is it the named person?"."""
+        from ..synth.avatarworld.scene import portrait_face_bbox
+        from .anchor import head_box
+
+        named, graph = sample.meta["identity"], sample.graphs[-1]
+        if graph is None:  # a portrait of ``portrait_of``
+            shown = self.world.identity(sample.meta["portrait_of"])
+            box = head_box({"face_bbox": portrait_face_bbox(shown, sample.images[-1].width)})
+            return [(box, shown.id == named)]
+        return [(head_box(p), p["identity"] == named) for p in graph["people"]]
 
     def _follow_up(self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
                    ) -> list[tuple[str, str]]:

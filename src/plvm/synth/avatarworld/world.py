@@ -260,7 +260,8 @@ class AvatarWorld:
         name = qa.random_concept_name(rng)
         item = qa.recognition_qa(rng, positive, name=f"<{name}>")
         return GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
-                             {"identity": a.id, "same": positive, "name": name})
+                             {"identity": a.id, "same": positive, "name": name,
+                              **({"portrait_of": b.id} if graph is None else {})})
 
     @staticmethod
     def sample_scene_identity(rng: np.random.Generator, pool: Sequence[Identity], exclude: Identity) -> Identity:
