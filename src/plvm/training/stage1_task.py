@@ -89,7 +89,8 @@ class MatchSupervision:
     in the query image; a single Yes/No word per example is a weak signal for learning that comparison (the
     word loss stayed at ln 2 over 400 steps). Here every head of the query image gets its own target: the
     hidden states of decoder layer ``layer`` are pooled over the head's patch tokens (coverage weights of
-    its ground-truth box, :func:`plvm.diag.identity_probe.region_weights`) and a linear read-out says whether
+    its ground-truth box, :func:`plvm.diag.identity_probe.region_weights`), layer-normalised, and a linear
+    read-out says whether
     it is the named person (binary cross-entropy, ``weight`` × added to the answer loss). The read-out is a
     training-only head: :func:`plvm.models.mini.export_stage1` drops it; what stays is the LoRA that learned
     to make layer ``layer`` carry the match.
@@ -236,9 +237,11 @@ class ProjectorTrainingTask:
                 w = region_weights(box, width, height, grid).to(query.device, query.dtype)  # [G²]
                 pooled.append(w @ query)
                 labels.append(float(is_named))
-        logit = self.match_readout(torch.stack(pooled).float()).squeeze(-1)  # [N_heads]
+        pooled_t = torch.stack(pooled).float()  # [N_heads, d]; mid-layer states have large norms: normalise
+        logit = self.match_readout(nn.functional.layer_norm(pooled_t, pooled_t.shape[-1:])).squeeze(-1)
         target = torch.tensor(labels, device=logit.device)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+        loss = nn.functional.binary_cross_entropy_with_logits(logit, target)
         with torch.no_grad():
             accuracy = ((logit > 0).float() == target).float().mean()
-        return loss, {"loss_match": float(loss.detach()), "match_acc": float(accuracy)}
+        return loss, {"loss_match": float(loss.detach()), "match_acc": float(accuracy),
+                      "match_pos": float(target.mean())}
