@@ -299,6 +299,24 @@ def test_match_supervision_targets_each_query_head_and_trains_a_readout_that_exp
         after = task.loss(fixed)[1]["loss_match"]
     assert after < 0.5 * before, (before, after)
 
+    # the routing stage: the LM stops after the match layer, and the match loss is the whole loss
+    only = ProjectorTrainingTask(lvlm, Fixed(), batch_size=4, match=MatchSupervision(2.0, layer=0, only=True))
+    top_calls = []
+    hook = lvlm.model.model.language_model.layers[1].register_forward_hook(lambda *a: top_calls.append(1))
+    try:
+        loss, only_logs = only.loss(fixed)
+    finally:
+        hook.remove()
+    assert not top_calls and "loss_word" not in only_logs
+    assert float(loss.detach()) == pytest.approx(2.0 * only_logs["loss_match"], rel=1e-5)
+    if "match_auc" in only_logs:
+        assert 0.0 <= only_logs["match_auc"] <= 1.0
+    loss.backward()
+    assert only.match_readout.weight.grad is not None and only.match_readout.weight.grad.abs().sum() > 0
+    caption = GenericExample(images=fixed[0].images[:1], question="Describe the image.", answer="A person.")
+    with pytest.raises(ValueError, match="image-prompt"):
+        only.loss([caption])
+
     saved = task.trainable_state_dict()
     assert {k for k in saved if k.startswith(MATCH_READOUT_PREFIX)} == {"match_readout.weight", "match_readout.bias"}
     other = ProjectorTrainingTask(PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"), source,

@@ -307,6 +307,8 @@ def train_base(
                                                           "supervision (plvm.training.stage1_task."
                                                           "MatchSupervision; 0 = off)"),
     match_layer: int = typer.Option(15, min=0, help="the decoder layer whose head tokens the match read-out reads"),
+    match_only: bool = typer.Option(False, help="routing stage: the LM stops at --match-layer and the match loss "
+                                                "is the whole loss (--mix 0,0,0,1)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -388,7 +390,10 @@ def train_base(
     n_layers = len(model.model.language_model.layers)
     if match_weight > 0 and match_layer >= n_layers:
         raise typer.BadParameter(f"LLaVA-mini's LM has decoder layers 0–{n_layers - 1}", param_hint="--match-layer")
-    match = MatchSupervision(match_weight, match_layer) if match_weight > 0 else None
+    if match_only and (match_weight == 0 or len(weights) < 4 or max(weights[:3]) > 0):
+        raise typer.BadParameter("--match-only trains on image-prompt samples alone: give --match-weight and "
+                                 "--mix 0,0,0,1", param_hint="--match-only")
+    match = MatchSupervision(match_weight, match_layer, only=match_only) if match_weight > 0 else None
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
                                  word_weight=word_weight, match=match)
     if init_lora is None and init_projector is not None:

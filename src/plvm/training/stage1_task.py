@@ -94,16 +94,24 @@ class MatchSupervision:
     it is the named person (binary cross-entropy, ``weight`` × added to the answer loss). The read-out is a
     training-only head: :func:`plvm.models.mini.export_stage1` drops it; what stays is the LoRA that learned
     to make layer ``layer`` carry the match.
+
+    ``only=True`` is the routing stage: the LM's forward stops after layer ``layer`` and the match loss is the
+    whole loss, so a step costs ``(layer + 1) / n_layers`` of the LM (every example must be an image-prompt one).
     """
 
     weight: float = 1.0
     layer: int = 15
+    only: bool = False
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"match weight must be positive, got {self.weight}")
         if self.layer < 0:
             raise ValueError(f"match layer must be a decoder layer index >= 0, got {self.layer}")
+
+
+class _StopForward(Exception):
+    """Raised by the match hook when :attr:`MatchSupervision.only`: the layers above ``layer`` are not run."""
 
 
 class ProjectorTrainingTask:
@@ -174,7 +182,8 @@ class ProjectorTrainingTask:
                 "batch_size": self.batch_size, "train_projector": self.train_projector,
                 "lora": None if self.lora is None else self.lora.metadata(),
                 **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {}),
-                **({"match": {"weight": self.match.weight, "layer": self.match.layer}} if self.match else {}),
+                **({"match": {"weight": self.match.weight, "layer": self.match.layer, "only": self.match.only}}
+                   if self.match else {}),
                 **self._feature_layer()}
 
     def _feature_layer(self) -> dict[str, str]:
@@ -192,13 +201,23 @@ class ProjectorTrainingTask:
                                    for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
         captured: list[torch.Tensor] = []
+        only = self.match is not None and self.match.only
+        if only and not all(ex.query_heads for ex in examples):
+            raise ValueError("match-only training needs image-prompt examples with head boxes only")
         hook = None
         if self.match is not None and any(ex.query_heads for ex in examples):
-            layer = self.lvlm.model.model.language_model.layers[self.match.layer]
-            hook = layer.register_forward_hook(lambda _m, _i, out: captured.append(
-                out[0] if isinstance(out, tuple) else out))
+
+            def capture(_module: nn.Module, _inputs: Any, out: Any) -> None:
+                captured.append(out[0] if isinstance(out, tuple) else out)
+                if only:
+                    raise _StopForward
+
+            hook = self.lvlm.model.model.language_model.layers[self.match.layer].register_forward_hook(capture)
         try:
             hidden, _ = self.lvlm.hidden_states(batch, none)
+        except _StopForward:
+            match_loss, match_logs = self._match_loss(captured[0], batch.ids, examples)
+            return self.match.weight * match_loss, match_logs
         finally:
             if hook is not None:
                 hook.remove()
@@ -243,5 +262,9 @@ class ProjectorTrainingTask:
         loss = nn.functional.binary_cross_entropy_with_logits(logit, target)
         with torch.no_grad():
             accuracy = ((logit > 0).float() == target).float().mean()
-        return loss, {"loss_match": float(loss.detach()), "match_acc": float(accuracy),
-                      "match_pos": float(target.mean())}
+            pos, neg = logit[target > 0.5], logit[target < 0.5]
+            logs = {"loss_match": float(loss.detach()), "match_acc": float(accuracy), "match_pos": float(target.mean())}
+            if len(pos) and len(neg):  # Mann–Whitney AUC of the batch's heads: 0.5 = the read-out compares nothing
+                pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+                logs["match_auc"] = float(pairs.mean())
+        return loss, logs
