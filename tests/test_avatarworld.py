@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from plvm.synth import qa
-from plvm.synth.avatarworld import ATTRIBUTES, AvatarWorld, Identity, SceneOptions, build_eval_set
+from plvm.synth.avatarworld import ATTRIBUTES, AvatarWorld, Identity, SceneOptions
 from plvm.synth.avatarworld.attributes import MIN_DISTANCE, attribute_distance
 from plvm.synth.avatarworld.palette import CLOTHING, EYE, GLASSES_FRAME, HAIR, SKIN
 from plvm.synth.avatarworld.person import EYE_U, EYE_V, face_geometry, landmarks
 from plvm.synth.avatarworld.scene import portrait_to_pixel
+from plvm.synth.evalset import build_eval_set
+from plvm.synth.samples import iter_generic_samples, iter_personal_samples
 from plvm.synth.writers import write_multiconcept, write_plvm_format, write_yollava_format
 
 SIZE = 224
@@ -295,7 +297,7 @@ def test_attribute_qa_answers_come_from_the_identity(world):
 
 def test_personal_samples_match_their_ground_truth(world):
     rng = np.random.default_rng(4)
-    it = world.iter_personal_samples(rng, positive_ratio=0.5, recog_to_attr=2.0, hard_negative_share=1.0)
+    it = iter_personal_samples(world, rng, positive_ratio=0.5, recog_to_attr=2.0, hard_negative_share=1.0)
     kinds = set()
     train_ids = {i.id for i in world.split("train")}
     for _ in range(30):
@@ -316,8 +318,8 @@ def test_personal_samples_match_their_ground_truth(world):
 
 
 def test_portrait_queries_show_one_person_the_concept_exactly_when_positive(world):
-    it = world.iter_personal_samples(np.random.default_rng(5), positive_ratio=0.5, recog_to_attr=1e9,
-                                     hard_negative_share=0.5, portrait_query_share=1.0)
+    it = iter_personal_samples(world, np.random.default_rng(5), positive_ratio=0.5, recog_to_attr=1e9,
+                               hard_negative_share=0.5, portrait_query_share=1.0)
     samples = [next(it) for _ in range(24)]
     train_ids = {i.id for i in world.split("train")}
     kinds = Counter(s.kind for s in samples)
@@ -331,12 +333,12 @@ def test_portrait_queries_show_one_person_the_concept_exactly_when_positive(worl
     positive = next(s for s in samples if s.kind == "recog_pos")  # another photo of the concept, not a copy
     assert np.abs(np.asarray(positive.query, float) - np.asarray(positive.reference, float)).mean() > 1.0
     with pytest.raises(ValueError, match="portrait_query_share"):
-        next(world.iter_personal_samples(np.random.default_rng(0), portrait_query_share=1.5))
+        next(iter_personal_samples(world, np.random.default_rng(0), portrait_query_share=1.5))
 
 
 def test_generic_samples_match_their_ground_truth(world):
     rng = np.random.default_rng(8)
-    it = world.iter_generic_samples(rng, weights=(1, 1, 2))
+    it = iter_generic_samples(world, rng, weights=(1, 1, 2))
     kinds = set()
     for _ in range(24):
         s = next(it)
@@ -357,12 +359,12 @@ def test_generic_samples_match_their_ground_truth(world):
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_same_portrait_share_chooses_the_second_image_and_keeps_both_answers(world, share):
-    it = world.iter_generic_samples(np.random.default_rng(3), weights=(0, 0, 1), same_portrait_share=share)
+    it = iter_generic_samples(world, np.random.default_rng(3), weights=(0, 0, 1), same_portrait_share=share)
     samples = [next(it) for _ in range(16)]
     assert all((s.graphs[1] is None) == (share == 1.0) for s in samples)  # portraits have no scene graph
     assert {s.answer for s in samples} == {"Yes", "No"}
     with pytest.raises(ValueError, match="same_portrait_share"):
-        next(world.iter_generic_samples(np.random.default_rng(3), same_portrait_share=1.5))
+        next(iter_generic_samples(world, np.random.default_rng(3), same_portrait_share=1.5))
 
 
 def test_described_person_question_describes_someone_present_or_nobody_present(world):
@@ -396,12 +398,12 @@ def test_described_person_question_describes_someone_present_or_nobody_present(w
 
 
 def test_described_share_one_asks_only_described_questions_and_zero_none(world):
-    old = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0))
-    zero = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=0.0)
+    old = iter_generic_samples(world, np.random.default_rng(5), weights=(0, 1, 0))
+    zero = iter_generic_samples(world, np.random.default_rng(5), weights=(0, 1, 0), described_share=0.0)
     a, b = [next(old) for _ in range(12)], [next(zero) for _ in range(12)]
     assert [(s.question, s.answer) for s in a] == [(s.question, s.answer) for s in b]
     assert not any(s.meta["qa"]["meta"].get("visual") == "described_person" for s in a)
-    every = world.iter_generic_samples(np.random.default_rng(5), weights=(0, 1, 0), described_share=1.0)
+    every = iter_generic_samples(world, np.random.default_rng(5), weights=(0, 1, 0), described_share=1.0)
     assert all(next(every).meta["qa"]["meta"]["visual"] == "described_person" for _ in range(8))
 
 
@@ -422,12 +424,12 @@ def test_open_kinds_draw_only_the_listed_kinds_in_proportion(world):
                     .meta["visual"] for _ in range(400))
     assert set(kinds) == {"hair_color", "count"}
     assert 0.65 < kinds["hair_color"] / 400 < 0.85  # 3:1 -> 0.75
-    stream = world.iter_generic_samples(np.random.default_rng(4), weights=(0, 1, 0), open_kinds="hair_color=1")
+    stream = iter_generic_samples(world, np.random.default_rng(4), weights=(0, 1, 0), open_kinds="hair_color=1")
     items = [next(stream).meta["qa"] for _ in range(20)]
     open_items = [item for item in items if not item["options"]]  # multiple choice keeps its share
     assert open_items and all(item["meta"]["visual"] == "hair_color" for item in open_items)
     with pytest.raises(ValueError, match="unknown open question kind"):
-        next(world.iter_generic_samples(np.random.default_rng(0), open_kinds={"shoes": 1.0}))
+        next(iter_generic_samples(world, np.random.default_rng(0), open_kinds={"shoes": 1.0}))
 
 
 # ----------------------------------------------------------------------------------- eval set + writers

@@ -67,7 +67,7 @@ def test_templates_and_neutralize():
 
 
 def test_description_becomes_a_predicate():
-    from plvm.eval.baselines import _as_predicate
+    from plvm.eval.methods.prompting import _as_predicate
 
     assert _as_predicate("The person in this image is a tall man with a <b>beard</b>.") == "a tall man with a bbeard/b"
     assert _as_predicate("The image shows an old woman.") == "an old woman"

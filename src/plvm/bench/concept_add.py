@@ -3,7 +3,7 @@
 * **PLVM** — ``plvm.make_concept(name, reference)``: reference preprocessing + the frozen encoder + the
   Aligner's heads, one forward pass; p50 / p95 over ``encode_repeats`` calls (after warm-up), cycling over
   the concepts' reference photos.
-* **Yo'LLaVA-style tuning** — :meth:`plvm.eval.baselines.YoLLaVA.tune` itself (Eq. 2 loss, AdamW on
+* **Yo'LLaVA-style tuning** — :meth:`plvm.eval.methods.YoLLaVA.tune` itself (Eq. 2 loss, AdamW on
   ``e_word``, ``e_weight`` and k context tokens, the LVLM frozen), given the same one reference photo per
   concept as positive and the other concepts' references as negatives. It is run until its recognition
   accuracy on the concept's test items reaches PLVM's accuracy on the *same* items, or until the time cap.
@@ -187,7 +187,7 @@ def bench_concept_add(
     seed: int = 0,
 ) -> BenchResult:
     """PLVM encode latency vs Yo'LLaVA-style tuning time to PLVM's recognition accuracy (see module doc)."""
-    from ..eval.baselines import YoLLaVA, YoLLaVAConfig
+    from ..eval.methods import YoLLaVA, YoLLaVAConfig
 
     command = command_line("plvm bench concept-add", [
         ("--tiny", tiny), ("--data", data), ("--aligner", aligner), ("--allow-untrained", allow_untrained),

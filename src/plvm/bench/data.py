@@ -101,7 +101,8 @@ def _render_dataset(root: Path, tiny: bool, n_identities: int, queries: int, siz
         ds = read_dataset(root / "toy")
         return ds, {"source": "toy coloured squares (write_toy_dataset)", "concepts": len(ds.concepts),
                     "root": str(root / "toy")}
-    from ..synth.avatarworld import AvatarWorld, build_eval_set
+    from ..synth.avatarworld import AvatarWorld
+    from ..synth.evalset import build_eval_set
     from ..synth.writers import write_yollava_format
 
     world = AvatarWorld(seed=0)

@@ -43,7 +43,7 @@ SECTIONS = {
         "title": "2. Adding a concept: PLVM encode vs Yo'LLaVA-style test-time tuning (LLaVA-mini)",
         "command": "plvm bench concept-add",
         "about": (
-            "PLVM's `make_concept` (one forward pass; p50/p95) against `YoLLaVA.tune` from `plvm.eval.baselines`, "
+            "PLVM's `make_concept` (one forward pass; p50/p95) against `YoLLaVA.tune` from `plvm.eval.methods`, "
             "run on the same LLaVA-mini until its recognition accuracy on the concept's test items reaches PLVM's "
             "accuracy on the same items, or the time cap. Tuning time excludes the periodic evaluations. Needs the "
             "trained mini Aligner (`models/plvm-mini/aligner.safetensors` or `--aligner PATH`)."

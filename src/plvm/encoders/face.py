@@ -530,8 +530,25 @@ def map_boxes(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- encoder
+#: The face backends by :attr:`FaceConfig.backend` name. Each backend module (``face_dlib``,
+#: ``face_insightface``) registers its encoder class with :func:`register_backend` when imported, and
+#: :mod:`plvm.encoders` imports them all — so importing any module of the package fills this table, and this
+#: module never imports a backend.
+BACKENDS: dict[str, type["FaceEncoder"]] = {}
+
+
+def register_backend(name: str):
+    """Class decorator: ``FaceEncoder.from_config(FaceConfig(backend=name))`` builds the decorated class."""
+
+    def register(cls: type["FaceEncoder"]) -> type["FaceEncoder"]:
+        BACKENDS[name] = cls
+        return cls
+
+    return register
+
+
 class FaceEncoder(abc.ABC):
-    """Detect, align and embed faces. Build one with :meth:`from_config`.
+    """Detect, align and embed faces. Build one with :meth:`from_config` (the backend :data:`BACKENDS` names).
 
     Class attributes set by each backend:
 
@@ -573,13 +590,12 @@ class FaceEncoder(abc.ABC):
         cfg = config if config is not None else FaceConfig()
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
-        if cfg.backend == "insightface":
-            from .face_insightface import InsightFaceEncoder
-
-            return InsightFaceEncoder(cfg)
-        from .face_dlib import DlibFaceEncoder
-
-        return DlibFaceEncoder(cfg)
+        try:
+            backend = BACKENDS[cfg.backend]
+        except KeyError:
+            raise FaceBackendUnavailable(f"face backend {cfg.backend!r} is not registered "
+                                         f"(registered: {', '.join(sorted(BACKENDS)) or 'none'})") from None
+        return backend(cfg)
 
     # -- properties
     @property
@@ -809,6 +825,7 @@ def main_face_key(face: FaceBox, width: int, height: int) -> float:
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
+    "BACKENDS",
     "DLIB_TEMPLATE_UNIT",
     "INSIGHTFACE_LICENSE_NOTE",
     "Face",
@@ -824,6 +841,7 @@ __all__ = [
     "l2_normalize",
     "main_face_key",
     "pick_main_face",
+    "register_backend",
     "Canvas",
     "FaceCalibration",
     "MAX_DET_SCALE",

@@ -29,6 +29,7 @@ from .face import (
     FaceEncoder,
     backend_model_dir,
     dlib_template,
+    register_backend,
 )
 
 DETECTOR_CNN_FILE = "mmod_human_face_detector.dat"
@@ -74,6 +75,7 @@ def model_dir(config: FaceConfig) -> Path:
     return backend_model_dir(config, "face_recognition_models", "models", "dlib", INSTALL_HINT)
 
 
+@register_backend("dlib")
 class DlibFaceEncoder(FaceEncoder):
     """dlib HOG/CNN + 5-point predictor + ResNet. 128-d embeddings, 150×150 chips. Public-domain weights."""
 

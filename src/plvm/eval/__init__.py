@@ -1,11 +1,13 @@
 """Evaluation harness: PLVM and its baselines on the same data, at the same token budget (§4).
 
 Entry points: :func:`read_dataset` → :func:`build_methods` → :func:`run_evaluation` (or ``plvm eval``).
-Modules: ``readers`` (dataset formats), ``metrics``, ``prompts``, ``scoring``, ``baselines`` (methods),
+Modules: ``readers`` (dataset formats), ``metrics``, ``prompts``, ``scoring``, ``methods`` (one per method family),
 ``recognition``, ``qa``, ``multiconcept``, ``captioning`` (tasks), ``report``, ``harness``, ``cli``.
 """
 
-from .baselines import (
+from .config import EvalConfig
+from .harness import EvalResult, run_evaluation
+from .methods import (
     Binding,
     ImagePrompt,
     Method,
@@ -17,8 +19,6 @@ from .baselines import (
     YoLLaVAConfig,
     build_methods,
 )
-from .config import EvalConfig
-from .harness import EvalResult, run_evaluation
 from .metrics import binary_metrics, choice_metrics, mention_metrics
 from .readers import EvalDataset, read_dataset, read_plvm, read_yollava
 

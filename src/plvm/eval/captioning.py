@@ -17,8 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .baselines import Binding, Method
 from .config import EvalConfig, TaskContext, limit_items
+from .methods import Binding, Method
 from .metrics import mention_metrics
 from .prompts import extract_mentions, join_names
 from .readers import EvalDataset

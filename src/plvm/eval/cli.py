@@ -117,9 +117,9 @@ def eval_command(
     no_progress: bool = typer.Option(False, help="hide progress bars"),
 ) -> None:
     """Evaluate PLVM and baselines on one dataset at the same token budget; write JSON, Markdown, PNG, JSONL."""
-    from .baselines import MethodOptions, YoLLaVAConfig, build_methods
     from .config import EvalConfig
     from .harness import run_evaluation
+    from .methods import MethodOptions, YoLLaVAConfig, build_methods
     from .readers import DatasetFormatError, detect_format, read_dataset
     from .toydata import write_toy_dataset
 

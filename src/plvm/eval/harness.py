@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import captioning, multiconcept, qa, recognition
-from .baselines import Method, NoPersonalization
 from .config import EvalConfig, TaskContext
+from .methods import Method, NoPersonalization
 from .readers import EvalDataset
 from .report import write_report
 from .scoring import Scorer
@@ -89,7 +89,7 @@ def run_evaluation(
     """Evaluate ``methods`` on ``dataset``.
 
     Args:
-        methods: :class:`~plvm.eval.baselines.Method` objects sharing one LVLM (see :func:`build_methods`).
+        methods: :class:`~plvm.eval.methods.Method` objects sharing one LVLM (see :func:`build_methods`).
         dataset: from :func:`~plvm.eval.readers.read_dataset`.
         tasks: subset of ``recog, textqa, vqa, multi, caption`` (default: ``config.tasks``).
         out_dir: where to write ``results.json``, ``results.md``, ``results.png`` and ``predictions.jsonl``

@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .baselines import Binding, Method
 from .config import EvalConfig, TaskContext, chunks, limit_items
+from .methods import Binding, Method
 from .metrics import binary_metrics
 from .prompts import join_names
 from .readers import EvalDataset

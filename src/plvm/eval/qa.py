@@ -8,7 +8,7 @@ Controls, so a reader sees how much of the score personalization explains:
 
 * ``"wrong"`` — the wrong-concept control: the same question and name, personalized with *another*
   identity's data (seeded; the same other identity for every method);
-* the no-personalization control is the :class:`~plvm.eval.baselines.NoPersonalization` method run on the
+* the no-personalization control is the :class:`~plvm.eval.methods.NoPersonalization` method run on the
   same items (the harness always runs it for QA tasks when ``config.controls`` is on).
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .baselines import Binding, Method
 from .config import EvalConfig, TaskContext, chunks, limit_items
+from .methods import Binding, Method
 from .metrics import choice_metrics
 from .prompts import mc_prompt, with_name
 from .readers import EvalDataset, QAItem

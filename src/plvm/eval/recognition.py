@@ -16,8 +16,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .baselines import Binding, Method
 from .config import EvalConfig, TaskContext, chunks, limit_items
+from .methods import Binding, Method
 from .metrics import binary_metrics, cross_fitted_metrics, roc_auc
 from .prompts import with_name
 from .readers import EvalDataset
@@ -69,7 +69,7 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
     example_prompt_tokens = None
     recognize = getattr(method, "recognize", None)
     for chunk in chunks(items, cfg.batch_size):
-        if recognize is not None:  # a method that decides without the LVLM (plvm.eval.identify)
+        if recognize is not None:  # a method that decides without the LVLM (plvm.eval.methods.identify)
             for it in chunk:
                 pred, score, source = recognize(it.concept, ds.image(it.image))
                 records.append({"task": "recog", "method": method.key, "concept": it.concept, "owner": it.owner,

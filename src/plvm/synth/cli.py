@@ -69,7 +69,8 @@ def avatarworld(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Render an AvatarWorld evaluation (or training) set and write it in PLVM / Yo'LLaVA / multi-concept layouts."""
-    from .avatarworld import AvatarWorld, build_eval_set, contact_sheet
+    from .avatarworld import AvatarWorld, contact_sheet
+    from .evalset import build_eval_set
     from .writers import count_images, write_multiconcept, write_plvm_format, write_yollava_format
 
     console = Console(stderr=True, quiet=quiet)

@@ -25,8 +25,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from .attributes import Identity
-from .world import PEOPLE_COUNT_PROBS, AvatarWorld
+from . import qa
+from .avatarworld.attributes import Identity
+from .avatarworld.world import PEOPLE_COUNT_PROBS, AvatarWorld
 
 #: What a concept's query photo shows: a scene (1–4 people) or a portrait of the concept alone.
 QUERY_KINDS: tuple[str, ...] = ("scene", "portrait")
@@ -114,8 +115,6 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
     if query_kind not in QUERY_KINDS:
         raise ValueError(f"query_kind must be one of {QUERY_KINDS}, got {query_kind!r}")
     rng = np.random.default_rng([world.seed, int(seed), 4242])
-    from .. import qa
-
     ids = world.split(split)
     if not ids:
         raise ValueError(f"split {split!r} is empty")

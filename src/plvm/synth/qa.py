@@ -690,8 +690,6 @@ def generic_vqa_candidates(item: QA) -> tuple[str, ...]:
     Raises:
         ValueError: ``item`` is multiple choice (score its letters instead) or of an unknown kind.
     """
-    from .avatarworld import ATTRIBUTES, CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS
-
     if item.options:
         raise ValueError("multiple-choice item: score its option letters")
     kind = item.meta.get("visual")

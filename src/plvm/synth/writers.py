@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .avatarworld.evalset import EvalQA, EvalSet
+from .evalset import EvalQA, EvalSet
 
 FORMAT_VERSION = 1
 PNG_COMPRESS_LEVEL = 4

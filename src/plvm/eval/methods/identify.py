@@ -26,11 +26,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..conversation import Conversation
-from ..identify import DEFAULT_THRESHOLD, Identifier, IdentifyResult, Match, ReferenceEncoder, visual_prompt
-from ..store import FeatureMatrix
-from .baselines import Binding, Method, PLVMMethod
-from .readers import EvalDataset
+from ...conversation import Conversation
+from ...identify import DEFAULT_THRESHOLD, Identifier, IdentifyResult, Match, ReferenceEncoder, visual_prompt
+from ...store import FeatureMatrix
+from ..readers import EvalDataset
+from .base import Binding, Method
+from .embedding import PLVMMethod
 
 
 class FeatureTable:

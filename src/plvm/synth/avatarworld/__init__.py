@@ -6,19 +6,19 @@ varied scenes, each with a JSON scene graph. See ``docs/AVATARWORLD.md``.
 
 Modules: :mod:`.attributes` (identities, distances, splits), :mod:`.palette` (colours),
 :mod:`.pen` (unit->pixel drawing), :mod:`.person` (one avatar), :mod:`.backgrounds`,
-:mod:`.objects`, :mod:`.scene` (composition + scene graph), :mod:`.world` (:class:`AvatarWorld` and
-sample streams), :mod:`.evalset` (the fixed evaluation set), :mod:`.sheet` (contact sheet).
+:mod:`.objects`, :mod:`.scene` (composition + scene graph), :mod:`.world` (:class:`AvatarWorld`: identities,
+portraits, scenes), :mod:`.sheet` (contact sheet). The package only renders; built on it and on
+:mod:`plvm.synth.qa` are the training-sample streams (:mod:`plvm.synth.samples`) and the fixed evaluation set
+(:mod:`plvm.synth.evalset`).
 """
 
 from .attributes import ATTRIBUTE_NAMES, ATTRIBUTES, Identity, attribute_distance
-from .evalset import EvalQA, EvalQuery, EvalSet, MultiImage, build_eval_set
 from .person import CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS, Look
 from .scene import Scene, SceneOptions
 from .sheet import contact_sheet
-from .world import AvatarWorld, GenericSample, PersonalSample
+from .world import AvatarWorld
 
 __all__ = [
     "ATTRIBUTES", "ATTRIBUTE_NAMES", "AvatarWorld", "CLOTHING_COLORS", "CLOTHING_TYPES", "EXPRESSIONS",
-    "EvalQA", "EvalQuery", "EvalSet", "GenericSample", "Identity", "Look", "MultiImage", "PersonalSample",
-    "Scene", "SceneOptions", "attribute_distance", "build_eval_set", "contact_sheet",
+    "Identity", "Look", "Scene", "SceneOptions", "attribute_distance", "contact_sheet",
 ]
