@@ -208,7 +208,7 @@ def test_concept_made_on_another_base_revision_is_refused_and_unrecorded_revisio
 
 
 def test_mini_base_revision_names_the_projector_file_bytes(tmp_path):
-    from plvm.models.mini import base_revision
+    from plvm.models.llava_mini.assembly import base_revision
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     a.write_bytes(b"projector one")

@@ -1,4 +1,5 @@
-"""Stage 0 (plvm.training.anchor): patch → word targets from AvatarWorld scene graphs, projector-only training."""
+"""Stage 0 (plvm.models.llava_mini.anchor): patch → word targets from AvatarWorld scene graphs, projector-only
+training."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from plvm.models.llava_mini.anchor import patch_words, person_words, scene_words, train_anchor
 from plvm.models.tiny import tiny_llava
 from plvm.synth.avatarworld import AvatarWorld
-from plvm.training.anchor import WordTargets, patch_words, person_words, scene_words, train_anchor
+from plvm.training.word_anchor import WordTargets
 
 
 def test_patch_words_follow_the_person_boxes():
@@ -60,7 +62,7 @@ def test_train_anchor_lowers_the_held_out_loss_and_changes_only_the_projector():
 
 def test_context_words_follow_the_attribute_order():
     from plvm.synth.avatarworld import ATTRIBUTES
-    from plvm.training.anchor import attribute_words, context_word_lists
+    from plvm.training.word_anchor import attribute_words, context_word_lists
 
     attrs = {n: v[0] for n, v in ATTRIBUTES.items()}
     lists = context_word_lists(attrs, 16)
@@ -77,7 +79,7 @@ def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler()
     from plvm.config import AlignerConfig
     from plvm.models.tiny import tiny_dinov2_config
     from plvm.synth.avatarworld import ATTRIBUTES
-    from plvm.training.anchor import train_aligner_anchor
+    from plvm.training.word_anchor import train_aligner_anchor
 
     torch.manual_seed(0)
     config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=24, mlp_hidden=48, resampler_hidden=16,
@@ -101,7 +103,7 @@ def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler()
 
 
 def test_parts_regions_bind_hair_words_to_the_head_and_clothing_words_to_the_body():
-    from plvm.training.anchor import body_words, head_box, head_words
+    from plvm.models.llava_mini.anchor import body_words, head_box, head_words
 
     world = AvatarWorld(seed=0, num_identities=40)
     rng = np.random.default_rng(4)

@@ -94,7 +94,7 @@ def test_materialize_gives_real_memory_and_keeps_buffers():
 
 def test_tune_until_watches_the_real_yollava_tune(tmp_path):
     from plvm.bench.concept_add import tune_until
-    from plvm.eval.baselines import YoLLaVA, YoLLaVAConfig
+    from plvm.eval.methods import YoLLaVA, YoLLaVAConfig
     from plvm.eval.readers import read_dataset
     from plvm.eval.toydata import write_toy_dataset
     from plvm.models.tiny_plvm import tiny_plvm
@@ -303,7 +303,7 @@ BASE_COST_SECTION = "## 6. Base LVLM cost per recognition answer"
 
 def test_base_cost_image_prompt_is_the_harness_layout():
     from plvm.bench.base_cost import image_prompt_conversation, plain_conversation, recognition_questions
-    from plvm.eval.baselines import Binding, ImagePrompt
+    from plvm.eval.methods import Binding, ImagePrompt
     from plvm.models.tiny_plvm import tiny_plvm
 
     q1, q2 = recognition_questions(2, size=32)
@@ -400,7 +400,7 @@ def test_bench_base_cost_real_path_on_tiny_stand_ins(tmp_path, monkeypatch):
 
     import plvm.models.base as base
     from plvm.bench.base_cost import bench_base_cost
-    from plvm.models.mini import parse_feature_layer
+    from plvm.models.llava_mini.assembly import parse_feature_layer
     from plvm.models.tiny import tiny_llava
 
     committed, other = tmp_path / "v1" / "projector.safetensors", tmp_path / "v2" / "projector.safetensors"
@@ -410,7 +410,7 @@ def test_bench_base_cost_real_path_on_tiny_stand_ins(tmp_path, monkeypatch):
     built = []
 
     def fake_load_base(name, projector=None, **kw):
-        from plvm.models.mini import projector_metadata
+        from plvm.models.llava_mini.assembly import projector_metadata
 
         assert name == "mini"
         built.append(projector)

@@ -242,9 +242,10 @@ def test_broken_weight_files_and_checkpoints_are_one_line_errors(tmp_path):
 
 def test_committed_weights_pass_the_checks():
     from plvm.config import get_preset
-    from plvm.models.mini import check_projector_file
-    from plvm.models.mini_lora import read_lora
-    from plvm.pipeline import MINI_ALIGNER, REPO_ROOT, aligner_answer_style, read_aligner_weights
+    from plvm.models.llava_mini.assembly import check_projector_file
+    from plvm.models.llava_mini.lora import read_lora
+    from plvm.pipeline import MINI_ALIGNER, aligner_answer_style, read_aligner_weights
+    from plvm.weight_files import REPO_ROOT
 
     projector = REPO_ROOT / "models" / "llava-mini" / "projector.safetensors"
     if not projector.is_file() or not MINI_ALIGNER.is_file():

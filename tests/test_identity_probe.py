@@ -97,9 +97,10 @@ def test_probe_config_refuses_degenerate_sizes():
 
 def test_image_prompt_samples_are_laid_out_as_the_harness_asks():
     from plvm.eval.prompts import IMAGE_SLOT
+    from plvm.models.llava_mini.stage1_data import AvatarWorldGenericSource
+    from plvm.models.llava_mini.stage1_task import generic_conversation
     from plvm.synth.avatarworld import AvatarWorld
-    from plvm.training.data import AvatarWorldGenericSource
-    from plvm.training.stage1_task import generic_conversation
+    from plvm.synth.samples import iter_generic_samples
 
     world = AvatarWorld(seed=0, num_identities=40, size=64)
     source = AvatarWorldGenericSource(world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=0.5)
@@ -116,7 +117,7 @@ def test_image_prompt_samples_are_laid_out_as_the_harness_asks():
         assert IMAGE_SLOT not in str(messages)
         assert messages[1] == {"role": "assistant", "content": [{"type": "text", "text": ex.answer}]}
     with pytest.raises(ValueError, match="3 or 4"):
-        next(world.iter_generic_samples(np.random.default_rng(0), weights=(1, 1)))
+        next(iter_generic_samples(world, np.random.default_rng(0), weights=(1, 1)))
 
 
 @pytest.mark.mini

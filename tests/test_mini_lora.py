@@ -1,4 +1,4 @@
-"""Stage-1 LM LoRA (plvm.models.mini_lora): merge = adapter forward, only adapters + projector train,
+"""Stage-1 LM LoRA (plvm.models.llava_mini.lora): merge = adapter forward, only adapters + projector train,
 exact checkpoint round trip, and the projector ↔ LoRA pairing of exported files."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from safetensors import safe_open
 from torch import nn
 
 from plvm.injection import PersonalizedLVLM
-from plvm.models.mini import export_stage1, projector_lora
-from plvm.models.mini_lora import MiniLoraConfig, add_lora, lora_state_dict, merge_lora, save_lora
+from plvm.models.llava_mini.assembly import export_stage1, projector_lora
+from plvm.models.llava_mini.lora import MiniLoraConfig, add_lora, lora_state_dict, merge_lora, save_lora
+from plvm.models.llava_mini.stage1_task import ProjectorTrainingTask
 from plvm.models.tiny import tiny_llava
-from plvm.training.stage1_task import ProjectorTrainingTask
 from test_training import ColourCaptions, stage1_loss_before_after
 
 SMALL = MiniLoraConfig(r=4, lora_alpha=8)

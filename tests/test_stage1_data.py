@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from plvm.injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
-from plvm.models.base_eval import candidate_logprobs
+from plvm.models.llava_mini.base_eval import candidate_logprobs
+from plvm.models.llava_mini.stage1_data import AvatarWorldGenericSource
+from plvm.models.llava_mini.stage1_task import GenericExample, generic_conversation
 from plvm.models.tiny import tiny_llava
 from plvm.synth import qa
 from plvm.synth.avatarworld import AvatarWorld
-from plvm.training.data import AvatarWorldGenericSource
-from plvm.training.stage1_task import GenericExample, generic_conversation
+from plvm.synth.samples import iter_generic_samples
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_candidate_logprobs_equal_the_explicit_sum_over_answer_tokens(lvlm):
 
 
 def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_norm():
-    from plvm.models.mini import calibrate_projector
+    from plvm.models.llava_mini.assembly import calibrate_projector
 
     model, processor = tiny_llava(template="chatml")
     pixel_values = processor.image_processor([photo(i) for i in range(4)], return_tensors="pt")["pixel_values"]
@@ -141,7 +142,7 @@ def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_
 def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_for_disabled_measures(lvlm, world):
     import json
 
-    from plvm.models.base_eval import evaluate_base
+    from plvm.models.llava_mini.base_eval import evaluate_base
 
     result = evaluate_base(lvlm, world, n_open=3, n_vqa=0, n_same=4, seed=5)
     assert (result.n_open, result.n_vqa, result.n_same) == (3, 0, 4)
@@ -159,7 +160,7 @@ def test_evaluate_base_counts_what_it_scores_and_writes_strict_json_with_null_fo
 
 
 def test_evaluate_base_described_person_scores_every_question_and_splits_negatives_by_changes(lvlm, world):
-    from plvm.models.base_eval import evaluate_base
+    from plvm.models.llava_mini.base_eval import evaluate_base
 
     result = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
     assert result.n_described == 10 and 0.0 <= result.described_accuracy <= 1.0
@@ -198,7 +199,7 @@ def test_generic_source_passes_open_kinds_to_first_and_follow_up_questions(world
 
 
 def test_evaluate_base_open_kinds_scores_only_those_kinds_with_their_majority_rate(lvlm, world):
-    from plvm.models.base_eval import evaluate_base
+    from plvm.models.llava_mini.base_eval import evaluate_base
 
     result = evaluate_base(lvlm, world, n_open=6, n_vqa=0, n_same=0, seed=3, open_kinds={"hair_color": 1.0})
     assert set(result.open_by_kind) == {"hair_color"} and result.open_by_kind["hair_color"]["n"] == 6
@@ -215,8 +216,8 @@ def test_described_properties_limit_what_negatives_change(world):
     examples = src.examples(0, 8)
     asked = [q for ex in examples for q in [ex.question] + [q for q, _ in ex.follow_up]]
     assert len(asked) > len(examples) and all(q.startswith("Is there ") for q in asked)  # follow-ups too
-    stream = world.iter_generic_samples(np.random.default_rng(1), weights=(0, 1, 0), described_share=1.0,
-                                        described_properties=("glasses",))
+    stream = iter_generic_samples(world, np.random.default_rng(1), weights=(0, 1, 0), described_share=1.0,
+                                  described_properties=("glasses",))
     metas = [next(stream).meta["qa"]["meta"] for _ in range(40)]
     assert {tuple(m["changed"]) for m in metas} == {(), ("glasses",)}  # a single property never gets stuck
     rng = np.random.default_rng(8)
@@ -261,9 +262,9 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
 def test_match_supervision_targets_each_query_head_and_trains_a_readout_that_export_drops(tmp_path):
     """Image-prompt samples carry one target per head of the query image (the named person's: True); the
     match read-out reads a decoder layer's pooled head tokens, learns, round-trips, and is not exported."""
-    from plvm.models.mini import MATCH_READOUT_PREFIX, export_stage1
+    from plvm.models.llava_mini.assembly import MATCH_READOUT_PREFIX, export_stage1
+    from plvm.models.llava_mini.stage1_task import MatchSupervision, ProjectorTrainingTask
     from plvm.training.loop import LoopConfig, run_training
-    from plvm.training.stage1_task import MatchSupervision, ProjectorTrainingTask
 
     world = AvatarWorld(seed=0, num_identities=40, size=64)
     source = AvatarWorldGenericSource(world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=0.5)

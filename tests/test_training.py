@@ -139,7 +139,7 @@ class ColourCaptions:
     names = ["red", "green", "blue", "yellow"]
 
     def examples(self, index: int, n: int):
-        from plvm.training.stage1_task import GenericExample
+        from plvm.models.llava_mini.stage1_task import GenericExample
 
         rng = np.random.default_rng([3, index])
         out = []
@@ -164,7 +164,7 @@ def stage1_loss_before_after(task, tmp_path) -> tuple[float, float]:
 
 
 def test_stage1_trains_only_the_projector(tmp_path):
-    from plvm.training.stage1_task import ProjectorTrainingTask
+    from plvm.models.llava_mini.stage1_task import ProjectorTrainingTask
 
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
@@ -429,7 +429,7 @@ def test_stage1_word_weight_is_eq2_on_yes_no_answers():
 
     c_word and c_rest are solved from w = 1 and w = 10; w = 100 must then match the prediction, and the
     loss must move towards the Yes/No word's own CE (a 1-token "same person?" answer is no longer drowned)."""
-    from plvm.training.stage1_task import GenericExample, ProjectorTrainingTask, generic_conversation
+    from plvm.models.llava_mini.stage1_task import GenericExample, ProjectorTrainingTask, generic_conversation
 
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")

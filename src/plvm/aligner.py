@@ -149,7 +149,7 @@ class Aligner(nn.Module):
     @torch.no_grad()
     def calibrate(self, pixel_values: torch.Tensor, word_norm: float, weight_norm: float) -> dict[str, float]:
         """Data-dependent init of a fresh Aligner (not in the paper; the same two steps as LLaVA-mini's
-        projector, :func:`plvm.models.mini.calibrate_projector`):
+        projector, :func:`plvm.models.llava_mini.assembly.calibrate_projector`):
 
         1. standardise the inputs: per-channel mean/std of the CLS token (for ``f_word`` / ``f_weight``) and
            of the patch tokens (for the resampler's ``proj_in``) over these references, folded exactly into

@@ -1,7 +1,7 @@
 """Data-dependent initialisation of the linear maps that feed a frozen LM (not in the paper).
 
-Two steps shared by LLaVA-mini's projector (:func:`plvm.models.mini.calibrate_projector`), the Aligner
-(:meth:`plvm.aligner.Aligner.calibrate`) and stage 0 (:mod:`plvm.training.anchor`):
+Two steps shared by LLaVA-mini's projector (:func:`plvm.models.llava_mini.assembly.calibrate_projector`), the
+Aligner (:meth:`plvm.aligner.Aligner.calibrate`) and stage 0 (:func:`plvm.training.word_anchor.fit_cosine`):
 
 * :func:`fold_standardisation` — make a first ``nn.Linear`` read per-channel standardised inputs, folded
   exactly into its weights (DINOv2 tokens share a large common component);

@@ -103,7 +103,7 @@ def train(
                                               "at the LM's embedding norms (on 32 training references)"),
     anchor_references: int = typer.Option(0, help="fresh Aligner, AvatarWorld data: first anchor its context "
                                                   "tokens to the identity's attribute words on this many "
-                                                  "references (plvm.training.anchor; 0 = off)"),
+                                                  "references (plvm.training.word_anchor; 0 = off)"),
     anchor_steps: int = typer.Option(400),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
@@ -176,7 +176,7 @@ def train(
             raise typer.BadParameter("--anchor-references needs --data avatarworld (identity attributes)")
         import numpy as np
 
-        from .training.anchor import train_aligner_anchor
+        from .training.word_anchor import train_aligner_anchor
 
         rng = np.random.default_rng([seed, 777])
         pool = world.split("train")
@@ -227,7 +227,7 @@ def _feature_layer_option(text: str | None, init_projector: Path | None, resumed
     """``--vision-feature-layer`` → the layer(s) to build LLaVA-mini with; a resumed run or an ``--init-projector``
     keeps the layer it was trained on (a different explicit value is an error, except a list that contains an
     init projector's single layer: it is widened to read them all); ``None``: the default."""
-    from .models.mini import feature_layer_str, parse_feature_layer, projector_metadata, widens
+    from .models.llava_mini.assembly import feature_layer_str, parse_feature_layer, projector_metadata, widens
 
     try:
         wanted = parse_feature_layer(text) if text is not None else None
@@ -273,7 +273,7 @@ def train_base(
     calibrate: bool = typer.Option(True, help="fresh projector: standardise its input features and scale its "
                                               "output to the word-embedding norm (on 16 training scenes)"),
     anchor_images: int = typer.Option(0, help="fresh projector: first anchor it to word embeddings on this many "
-                                              "scenes (stage 0, plvm.training.anchor; 0 = off)"),
+                                              "scenes (stage 0, plvm.models.llava_mini.anchor; 0 = off)"),
     anchor_steps: int = typer.Option(400),
     anchor_regions: str = typer.Option("person", help="stage 0: 'person' (one word mix per person) or 'parts' "
                                                       "(head → hair/face words, body → clothing words)"),
@@ -301,10 +301,10 @@ def train_base(
                                                         "LoRA --init-projector names, if any"),
     shape_identity_steps: int = typer.Option(0, min=0, help="stage 0 of LLaVA-mini v2 before stage 1: shape the "
                                                             "projector so head tokens carry identity "
-                                                            "(plvm.models.identity_shaping; 0 = off)"),
+                                                            "(plvm.models.llava_mini.identity_shaping; 0 = off)"),
     shape_identity_weight: float = typer.Option(0.3, min=0.0, help="identity shaping's λ (contrastive weight)"),
     match_weight: float = typer.Option(0.0, min=0.0, help="image-prompt samples: weight of the per-head match "
-                                                          "supervision (plvm.training.stage1_task."
+                                                          "supervision (plvm.models.llava_mini.stage1_task."
                                                           "MatchSupervision; 0 = off)"),
     match_layer: int = typer.Option(15, min=0, help="the decoder layer whose head tokens the match read-out reads"),
     match_only: bool = typer.Option(False, help="routing stage: the LM stops at --match-layer and the match loss "
@@ -312,13 +312,19 @@ def train_base(
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
-    from .models.mini import build_llava_mini, parse_feature_layer, projector_lora, projector_metadata, widens
-    from .models.mini_lora import MiniLoraConfig, load_lora_state_dict, read_lora
+    from .models.llava_mini.anchor import REGIONS
+    from .models.llava_mini.assembly import (
+        build_llava_mini,
+        parse_feature_layer,
+        projector_lora,
+        projector_metadata,
+        widens,
+    )
+    from .models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
+    from .models.llava_mini.stage1_data import AvatarWorldGenericSource
+    from .models.llava_mini.stage1_task import MatchSupervision, ProjectorTrainingTask
     from .synth.avatarworld import AvatarWorld
-    from .training.anchor import REGIONS
-    from .training.data import AvatarWorldGenericSource
     from .training.loop import LoopConfig, latest_checkpoint, run_training
-    from .training.stage1_task import MatchSupervision, ProjectorTrainingTask
 
     weights = tuple(float(x) for x in mix.split(","))
     if len(weights) not in (3, 4) or min(weights) < 0 or sum(weights) <= 0:
@@ -346,7 +352,7 @@ def train_base(
     model, processor = build_llava_mini(projector=None if widen else init_projector, lora=False,
                                         vision_feature_layer=layer)
     if widen:
-        from .models.identity_shaping import load_widened_projector
+        from .models.llava_mini.identity_shaping import load_widened_projector
 
         load_widened_projector(model, init_projector)
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
@@ -355,14 +361,14 @@ def train_base(
     if fresh and calibrate:
         import numpy as np
 
-        from .models.mini import calibrate_projector
+        from .models.llava_mini.assembly import calibrate_projector
 
         rng = np.random.default_rng([seed, 10**6])  # 16 training scenes, disjoint from the sample stream
         images = [world.sample_scene(rng, "train").image for _ in range(16)]
         stats = calibrate_projector(model, processor.image_processor(images, return_tensors="pt")["pixel_values"])
         typer.echo(f"projector calibrated on 16 scenes: {stats}")
     if fresh and anchor_images > 0:
-        from .training.anchor import train_anchor
+        from .models.llava_mini.anchor import train_anchor
 
         stats = train_anchor(model, processor.tokenizer, processor.image_processor,
                              lambda r: world.sample_scene(r, "train"), n_images=anchor_images, steps=anchor_steps,
@@ -372,7 +378,7 @@ def train_base(
     if shape_identity_steps > 0 and resumed is None:  # a resumed run's checkpoint holds the shaped projector
         from dataclasses import asdict
 
-        from .models.identity_shaping import IdentityShapingConfig, collect_tower_features, shape_projector
+        from .models.llava_mini.identity_shaping import IdentityShapingConfig, collect_tower_features, shape_projector
 
         shaping = IdentityShapingConfig(steps=shape_identity_steps, identity_weight=shape_identity_weight, seed=seed)
         cache = collect_tower_features(model, processor.image_processor, world, shaping, log=typer.echo)
@@ -429,7 +435,7 @@ def export(
         metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
                     "loop": json.dumps(state.get("loop", {}), sort_keys=True)}
         if state["task"].get("kind") == "projector":
-            from .models.mini import export_stage1
+            from .models.llava_mini.assembly import export_stage1
 
             projector, lora = export_stage1(checkpoint, out, metadata)
             typer.echo(f"wrote {projector}" + (f" and {lora}" if lora else "") + f" (step {state['step']})")
@@ -472,8 +478,8 @@ def eval_base(
 
     from .injection import PersonalizedLVLM
     from .models.base import load_base
-    from .models.base_eval import evaluate_base
-    from .models.mini import export_stage1
+    from .models.llava_mini.assembly import export_stage1
+    from .models.llava_mini.base_eval import evaluate_base
     from .synth.avatarworld import AvatarWorld
     from .validation import WeightFileError
 

@@ -199,7 +199,7 @@ class PersonalizedLVLM(nn.Module):
         base_model: Identifier stored in concepts made for this model (defaults to the model's
             ``name_or_path``); concepts made for another base are refused.
         base_revision: Which trained weights of that base (e.g. LLaVA-mini's
-            :func:`plvm.models.mini.base_revision`); concepts that record another revision are refused.
+            :func:`plvm.models.llava_mini.assembly.base_revision`); concepts that record another revision are refused.
             ``None``: not tracked (hub models are named by ``base_model``).
 
     The wrapped model is put in eval mode and its parameters get ``requires_grad=False``; nothing else of

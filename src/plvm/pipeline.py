@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from . import weight_files
 from .aligner import Aligner
 from .concept import ANSWER_STYLE_KEY, BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
@@ -38,8 +39,8 @@ from .validation import (
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MINI_ALIGNER = REPO_ROOT / "models" / "plvm-mini" / "aligner.safetensors"
+#: The trained mini Aligner (:func:`plvm.weight_files.locate`: committed under ``models/``, or shipped in the package).
+MINI_ALIGNER = weight_files.locate(weight_files.MINI_ALIGNER)
 ALIGNER_FILE = ("Aligner weights (an aligner.safetensors from plvm export, or a plvm train checkpoint directory "
                 "with state.json and trainable.safetensors)")
 
@@ -64,7 +65,7 @@ def load_reference_encoder(config: AlignerConfig) -> tuple[torch.nn.Module, Any]
     ``Dinov2Model`` name or directory (e.g. ``facebook/dinov2-base`` for the paper's presets).
     """
     if config.encoder == "mini":
-        from .models.dinov2_onnx import load_packaged_dinov2
+        from .models.llava_mini.dinov2_onnx import load_packaged_dinov2
 
         return load_packaged_dinov2(), reference_image_processor(config.image_size)
     from transformers import Dinov2Model

@@ -11,8 +11,8 @@ model at hand, by :func:`check_name_for_tokenizer` (names whose ``<name>`` the t
 
 Weight files and training checkpoints (``--aligner-weights``, ``--projector``, ``plvm export``, the LoRA a
 projector names) are read by :func:`read_weights` / :func:`read_checkpoint` here, which every loader uses
-(:func:`plvm.models.mini.read_projector`, :func:`plvm.models.mini_lora.read_lora`,
-:func:`plvm.pipeline.read_aligner_weights`, :func:`plvm.models.mini.export_stage1`): a missing, empty,
+(:func:`plvm.models.llava_mini.assembly.read_projector`, :func:`plvm.models.llava_mini.lora.read_lora`,
+:func:`plvm.pipeline.read_aligner_weights`, :func:`plvm.models.llava_mini.assembly.export_stage1`): a missing, empty,
 truncated, oversized-header or pickle file, a corrupt ``state.json``, integer or non-finite tensors and
 missing or mis-shaped tensors (:func:`shape_problems`) raise :class:`WeightFileError` — one line with the path
 and what was expected.

@@ -11,7 +11,7 @@ the DINOv2 block(s) it reads — ``vision_feature_layer`` from the file's metada
   timed per question, including the processor's image preprocessing and tokenization. Two prompt shapes
   for the same seeded AvatarWorld questions (world seed 0, test split):
 
-  * ``image_prompt`` — the eval harness's image-prompt layout (:class:`plvm.eval.baselines.ImagePrompt`):
+  * ``image_prompt`` — the eval harness's image-prompt layout (:class:`plvm.eval.methods.ImagePrompt`):
     ``"Here is <id0003>: <image>.\\n<image>\\nIs <id0003> in this photo?"`` with the reference portrait
     and the query scene (2 images);
   * ``plain`` — ``"<image>\\nIs there a person with glasses in this image?"`` on the query scene alone
@@ -162,7 +162,13 @@ def build_mini_base(label: str, projector: Path) -> Base:
     from ..config import MINI_BASE_MODEL
     from ..injection import PersonalizedLVLM
     from ..models.base import load_base
-    from ..models.mini import base_revision, export_stage1, feature_layer_str, projector_lora, projector_metadata
+    from ..models.llava_mini.assembly import (
+        base_revision,
+        export_stage1,
+        feature_layer_str,
+        projector_lora,
+        projector_metadata,
+    )
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="plvm-bench-base-") as tmp:
@@ -189,7 +195,7 @@ def build_mini_base(label: str, projector: Path) -> Base:
 def build_tiny_base(label: str, vision_feature_layer: int | list[int], seed: int) -> Base:
     """A random ``tiny_llava`` reading tower hidden state(s) ``vision_feature_layer``; timed."""
     from ..injection import PersonalizedLVLM
-    from ..models.mini import feature_layer_str
+    from ..models.llava_mini.assembly import feature_layer_str
     from ..models.tiny import tiny_llava
     from ..models.tiny_plvm import TINY_BASE_MODEL
 

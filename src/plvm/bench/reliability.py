@@ -884,7 +884,7 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     from ..eval.cli import eval_command
     from ..eval.toydata import write_toy_dataset
     from ..models.base import load_base
-    from ..models.mini import (
+    from ..models.llava_mini.assembly import (
         LORA_FILE_KEY,
         LORA_SHA_KEY,
         PROJECTOR_PREFIX,
@@ -894,9 +894,10 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
         projector_shapes,
         read_projector,
     )
-    from ..models.mini_lora import MiniLoraConfig, read_lora
-    from ..pipeline import MINI_ALIGNER, PLVM, REPO_ROOT, aligner_shapes, read_aligner_weights
-    from ..training.stage1_task import LORA_KEY
+    from ..models.llava_mini.lora import MiniLoraConfig, read_lora
+    from ..models.llava_mini.stage1_task import LORA_KEY
+    from ..pipeline import MINI_ALIGNER, PLVM, aligner_shapes, read_aligner_weights
+    from ..weight_files import LLAVA_MINI_PROJECTOR, locate
 
     runner = CliRunner()
     cli_app = typer.Typer()  # the three commands as `plvm` has them (typer rebuilds a whole app per invoke)
@@ -1077,7 +1078,7 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     two = _save_tensors(workdir / "two-layer" / "projector.safetensors", wide, {"vision_feature_layer": "8,-1"})
     record("python", "check_projector_file: vision_feature_layer '8,-1', linear_1 768 wide", "accept",
            classify_python(lambda: check_projector_file(two)))
-    committed = REPO_ROOT / "models" / "llava-mini" / "projector.safetensors"
+    committed = locate(LLAVA_MINI_PROJECTOR)
     if committed.is_file():
         record("python", "check_projector_file: committed projector + its LoRA", "accept",
                classify_python(lambda: check_projector_file(committed)))

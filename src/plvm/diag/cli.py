@@ -27,7 +27,7 @@ def identity_probe(
     import torch
 
     from ..models.base import find_mini_projector
-    from ..models.mini import base_revision, build_llava_mini
+    from ..models.llava_mini.assembly import base_revision, build_llava_mini
     from .identity_probe import ProbeConfig, run_identity_probe
 
     if threads:

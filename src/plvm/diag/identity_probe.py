@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from ..eval.metrics import roc_auc
+from ..models.llava_mini.anchor import head_box
 from ..synth.avatarworld import AvatarWorld
 from ..synth.avatarworld.scene import portrait_face_bbox
-from ..training.anchor import head_box
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def region_features(model: Any, image_processor: Any, items: RegionItems, batch_
     Returns ``(tower [N, d_vision × n_layers], tokens [N, d_text])`` (float32): the coverage-weighted mean over
     the head box's patches of the vision-tower features the projector reads, and of the image tokens it makes.
     """
-    from ..models.mini import vision_features
+    from ..models.llava_mini.assembly import vision_features
 
     projector = model.model.multi_modal_projector
     dtype = projector.linear_1.weight.dtype

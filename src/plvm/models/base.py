@@ -1,9 +1,9 @@
 """Load the base LVLM that PLVM personalises: LLaVA-mini by name, or any saved LLaVA / LLaVA-OneVision.
 
 * ``load_base("mini")`` (also ``"plvm/llava-mini"``, the ``mini`` preset's ``base_model``) →
-  :func:`plvm.models.mini.build_llava_mini` with the trained projector committed at
-  ``models/llava-mini/projector.safetensors`` (repository checkout) or shipped at
-  ``plvm/data/llava-mini/projector.safetensors`` (installed package); without one, a random projector and
+  :func:`plvm.models.llava_mini.assembly.build_llava_mini` with the trained projector
+  ``llava-mini/projector.safetensors`` found by :func:`plvm.weight_files.find` (committed under ``models/`` of a
+  checkout, or shipped under ``plvm/data/`` of an installed package); without one, a random projector and
   a loud warning. A projector trained together with LM LoRA names its ``lm_lora.safetensors`` (beside it)
   in its metadata; the LoRA is merged into the LM at load.
 * anything else → a hub name or local directory of a full-scale model: ``AutoConfig`` decides between
@@ -28,10 +28,10 @@ from transformers import (
     ProcessorMixin,
 )
 
+from plvm import weight_files
 from plvm.config import MINI_BASE_MODEL
 
 MINI_NAMES = ("mini", "llava-mini", MINI_BASE_MODEL)
-PROJECTOR_RELATIVE = Path("llava-mini") / "projector.safetensors"
 
 _FAMILIES: dict[str, type[PreTrainedModel]] = {
     "llava": LlavaForConditionalGeneration,
@@ -39,25 +39,19 @@ _FAMILIES: dict[str, type[PreTrainedModel]] = {
 }
 
 
-def mini_projector_candidates() -> list[Path]:
-    """Where a trained LLaVA-mini projector is looked for, in order."""
-    package = Path(__file__).resolve().parents[1]  # src/plvm
-    repo = package.parents[1]  # checkout root (src layout)
-    return [repo / "models" / PROJECTOR_RELATIVE, package / "data" / PROJECTOR_RELATIVE]
-
-
 def find_mini_projector() -> Path | None:
-    """The first existing trained projector file, or ``None``."""
-    return next((path for path in mini_projector_candidates() if path.is_file()), None)
+    """The trained LLaVA-mini projector that ``load_base("mini")`` loads (:func:`plvm.weight_files.find`), or
+    ``None``."""
+    return weight_files.find(weight_files.LLAVA_MINI_PROJECTOR)
 
 
 def mini_base_revision(projector: str | Path | None = None) -> str | None:
-    """:func:`plvm.models.mini.base_revision` of ``projector`` (default: the one ``load_base("mini")``
+    """:func:`plvm.models.llava_mini.assembly.base_revision` of ``projector`` (default: the one ``load_base("mini")``
     loads); ``None`` when there is no trained projector."""
     projector = projector or find_mini_projector()
     if projector is None:
         return None
-    from plvm.models.mini import base_revision
+    from plvm.models.llava_mini.assembly import base_revision
 
     return base_revision(projector)
 
@@ -79,13 +73,13 @@ def load_base(name_or_path: str, **kw: Any) -> tuple[PreTrainedModel, ProcessorM
         RuntimeError: ``AutoProcessor`` could not build a multimodal processor.
     """
     if name_or_path in MINI_NAMES:
-        from plvm.models.mini import build_llava_mini
+        from plvm.models.llava_mini.assembly import build_llava_mini
 
         projector = kw.pop("projector", None) or find_mini_projector()
         if projector is None:
             warnings.warn(
                 "LLaVA-mini: NO TRAINED PROJECTOR FOUND (looked in "
-                + ", ".join(str(p) for p in mini_projector_candidates())
+                + ", ".join(str(p) for p in weight_files.candidates(weight_files.LLAVA_MINI_PROJECTOR))
                 + "); using a RANDOMLY INITIALISED projector — the model cannot see images until the "
                 "projector is trained.",
                 UserWarning,

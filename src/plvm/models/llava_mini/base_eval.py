@@ -37,11 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..eval.metrics import roc_auc
-from ..injection import ConceptTensors, PersonalizedLVLM
-from ..synth.qa import generic_vqa_candidates, open_kind_weights
-from ..training.loss import shift_targets
-from ..training.stage1_task import GenericExample, generic_conversation
+from plvm.eval.metrics import roc_auc
+from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.models.llava_mini.stage1_task import GenericExample, generic_conversation
+from plvm.synth.qa import generic_vqa_candidates, open_kind_weights
+from plvm.synth.samples import iter_generic_samples
+from plvm.training.loss import shift_targets
 
 
 @dataclass
@@ -139,7 +140,7 @@ def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1
     """``n`` described-person questions on test scenes: ``(accuracy, AUC, breakdown, n)``; the breakdown
     has the negatives with 1, 2, 3 changed properties and the negatives in which each property was changed
     (each against all positives), and the photos with 1–4 people."""
-    from ..synth.qa import DESCRIBED_PROPERTIES, described_person_vqa
+    from plvm.synth.qa import DESCRIBED_PROPERTIES, described_person_vqa
 
     rng = np.random.default_rng([seed, 7])  # its own stream: the other measures' items stay the same
     rows: list[tuple[int, int, float]] = []  # (properties changed, people in the photo, log-odds); 0 = a Yes
@@ -184,13 +185,13 @@ def evaluate_base(
     ``open_kinds`` weights the open question kinds (:func:`plvm.synth.qa.open_kind_weights`), e.g. to score
     enough hair-colour questions; ``None`` draws the default stream. Each open kind is reported with its
     accuracy and the majority rate of its true answers (what always giving the commonest answer scores)."""
-    from ..synth.qa import QA
+    from plvm.synth.qa import QA
 
     t0 = time.time()
     n_open = n_vqa if n_open is None else n_open
     rng = np.random.default_rng(seed)
-    stream = world.iter_generic_samples(rng, split="test", weights=(0.0, 0.5, 0.5),
-                                        hard_negative_distance=hard_negative_distance, open_kinds=open_kinds)
+    stream = iter_generic_samples(world, rng, split="test", weights=(0.0, 0.5, 0.5),
+                                  hard_negative_distance=hard_negative_distance, open_kinds=open_kinds)
     vqa_hits: dict[str, list[bool]] = defaultdict(list)
     open_hits: dict[str, list[bool]] = defaultdict(list)
     open_truths: dict[str, list[str]] = defaultdict(list)

