@@ -22,7 +22,7 @@ class AvatarWorld:
         seed: Seed of the identities (same seed -> same identities and splits).
         num_identities: Number of identities (ids ``id0000`` ...).
         test_fraction: Fraction held out as the ``"test"`` split (0.2 of 400 = 80: 46 evaluation
-            concepts and 34 strangers for their photos, see :func:`build_eval_set`).
+            concepts and 34 strangers for their photos, see :func:`plvm.synth.evalset.build_eval_set`).
         size: Default side in pixels of rendered images.
         relative_prob: Probability that an identity is a near copy of an earlier one (hard negatives).
         scene_options: Knobs of the scene sampler.
