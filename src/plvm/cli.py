@@ -303,12 +303,6 @@ def train_base(
                                                             "projector so head tokens carry identity "
                                                             "(plvm.models.llava_mini.identity_shaping; 0 = off)"),
     shape_identity_weight: float = typer.Option(0.3, min=0.0, help="identity shaping's λ (contrastive weight)"),
-    match_weight: float = typer.Option(0.0, min=0.0, help="image-prompt samples: weight of the per-head match "
-                                                          "supervision (plvm.models.llava_mini.stage1_task."
-                                                          "MatchSupervision; 0 = off)"),
-    match_layer: int = typer.Option(15, min=0, help="the decoder layer whose head tokens the match read-out reads"),
-    match_only: bool = typer.Option(False, help="routing stage: the LM stops at --match-layer and the match loss "
-                                                "is the whole loss (--mix 0,0,0,1)"),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from .injection import PersonalizedLVLM
@@ -322,7 +316,7 @@ def train_base(
     )
     from .models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
     from .models.llava_mini.stage1_data import AvatarWorldGenericSource
-    from .models.llava_mini.stage1_task import MatchSupervision, ProjectorTrainingTask
+    from .models.llava_mini.stage1_task import ProjectorTrainingTask
     from .synth.avatarworld import AvatarWorld
     from .training.loop import LoopConfig, latest_checkpoint, run_training
 
@@ -390,18 +384,8 @@ def train_base(
     source = AvatarWorldGenericSource(world, seed, mix=weights, turns=turns, same_portrait_share=same_portrait_share,
                                       described_share=described_share, open_kinds=open_kinds,
                                       described_properties=properties)
-    if match_weight > 0 and (len(weights) < 4 or weights[3] == 0):
-        raise typer.BadParameter("match supervision reads image-prompt samples: give --mix a fourth weight",
-                                 param_hint="--match-weight")
-    n_layers = len(model.model.language_model.layers)
-    if match_weight > 0 and match_layer >= n_layers:
-        raise typer.BadParameter(f"LLaVA-mini's LM has decoder layers 0–{n_layers - 1}", param_hint="--match-layer")
-    if match_only and (match_weight == 0 or len(weights) < 4 or max(weights[:3]) > 0):
-        raise typer.BadParameter("--match-only trains on image-prompt samples alone: give --match-weight and "
-                                 "--mix 0,0,0,1", param_hint="--match-only")
-    match = MatchSupervision(match_weight, match_layer, only=match_only) if match_weight > 0 else None
     task = ProjectorTrainingTask(lvlm, source, batch_size, lora, train_projector=not freeze_projector,
-                                 word_weight=word_weight, match=match)
+                                 word_weight=word_weight)
     if init_lora is None and init_projector is not None:
         init_lora = projector_lora(init_projector)
     if init_lora is not None:  # continue that LoRA (not stack a new one on it)

@@ -101,10 +101,6 @@ def widens(old: FeatureLayer, new: FeatureLayer, n_states: int = 13) -> bool:
 
 PROJECTOR_SEED = 0
 PROJECTOR_PREFIX = "multi_modal_projector."
-#: Checkpoint keys of stage 1's training-only match read-out
-#: (:class:`plvm.models.llava_mini.stage1_task.MatchSupervision`):
-#: not part of the base, so :func:`export_stage1` leaves them out.
-MATCH_READOUT_PREFIX = "match_readout."
 #: Widths LLaVA-mini's projector maps between: DINOv2-S/14's hidden size → SmolLM2-135M's.
 VISION_HIDDEN_SIZE = 384
 TEXT_HIDDEN_SIZE = 576
@@ -495,7 +491,6 @@ def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, s
         raise WeightFileError(f"{checkpoint / 'state.json'} records vision_feature_layer={layer!r}; expected a "
                               "string such as '-1' or '8,-1'")
     parsed = recorded_feature_layer(checkpoint / "state.json", {"vision_feature_layer": layer})
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(MATCH_READOUT_PREFIX)}
     strangers = sorted(k for k in tensors if not k.startswith((PROJECTOR_KEY, LORA_KEY)))
     if strangers:
         raise WeightFileError(f"{trainable}: tensor {strangers[0]!r} is neither a projector nor an LM LoRA tensor; "

@@ -7,10 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from plvm.models.llava_mini.anchor import head_box
 from plvm.models.llava_mini.stage1_task import GenericExample
 from plvm.synth import qa
-from plvm.synth.avatarworld.scene import portrait_face_bbox
 from plvm.synth.samples import iter_generic_samples
 
 
@@ -62,22 +60,11 @@ class AvatarWorldGenericSource:
         for _ in range(n):
             s = next(stream)
             ex = GenericExample(list(s.images), s.question, s.answer, s.kind, name=s.meta.get("name"))
-            if s.kind == "image_prompt":
-                ex.query_heads = self._query_heads(s)
             if self.turns > 1 and s.kind == "vqa":
                 first = s.meta.get("qa", {}).get("meta", {})
                 ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
             out.append(ex)
         return out
-
-    def _query_heads(self, sample: Any) -> list[tuple[tuple[float, float, float, float], bool]]:
-        """Head boxes of the query image of an image-prompt sample, each with "is it the named person?"."""
-        named, graph = sample.meta["identity"], sample.graphs[-1]
-        if graph is None:  # a portrait of ``portrait_of``
-            shown = self.world.identity(sample.meta["portrait_of"])
-            box = head_box({"face_bbox": portrait_face_bbox(shown, sample.images[-1].width)})
-            return [(box, shown.id == named)]
-        return [(head_box(p), p["identity"] == named) for p in graph["people"]]
 
     def _follow_up(self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
                    ) -> list[tuple[str, str]]:
