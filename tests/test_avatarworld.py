@@ -546,7 +546,7 @@ def test_writers_round_trip(tmp_path, world, small_eval):
 def test_cli_runs_standalone(tmp_path):
     from typer.testing import CliRunner
 
-    from plvm.synth.cli import app
+    from plvm.cli.synth import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["avatarworld", "--help"]).exit_code == 0

@@ -124,7 +124,7 @@ def test_tune_until_watches_the_real_yollava_tune(tmp_path):
 def test_bench_all_tiny_runs_and_writes_the_document(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from plvm.bench.cli import app
+    from plvm.cli.bench import app
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
@@ -280,7 +280,7 @@ def test_bench_face_command_tiny(tmp_path, monkeypatch):
     require_dlib()
     from typer.testing import CliRunner
 
-    from plvm.bench.cli import app
+    from plvm.cli.bench import app
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
@@ -338,9 +338,9 @@ def test_bench_base_cost_tiny_table_ratios_report(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from plvm.bench.base_cost import NOT_MEASURED_HERE, SHAPE_LABELS, SHAPES
-    from plvm.bench.cli import app
     from plvm.bench.common import BenchResult
     from plvm.bench.report import SECTIONS, load_results, render
+    from plvm.cli.bench import app
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(var, "1")

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from plvm.chat import ChatSession, run_repl
-from plvm.cli_product import register
+from plvm.cli.product import register
 from plvm.identify import Identifier, ReferenceEncoder
 from plvm.models.tiny_plvm import tiny_plvm
 from plvm.store import ConceptStore, StoreIdentity
@@ -52,7 +52,7 @@ def test_repl_add_concept_mid_dialogue_ask_and_list(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TERM="dumb", PYTHONUNBUFFERED="1")
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "plvm.cli_product", "chat", "--model", "tiny", "--store", str(tmp_path / "store"),
+        ["-m", "plvm.cli", "chat", "--model", "tiny", "--store", str(tmp_path / "store"),
          "--image", str(first), "--max-new-tokens", "8", "--threshold", "0.999"],
         env=env, encoding="utf-8", timeout=90, dimensions=(40, 200),
     )

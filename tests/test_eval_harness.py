@@ -19,9 +19,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from plvm.cli.evaluate import app as eval_app
+from plvm.cli.evaluate import tiny_plvm
 from plvm.eval import EvalConfig, MethodOptions, YoLLaVAConfig, build_methods, read_dataset, run_evaluation
-from plvm.eval.cli import app as eval_app
-from plvm.eval.cli import tiny_plvm
 from plvm.eval.methods import Binding, Method
 from plvm.eval.metrics import binary_metrics, choice_metrics
 from plvm.eval.prompts import extract_mentions, mc_prompt, parse_letter, parse_yes_no, with_name

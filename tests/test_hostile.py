@@ -204,7 +204,7 @@ def test_host_and_origin_rules():
 
 
 def test_cli_store_file_and_unknown_marker_are_one_line(tmp_path):
-    from plvm.cli_product import register
+    from plvm.cli.product import register
 
     app = typer.Typer()
     register(app)
@@ -292,7 +292,7 @@ def test_tiny_eval_loads_aligner_weights_it_is_given(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from plvm.eval.cli import load_plvm, tiny_plvm
+    from plvm.cli.evaluate import load_plvm, tiny_plvm
     from plvm.validation import WeightFileError
 
     state = tiny_plvm().aligner.trainable_state_dict()

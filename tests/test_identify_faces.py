@@ -160,7 +160,7 @@ def test_cli_identify_shows_no_face_found_and_confidence(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from plvm.bench.face_photos import missing_sources, real_photos
-    from plvm.cli_product import register
+    from plvm.cli.product import register
     from plvm.encoders.face import FaceBackendUnavailable, FaceConfig, FaceEncoder
 
     try:

@@ -327,7 +327,7 @@ def test_tiny_ip_adapter_loads_through_diffusers_and_seeds_are_per_image(tiny, t
 def test_cli_tiny_end_to_end_output_is_read_by_the_trainer(tiny, refs_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from plvm.synth.cli_ipadapter import app
+    from plvm.cli.ipadapter import app
     from plvm.training.data import FolderPersonalSource
 
     out = tmp_path / "synth"

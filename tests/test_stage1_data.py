@@ -238,10 +238,10 @@ def test_described_properties_limit_what_negatives_change(world):
 def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
     import json
 
-    import typer
     from safetensors.torch import save_file
 
-    from plvm.cli import _feature_layer_option
+    from plvm.models.llava_mini.recipe import resolve_feature_layer
+    from plvm.recipe import ConfigError
 
     projector = tmp_path / "projector.safetensors"
     save_file({"multi_modal_projector.linear_1.bias": torch.zeros(2)}, str(projector),
@@ -250,10 +250,10 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
     run.mkdir()
     # before layers were recorded
     (run / "state.json").write_text(json.dumps({"step": 50, "task": {"kind": "projector"}}))
-    assert _feature_layer_option(None, None, None) is None  # fresh: the default
-    assert _feature_layer_option("8", None, None) == 8
-    assert _feature_layer_option(None, projector, None) == [8, -1] == _feature_layer_option("8,-1", projector, None)
-    assert _feature_layer_option(None, None, run) == -1
+    assert resolve_feature_layer(None, None, None) is None  # fresh: the default
+    assert resolve_feature_layer("8", None, None) == 8
+    assert resolve_feature_layer(None, projector, None) == [8, -1] == resolve_feature_layer("8,-1", projector, None)
+    assert resolve_feature_layer(None, None, run) == -1
     for text, init, resumed in (("8", projector, None), ("8", None, run), ("13", None, None)):
-        with pytest.raises(typer.BadParameter):
-            _feature_layer_option(text, init, resumed)
+        with pytest.raises(ConfigError):
+            resolve_feature_layer(text, init, resumed)

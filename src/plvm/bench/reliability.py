@@ -143,7 +143,7 @@ class World:
         from fastapi.testclient import TestClient
         from typer.testing import CliRunner
 
-        from ..cli_product import register
+        from ..cli.product import register
         from ..identify import Identifier, ReferenceEncoder
         from ..images import decode_image
         from ..models.tiny_plvm import tiny_plvm
@@ -879,9 +879,9 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     import typer
     from typer.testing import CliRunner
 
-    from .. import cli as plvm_cli
+    from ..cli.evaluate import eval_base, eval_command
+    from ..cli.train import export
     from ..config import get_preset
-    from ..eval.cli import eval_command
     from ..eval.toydata import write_toy_dataset
     from ..models.base import load_base
     from ..models.llava_mini.assembly import (
@@ -902,8 +902,8 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     runner = CliRunner()
     cli_app = typer.Typer()  # the three commands as `plvm` has them (typer rebuilds a whole app per invoke)
     cli_app.command("eval")(eval_command)
-    cli_app.command("eval-base")(plvm_cli.eval_base)
-    cli_app.command("export")(plvm_cli.export)
+    cli_app.command("eval-base")(eval_base)
+    cli_app.command("export")(export)
     out: list[Outcome] = []
     config = get_preset("mini").aligner
     toy = write_toy_dataset(workdir / "toy")

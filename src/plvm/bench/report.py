@@ -120,7 +120,7 @@ as **ratios taken in one run on one machine** (absolute CPU times are not compar
 Everything below is generated; regenerate it all with
 
 ```bash
-plvm bench all --out docs/BENCHMARKS.md          # or: python -m plvm.bench.cli all --out docs/BENCHMARKS.md
+plvm bench all --out docs/BENCHMARKS.md          # or: python -m plvm.cli bench all --out docs/BENCHMARKS.md
 ```
 
 which also writes one JSON file per benchmark (every sample, settings, machine) to `docs/benchmarks/`.
@@ -157,7 +157,7 @@ accuracy checked every 10 steps |
 All take `--threads N` (default: all usable CPUs; 1 for `face`) and `--tiny` (random tiny models — for
 `face` the real models on 2 images, dlib only: a smoke test in seconds, not results); the single
 benchmarks write `runs/bench/NAME.json` unless `--json PATH` is given.
-`python -m plvm.bench.cli …` is the same CLI without the `plvm` entry point.
+`python -m plvm.cli bench …` is the same CLI without the `plvm` entry point.
 
 **Expected duration of `plvm bench all` on the 2-core development machine — an estimate, not a
 measurement:** about 7–10 min for everything except Yo'LLaVA tuning (of which ~3–4 min are the 7B build

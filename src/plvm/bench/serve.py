@@ -48,7 +48,7 @@ class LocalServer:
                    TOKENIZERS_PARALLELISM="false")
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [sys.executable, "-m", "plvm.cli_product", "serve", "--model", "tiny", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "plvm.cli", "serve", "--model", "tiny", "--host", "127.0.0.1",
                "--port", str(self.port), "--store", str(store), "--max-new-tokens", "8",
                "--faces" if faces else "--no-faces", *extra]
         self.log = tempfile.TemporaryFile()

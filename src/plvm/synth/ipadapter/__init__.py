@@ -6,7 +6,7 @@
 * :mod:`.tiny` — tiny random components in the real layouts (tests, ``--tiny``).
 
 Prompts live in :mod:`plvm.synth.prompts_bank`, filters in :mod:`plvm.synth.filters`, the command line in
-:mod:`plvm.synth.cli_ipadapter`. ``diffusers`` is imported only when a generator is built.
+:mod:`plvm.cli.ipadapter`. ``diffusers`` is imported only when a generator is built.
 """
 
 from .qa import (

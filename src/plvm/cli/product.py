@@ -1,10 +1,9 @@
 """The product commands of the ``plvm`` CLI: concept store, ask, identify, chat, serve.
 
-``plvm.cli`` calls :func:`register` to add them to its typer app; ``python -m plvm.cli_product`` runs
-them on their own. Every command takes ``--model mini|tiny`` (``tiny`` is a random test model) and
-``--store DIR`` (default ``$PLVM_STORE`` or ``~/.local/share/plvm``). Errors users can cause (bad image,
-unknown or invalid name, store of another base model, empty question, …) print one ``error:`` line and
-exit with status 2 — no traceback.
+:func:`register` adds them to :mod:`plvm.cli`'s typer app. Every command takes ``--model mini|tiny``
+(``tiny`` is a random test model) and ``--store DIR`` (default ``$PLVM_STORE`` or ``~/.local/share/plvm``).
+Errors users can cause (bad image, unknown or invalid name, store of another base model, empty question, …)
+print one ``error:`` line and exit with status 2 — no traceback.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 
-from .concept import ConceptError
-from .images import ImageError
-from .store import ConceptStore, StoreError, StoreIdentity, default_store_path
-from .validation import (
+from plvm.concept import ConceptError
+from plvm.images import ImageError
+from plvm.store import ConceptStore, StoreError, StoreIdentity, default_store_path
+from plvm.validation import (
     InvalidInputError,
     check_boxes,
     check_int,
@@ -49,7 +48,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def _bind_error() -> tuple[type[BaseException], ...]:
     try:
-        from .server.security import BindError
+        from plvm.server.security import BindError
 
         return (BindError,)
     except ImportError:  # fastapi not installed
@@ -82,11 +81,11 @@ def _store_path(store: Optional[Path]) -> Path:
 def load_model(name: str) -> Any:
     """A :class:`plvm.pipeline.PLVM` by name: ``tiny`` (random, for tests) or a preset (``mini``, …)."""
     if name == "tiny":
-        from .models.tiny_plvm import tiny_plvm
+        from plvm.models.tiny_plvm import tiny_plvm
 
         return tiny_plvm()
     try:
-        from .pipeline import MINI_ALIGNER, PLVM
+        from plvm.pipeline import MINI_ALIGNER, PLVM
 
         if name == "mini" and not MINI_ALIGNER.exists():  # fail before loading the base model
             raise FileNotFoundError(f"no trained Aligner at {MINI_ALIGNER}; train one with `plvm train`")
@@ -108,7 +107,7 @@ def load_face_backend(backend: str | None = None) -> Any:
     if backend.lower() == "none":
         raise ModelUnavailableError("face backend turned off (PLVM_FACE_BACKEND=none)")
     try:
-        from .encoders.face import FaceConfig, FaceEncoder
+        from plvm.encoders.face import FaceConfig, FaceEncoder
     except ImportError as exc:
         raise ModelUnavailableError(f"no face backend available ({exc})") from None
     config = FaceConfig(
@@ -163,8 +162,8 @@ def concepts_add(
     faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
 ) -> None:
     """Make a concept from NAME and one IMAGE (one Aligner pass; + its main face's embedding) and store it."""
-    from .identify import ReferenceEncoder
-    from .images import load_image
+    from plvm.identify import ReferenceEncoder
+    from plvm.images import load_image
 
     s = open_store(store)
     bare = s.check_available(name, replace)  # fail fast, before loading the model
@@ -206,7 +205,7 @@ def concepts_list(
         table.add_column(col)
     import datetime as dt
 
-    from .concept import BASE_REVISION_KEY
+    from plvm.concept import BASE_REVISION_KEY
 
     for r in records:
         table.add_row(r.token, f"{r.image_width}x{r.image_height}" if r.image_width else "-",
@@ -306,10 +305,10 @@ def ask(
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Ask one question; concepts written as <name> are loaded from the store."""
-    from .chat import ChatSession, format_active, format_identify
-    from .conversation import UnknownConceptError, referenced_names
-    from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
-    from .images import load_image
+    from plvm.chat import ChatSession, format_active, format_identify
+    from plvm.conversation import UnknownConceptError, referenced_names
+    from plvm.identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
+    from plvm.images import load_image
 
     # every option checked before the model loads (the same checks run again inside the Python API)
     question = check_question(question)
@@ -359,8 +358,8 @@ def identify(
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Who is in this photo? Rank stored concepts by reference-encoder similarity."""
-    from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
-    from .images import load_image
+    from plvm.identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
+    from plvm.images import load_image
 
     threshold = check_threshold(threshold)
     top_k = check_top_k(top_k)
@@ -405,9 +404,9 @@ def chat(
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Chat about photos; /add NAME IMAGE adds a concept mid-dialogue (type /help)."""
-    from .chat import ChatSession, format_identify, run_repl
-    from .identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
-    from .images import load_image
+    from plvm.chat import ChatSession, format_identify, run_repl
+    from plvm.identify import DEFAULT_THRESHOLD, Identifier, ReferenceEncoder
+    from plvm.images import load_image
 
     threshold = check_threshold(threshold)
     max_new_tokens = check_max_new_tokens(max_new_tokens)
@@ -465,10 +464,10 @@ def serve(
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Serve the HTTP API and the web page (uvicorn)."""
-    from .identify import DEFAULT_THRESHOLD
-    from .images import ImageLimits
-    from .server import ServerLimits, check_bind, create_app
-    from .server.run import serve as run_server
+    from plvm.identify import DEFAULT_THRESHOLD
+    from plvm.images import ImageLimits
+    from plvm.server import ServerLimits, check_bind, create_app
+    from plvm.server.run import serve as run_server
 
     check_bind(host, token)  # before loading anything
     check_int(port, "port (--port)", 0, 65535)
@@ -501,15 +500,3 @@ def register(app: typer.Typer) -> None:
     app.command("identify")(identify)
     app.command("chat")(chat)
     app.command("serve")(serve)
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """Run the product commands on their own (``python -m plvm.cli_product``)."""
-    app = typer.Typer(help="plvm product commands (concepts, ask, identify, chat, serve).", no_args_is_help=True)
-    register(app)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app(args=argv, prog_name="plvm")
-
-
-if __name__ == "__main__":
-    main()

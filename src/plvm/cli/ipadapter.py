@@ -1,6 +1,6 @@
 """``plvm synth ipadapter``: PLVM §3.3 training data from a folder of faces (SD + IP-Adapter, filters, QA).
 
-Also ``python -m plvm.synth.cli_ipadapter ipadapter --refs DIR --out DIR ...``. See docs/SYNTHESIS.md.
+See docs/SYNTHESIS.md.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 import typer
 
-from .filters import CLIP_THRESHOLD, DEFAULT_CLIP_MODEL, FACE_LICENCES, FACE_THRESHOLD
-from .ipadapter.qa import DEFAULT_ATTRIBUTE_INSTRUCTION
-from .prompts_bank import DEFAULT_N_PROMPTS, DEFAULT_NEGATIVE, DEFAULT_PER_REFERENCE, DEFAULT_STYLE
+from plvm.cli.common import fail
+from plvm.synth.filters import CLIP_THRESHOLD, DEFAULT_CLIP_MODEL, FACE_LICENCES, FACE_THRESHOLD
+from plvm.synth.ipadapter.qa import DEFAULT_ATTRIBUTE_INSTRUCTION
+from plvm.synth.prompts_bank import DEFAULT_N_PROMPTS, DEFAULT_NEGATIVE, DEFAULT_PER_REFERENCE, DEFAULT_STYLE
 
 app = typer.Typer(help="PLVM §3.3 data synthesis with Stable Diffusion + IP-Adapter.", no_args_is_help=True,
                   add_completion=False)
@@ -32,11 +33,6 @@ class FaceBackend(str, enum.Enum):
 @app.callback()
 def _synth() -> None:
     """Synthetic training data (IP-Adapter)."""
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @app.command("ipadapter")
@@ -108,23 +104,23 @@ def ipadapter(
     from rich.console import Console
     from tqdm import tqdm
 
-    from .ipadapter.generator import (
+    from plvm.synth.ipadapter.generator import (
         DEFAULT_IP_ADAPTER,
         DEFAULT_IP_SUBFOLDER,
         DEFAULT_IP_WEIGHT,
         DEFAULT_SD_MODEL,
         diffusers_available,
     )
-    from .ipadapter.run import SettingsMismatch, SynthConfig, run_synthesis
+    from plvm.synth.ipadapter.run import SettingsMismatch, SynthConfig, run_synthesis
 
     console = Console(stderr=True, quiet=quiet)
     ok, why = diffusers_available()
     if not ok:
-        _fail(f"DIFFUSERS IS NOT AVAILABLE: {why}. Install it with `pip install 'plvm[synth]'`.", code=3)
+        fail(f"DIFFUSERS IS NOT AVAILABLE: {why}. Install it with `pip install 'plvm[synth]'`.", code=3)
 
     clip_path = clip_model
     if tiny:
-        from .ipadapter.tiny import build_tiny_components
+        from plvm.synth.ipadapter.tiny import build_tiny_components
 
         comps = build_tiny_components(tiny_dir or (out / "_tiny_components"), variant=tiny_variant)
         model = model or str(comps.sd)
@@ -151,10 +147,10 @@ def ipadapter(
     clip_threshold = CLIP_THRESHOLD if clip_threshold is None else clip_threshold
     face_threshold = FACE_THRESHOLD if face_threshold is None else face_threshold
     if face_backend == FaceBackend.insightface and not allow_noncommercial:
-        _fail("--face-backend insightface uses ArcFace weights licensed for NON-COMMERCIAL research only; add "
+        fail("--face-backend insightface uses ArcFace weights licensed for NON-COMMERCIAL research only; add "
               "--allow-noncommercial to accept that, or use --face-backend dlib (CC0)")
 
-    from .ipadapter.generator import GenerationConfig, IPAdapterSpec
+    from plvm.synth.ipadapter.generator import GenerationConfig, IPAdapterSpec
 
     gen_config = GenerationConfig(steps=steps or 30, guidance_scale=guidance, ip_adapter_scale=ip_scale,
                                   height=height or 512, width=width or 512, negative_prompt=negative_prompt,
@@ -172,15 +168,15 @@ def ipadapter(
                 "positive_ratio": positive_ratio}
 
     def make_generator():
-        from .ipadapter.generator import IPAdapterGenerator
+        from plvm.synth.ipadapter.generator import IPAdapterGenerator
 
         console.print(f"loading {model} + IP-Adapter {ip_adapter}/{ip_subfolder}/{ip_weight}")
         return IPAdapterGenerator.load(spec, gen_config, device=device, dtype=dtype, safety_checker=safety_checker,
                                        local_files_only=local_files_only, cpu_offload=cpu_offload)
 
     def make_filters():
-        from .filters import ClipPromptScorer, FaceIdentityScorer, PixelEmbedder, face_embedder, make_filters
-        from .ipadapter.generator import resolve_device
+        from plvm.synth.filters import ClipPromptScorer, FaceIdentityScorer, PixelEmbedder, face_embedder, make_filters
+        from plvm.synth.ipadapter.generator import resolve_device
 
         clip = None
         if clip_path != "none":
@@ -193,13 +189,13 @@ def ipadapter(
             try:
                 embed = face_embedder(face_backend.value, allow_noncommercial=allow_noncommercial)
             except ImportError as exc:
-                _fail(f"face filter unavailable ({exc}); use --face-backend none to run without it")
+                fail(f"face filter unavailable ({exc}); use --face-backend none to run without it")
             face = FaceIdentityScorer(embed, source=getattr(embed, "source", face_backend.value),
                                       licence=FACE_LICENCES[face_backend.value])
         return make_filters(clip, face, clip_threshold, face_threshold)
 
     def make_answerer():
-        from .ipadapter.qa import LVLMAnswerer
+        from plvm.synth.ipadapter.qa import LVLMAnswerer
 
         console.print(f"loading the base LVLM {lvlm} for attribute answers")
         kw = {} if lvlm in ("tiny", "mini") else {"local_files_only": local_files_only}
@@ -222,9 +218,9 @@ def ipadapter(
                                None if lvlm == "none" else make_answerer, settings=settings, describe=describe,
                                progress=progress)
     except SettingsMismatch as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         for bar in bars.values():
             bar.close()
@@ -234,11 +230,3 @@ def ipadapter(
                   f"{report.generated_now} images generated now, {report.kept} kept / {report.rejected} rejected "
                   f"{report.rejected_by or ''}; items {report.items}")
     typer.echo(json.dumps(report.to_dict()))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,11 @@
-"""``plvm eval``: the evaluation harness from the command line (a typer sub-app).
-
-Mount it on the main CLI with ``app.add_typer(plvm.eval.cli.app)`` (no ``name=``: the sub-app holds the one
-command ``eval``), or ``app.command("eval")(plvm.eval.cli.eval_command)``. Standalone:
-``python -m plvm.eval.cli --help``.
+"""``plvm eval`` (the evaluation harness, :mod:`plvm.eval`) and ``plvm eval-base`` (LLaVA-mini without
+personalization, :mod:`plvm.models.llava_mini.base_eval`).
 
 Examples::
 
     plvm eval --model mini --data data/avatarworld-eval --out docs/results/mini
     plvm eval --model tiny --toy --data /tmp/toy --out /tmp/toy-eval --yollava-steps 3   # smoke test
+    plvm eval-base --n-open 200 --n-vqa 0 --n-same 0
 """
 
 from __future__ import annotations
@@ -20,8 +18,10 @@ from typing import Any, Optional
 
 import typer
 
-app = typer.Typer(help="Evaluate PLVM and its baselines (recognition, QA, multi-concept, captioning).",
-                  add_completion=False, no_args_is_help=False)
+from plvm.cli.common import fail
+from plvm.config import MINI_BASE_MODEL
+
+app = typer.Typer()
 
 
 def tiny_plvm(seed: int = 0) -> Any:
@@ -29,11 +29,11 @@ def tiny_plvm(seed: int = 0) -> Any:
     import torch
     from transformers import Dinov2Model
 
-    from ..aligner import Aligner
-    from ..config import AlignerConfig
-    from ..injection import PersonalizedLVLM
-    from ..models.tiny import tiny_dinov2_config, tiny_llava
-    from ..pipeline import PLVM, reference_image_processor
+    from plvm.aligner import Aligner
+    from plvm.config import AlignerConfig
+    from plvm.injection import PersonalizedLVLM
+    from plvm.models.tiny import tiny_dinov2_config, tiny_llava
+    from plvm.pipeline import PLVM, reference_image_processor
 
     model, processor = tiny_llava(seed=seed)
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
@@ -54,11 +54,11 @@ def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untraine
             raise typer.BadParameter("--base-projector is for --model mini")
         plvm = tiny_plvm()
         if aligner_weights is not None:
-            from ..pipeline import load_aligner_weights
+            from plvm.pipeline import load_aligner_weights
 
             load_aligner_weights(plvm.aligner, aligner_weights)
         return plvm
-    from ..pipeline import PLVM
+    from plvm.pipeline import PLVM
 
     return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained,
                             allow_base_mismatch=allow_base_mismatch, base_projector=base_projector)
@@ -68,7 +68,7 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-@app.command("eval")
+@app.command("eval", help="Evaluate PLVM and its baselines (recognition, QA, multi-concept, captions).")
 def eval_command(
     model: str = typer.Option("mini", help="tiny (random, smoke tests) | mini | llava-1.5-7b | onevision-7b"),
     data: Optional[Path] = typer.Option(None, help="dataset folder (PLVM validation or Yo'LLaVA layout, "
@@ -117,11 +117,11 @@ def eval_command(
     no_progress: bool = typer.Option(False, help="hide progress bars"),
 ) -> None:
     """Evaluate PLVM and baselines on one dataset at the same token budget; write JSON, Markdown, PNG, JSONL."""
-    from .config import EvalConfig
-    from .harness import run_evaluation
-    from .methods import MethodOptions, YoLLaVAConfig, build_methods
-    from .readers import DatasetFormatError, detect_format, read_dataset
-    from .toydata import write_toy_dataset
+    from plvm.eval.config import EvalConfig
+    from plvm.eval.harness import run_evaluation
+    from plvm.eval.methods import MethodOptions, YoLLaVAConfig, build_methods
+    from plvm.eval.readers import DatasetFormatError, detect_format, read_dataset
+    from plvm.eval.toydata import write_toy_dataset
 
     if data is None:
         raise typer.BadParameter("--data is required (use --toy --data DIR for a synthetic smoke-test set)")
@@ -136,8 +136,7 @@ def eval_command(
         extra = {"reference_index": reference_index, "negative_examples": negative_examples} if fmt == "yollava" else {}
         dataset = read_dataset(data, format=fmt, **extra)
     except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(str(exc))
     try:
         config = EvalConfig(tasks=tuple(_split(tasks)), seed=seed, scoring=scoring, negatives_per_image=negatives,
                             limit=limit, caption_limit=caption_limit, batch_size=batch_size,
@@ -148,19 +147,18 @@ def eval_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
-    from ..pipeline import IncompatibleAlignerError
-    from ..validation import WeightFileError
+    from plvm.pipeline import IncompatibleAlignerError
+    from plvm.validation import WeightFileError
 
     uses_aligner = bool({"plvm", "plvm-idp"} & set(keys))
     try:  # without an Aligner-based method the Aligner is unused: neither trained weights nor their base matter
         plvm = load_plvm(model, aligner_weights, allow_untrained or not uses_aligner,
                          allow_base_mismatch or not uses_aligner, base_projector)
     except (IncompatibleAlignerError, WeightFileError) as exc:  # weights: before any model loads
-        typer.secho(f"error: {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(str(exc))
     face = None
     if face_backend != "none" and {"identify", "plvm-idp"} & set(keys):
-        from ..cli_product import ModelUnavailableError, load_face_backend
+        from plvm.cli.product import ModelUnavailableError, load_face_backend
 
         try:
             face = load_face_backend(face_backend)
@@ -191,9 +189,55 @@ def eval_command(
     typer.echo(json.dumps(result.files, indent=2))
 
 
-def main() -> None:
-    app()
+def _open_kinds(text: str | None) -> dict[str, float] | None:
+    """``--vqa-kinds 'hair_color=3,glasses=1'`` → validated weights (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    from plvm.synth.qa import open_kind_weights
+
+    try:
+        return open_kind_weights(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vqa-kinds") from None
 
 
-if __name__ == "__main__":
-    main()
+@app.command("eval-base")
+def eval_base(
+    projector: Optional[Path] = typer.Option(None, help="projector.safetensors or a stage-1 checkpoint dir"),
+    n_open: int = typer.Option(200, help="open questions, scored by ranking every well-formed answer"),
+    n_vqa: int = typer.Option(200, help="multiple-choice questions, scored by the option letter"),
+    n_same: int = typer.Option(200),
+    n_described: int = typer.Option(0, help="'Is there <a described person> in this image?' questions"),
+    vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open question kinds drawn, e.g. "
+                                                       "'hair_color=1' (default: all kinds, uniform)"),
+    seed: int = typer.Option(1234),
+    world_seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+) -> None:
+    """Held-out generic VQA and two-image same/different accuracy of LLaVA-mini (no personalization)."""
+    open_kinds = _open_kinds(vqa_kinds)
+    import tempfile
+
+    from plvm.injection import PersonalizedLVLM
+    from plvm.models.base import load_base
+    from plvm.models.llava_mini.assembly import export_stage1
+    from plvm.models.llava_mini.base_eval import evaluate_base
+    from plvm.synth.avatarworld import AvatarWorld
+    from plvm.validation import WeightFileError
+
+    source = projector
+    with tempfile.TemporaryDirectory() as tmp:
+        try:  # a bad file or checkpoint fails here, before the model loads (plvm.validation.read_weights)
+            if projector is not None and projector.is_dir():  # a training checkpoint: split it like `plvm export`
+                projector, _ = export_stage1(projector, Path(tmp) / "projector.safetensors")
+            model, processor = load_base("mini", projector=projector)  # None: the committed projector (+ LoRA)
+        except WeightFileError as exc:
+            fail(" ".join(str(exc).split()))
+    lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
+    result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
+                           n_open=n_open, n_described=n_described, open_kinds=open_kinds)
+    result.config["projector"] = str(source) if source else "committed"
+    typer.echo(result.to_json())
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(result.to_json())

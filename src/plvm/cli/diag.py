@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from plvm.cli.common import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -26,16 +28,15 @@ def identity_probe(
     reference portraits, zero-shot (cosine) and through an LDA adapter fitted on training identities."""
     import torch
 
-    from ..models.base import find_mini_projector
-    from ..models.llava_mini.assembly import base_revision, build_llava_mini
-    from .identity_probe import ProbeConfig, run_identity_probe
+    from plvm.diag.identity_probe import ProbeConfig, run_identity_probe
+    from plvm.models.base import find_mini_projector
+    from plvm.models.llava_mini.assembly import base_revision, build_llava_mini
 
     if threads:
         torch.set_num_threads(threads)
     projector = projector or find_mini_projector()
     if projector is None or not Path(projector).is_file():
-        typer.secho(f"error: no projector file {projector or '(none committed)'}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(f"no projector file {projector or '(none committed)'}")
     config = ProbeConfig(gallery_ids=gallery_ids, scenes_per_id=scenes_per_id, fit_ids=fit_ids,
                          fit_scenes_per_id=fit_scenes_per_id, seed=seed)
     model, processor = build_llava_mini(projector)

@@ -1,4 +1,4 @@
-"""Command line for synthetic data: ``plvm synth avatarworld ...`` (or ``python -m plvm.synth.cli avatarworld``)."""
+"""``plvm synth …``: synthetic data (AvatarWorld; §3.3's IP-Adapter pipeline in :mod:`plvm.cli.ipadapter`)."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def avatarworld(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Render an AvatarWorld evaluation (or training) set and write it in PLVM / Yo'LLaVA / multi-concept layouts."""
-    from .avatarworld import AvatarWorld, contact_sheet
-    from .evalset import build_eval_set
-    from .writers import count_images, write_multiconcept, write_plvm_format, write_yollava_format
+    from plvm.synth.avatarworld import AvatarWorld, contact_sheet
+    from plvm.synth.evalset import build_eval_set
+    from plvm.synth.writers import count_images, write_multiconcept, write_plvm_format, write_yollava_format
 
     console = Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()
@@ -116,17 +116,9 @@ def avatarworld(
 
 def _register_ipadapter() -> None:
     """§3.3's full-scale pipeline (diffusers, GPU) lives in its own module; its command joins this group."""
-    from .cli_ipadapter import ipadapter
+    from plvm.cli.ipadapter import ipadapter
 
     app.command("ipadapter")(ipadapter)
 
 
 _register_ipadapter()
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``plvm bench …`` — cost benchmarks of PLVM (typer ``app``; also ``python -m plvm.bench.cli``).
+"""``plvm bench …`` — cost benchmarks of PLVM (:mod:`plvm.bench`).
 
 Commands: ``cost`` (Table 7 at real size), ``concept-add`` (Table 6), ``recognition`` (throughput),
 ``scaling`` (concepts, identify, memory), ``face`` (face detect + embed per image, identify over 10^4
@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from .common import BenchResult
+from plvm.bench.common import BenchResult
+from plvm.cli.common import fail
 
 app = typer.Typer(help="Cost benchmarks: Aligner vs LVLM (Table 7), concept add (Table 6), recognition throughput, "
                        "scaling, faces. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
@@ -65,7 +66,7 @@ def cost_command(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """Table 7: Aligner vs LVLM — parameters and time of one personalized answer's prefill + first token."""
-    from .cost import bench_cost
+    from plvm.bench.cost import bench_cost
 
     _emit(bench_cost(_csv(sizes), repeats, warmup, aligner_runs, threads, dtype_7b, dtype_mini, params_only, tiny),
           json_path)
@@ -95,7 +96,7 @@ def concept_add_command(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """Table 6: PLVM encode (ms) vs Yo'LLaVA-style tuning to the same recognition accuracy (minutes)."""
-    from .concept_add import bench_concept_add
+    from plvm.bench.concept_add import bench_concept_add
 
     _emit(bench_concept_add(tiny, data, aligner, allow_untrained, concepts, identities, queries, encode_repeats, warmup,
                             cap_minutes, eval_every, max_steps, yollava_lr=yollava_lr, target=target, threads=threads),
@@ -116,7 +117,7 @@ def recognition_command(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """Recognition throughput: `score_yes_no` vs generate-and-parse (queries/s, agreement)."""
-    from .throughput import bench_recognition
+    from plvm.bench.throughput import bench_recognition
 
     _emit(bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads),
           json_path)
@@ -136,7 +137,7 @@ def scaling_command(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """Prompt tokens/latency vs active concepts; identify vs store size; memory per stored concept."""
-    from .scaling import bench_scaling
+    from plvm.bench.scaling import bench_scaling
 
     _emit(bench_scaling(tiny, _csv(only), _csv(counts, int), _csv(store_sizes, int), repeats, warmup, identify_repeats,
                         store_concepts, threads), json_path)
@@ -156,7 +157,7 @@ def base_cost_command(
 ) -> None:
     """One Yes/No recognition answer (batch 1) on each base, interleaved: ms per question, prompt tokens,
     ratio to the first base, start-up."""
-    from .base_cost import bench_base_cost
+    from plvm.bench.base_cost import bench_base_cost
 
     _emit(bench_base_cost(_csv(projectors), queries, repeats, warmup, threads, tiny), json_path)
 
@@ -180,7 +181,7 @@ def face_command(
     json_path: Optional[Path] = JSON,
 ) -> None:
     """Faces: detect + align + embed per image (ms) per backend, identify one face among 10^4 stored ones."""
-    from .face import bench_face_result
+    from plvm.bench.face import bench_face_result
 
     d = FACE_TINY if tiny else FACE_DEFAULTS
     _emit(bench_face_result(d["n"] if n is None else n, _csv(d["backends"] if backends is None else backends),
@@ -203,7 +204,7 @@ def all_command(
     threads: Optional[int] = THREADS,
 ) -> None:
     """Run every benchmark (except base-cost) with its defaults and (re)write the Markdown document and JSON files."""
-    from .report import FILES, NOT_IN_ALL, load_results, write_report
+    from plvm.bench.report import FILES, NOT_IN_ALL, load_results, write_report
 
     out = out or ((TINY_DIR / "BENCHMARKS.md") if tiny else DEFAULT_DOC)
     json_dir = json_dir or (out.parent / "benchmarks")
@@ -213,8 +214,8 @@ def all_command(
     errors: dict[str, str] = {}
 
     def concept_add() -> BenchResult:
-        from ..pipeline import MINI_ALIGNER
-        from .concept_add import bench_concept_add
+        from plvm.bench.concept_add import bench_concept_add
+        from plvm.pipeline import MINI_ALIGNER
 
         if not tiny and not allow_untrained and aligner is None and not MINI_ALIGNER.exists():
             raise Skipped(f"skipped: no trained mini Aligner at {MINI_ALIGNER}; pass --aligner PATH (or "
@@ -224,18 +225,18 @@ def all_command(
                                  encode_repeats=(3 if tiny else 20), warmup=(1 if tiny else 3), threads=threads)
 
     def cost() -> BenchResult:
-        from .cost import bench_cost
+        from plvm.bench.cost import bench_cost
 
         return bench_cost(_csv(sizes), repeats=(2 if tiny else 3), warmup=1, threads=threads, tiny=tiny)
 
     def recognition() -> BenchResult:
-        from .throughput import bench_recognition
+        from plvm.bench.throughput import bench_recognition
 
         return bench_recognition(tiny, aligner=aligner, queries=(4 if tiny else 32), repeats=(1 if tiny else 3),
                                  max_new_tokens=(4 if tiny else 8), threads=threads)
 
     def scaling() -> BenchResult:
-        from .scaling import bench_scaling
+        from plvm.bench.scaling import bench_scaling
 
         return bench_scaling(tiny, counts=((1, 2) if tiny else (1, 2, 4, 8)),
                              store_sizes=((100, 1000) if tiny else (100, 1000, 10000)),
@@ -243,7 +244,7 @@ def all_command(
                              identify_repeats=(5 if tiny else 50), store_concepts=(5 if tiny else 100), threads=threads)
 
     def face() -> BenchResult:
-        from .face import bench_face_result
+        from plvm.bench.face import bench_face_result
 
         d = FACE_TINY if tiny else FACE_DEFAULTS
         return bench_face_result(d["n"], _csv(d["backends"]), d["gallery"], d["repeats"],
@@ -285,7 +286,7 @@ def report_command(
     smoke_dir: Optional[Path] = typer.Option(None, "--smoke-dir", help="also show a tiny smoke run's JSON (labelled)"),
 ) -> None:
     """Re-render the Markdown document from JSON results (missing ones: 'not yet measured')."""
-    from .report import load_results, write_report
+    from plvm.bench.report import load_results, write_report
 
     results = load_results(json_dir)
     smoke = load_results(smoke_dir) if smoke_dir is not None else None
@@ -306,14 +307,13 @@ def serve_command(
     """Bounded local load test of `plvm serve --model tiny` on 127.0.0.1 (stops by itself): errors, p50/p95."""
     import json
 
-    from .reliability import load_markdown, memory_markdown
-    from .serve import load_test, upload_memory
+    from plvm.bench.reliability import load_markdown, memory_markdown
+    from plvm.bench.serve import load_test, upload_memory
 
     try:
         result = upload_memory(uploads, faces=faces) if memory else load_test(requests, concurrency, faces=faces)
     except (ValueError, RuntimeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     typer.echo(memory_markdown(result) if memory else load_markdown(result))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,8 +334,17 @@ def reliability_command(
     import json
     import time
 
-    from .reliability import STANDALONE_GROUPS, failures, from_json, markdown, run_all, run_group, summary, to_json
-    from .serve import load_test, upload_memory
+    from plvm.bench.reliability import (
+        STANDALONE_GROUPS,
+        failures,
+        from_json,
+        markdown,
+        run_all,
+        run_group,
+        summary,
+        to_json,
+    )
+    from plvm.bench.serve import load_test, upload_memory
 
     t0 = time.perf_counter()
     if only is not None:
@@ -389,11 +398,3 @@ def _reliability_command(writers: int, load_requests: int, memory: bool) -> str:
     if not memory:
         args.append("--no-memory")
     return " ".join(args)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

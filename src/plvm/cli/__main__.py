@@ -1,0 +1,5 @@
+"""``python -m plvm.cli …`` is ``plvm …``."""
+
+from plvm.cli import main
+
+main()
