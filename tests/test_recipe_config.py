@@ -97,6 +97,8 @@ def test_configs_check_what_needs_no_model():
     with pytest.raises(ConfigError, match="avatarworld"):
         AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
     with pytest.raises(ConfigError, match="no such file"):
+        AlignerTrainingConfig(init_aligner=Path("/nonexistent/aligner.safetensors"))
+    with pytest.raises(ConfigError, match="no such file"):
         BaseTrainingConfig(init_lora=Path("/nonexistent/lm_lora.safetensors"))
     assert BaseTrainingConfig(mix="0.1,0.4,0.1,0.4").mix_weights() == (0.1, 0.4, 0.1, 0.4)
     assert BaseTrainingConfig(vqa_kinds="hair_color=3,glasses=1").open_kinds() == {"hair_color": 3.0, "glasses": 1.0}

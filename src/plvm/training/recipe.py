@@ -81,6 +81,8 @@ class AlignerTrainingConfig(RecipeConfig):
         if self.data != "avatarworld" and self.anchor_references:
             raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity "
                               "attributes)")
+        if self.init_aligner is not None and not self.init_aligner.exists():
+            raise ConfigError(f"init_aligner (--init-aligner): no such file or checkpoint: {self.init_aligner}")
         if self.num_queries is not None and self.num_queries < 1:
             raise ConfigError(f"num_queries (--k) must be >= 1, got {self.num_queries}")
 
