@@ -81,7 +81,9 @@ def test_a_bad_config_file_is_one_error_line_and_nothing_runs(tmp_path, captured
 def test_malformed_missing_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "a.toml").write_text("steps = [")
     (tmp_path / "a.yaml").write_text("steps: 3")
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe\x00binary")
     for path, message in ((tmp_path / "a.toml", "malformed"), (tmp_path / "nope.json", "cannot read"),
+                          (tmp_path / "b.json", "not text"), (tmp_path, "cannot read"),
                           (tmp_path / "a.yaml", ".json or .toml")):
         with pytest.raises(ConfigError, match=message):
             BaseTrainingConfig.from_file(path)

@@ -1,7 +1,7 @@
 """Training recipes as functions over config dataclasses, with config files.
 
 A recipe (``plvm.training.recipe.train_aligner``, ``plvm.models.llava_mini.recipe.train_base``) takes one
-frozen-shape dataclass derived from :class:`RecipeConfig`. The same dataclass is what ``plvm train --config
+frozen dataclass derived from :class:`RecipeConfig`. The same dataclass is what ``plvm train --config
 FILE`` reads, what the CLI's flags override, and what a run writes to ``OUT/recipe.json`` so that
 ``--config OUT/recipe.json`` repeats it::
 
@@ -90,6 +90,8 @@ class RecipeConfig:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (expected JSON or TOML)") from None
         try:
             if path.suffix.lower() == ".toml":
                 values: Any = tomllib.loads(text)
