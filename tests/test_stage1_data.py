@@ -257,3 +257,43 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
     for text, init, resumed in (("8", projector, None), ("8", None, run), ("13", None, None)):
         with pytest.raises(ConfigError):
             resolve_feature_layer(text, init, resumed)
+
+
+@pytest.mark.parametrize("portrait_share", [1.0, 0.0])
+def test_image_prompt_pairs_are_twins_that_differ_only_in_who_is_in_the_query(world, portrait_share):
+    src = AvatarWorldGenericSource(world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=portrait_share,
+                                   image_prompt_pairs=True)
+    examples = src.examples(0, 6)
+    rng = np.random.default_rng([3, 0])
+    samples = iter_generic_samples(world, rng, weights=(0, 0, 0, 1), same_portrait_share=portrait_share,
+                                   image_prompt_pairs=True)
+    drawn = [next(samples) for _ in range(6)]
+    for k in range(0, 6, 2):
+        pos, neg = examples[k], examples[k + 1]
+        assert pos.question == neg.question and pos.name == neg.name and pos.name
+        assert f"<{pos.name}>" in pos.question
+        assert np.array_equal(np.asarray(pos.images[0]), np.asarray(neg.images[0]))  # one reference
+        assert not np.array_equal(np.asarray(pos.images[1]), np.asarray(neg.images[1]))
+        assert pos.answer.startswith("Yes") and neg.answer.startswith("No")
+        s_pos, s_neg = drawn[k], drawn[k + 1]
+        assert (s_pos.question, s_pos.answer) == (pos.question, pos.answer)  # the source is the stream
+        target = s_pos.meta["identity"]
+        assert s_neg.meta["identity"] == target and (s_pos.meta["same"], s_neg.meta["same"]) == (True, False)
+        if portrait_share == 1.0:
+            assert s_pos.graphs[1] is None and s_neg.graphs[1] is None
+            assert s_pos.meta["portrait_of"] == target != s_neg.meta["portrait_of"]
+        else:
+            assert target in [p["identity"] for p in s_pos.graphs[1]["people"]]
+            assert target not in [p["identity"] for p in s_neg.graphs[1]["people"]]
+    assert src.describe()["image_prompt_pairs"] is True
+    assert "image_prompt_pairs" not in AvatarWorldGenericSource(world).describe()  # old run records unchanged
+
+
+def test_recognition_pair_qa_uses_one_question_both_template_lists_hold():
+    t = qa.load_templates()
+    for seed in range(20):
+        pos, neg = qa.recognition_pair_qa(np.random.default_rng(seed), name="<bo>")
+        assert pos.question == neg.question and "<bo>" in pos.question
+        assert (pos.question.replace("<bo>", qa.SKS), pos.answer.replace("<bo>", qa.SKS)) in t.recognition_positive
+        assert (neg.question.replace("<bo>", qa.SKS), neg.answer.replace("<bo>", qa.SKS)) in t.recognition_negative
+        assert (pos.meta["answer_word"], neg.meta["answer_word"]) == ("Yes", "No")

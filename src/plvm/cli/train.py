@@ -128,6 +128,9 @@ def train_base(
     described_share: float = typer.Option(_B.described_share, help="share of visual questions asking whether a "
                                           "described person is in the photo (\"Is there a young man with short "
                                           "black hair in this image?\")"),
+    image_prompt_pairs: bool = typer.Option(_B.image_prompt_pairs, help="image-prompt questions as twins: the "
+                                            "same reference and question, one query with the named person "
+                                            "(Yes) and one without (No); use an even batch size"),
     vqa_kinds: Optional[str] = typer.Option(_B.vqa_kinds, help="weights of the open visual-question kinds, e.g. "
                                             "'hair_color=3,glasses=2,age=1' (open questions come from these "
                                             "kinds, or 'count' where one cannot be asked; default: all kinds, "

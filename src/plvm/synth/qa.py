@@ -129,6 +129,26 @@ def recognition_qa(rng: np.random.Generator, positive: bool, name: str = SKS) ->
               kind="recog_pos" if positive else "recog_neg", meta={"answer_word": "Yes" if positive else "No"})
 
 
+def recognition_pair_qa(rng: np.random.Generator, name: str = SKS) -> tuple[QA, QA]:
+    """A positive and a negative recognition QA with the *same* question (a template both lists share).
+
+    The two differ only in their answers, so a pair of samples built from them (same reference, same text,
+    query images of the concept and of someone else) can be told apart only by looking at the query image.
+    """
+    t = load_templates()
+    negative = {}
+    for q, a in t.recognition_negative:
+        negative.setdefault(q, []).append(a)
+    shared = [(q, a) for q, a in t.recognition_positive if q in negative]
+    if not shared:
+        raise ValueError("the recognition templates share no question between positives and negatives")
+    q, a_pos = _choice(rng, shared)
+    a_neg = _choice(rng, negative[q])
+    question = q.replace(SKS, name)
+    return (QA(question=question, answer=a_pos.replace(SKS, name), kind="recog_pos", meta={"answer_word": "Yes"}),
+            QA(question=question, answer=a_neg.replace(SKS, name), kind="recog_neg", meta={"answer_word": "No"}))
+
+
 _NAME_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "j", "ch", "sh")
 _NAME_VOWELS = ("a", "e", "i", "o", "u")
 

@@ -75,7 +75,8 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
                          hard_negative_distance: int = 2,
                          same_portrait_share: float = 0.5, described_share: float = 0.0,
                          open_kinds: Mapping[str, float] | None = None,
-                         described_properties: Sequence[str] | None = None) -> Iterator[GenericSample]:
+                         described_properties: Sequence[str] | None = None,
+                         image_prompt_pairs: bool = False) -> Iterator[GenericSample]:
     """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
     ``weights`` are the proportions of ``caption``, ``vqa``, ``same_person`` and (optional fourth weight)
@@ -89,7 +90,8 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
     stream of earlier versions). ``open_kinds`` weights the open question kinds
     (:func:`plvm.synth.qa.open_kind_weights`; ``None``: uniform, the stream of earlier versions);
     ``described_properties`` the properties a described-person negative may change (``None``: all of
-    :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`).
+    :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`). With ``image_prompt_pairs`` each image-prompt draw yields
+    two samples in a row, twins that differ only in the query (:func:`image_prompt_pair`).
     """
     if not 0.0 <= same_portrait_share <= 1.0:
         raise ValueError(f"same_portrait_share must be in [0, 1], got {same_portrait_share}")
@@ -104,7 +106,10 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
     while True:
         kind = kinds[int(rng.choice(len(p), p=p))]
         if kind == "image_prompt":
-            yield image_prompt_sample(world, rng, split, pool, same_portrait_share, hard_negative_distance)
+            if image_prompt_pairs:
+                yield from image_prompt_pair(world, rng, split, pool, same_portrait_share, hard_negative_distance)
+            else:
+                yield image_prompt_sample(world, rng, split, pool, same_portrait_share, hard_negative_distance)
             continue
         if kind == "caption":
             scene = world.sample_scene(rng, split)
@@ -162,6 +167,31 @@ def image_prompt_sample(world: AvatarWorld, rng: np.random.Generator, split: str
     return GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
                          {"identity": a.id, "same": positive, "name": name,
                           **({"portrait_of": b.id} if graph is None else {})})
+
+
+def image_prompt_pair(world: AvatarWorld, rng: np.random.Generator, split: str, pool: Sequence[Identity],
+                      portrait_share: float, hard_negative_distance: int) -> tuple[GenericSample, GenericSample]:
+    """Twin image-prompt samples: the same reference portrait, made-up name and question
+    (:func:`plvm.synth.qa.recognition_pair_qa`), with a query of the named person ("Yes") and a query
+    without them ("No"; half the time a look-alike is in it). Both queries are portraits (share
+    ``portrait_share`` of pairs) or both scenes, so only who is in the query tells the answers apart.
+    """
+    a = pool[int(rng.integers(len(pool)))]
+    ref = world.render_reference(a, rng_or_seed=rng)
+    other = world.look_alike(a, pool, hard_negative_distance, rng) if rng.random() < 0.5 else None
+    name = qa.random_concept_name(rng)
+    pos_qa, neg_qa = qa.recognition_pair_qa(rng, name=f"<{name}>")
+    if rng.random() < portrait_share:
+        b = other or world.sample_scene_identity(rng, pool, exclude=a)
+        queries = [(world.render_reference(a, rng_or_seed=rng), None, {"portrait_of": a.id}),
+                   (world.render_reference(b, rng_or_seed=rng), None, {"portrait_of": b.id})]
+    else:
+        pos = world.sample_scene(rng, split, include=[a])
+        neg = world.sample_scene(rng, split, include=[other] if other else [], exclude=[a])
+        queries = [(pos.image, pos.graph, {}), (neg.image, neg.graph, {})]
+    return tuple(GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
+                               {"identity": a.id, "same": same, "name": name, "pair": True, **extra})
+                 for (query, graph, extra), item, same in zip(queries, (pos_qa, neg_qa), (True, False)))
 
 
 def iter_personal_samples(world: AvatarWorld, rng: np.random.Generator, split: str = "train",

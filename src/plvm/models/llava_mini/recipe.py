@@ -51,6 +51,7 @@ class BaseTrainingConfig(RecipeConfig):
     word_weight: float = 1.0  # Eq. 2's w on Yes/No answer words
     same_portrait_share: float = 0.5
     described_share: float = 0.0
+    image_prompt_pairs: bool = False  # image-prompt questions as twins differing only in the query
     vqa_kinds: str | None = None  # e.g. 'hair_color=3,glasses=2,age=1'
     described_properties: str | None = None  # e.g. 'hair_color,hair_style,glasses'
     vision_feature_layer: str | None = None  # e.g. '8' or '8,-1'
@@ -203,7 +204,8 @@ def train_base(config: BaseTrainingConfig, log: Callable[[str], None] = print) -
         (c.out / "identity_shaping.json").write_text(json.dumps({"config": asdict(shaping), "final": stats}, indent=2))
     source = AvatarWorldGenericSource(world, c.seed, mix=c.mix_weights(), turns=c.turns,
                                       same_portrait_share=c.same_portrait_share, described_share=c.described_share,
-                                      open_kinds=c.open_kinds(), described_properties=c.properties())
+                                      open_kinds=c.open_kinds(), described_properties=c.properties(),
+                                      image_prompt_pairs=c.image_prompt_pairs)
     task = ProjectorTrainingTask(lvlm, source, c.batch_size, lora, train_projector=not c.freeze_projector,
                                  word_weight=c.word_weight)
     if lora_tensors is not None:

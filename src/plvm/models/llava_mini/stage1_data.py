@@ -25,13 +25,16 @@ class AvatarWorldGenericSource:
                  mix: Sequence[float] = (0.4, 0.4, 0.2), turns: int = 1,
                  same_portrait_share: float = 0.5, described_share: float = 0.0,
                  open_kinds: Mapping[str, float] | str | None = None,
-                 described_properties: Sequence[str] | None = None):
+                 described_properties: Sequence[str] | None = None, image_prompt_pairs: bool = False):
         """``mix``: proportions of caption, generic visual QA and same-person samples;
         ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene);
         ``described_share``: share of visual questions that ask whether a described person is in the photo;
         ``open_kinds``: weights of the open question kinds (:func:`plvm.synth.qa.open_kind_weights`, e.g.
         ``"hair_color=3,glasses=1"``; ``None``: uniform); ``described_properties``: what a described-person
-        negative may change (``None``: all of :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`)."""
+        negative may change (``None``: all of :data:`plvm.synth.qa.DESCRIBED_PROPERTIES`);
+        ``image_prompt_pairs``: image-prompt questions come as twins that differ only in the query
+        (:func:`plvm.synth.samples.image_prompt_pair`; a pair cut by the end of a batch loses its
+        negative twin, so use an even batch size)."""
         if turns < 1:
             raise ValueError("turns must be >= 1")
         if not 0.0 <= same_portrait_share <= 1.0:
@@ -48,6 +51,7 @@ class AvatarWorldGenericSource:
         self.split = split
         self.mix = tuple(float(x) for x in mix)
         self.turns = int(turns)
+        self.image_prompt_pairs = bool(image_prompt_pairs)
 
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
@@ -55,7 +59,8 @@ class AvatarWorldGenericSource:
                                       same_portrait_share=self.same_portrait_share,
                                       described_share=self.described_share,
                                       open_kinds=self.open_kinds,
-                                      described_properties=self.described_properties)
+                                      described_properties=self.described_properties,
+                                      image_prompt_pairs=self.image_prompt_pairs)
         out = []
         for _ in range(n):
             s = next(stream)
@@ -87,6 +92,7 @@ class AvatarWorldGenericSource:
                 "split": self.split, "mix": list(self.mix), "turns": self.turns,
                 **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
                 **({"described_share": self.described_share} if self.described_share else {}),
+                **({"image_prompt_pairs": True} if self.image_prompt_pairs else {}),
                 **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {}),
                 **({"described_properties": list(self.described_properties)}
                    if self.described_properties is not None else {})}
