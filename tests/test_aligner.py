@@ -16,8 +16,16 @@ def tiny_aligner(image_size: int = 28, k: int = 4) -> Aligner:
     torch.manual_seed(0)
     encoder = Dinov2Model(tiny_dinov2_config(image_size=image_size))
     config = AlignerConfig(
-        encoder="tiny", d_enc=32, d_llm=24, mlp_hidden=48, resampler_hidden=16, resampler_blocks=2,
-        resampler_heads=2, num_queries=k, image_size=image_size, base_model="tiny",
+        encoder="tiny",
+        d_enc=32,
+        d_llm=24,
+        mlp_hidden=48,
+        resampler_hidden=16,
+        resampler_blocks=2,
+        resampler_heads=2,
+        num_queries=k,
+        image_size=image_size,
+        base_model="tiny",
     )
     return Aligner(config, encoder)
 
@@ -108,8 +116,14 @@ def test_paper_sized_aligner_parameter_count_on_meta_device():
 
 def make(name="bo", d=24, k=4, base="tiny", seed=0):
     g = torch.Generator().manual_seed(seed)
-    return ConceptEmbedding(name, torch.randn(d, generator=g), torch.randn(d, generator=g),
-                            torch.randn(k, d, generator=g), base, {"source": "unit"})
+    return ConceptEmbedding(
+        name,
+        torch.randn(d, generator=g),
+        torch.randn(d, generator=g),
+        torch.randn(k, d, generator=g),
+        base,
+        {"source": "unit"},
+    )
 
 
 def test_concept_round_trip_is_exact(tmp_path):

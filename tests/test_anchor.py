@@ -25,8 +25,11 @@ def test_patch_words_follow_the_person_boxes():
     for p in graph["people"]:
         x0, y0, x1, y1 = p["bbox"]
         c, r = int((x0 + x1) / 2 // cell), int((y0 + y1) / 2 // cell)
-        covering = [q for q in graph["people"] if q["bbox"][0] <= (c + .5) * cell < q["bbox"][2]
-                    and q["bbox"][1] <= (r + .5) * cell < q["bbox"][3]]
+        covering = [
+            q
+            for q in graph["people"]
+            if q["bbox"][0] <= (c + 0.5) * cell < q["bbox"][2] and q["bbox"][1] <= (r + 0.5) * cell < q["bbox"][3]
+        ]
         front = min(covering, key=lambda q: q.get("depth_rank", 0))
         assert words[r * grid + c] == person_words(front)
         assert p["clothing_color"] in person_words(p) and p["position"] in person_words(p)
@@ -51,9 +54,17 @@ def test_train_anchor_lowers_the_held_out_loss_and_changes_only_the_projector():
     model.requires_grad_(False)
     world = AvatarWorld(seed=0, num_identities=40)
     frozen = {k: v.clone() for k, v in model.state_dict().items() if "multi_modal_projector" not in k}
-    stats = train_anchor(model, processor.tokenizer, processor.image_processor,
-                         lambda r: world.sample_scene(r, "train"), n_images=60, steps=60, batch_size=16,
-                         lr=3e-3, log=lambda s: None)
+    stats = train_anchor(
+        model,
+        processor.tokenizer,
+        processor.image_processor,
+        lambda r: world.sample_scene(r, "train"),
+        n_images=60,
+        steps=60,
+        batch_size=16,
+        lr=3e-3,
+        log=lambda s: None,
+    )
     assert stats["val_loss_after"] < stats["val_loss_before"] - 0.1, stats
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
@@ -82,8 +93,18 @@ def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler()
     from plvm.training.word_anchor import train_aligner_anchor
 
     torch.manual_seed(0)
-    config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=24, mlp_hidden=48, resampler_hidden=16,
-                           resampler_blocks=2, resampler_heads=2, num_queries=16, image_size=28, base_model="tiny")
+    config = AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=24,
+        mlp_hidden=48,
+        resampler_hidden=16,
+        resampler_blocks=2,
+        resampler_heads=2,
+        num_queries=16,
+        image_size=28,
+        base_model="tiny",
+    )
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config(image_size=28)))
     _, processor = tiny_llava(template="chatml")
     emb = torch.randn(len(processor.tokenizer), aligner.config.d_llm, generator=torch.Generator().manual_seed(1))
@@ -95,8 +116,17 @@ def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler()
         img[0] += ATTRIBUTES["hair_color"].index(attrs["hair_color"])
         samples.append((img, attrs))
     before = {k: v.clone() for k, v in aligner.state_dict().items()}
-    stats = train_aligner_anchor(aligner, processor.tokenizer, emb, lambda imgs: torch.stack(imgs), samples,
-                                 steps=80, batch_size=16, lr=3e-3, log=lambda s: None)
+    stats = train_aligner_anchor(
+        aligner,
+        processor.tokenizer,
+        emb,
+        lambda imgs: torch.stack(imgs),
+        samples,
+        steps=80,
+        batch_size=16,
+        lr=3e-3,
+        log=lambda s: None,
+    )
     assert stats["val_loss_after"] < stats["val_loss_before"] - 0.05, stats
     changed = {k for k, v in aligner.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("resampler.") for k in changed)

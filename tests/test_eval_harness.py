@@ -78,8 +78,9 @@ class FakeScorer:
             self.present[id(dataset.image(m.path))] = set(m.concepts)
         self.answers = {}
         for qa in dataset.text_qa + dataset.visual_qa:
-            text = mc_prompt(with_name(qa.question, dataset.name_of(qa.concept)), qa.options,
-                             EvalConfig().mc_instruction)
+            text = mc_prompt(
+                with_name(qa.question, dataset.name_of(qa.concept)), qa.options, EvalConfig().mc_instruction
+            )
             image = id(dataset.image(qa.image)) if qa.image is not None else None
             self.answers[text, image] = (qa.concept, qa.answer)
 
@@ -115,8 +116,9 @@ class FakeScorer:
 def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     ds = read_dataset(toy)
     cfg = EvalConfig(negatives_per_image=2)
-    result = run_evaluation([StandIn("oracle"), StandIn("yes")], ds, None, tmp_path, cfg, progress=False,
-                            scorer=FakeScorer(ds))
+    result = run_evaluation(
+        [StandIn("oracle"), StandIn("yes")], ds, None, tmp_path, cfg, progress=False, scorer=FakeScorer(ds)
+    )
     oracle, yes = result.data["methods"]["oracle"]["results"], result.data["methods"]["yes"]["results"]
     # recognition: 6 query images, 1 positive + 2 negatives each
     assert result.data["tasks"]["recog"]["positives"] == 6 and result.data["tasks"]["recog"]["negatives"] == 12
@@ -152,11 +154,22 @@ def test_tiny_model_end_to_end(toy, tmp_path):
     plvm = tiny_plvm()
     k = plvm.aligner.config.num_queries
     base_before = {n: p.clone() for n, p in plvm.lvlm.model.state_dict().items()}
-    methods = build_methods(["none", "text", "image", "yollava", "plvm"], plvm.lvlm, plvm,
-                            MethodOptions(yollava=YoLLaVAConfig(steps=3, batch_size=2)))
+    methods = build_methods(
+        ["none", "text", "image", "yollava", "plvm"],
+        plvm.lvlm,
+        plvm,
+        MethodOptions(yollava=YoLLaVAConfig(steps=3, batch_size=2)),
+    )
     cfg = EvalConfig(negatives_per_image=2, caption_max_new_tokens=6, caption_limit=3, batch_size=8)
-    result = run_evaluation(methods, ds, ["recog", "textqa", "vqa", "multi", "caption"], tmp_path, cfg,
-                            progress=False, meta={"model": "tiny"})
+    result = run_evaluation(
+        methods,
+        ds,
+        ["recog", "textqa", "vqa", "multi", "caption"],
+        tmp_path,
+        cfg,
+        progress=False,
+        meta={"model": "tiny"},
+    )
 
     files = {name: Path(p) for name, p in result.files.items()}
     assert set(files) == {"json", "markdown", "plot", "predictions"}
@@ -176,11 +189,17 @@ def test_tiny_model_end_to_end(toy, tmp_path):
         again = binary_metrics([r["label"] for r in rec], [r["pred"] for r in rec]).to_dict()
         assert {m: entry["results"]["recog"][m] for m in again} == again
         own = [r for r in lines if r["task"] == "textqa" and r["method"] == key and r["variant"] == "own"]
-        assert choice_metrics([r["answer"] for r in own], [r["pred"] for r in own]).acc == \
-            entry["results"]["textqa"]["acc"]
+        assert (
+            choice_metrics([r["answer"] for r in own], [r["pred"] for r in own]).acc
+            == entry["results"]["textqa"]["acc"]
+        )
     # every method answered exactly the same recognition questions
-    asked = {key: sorted((r["concept"], r["image"], r["label"]) for r in lines
-                         if r["task"] == "recog" and r["method"] == key) for key in methods_json}
+    asked = {
+        key: sorted(
+            (r["concept"], r["image"], r["label"]) for r in lines if r["task"] == "recog" and r["method"] == key
+        )
+        for key in methods_json
+    }
     assert len({json.dumps(v) for v in asked.values()}) == 1
 
     # token budgets: PLVM and Yo'LLaVA spend 1 + k, the image prompt its reference's image tokens + the name
@@ -242,12 +261,15 @@ class SquareFaces:
         import numpy as np
 
         arr = np.asarray(image.convert("RGB"), dtype=np.float32)
-        mask = (np.abs(arr - 245).max(-1) > 40)
+        mask = np.abs(arr - 245).max(-1) > 40
         if not mask.any():
             return []
         ys, xs = np.nonzero(mask)
-        return [SimpleNamespace(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), score=1.0,
-                                embedding=arr[mask].mean(0) - 127.0)]
+        return [
+            SimpleNamespace(
+                box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), score=1.0, embedding=arr[mask].mean(0) - 127.0
+            )
+        ]
 
 
 def test_identify_methods_rows(toy, tmp_path):
@@ -256,10 +278,15 @@ def test_identify_methods_rows(toy, tmp_path):
     methods = build_methods(["identify", "plvm-idp", "plvm"], plvm.lvlm, plvm, MethodOptions(face=SquareFaces()))
     identify, idp, plain = methods
     assert identify.index is idp.index  # one index, one photo cache
-    result = run_evaluation(methods, ds, ["recog", "vqa"], tmp_path / "faces.md", EvalConfig(negatives_per_image=2),
-                            progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.json", "faces.md", "faces.png",
-                                                          "faces.predictions.jsonl"]
+    result = run_evaluation(
+        methods, ds, ["recog", "vqa"], tmp_path / "faces.md", EvalConfig(negatives_per_image=2), progress=False
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "faces.json",
+        "faces.md",
+        "faces.png",
+        "faces.predictions.jsonl",
+    ]
     assert "![results](faces.png)" in (tmp_path / "faces.md").read_text()
     data = result.data["methods"]
     # identify answers recognition only, from the face match; on the toy set the colours identify perfectly
@@ -277,8 +304,10 @@ def test_identify_methods_rows(toy, tmp_path):
     assert idp.hint([Binding("bo", "toy_blue")], photo) == ""
     conv = idp.conversation("Is <bo> in this photo?", [Binding("bo", "toy_red")], [photo])
     assert conv.turns[0].text == f"{hint}\nIs <bo> in this photo?"
-    assert plain.conversation("Is <bo> in this photo?", [Binding("bo", "toy_red")], [photo]).turns[0].text == \
-        "Is <bo> in this photo?"
+    assert (
+        plain.conversation("Is <bo> in this photo?", [Binding("bo", "toy_red")], [photo]).turns[0].text
+        == "Is <bo> in this photo?"
+    )
     # hints: the 6 recognition positives + each visual question about its own concept (6); none for the 12
     # recognition negatives nor for the wrong-concept control (that identity is not in the photo)
     assert data["plvm-idp"]["questions_with_photo"] == 18 + 2 * len(ds.visual_qa)
@@ -299,9 +328,28 @@ def test_cli_mounted_as_plvm_eval(tmp_path):
     help_out = runner.invoke(root, ["eval", "--help"])
     assert help_out.exit_code == 0 and "--baselines" in help_out.output
     out = tmp_path / "out"
-    res = runner.invoke(root, ["eval", "--model", "tiny", "--toy", "--data", str(tmp_path / "toy"), "--out", str(out),
-                               "--tasks", "recog,textqa", "--baselines", "none,plvm", "--limit", "4",
-                               "--scoring", "generate", "--no-progress"])
+    res = runner.invoke(
+        root,
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--toy",
+            "--data",
+            str(tmp_path / "toy"),
+            "--out",
+            str(out),
+            "--tasks",
+            "recog,textqa",
+            "--baselines",
+            "none,plvm",
+            "--limit",
+            "4",
+            "--scoring",
+            "generate",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     assert list(data["methods"]) == ["none", "plvm"]

@@ -49,24 +49,55 @@ def plvm_tree(tmp_path: Path) -> Path:
     (root / "stray_dir").mkdir()
     (root / ".DS_Store").write_bytes(b"\x00")
     visual = [
-        {"ref_img": "validation_recognition/alice/ref_img.PNG",
-         "query_img": "validation_recognition/alice/query_img1.jpg",  # resolved by its trailing components
-         "question": "What is <sks> wearing?", "multiple_choice": {"A": "A hat", "B": "A scarf"},
-         "correct_answer": "B"},
-        {"ref_img": "alice/ref_img.PNG", "query_img": "alice/query_img3.png", "question": "Where is <sks>?",
-         "multiple_choice": {"A": "Left", "B": "Right"}, "correct_answer": "A"},  # corrupt image → skipped
-        {"ref_img": "bob/ref_img.jpg", "query_img": "bob/query_img.webp", "question": "Is <bob> smiling?",
-         "multiple_choice": {"A": "Yes", "B": "No"}, "correct_answer": "E"},  # not an option → skipped
-        {"ref_img": "bob/ref_img.jpg", "query_img": "bob/query_img.webp", "question": "What color is <bob>'s shirt?",
-         "multiple_choice": {"A": "Red", "B": "Blue", "C": "Green"}, "correct_answer": "(C)"},
+        {
+            "ref_img": "validation_recognition/alice/ref_img.PNG",
+            "query_img": "validation_recognition/alice/query_img1.jpg",  # resolved by its trailing components
+            "question": "What is <sks> wearing?",
+            "multiple_choice": {"A": "A hat", "B": "A scarf"},
+            "correct_answer": "B",
+        },
+        {
+            "ref_img": "alice/ref_img.PNG",
+            "query_img": "alice/query_img3.png",
+            "question": "Where is <sks>?",
+            "multiple_choice": {"A": "Left", "B": "Right"},
+            "correct_answer": "A",
+        },  # corrupt image → skipped
+        {
+            "ref_img": "bob/ref_img.jpg",
+            "query_img": "bob/query_img.webp",
+            "question": "Is <bob> smiling?",
+            "multiple_choice": {"A": "Yes", "B": "No"},
+            "correct_answer": "E",
+        },  # not an option → skipped
+        {
+            "ref_img": "bob/ref_img.jpg",
+            "query_img": "bob/query_img.webp",
+            "question": "What color is <bob>'s shirt?",
+            "multiple_choice": {"A": "Red", "B": "Blue", "C": "Green"},
+            "correct_answer": "(C)",
+        },
     ]
     text = [
-        {"ref_img": "bob/ref_img.jpg", "query_img": None, "question": "What is <sks>'s hair color?",
-         "multiple_choice": ["Black", "Blond"], "correct_answer": "B. Blond"},
-        {"ref_img": "nobody/ref_img.jpg", "question": "Who?", "multiple_choice": {"A": "x", "B": "y"},
-         "correct_answer": "A"},  # unknown concept → skipped
-        {"ref_img": "bob/ref_img.jpg", "question": "Is <sks> taller than <alice>?",
-         "multiple_choice": {"A": "Yes", "B": "No"}, "correct_answer": "A"},  # names another concept → skipped
+        {
+            "ref_img": "bob/ref_img.jpg",
+            "query_img": None,
+            "question": "What is <sks>'s hair color?",
+            "multiple_choice": ["Black", "Blond"],
+            "correct_answer": "B. Blond",
+        },
+        {
+            "ref_img": "nobody/ref_img.jpg",
+            "question": "Who?",
+            "multiple_choice": {"A": "x", "B": "y"},
+            "correct_answer": "A",
+        },  # unknown concept → skipped
+        {
+            "ref_img": "bob/ref_img.jpg",
+            "question": "Is <sks> taller than <alice>?",
+            "multiple_choice": {"A": "Yes", "B": "No"},
+            "correct_answer": "A",
+        },  # names another concept → skipped
     ]
     (root / "query_ques.json").write_text(json.dumps(visual))
     (root / "non_query_ques.json").write_text(json.dumps(text))
@@ -77,10 +108,17 @@ def plvm_tree(tmp_path: Path) -> Path:
     corrupt(multi / "images" / "bad.png")
     img(multi / "images" / "unlisted.png")
     (multi / "images" / ".DS_Store").write_bytes(b"\x00")
-    (multi / "annotations.json").write_text(json.dumps({
-        "pair.png": ["alice", "bob"], "solo.jpg": ["bob", "zed"], "outside.JPG": [], "bad.png": ["alice"],
-        "missing.png": ["bob"],
-    }))
+    (multi / "annotations.json").write_text(
+        json.dumps(
+            {
+                "pair.png": ["alice", "bob"],
+                "solo.jpg": ["bob", "zed"],
+                "outside.JPG": [],
+                "bad.png": ["alice"],
+                "missing.png": ["bob"],
+            }
+        )
+    )
     return root
 
 
@@ -101,15 +139,21 @@ def test_plvm_reader(plvm_tree: Path):
     assert any("stray_dir" in n for n in ds.notes)
 
     assert [(q.concept, q.answer, q.image.name) for q in ds.visual_qa] == [
-        ("alice", "B", "query_img1.jpg"), ("bob", "C", "query_img.webp")]
+        ("alice", "B", "query_img1.jpg"),
+        ("bob", "C", "query_img.webp"),
+    ]
     assert ds.visual_qa[1].question == "What color is <sks>'s shirt?"  # <bob> normalised to <sks>
     assert [(q.concept, q.options, q.answer, q.image) for q in ds.text_qa] == [
-        ("bob", {"A": "Black", "B": "Blond"}, "B", None)]
+        ("bob", {"A": "Black", "B": "Blond"}, "B", None)
+    ]
     assert ds.summary()["skipped_entries"] == 4 + 1  # 4 QA entries + multi/missing.png
 
     splits = {m.path.name: (m.split, m.concepts) for m in ds.multi}
-    assert splits == {"pair.png": ("multi", ["alice", "bob"]), "solo.jpg": ("single", ["bob"]),
-                      "outside.JPG": ("external", [])}
+    assert splits == {
+        "pair.png": ("multi", ["alice", "bob"]),
+        "solo.jpg": ("single", ["bob"]),
+        "outside.JPG": ("external", []),
+    }
     assert any("zed" in n for n in ds.notes) and any("not in annotations.json" in n for n in ds.notes)
     assert ds.image(alice.query_images[0]).mode == "RGB"
 
@@ -127,12 +171,20 @@ def yollava_tree(tmp_path: Path) -> Path:
     img(root / "train" / "mam" / "0.jpeg", (0, 200, 0), fmt="JPEG")
     img(root / "test" / "mam" / "5.png", (0, 200, 0))
     img(root / "test" / "orphan" / "0.png")
-    (root / "yollava-visual-qa.json").write_text(json.dumps({
-        "./yollava-data/test/bo/0.png": {"question": "What is the primary color of <sks>'s fur?",
-                                         "options": {"A": "Brown", "B": "Grey"}, "correct_answer": "A"},
-        "./yollava-data/test/mam/5.png": [{"question": "Is <sks> sitting?", "options": {"A": "Yes", "B": "No"},
-                                           "correct_answer": "B"}],
-    }))
+    (root / "yollava-visual-qa.json").write_text(
+        json.dumps(
+            {
+                "./yollava-data/test/bo/0.png": {
+                    "question": "What is the primary color of <sks>'s fur?",
+                    "options": {"A": "Brown", "B": "Grey"},
+                    "correct_answer": "A",
+                },
+                "./yollava-data/test/mam/5.png": [
+                    {"question": "Is <sks> sitting?", "options": {"A": "Yes", "B": "No"}, "correct_answer": "B"}
+                ],
+            }
+        )
+    )
     return root
 
 
@@ -149,7 +201,9 @@ def test_yollava_reader(yollava_tree: Path):
     assert len(ds.skipped_images) == 1
     assert any("orphan" in n for n in ds.notes)
     assert [(q.concept, q.answer, q.image.relative_to(yollava_tree).as_posix()) for q in ds.visual_qa] == [
-        ("bo", "A", "test/bo/0.png"), ("mam", "B", "test/mam/5.png")]
+        ("bo", "A", "test/bo/0.png"),
+        ("mam", "B", "test/mam/5.png"),
+    ]
 
     with pytest.warns(UnreadableImageWarning):
         ds2 = read_dataset(yollava_tree, reference_index=2, negative_examples=True)

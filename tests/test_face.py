@@ -163,8 +163,11 @@ def test_no_face_gives_empty_list(enc):
 
 
 def test_different_people_below_threshold(enc, mains):
-    pairs = [(a, b) for a, b in (("grace_hopper", "astronaut"), ("grace_hopper", "yaoming"), ("astronaut", "yaoming"))
-             if a in mains and b in mains]
+    pairs = [
+        (a, b)
+        for a, b in (("grace_hopper", "astronaut"), ("grace_hopper", "yaoming"), ("astronaut", "yaoming"))
+        if a in mains and b in mains
+    ]
     for a, b in pairs:
         s = similarity(mains[a].embedding, mains[b].embedding)
         assert s < enc.threshold, f"{enc.name}: {a} vs {b} cosine {s:.3f} >= {enc.threshold}"

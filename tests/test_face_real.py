@@ -37,8 +37,20 @@ from plvm.encoders.face import (
 
 PHOTOS = real_photos()
 #: What the regression test needs: every regression-set person and the faceless photos.
-REGRESSION_KEYS = ["obama", "obama2", "obama3", "obama_partial", "biden", "grace_hopper", "astronaut", "tom_hanks",
-                   "brick", "grass", "coffee", "chelsea"]
+REGRESSION_KEYS = [
+    "obama",
+    "obama2",
+    "obama3",
+    "obama_partial",
+    "biden",
+    "grace_hopper",
+    "astronaut",
+    "tom_hanks",
+    "brick",
+    "grass",
+    "coffee",
+    "chelsea",
+]
 #: Edits in the test's regression set (the full set, all of EDITS, is the benchmark's: docs/FACE.md).
 TEST_EDITS = ("small", "quarter", "tight", "rot-30", "jpeg10", "grey", "dark")
 #: Edits of the person's other photos (Obama ×3) in the test (the benchmark uses all of EDITS).
@@ -66,7 +78,7 @@ def test_catalogue_says_where_each_photo_comes_from_and_loads_it():
 def test_edits_move_the_ground_truth_box_with_the_face():
     need("grace_hopper")
     photo = PHOTOS["grace_hopper"]
-    (gx0, gy0, gx1, gy1), = photo.faces
+    ((gx0, gy0, gx1, gy1),) = photo.faces
     by = {v.name.split("/")[1]: v for v in variants(photo)}
     assert set(by) == set(EDITS)
     half = by["half"].boxes[0]
@@ -126,8 +138,9 @@ def test_small_face_needs_and_gets_the_second_look(enc):
     small = variants(PHOTOS["tom_hanks"], ("small",))[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonCommercialWeightsWarning)
-        first_only = FaceEncoder.from_config(FaceConfig(backend=enc.config.backend, allow_noncommercial=True,
-                                                        det_size=640, det_retry=False))
+        first_only = FaceEncoder.from_config(
+            FaceConfig(backend=enc.config.backend, allow_noncommercial=True, det_size=640, det_retry=False)
+        )
     assert not box_found(small.boxes[0], first_only.detect(small.image))
     assert box_found(small.boxes[0], enc.detect(small.image))
 

@@ -144,8 +144,11 @@ def test_existing_concepts_with_now_reserved_names_can_still_be_looked_up():
 
 
 def test_tokenizer_special_tokens_are_reserved_names_and_refused_in_questions():
-    tok = SimpleNamespace(all_special_tokens=["<|im_end|>", "<filename>"], additional_special_tokens=[],
-                          get_added_vocab=lambda: {"<gh_stars>": 5})
+    tok = SimpleNamespace(
+        all_special_tokens=["<|im_end|>", "<filename>"],
+        additional_special_tokens=[],
+        get_added_vocab=lambda: {"<gh_stars>": 5},
+    )
     with pytest.raises(ConceptError, match="special token of this model's tokenizer"):
         check_name_for_tokenizer("filename", tok)
     with pytest.raises(ConceptError):
@@ -170,8 +173,14 @@ def test_number_and_box_checks_say_what_is_allowed():
         check_top_k(0)
     assert parse_box("0, 0, 10, 12") == (0.0, 0.0, 10.0, 12.0)
     assert check_box([0, 0, 48, 48], (48, 48)) == (0.0, 0.0, 48.0, 48.0)
-    for bad, size in (([0, 0, 49, 10], (48, 48)), ([5, 5, 5, 9], None), ([9, 9, 2, 2], None),
-                      ([0, 0, float("nan"), 4], None), ([0, 0, 1, 1], None), ("0,0,4,4", None)):
+    for bad, size in (
+        ([0, 0, 49, 10], (48, 48)),
+        ([5, 5, 5, 9], None),
+        ([9, 9, 2, 2], None),
+        ([0, 0, float("nan"), 4], None),
+        ([0, 0, 1, 1], None),
+        ("0,0,4,4", None),
+    ):
         with pytest.raises(InvalidInputError, match="box"):
             check_box(bad, size)
 
@@ -224,8 +233,17 @@ def test_broken_weight_files_and_checkpoints_are_one_line_errors(tmp_path):
     outcomes = rel.checkpoint_cases(tmp_path)
     _no_failures(outcomes)
     cases = {(o.surface, o.case) for o in outcomes}
-    for label in ("empty file", "truncated to half", "oversized header length (10^12)", "pickle (torch.save)",
-                  "wrong shape", "missing tensor", "NaN in a tensor", "+inf in a tensor", "integer tensor"):
+    for label in (
+        "empty file",
+        "truncated to half",
+        "oversized header length (10^12)",
+        "pickle (torch.save)",
+        "wrong shape",
+        "missing tensor",
+        "NaN in a tensor",
+        "+inf in a tensor",
+        "integer tensor",
+    ):
         assert ("cli", f"eval --aligner-weights: {label}") in cases
         assert ("cli", f"eval-base --projector: {label}") in cases
         assert ("cli", f"export: stage-1 checkpoint, trainable.safetensors: {label}") in cases
@@ -279,7 +297,10 @@ def test_weight_file_reader_pieces(tmp_path):
     with pytest.raises(WeightFileError, match=r"tensor a of .*nan\.safetensors has 2 non-finite values"):
         read_weights(tmp_path / "nan.safetensors", "weights")
     assert shape_problems({"x": (2, 3), "y": (1,)}, {"x": (3, 2), "z": (4,)}, optional=()) == [
-        "missing z (4,)", "unexpected y (1,)", "x: file has (2, 3), model needs (3, 2)"]
+        "missing z (4,)",
+        "unexpected y (1,)",
+        "x: file has (2, 3), model needs (3, 2)",
+    ]
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.json").write_text('{"step": 3, "task": {}, "loop": {}}')
     assert read_checkpoint_state(tmp_path / "ck")["step"] == 3

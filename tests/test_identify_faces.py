@@ -137,8 +137,9 @@ def test_http_identify_shows_the_reason(tmp_path):
     plvm = tiny_plvm()
     store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
     backend = Faces("stub", [((0, 0, 20, 20), BO)])
-    client = TestClient(create_app(plvm, store, limits=ServerLimits(), threshold=-1.0, face=backend),
-                        base_url="http://127.0.0.1")
+    client = TestClient(
+        create_app(plvm, store, limits=ServerLimits(), threshold=-1.0, face=backend), base_url="http://127.0.0.1"
+    )
     buf = io.BytesIO()
     PHOTO.save(buf, "PNG")
     r = client.post("/api/concepts", data={"name": "bo"}, files={"image": ("bo.png", buf.getvalue(), "image/png")})
@@ -146,8 +147,18 @@ def test_http_identify_shows_the_reason(tmp_path):
     backend.faces = []  # the next photo shows no face
     out = client.post("/api/identify", files={"image": ("q.png", buf.getvalue(), "image/png")}).json()
     assert out["faces_found"] == 0 and out["present"] == []
-    assert out["matches"] == [{"name": "bo", "token": "<bo>", "score": None, "source": "face", "box": None,
-                               "present": False, "reason": "no face found", "confidence": None}]
+    assert out["matches"] == [
+        {
+            "name": "bo",
+            "token": "<bo>",
+            "score": None,
+            "source": "face",
+            "box": None,
+            "present": False,
+            "reason": "no face found",
+            "confidence": None,
+        }
+    ]
     backend.faces = [((0, 0, 20, 20), BO)]
     out = client.post("/api/identify", files={"image": ("q.png", buf.getvalue(), "image/png")}).json()
     assert out["present"] == ["bo"] and out["matches"][0]["reason"] == "face match"

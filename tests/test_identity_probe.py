@@ -136,8 +136,23 @@ def test_diag_identity_probe_command_on_the_committed_base(tmp_path):
     if find_mini_projector() is None:
         pytest.skip("no committed LLaVA-mini projector")
     out = tmp_path / "probe.json"
-    result = CliRunner().invoke(app, ["diag", "identity-probe", "--gallery-ids", "3", "--scenes-per-id", "1",
-                                      "--fit-ids", "4", "--fit-scenes-per-id", "1", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "diag",
+            "identity-probe",
+            "--gallery-ids",
+            "3",
+            "--scenes-per-id",
+            "1",
+            "--fit-ids",
+            "4",
+            "--fit-scenes-per-id",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "vision tower (projector input)" in result.output and "image tokens (projector output)" in result.output
     data = json.loads(out.read_text())

@@ -102,8 +102,9 @@ def test_distillation_alone_keeps_the_map_through_the_standardisation_fold():
     cache = _synthetic_cache()
     projector = Projector(12, 16)
     before = projector(cache.features.float()).detach()
-    config = IdentityShapingConfig(steps=3, identities=2, ids_per_batch=4, identity_weight=0.0,
-                                   attribute_weight=0.0, lr=1e-4)
+    config = IdentityShapingConfig(
+        steps=3, identities=2, ids_per_batch=4, identity_weight=0.0, attribute_weight=0.0, lr=1e-4
+    )
     stats = shape_projector(_model(projector), cache, config, log=lambda s: None)
     assert stats["step"] == 3 and stats["distill"] < 1e-6
     after = projector(cache.features.float()).detach()

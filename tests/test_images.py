@@ -38,8 +38,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_plain_rgb_png_round_trips_with_hash_and_ext():
@@ -105,7 +106,7 @@ def test_cmyk_jpeg_becomes_rgb():
 
 
 def test_16_bit_greyscale_is_rescaled_not_clipped():
-    ramp = (np.linspace(0, 65535, 64).astype(np.uint16)[None, :].repeat(8, axis=0))
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16)[None, :].repeat(8, axis=0)
     loaded = decode_image(encode(Image.fromarray(ramp)))
     assert loaded.original_mode.startswith("I")
     arr = np.asarray(loaded.image)

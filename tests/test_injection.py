@@ -200,8 +200,9 @@ def test_an_answer_starting_with_the_named_concept_counts_as_yes_and_only_that_c
         base_max = lvlm.model.get_output_embeddings()(h).max()
     # <bo>'s output row wins the first answer token by a margin (what a name-first Aligner learns for a match)
     strong = ConceptEmbedding("bo", bo.e_word, h * (base_max.abs() + 20) / h.dot(h), bo.context, "tiny")
-    bo = ConceptEmbedding("bo", strong.e_word, strong.e_weight, strong.context, "tiny",
-                          metadata={"answer_style": "name-first"})
+    bo = ConceptEmbedding(
+        "bo", strong.e_word, strong.e_weight, strong.context, "tiny", metadata={"answer_style": "name-first"}
+    )
     about_bo = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [bo, al], image=image(4)))
     about_al = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [bo, al], image=image(4)))
     both = lvlm.score_yes_no(single_turn("Are <bo> and <al> in this photo?", [bo, al], image=image(4)))

@@ -105,8 +105,10 @@ def test_face_filter_decision_on_fixed_scores(score, kept):
 
 def test_filter_chain_keeps_every_score_and_says_why():
     scores = {"clip": [0.31, 0.15, 0.25, 0.30], "face": [0.62, 0.70, 0.41, None]}
-    chain = make_filters(CallableScorer("clip", lambda im, p, r: scores["clip"][im.info["i"]]),
-                         CallableScorer("face", lambda im, p, r: scores["face"][im.info["i"]]))
+    chain = make_filters(
+        CallableScorer("clip", lambda im, p, r: scores["clip"][im.info["i"]]),
+        CallableScorer("face", lambda im, p, r: scores["face"][im.info["i"]]),
+    )
     images = []
     for i in range(4):
         im = Image.new("RGB", (4, 4))
@@ -124,8 +126,12 @@ def test_filter_chain_keeps_every_score_and_says_why():
 
 def test_face_identity_scorer_is_the_cosine_of_the_embeddings():
     ref, same, other, faceless = (Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue", "white"))
-    table = {id(ref): np.array([1.0, 0.0]), id(same): np.array([0.6, 0.8]), id(other): np.array([0.4, 0.9165]),
-             id(faceless): None}
+    table = {
+        id(ref): np.array([1.0, 0.0]),
+        id(same): np.array([0.6, 0.8]),
+        id(other): np.array([0.4, 0.9165]),
+        id(faceless): None,
+    }
     calls = []
 
     def embed(im):
@@ -192,17 +198,25 @@ def test_attribute_questions_and_answer_rewriting():
     assert to_concept_answer("She has a small nose.") == "<sks> has a small nose."
     assert to_concept_answer("Yes, the man has a beard.") == "Yes, <sks> has a beard."
     assert to_concept_answer("brown") == "Brown."
-    recs = answer_attributes(CallableAnswerer(lambda im, q: "The person appears young." if "young" in q else "Fair."),
-                             Image.new("RGB", (4, 4)))
+    recs = answer_attributes(
+        CallableAnswerer(lambda im, q: "The person appears young." if "young" in q else "Fair."),
+        Image.new("RGB", (4, 4)),
+    )
     young = next(r for r in recs if "young" in r["question"])
-    assert young == {"question": "Is <sks> young or old?", "asked": "Is this person young or old?",
-                     "raw_answer": "The person appears young.", "answer": "<sks> appears young."}
+    assert young == {
+        "question": "Is <sks> young or old?",
+        "asked": "Is this person young or old?",
+        "raw_answer": "The person appears young.",
+        "answer": "<sks> appears young.",
+    }
 
 
 def test_build_items_mixes_positives_negatives_and_attributes():
-    concepts = [ConceptData("a", [f"a/gen_{k:02d}.png" for k in range(5)], [{"question": "Q <sks>?", "answer": "A."}]),
-                ConceptData("b", [f"b/gen_{k:02d}.png" for k in range(5)], []),
-                ConceptData("c", [], [{"question": "Q2 <sks>?", "answer": "B."}])]
+    concepts = [
+        ConceptData("a", [f"a/gen_{k:02d}.png" for k in range(5)], [{"question": "Q <sks>?", "answer": "A."}]),
+        ConceptData("b", [f"b/gen_{k:02d}.png" for k in range(5)], []),
+        ConceptData("c", [], [{"question": "Q2 <sks>?", "answer": "B."}]),
+    ]
     items = build_items(concepts, seed=0, positive_ratio=0.6)
     assert count_kinds(items) == {"recog_pos": 10, "recog_neg": 7, "attribute": 2}  # 10/(10+7) ≈ 0.6
     assert items == build_items(concepts, seed=0, positive_ratio=0.6)
@@ -246,8 +260,15 @@ def test_run_filters_records_scores_and_resumes(refs_dir, tmp_path):
     cfg = SynthConfig(images_per_ref=3, n_prompts=20)
 
     def run(generator):
-        return run_synthesis(refs_dir, out, cfg, lambda: generator, lambda: make_filters(clip, face),
-                             lambda: answerer, settings={"model": "fake"})
+        return run_synthesis(
+            refs_dir,
+            out,
+            cfg,
+            lambda: generator,
+            lambda: make_filters(clip, face),
+            lambda: answerer,
+            settings={"model": "fake"},
+        )
 
     report = run(gen)
     assert [r.id for r in discover_references(refs_dir)] == ["2", "10"]
@@ -297,8 +318,12 @@ def test_tiny_ip_adapter_loads_through_diffusers_and_seeds_are_per_image(tiny, t
     from plvm.synth.ipadapter.tiny import build_tiny_components
 
     cfg = GenerationConfig(steps=2, height=32, width=32, batch_size=2)
-    gen = IPAdapterGenerator.load(IPAdapterSpec(str(tiny.sd), str(tiny.ip_adapter), tiny.ip_subfolder,
-                                                tiny.ip_weight), cfg, device="cpu", local_files_only=True)
+    gen = IPAdapterGenerator.load(
+        IPAdapterSpec(str(tiny.sd), str(tiny.ip_adapter), tiny.ip_subfolder, tiny.ip_weight),
+        cfg,
+        device="cpu",
+        local_files_only=True,
+    )
     assert gen.describe()["image_projection"] == "IPAdapterPlusImageProjection"
     r1, r2 = _noise(1), _noise(2)
     park, library = "A person is jogging in a city park.", "A person is reading a book in a library."
@@ -318,8 +343,12 @@ def test_tiny_ip_adapter_loads_through_diffusers_and_seeds_are_per_image(tiny, t
     jobs = [GenerationJob(r1, park, 11)]
 
     full = build_tiny_components(tmp_path / "full", variant="full-face")
-    gen_full = IPAdapterGenerator.load(IPAdapterSpec(str(full.sd), str(full.ip_adapter), full.ip_subfolder,
-                                                     full.ip_weight), cfg, device="cpu", local_files_only=True)
+    gen_full = IPAdapterGenerator.load(
+        IPAdapterSpec(str(full.sd), str(full.ip_adapter), full.ip_subfolder, full.ip_weight),
+        cfg,
+        device="cpu",
+        local_files_only=True,
+    )
     assert gen_full.describe()["image_projection"] == "IPAdapterFullImageProjection"
     assert gen_full.generate(jobs)[0].image.size == (32, 32)
 
@@ -331,8 +360,23 @@ def test_cli_tiny_end_to_end_output_is_read_by_the_trainer(tiny, refs_dir, tmp_p
     from plvm.training.data import FolderPersonalSource
 
     out = tmp_path / "synth"
-    args = ["ipadapter", "--refs", str(refs_dir), "--out", str(out), "--tiny", "--tiny-dir", str(tiny.root),
-            "--images-per-ref", "2", "--n-prompts", "30", "--attr-max-new-tokens", "3", "--quiet"]
+    args = [
+        "ipadapter",
+        "--refs",
+        str(refs_dir),
+        "--out",
+        str(out),
+        "--tiny",
+        "--tiny-dir",
+        str(tiny.root),
+        "--images-per-ref",
+        "2",
+        "--n-prompts",
+        "30",
+        "--attr-max-new-tokens",
+        "3",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -359,8 +359,9 @@ def test_multi_layer_features_feed_the_projector_and_are_recorded_in_its_file(ph
     path = save_projector(model, tmp_path / "projector.safetensors")
     rebuilt, _ = build_llava_mini(projector=path, lora=False)
     assert rebuilt.config.vision_feature_layer == [8, -1]
-    assert torch.equal(rebuilt.model.multi_modal_projector.linear_1.weight,
-                       model.model.multi_modal_projector.linear_1.weight)
+    assert torch.equal(
+        rebuilt.model.multi_modal_projector.linear_1.weight, model.model.multi_modal_projector.linear_1.weight
+    )
     single, _ = build_llava_mini(vision_feature_layer=8)
     save = save_projector(single, tmp_path / "layer8.safetensors")
     default, _ = build_llava_mini()

@@ -67,14 +67,16 @@ def test_stage1_with_lora_trains_projector_and_adapters_only(tmp_path):
 
     saved = task.trainable_state_dict()
     assert {k.split(".")[0] for k in saved} == {"multi_modal_projector", "lm_lora"}
-    other = ProjectorTrainingTask(PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"),
-                                  ColourCaptions(), batch_size=2, lora=SMALL)
+    other = ProjectorTrainingTask(
+        PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"), ColourCaptions(), batch_size=2, lora=SMALL
+    )
     other.load_trainable_state_dict(saved)
     for key, value in other.trainable_state_dict().items():
         torch.testing.assert_close(value, saved[key], atol=0, rtol=0)
     with pytest.raises(ValueError, match="disagree"):
-        ProjectorTrainingTask(PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"),
-                              ColourCaptions()).load_trainable_state_dict(saved)
+        ProjectorTrainingTask(
+            PersonalizedLVLM(*tiny_llava(template="chatml"), base_model="tiny"), ColourCaptions()
+        ).load_trainable_state_dict(saved)
 
     # export splits the checkpoint into a projector that names its LoRA (by sha256) and the LoRA itself
     projector, lora = export_stage1(tmp_path / "checkpoint-000020", tmp_path / "out" / "projector.safetensors")

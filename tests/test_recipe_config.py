@@ -43,32 +43,60 @@ def test_a_saved_config_reads_back_equal_as_json_and_toml(tmp_path, cls):
 
 def test_flags_given_on_the_command_line_override_the_file_and_defaults_do_not(tmp_path, captured):
     config = tmp_path / "base.json"
-    config.write_text(json.dumps({"out": str(tmp_path / "run"), "steps": 5, "lr": 0.01, "lora_r": 16,
-                                  "mix": "0,0,0,1", "freeze_projector": True}))
+    config.write_text(
+        json.dumps(
+            {
+                "out": str(tmp_path / "run"),
+                "steps": 5,
+                "lr": 0.01,
+                "lora_r": 16,
+                "mix": "0,0,0,1",
+                "freeze_projector": True,
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["train-base", "--config", str(config), "--lr", "0.002", "--steps", "1500"])
     assert result.exit_code == 0, result.output
     (cfg,) = captured
     # --steps 1500 is the default value, but given explicitly: it wins over the file's 5
-    assert cfg == BaseTrainingConfig(out=tmp_path / "run", steps=1500, lr=0.002, lora_r=16, mix="0,0,0,1",
-                                     freeze_projector=True)
+    assert cfg == BaseTrainingConfig(
+        out=tmp_path / "run", steps=1500, lr=0.002, lora_r=16, mix="0,0,0,1", freeze_projector=True
+    )
 
 
 def test_without_a_file_the_flags_are_the_config(tmp_path, captured):
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "a"), "--k", "4", "--steps", "3",
-                                      "--answer-style", "name-first", "--no-calibrate"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "a"),
+            "--k",
+            "4",
+            "--steps",
+            "3",
+            "--answer-style",
+            "name-first",
+            "--no-calibrate",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert captured == [AlignerTrainingConfig(out=tmp_path / "a", num_queries=4, steps=3, answer_style="name-first",
-                                              calibrate=False)]
+    assert captured == [
+        AlignerTrainingConfig(out=tmp_path / "a", num_queries=4, steps=3, answer_style="name-first", calibrate=False)
+    ]
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"steps": 5, "stepz": 3}, "unknown key 'stepz'"),
-    ({"steps": "many"}, "'steps': expected int"),
-    ({"lr": True}, "'lr': expected float"),
-    ({"recipe": "AlignerTrainingConfig"}, "is a AlignerTrainingConfig, not a BaseTrainingConfig"),
-    ({"mix": "1,2"}, "--mix"),
-    ([1, 2], "expected one table"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"steps": 5, "stepz": 3}, "unknown key 'stepz'"),
+        ({"steps": "many"}, "'steps': expected int"),
+        ({"lr": True}, "'lr': expected float"),
+        ({"recipe": "AlignerTrainingConfig"}, "is a AlignerTrainingConfig, not a BaseTrainingConfig"),
+        ({"mix": "1,2"}, "--mix"),
+        ([1, 2], "expected one table"),
+    ],
+)
 def test_a_bad_config_file_is_one_error_line_and_nothing_runs(tmp_path, captured, content, message):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps(content))
@@ -82,9 +110,13 @@ def test_malformed_missing_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "a.toml").write_text("steps = [")
     (tmp_path / "a.yaml").write_text("steps: 3")
     (tmp_path / "b.json").write_bytes(b"\xff\xfe\x00binary")
-    for path, message in ((tmp_path / "a.toml", "malformed"), (tmp_path / "nope.json", "cannot read"),
-                          (tmp_path / "b.json", "not text"), (tmp_path, "cannot read"),
-                          (tmp_path / "a.yaml", ".json or .toml")):
+    for path, message in (
+        (tmp_path / "a.toml", "malformed"),
+        (tmp_path / "nope.json", "cannot read"),
+        (tmp_path / "b.json", "not text"),
+        (tmp_path, "cannot read"),
+        (tmp_path / "a.yaml", ".json or .toml"),
+    ):
         with pytest.raises(ConfigError, match=message):
             BaseTrainingConfig.from_file(path)
 

@@ -46,8 +46,9 @@ def labelled_runs(enc) -> list[list[int]]:
 
 
 def test_label_all_turns_targets_every_answer_and_only_answers(lvlm):
-    ex = GenericExample([photo(0)], "How many people?", "Two.", follow_up=[("Is it indoors?", "Yes."),
-                                                                          ("Hair colour?", "Red.")])
+    ex = GenericExample(
+        [photo(0)], "How many people?", "Two.", follow_up=[("Is it indoors?", "Yes."), ("Hair colour?", "Red.")]
+    )
     conv = generic_conversation(ex)
     last = lvlm.encode(conv)
     every = lvlm.encode(conv, label_all_turns=True)
@@ -122,8 +123,13 @@ def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_
         if model.config.vision_feature_select_strategy == "default":
             raw = raw[:, 1:]
         raw = raw.reshape(-1, raw.shape[-1])
-        w1, b1 = (t.clone() for t in (model.model.multi_modal_projector.linear_1.weight,
-                                       model.model.multi_modal_projector.linear_1.bias))
+        w1, b1 = (
+            t.clone()
+            for t in (
+                model.model.multi_modal_projector.linear_1.weight,
+                model.model.multi_modal_projector.linear_1.bias,
+            )
+        )
     stats = calibrate_projector(model, pixel_values)
     projector = model.model.multi_modal_projector
     with torch.no_grad():
@@ -131,8 +137,10 @@ def test_calibrate_projector_standardises_inputs_and_matches_the_word_embedding_
         z = (raw - raw.mean(0)) / raw.std(0)
         assert torch.allclose(projector.linear_1(raw), z @ w1.T + b1, atol=1e-4)
         feats = model.model.get_image_features(
-            pixel_values=pixel_values, vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output
+            pixel_values=pixel_values,
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        ).pooler_output
     norms = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).norm(dim=-1).mean().item()
     target = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
     assert norms == pytest.approx(target, rel=1e-4)
@@ -168,8 +176,9 @@ def test_evaluate_base_described_person_scores_every_question_and_splits_negativ
     n_neg = sum(by[f"changes: {c}"]["n"] for c in (1, 2, 3))
     assert 0 < n_neg < 10  # both answers occur with this seed, and each negative has 1, 2 or 3 changes
     assert sum(by[f"people: {k}"]["n"] for k in (1, 2, 3, 4)) == 10  # and each photo 1-4 people
-    by_prop = [by[f"changed: {p}"]["n"]
-               for p in ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")]
+    by_prop = [
+        by[f"changed: {p}"]["n"] for p in ("gender", "age", "hair_color", "hair_style", "facial_hair", "glasses")
+    ]
     assert n_neg <= sum(by_prop) <= 3 * n_neg  # every negative changed 1-3 of them
     assert 0.0 <= result.described_auc <= 1.0
     again = evaluate_base(lvlm, world, n_open=0, n_vqa=0, n_same=0, n_described=10, seed=2)
@@ -210,14 +219,16 @@ def test_evaluate_base_open_kinds_scores_only_those_kinds_with_their_majority_ra
 def test_described_properties_limit_what_negatives_change(world):
     from plvm.synth import qa
 
-    src = AvatarWorldGenericSource(world, seed=2, mix=(0.0, 1.0, 0.0), turns=3, described_share=1.0,
-                                   described_properties=["hair_color", "glasses"])
+    src = AvatarWorldGenericSource(
+        world, seed=2, mix=(0.0, 1.0, 0.0), turns=3, described_share=1.0, described_properties=["hair_color", "glasses"]
+    )
     assert src.describe()["described_properties"] == ["hair_color", "glasses"]
     examples = src.examples(0, 8)
     asked = [q for ex in examples for q in [ex.question] + [q for q, _ in ex.follow_up]]
     assert len(asked) > len(examples) and all(q.startswith("Is there ") for q in asked)  # follow-ups too
-    stream = iter_generic_samples(world, np.random.default_rng(1), weights=(0, 1, 0), described_share=1.0,
-                                  described_properties=("glasses",))
+    stream = iter_generic_samples(
+        world, np.random.default_rng(1), weights=(0, 1, 0), described_share=1.0, described_properties=("glasses",)
+    )
     metas = [next(stream).meta["qa"]["meta"] for _ in range(40)]
     assert {tuple(m["changed"]) for m in metas} == {(), ("glasses",)}  # a single property never gets stuck
     rng = np.random.default_rng(8)
@@ -244,8 +255,11 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
     from plvm.recipe import ConfigError
 
     projector = tmp_path / "projector.safetensors"
-    save_file({"multi_modal_projector.linear_1.bias": torch.zeros(2)}, str(projector),
-              metadata={"vision_feature_layer": "8,-1"})
+    save_file(
+        {"multi_modal_projector.linear_1.bias": torch.zeros(2)},
+        str(projector),
+        metadata={"vision_feature_layer": "8,-1"},
+    )
     run = tmp_path / "checkpoint-000050"
     run.mkdir()
     # before layers were recorded
@@ -261,12 +275,14 @@ def test_train_base_keeps_the_feature_layer_of_what_it_continues(tmp_path):
 
 @pytest.mark.parametrize("portrait_share", [1.0, 0.0])
 def test_image_prompt_pairs_are_twins_that_differ_only_in_who_is_in_the_query(world, portrait_share):
-    src = AvatarWorldGenericSource(world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=portrait_share,
-                                   image_prompt_pairs=True)
+    src = AvatarWorldGenericSource(
+        world, seed=3, mix=(0, 0, 0, 1), same_portrait_share=portrait_share, image_prompt_pairs=True
+    )
     examples = src.examples(0, 6)
     rng = np.random.default_rng([3, 0])
-    samples = iter_generic_samples(world, rng, weights=(0, 0, 0, 1), same_portrait_share=portrait_share,
-                                   image_prompt_pairs=True)
+    samples = iter_generic_samples(
+        world, rng, weights=(0, 0, 0, 1), same_portrait_share=portrait_share, image_prompt_pairs=True
+    )
     drawn = [next(samples) for _ in range(6)]
     for k in range(0, 6, 2):
         pos, neg = examples[k], examples[k + 1]

@@ -29,8 +29,9 @@ TINY = StoreIdentity("tiny", 64)
 
 def fake_concept(name: str, seed: int = 0, base: str = "tiny", d: int = 64, k: int = 4) -> ConceptEmbedding:
     g = torch.Generator().manual_seed(seed)
-    return ConceptEmbedding(name, torch.randn(d, generator=g), torch.randn(d, generator=g),
-                            torch.randn(k, d, generator=g), base)
+    return ConceptEmbedding(
+        name, torch.randn(d, generator=g), torch.randn(d, generator=g), torch.randn(k, d, generator=g), base
+    )
 
 
 def png(seed: int, size=(48, 40)) -> bytes:
@@ -193,8 +194,9 @@ def test_import_refuses_traversal_names_and_tampered_images(tmp_path):
 # ---------------------------------------------------------------------- base model binding
 def test_store_refuses_another_base_model(tmp_path):
     ConceptStore(tmp_path, TINY).add(fake_concept("bo"))
-    with pytest.raises(StoreMismatchError,
-                       match=r"made for base model 'tiny' \(hidden size 64\), not 'plvm/llava-mini'"):
+    with pytest.raises(
+        StoreMismatchError, match=r"made for base model 'tiny' \(hidden size 64\), not 'plvm/llava-mini'"
+    ):
         ConceptStore(tmp_path, StoreIdentity("plvm/llava-mini", 576))
     with pytest.raises(StoreMismatchError, match="hidden size"):
         ConceptStore(tmp_path, StoreIdentity("tiny", 128))
@@ -250,8 +252,11 @@ class FakeFaces:
 
         arr = np.asarray(image.convert("RGB"), dtype=np.float32)
         h, w = arr.shape[:2]
-        return [SimpleNamespace(box=(0, 0, w // 2, h // 2), score=0.9,
-                                embedding=arr[: h // 2, : w // 2].mean(axis=(0, 1)) - 127.0)]
+        return [
+            SimpleNamespace(
+                box=(0, 0, w // 2, h // 2), score=0.9, embedding=arr[: h // 2, : w // 2].mean(axis=(0, 1)) - 127.0
+            )
+        ]
 
 
 def test_face_backend_hook_adds_regions_and_face_matches(tmp_path, plvm):
@@ -298,10 +303,15 @@ def test_main_face_is_the_large_central_one_and_no_face_is_recorded(tmp_path, pl
     assert main_face(faces[:1], (200, 200)).box == edge_big[0] and main_face([], (10, 10)) is None
 
     store = ConceptStore(tmp_path, StoreIdentity.of(plvm))
-    with_face = store.add_from_image("bo", png(1, (200, 200)),
-                                     ReferenceEncoder(plvm, face=ListedFaces([edge_big, centre])))
-    assert with_face.metadata["face"] == {"backend": "face:listed", "faces_found": 2, "box": [70.0, 70.0, 130.0, 128.0],
-                                          "score": 0.8}
+    with_face = store.add_from_image(
+        "bo", png(1, (200, 200)), ReferenceEncoder(plvm, face=ListedFaces([edge_big, centre]))
+    )
+    assert with_face.metadata["face"] == {
+        "backend": "face:listed",
+        "faces_found": 2,
+        "box": [70.0, 70.0, 130.0, 128.0],
+        "score": 0.8,
+    }
     assert list(store.feature_matrix("face:listed").names) == ["bo"]
     np.testing.assert_allclose(store.feature_matrix("face:listed").matrix[0], [0, 1, 0], atol=1e-6)
     mug = store.add_from_image("mug", png(2, (200, 200)), ReferenceEncoder(plvm, face=ListedFaces([])))
@@ -314,12 +324,18 @@ def test_visual_prompt_describes_where_identified_people_are(tmp_path, plvm):
     from plvm.chat import ChatSession
     from plvm.identify import IdentifyResult, Match, visual_prompt
 
-    result = IdentifyResult([Match("bo", 0.9, "face", (10, 0, 50, 40), True),
-                             Match("al", 0.8, "face", (160, 0, 200, 40), True),
-                             Match("cy", 0.7, "image", None, True),
-                             Match("zz", 0.1, "face", (90, 0, 110, 40), False)], threshold=0.5)
-    assert visual_prompt(result, 200) == ("<bo> is the person on the left. <al> is the person on the right. "
-                                          "<cy> appears in this photo.")
+    result = IdentifyResult(
+        [
+            Match("bo", 0.9, "face", (10, 0, 50, 40), True),
+            Match("al", 0.8, "face", (160, 0, 200, 40), True),
+            Match("cy", 0.7, "image", None, True),
+            Match("zz", 0.1, "face", (90, 0, 110, 40), False),
+        ],
+        threshold=0.5,
+    )
+    assert visual_prompt(result, 200) == (
+        "<bo> is the person on the left. <al> is the person on the right. <cy> appears in this photo."
+    )
     assert visual_prompt(result, 200, names=["al"]) == "<al> is the person on the right."
     assert visual_prompt(IdentifyResult([], 0.5), 200) == ""
 
@@ -329,8 +345,13 @@ def test_visual_prompt_describes_where_identified_people_are(tmp_path, plvm):
     encoder = ReferenceEncoder(plvm, face=faces)
     store.add_from_image("bo", png(3, (120, 60)), encoder)
     for switched, expected in ((True, "<bo> is the person on the left.\nIs <bo> here?"), (False, "Is <bo> here?")):
-        session = ChatSession(plvm, store, Identifier(store, encoder, face=faces, threshold=2.0, face_threshold=0.9),
-                              visual_prompt=switched, max_new_tokens=2)
+        session = ChatSession(
+            plvm,
+            store,
+            Identifier(store, encoder, face=faces, threshold=2.0, face_threshold=0.9),
+            visual_prompt=switched,
+            max_new_tokens=2,
+        )
         session.set_image(decode_image(png(4, (120, 60))).image)
         turn = session.prepare("Is <bo> here?")
         assert [a.name for a in turn.active] == ["bo"] and turn.identify.present[0].source == "face"
@@ -342,9 +363,13 @@ def _seed_index(store: ConceptStore, names: list[str], kind: str, feats: np.ndar
     with store._write() as db:
         db.executemany(
             "INSERT INTO concepts(id, name, base_model, hidden_size, num_context_tokens, created_at, updated_at) "
-            "VALUES (?, ?, 'tiny', 64, 4, 0, 0)", [(f"{i:032x}", n) for i, n in enumerate(names)])
-        db.executemany("INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
-                       [(f"{i:032x}", kind, feats.shape[1], feats[i].tobytes()) for i in range(len(names))])
+            "VALUES (?, ?, 'tiny', 64, 4, 0, 0)",
+            [(f"{i:032x}", n) for i, n in enumerate(names)],
+        )
+        db.executemany(
+            "INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
+            [(f"{i:032x}", kind, feats.shape[1], feats[i].tobytes()) for i in range(len(names))],
+        )
 
 
 def test_identify_over_ten_thousand_concepts_is_one_cached_matrix(tmp_path, plvm):

@@ -39,8 +39,15 @@ class ColourSquares:
             positive = rng.random() < 0.6
             q = c if positive else int((c + rng.integers(1, len(COLOURS))) % len(COLOURS))
             answer = "Yes, <sks> is in this photo." if positive else "No, <sks> is not in this photo."
-            out.append(PersonalExample(square(COLOURS[c], rng), square(COLOURS[q], rng),
-                                       "Is <sks> in this photo?", answer, "recog_pos" if positive else "recog_neg"))
+            out.append(
+                PersonalExample(
+                    square(COLOURS[c], rng),
+                    square(COLOURS[q], rng),
+                    "Is <sks> in this photo?",
+                    answer,
+                    "recog_pos" if positive else "recog_neg",
+                )
+            )
         return out
 
     def describe(self):
@@ -72,25 +79,38 @@ def colour_of(image: Image.Image) -> int:
     return COLOURS.index(tuple(int(v) for v in ink))
 
 
-def make_task(word_weight: float = 10.0, answer_style: str = "paper", data=None,
-              bank_weight: float = 0.0) -> AlignerTrainingTask:
+def make_task(
+    word_weight: float = 10.0, answer_style: str = "paper", data=None, bank_weight: float = 0.0
+) -> AlignerTrainingTask:
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
     torch.manual_seed(1)
-    config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=lvlm.hidden_size, mlp_hidden=64, resampler_hidden=32,
-                           resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model="tiny")
+    config = AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=lvlm.hidden_size,
+        mlp_hidden=64,
+        resampler_hidden=32,
+        resampler_blocks=1,
+        resampler_heads=2,
+        num_queries=4,
+        image_size=28,
+        base_model="tiny",
+    )
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
     ref_proc = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    return AlignerTrainingTask(lvlm, aligner, ref_proc, data or ColourSquares(),
-                               AlignerTaskConfig(2, word_weight, answer_style, bank_weight))
+    return AlignerTrainingTask(
+        lvlm, aligner, ref_proc, data or ColourSquares(), AlignerTaskConfig(2, word_weight, answer_style, bank_weight)
+    )
 
 
 def condition_output_row(task: AlignerTrainingTask) -> None:
     """What `plvm train` does before a fresh name-first run (:meth:`Aligner.calibrate_output_row`)."""
     probe = ColourSquares().examples(20_000, 8)
     hidden, no_logit = task.answer_states(probe)
-    task.aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
-                                      float(no_logit.mean()))
+    task.aligner.calibrate_output_row(
+        task.reference_pixels([ex.reference for ex in probe]), hidden, float(no_logit.mean())
+    )
 
 
 @pytest.mark.parametrize("answer_style", ["paper", "name-first"])
@@ -188,10 +208,20 @@ def test_folder_source_reads_the_training_layout(tmp_path):
         square(colour, rng).save(tmp_path / cid / f"ref_img.{ext}")
         square(colour, rng).save(tmp_path / cid / "q0.png")
     items = [
-        {"concept": "c1", "query_img": "c1/q0.png", "question": "Is <sks> here?", "answer": "Yes, <sks> is.",
-         "kind": "recog_pos"},
-        {"concept": "c2", "query_img": None, "question": "What colour is <sks>?", "answer": "<sks> is green.",
-         "kind": "attribute"},
+        {
+            "concept": "c1",
+            "query_img": "c1/q0.png",
+            "question": "Is <sks> here?",
+            "answer": "Yes, <sks> is.",
+            "kind": "recog_pos",
+        },
+        {
+            "concept": "c2",
+            "query_img": None,
+            "question": "What colour is <sks>?",
+            "answer": "<sks> is green.",
+            "kind": "attribute",
+        },
     ]
     (tmp_path / "train.json").write_text(json.dumps(items))
     source = FolderPersonalSource(tmp_path, seed=3)
@@ -205,8 +235,9 @@ def test_folder_source_reads_the_training_layout(tmp_path):
             assert (np.asarray(ex.reference) == COLOURS[1]).all(-1).any()  # c2's own reference image
         else:
             assert ex.query is not None and ex.question == "Is <sks> here?"
-    (tmp_path / "train.json").write_text(json.dumps([{"concept": "../etc", "question": "q", "answer": "a",
-                                                        "query_img": "../../x.png"}]))
+    (tmp_path / "train.json").write_text(
+        json.dumps([{"concept": "../etc", "question": "q", "answer": "a", "query_img": "../../x.png"}])
+    )
     with pytest.raises((ValueError, FileNotFoundError)):
         FolderPersonalSource(tmp_path).examples(0, 1)
 
@@ -249,14 +280,17 @@ def test_name_first_answers_make_the_concept_the_weighted_first_answer_token():
         flagged = [t for t, w in zip(enc.ids, enc.answer_word) if w]
         return labels, task.lvlm.decode(labels, ["sks"]), task.lvlm.decode(flagged, ["sks"])
 
-    labels, text, word = answer_of(PersonalExample(ref, query, "Is <sks> in this photo?",
-                                                   "Yes, <sks> appears in this picture.", "recog_pos"))
+    labels, text, word = answer_of(
+        PersonalExample(ref, query, "Is <sks> in this photo?", "Yes, <sks> appears in this picture.", "recog_pos")
+    )
     assert labels[0] == V and text.startswith("<sks> appears in this picture.") and word == "<sks>"
-    _, text, word = answer_of(PersonalExample(ref, query, "Is <sks> in this photo?",
-                                              "No, <sks> is not in this photo.", "recog_neg"))
+    _, text, word = answer_of(
+        PersonalExample(ref, query, "Is <sks> in this photo?", "No, <sks> is not in this photo.", "recog_neg")
+    )
     assert text.startswith("No, <sks> is not") and word == "No"
-    _, text, word = answer_of(PersonalExample(ref, None, "How would you describe <sks>'s hairstyle?",
-                                              "<sks> has short hair.", "attribute"))
+    _, text, word = answer_of(
+        PersonalExample(ref, None, "How would you describe <sks>'s hairstyle?", "<sks> has short hair.", "attribute")
+    )
     assert text.startswith("<sks> has short hair.") and word == ""  # an attribute answer's name is not weighted
     assert make_task().describe()["task"]["answer_style"] == "paper"
     with pytest.raises(ValueError, match="answer_style"):
@@ -268,8 +302,9 @@ def test_output_row_calibration_starts_the_concept_logit_at_the_level_where_trai
     examples = ColourSquares().examples(123, 6)
     hidden, no_logit = task.answer_states(examples)
     assert hidden.shape == (6, task.lvlm.hidden_size) and no_logit.shape == (6,)
-    task.aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in examples]), hidden,
-                                      float(no_logit.mean()))
+    task.aligner.calibrate_output_row(
+        task.reference_pixels([ex.reference for ex in examples]), hidden, float(no_logit.mean())
+    )
     # the concept logit at the position whose prediction is the first answer token, as the loss computes it
     e_word, e_weight, context = task.aligner(pixel_values=task.reference_pixels([ex.reference for ex in examples]))
     batch = task.lvlm.collate([task._encode(ex) for ex in examples])
@@ -289,8 +324,9 @@ def test_identity_bank_loss_is_its_formula_and_trains_only_the_output_row():
     assert task.bank_ids == [str(c) for c in range(len(COLOURS)) for _ in range(2)]  # bank_renders = 2
     assert task.bank_tokens.shape == (2 * len(COLOURS), task.aligner.config.d_enc)
     examples = ColourBank().examples(5, 6)
-    examples.append(PersonalExample(examples[0].reference, None, "What colour is <sks>?", "<sks> is red.",
-                                    "attribute", "0"))  # not a recognition sample: no bank term
+    examples.append(
+        PersonalExample(examples[0].reference, None, "What colour is <sks>?", "<sks> is red.", "attribute", "0")
+    )  # not a recognition sample: no bank term
     h, no = task.answer_states(examples)
     loss, auc = task.bank_loss(examples, h, no)
     # by hand: balanced logistic loss of h_i · e_j − No_i, y_ij = [bank identity j is in query i]
@@ -361,13 +397,19 @@ def test_row_fit_fits_only_the_output_row_on_cached_states_and_keeps_the_best_he
     assert loaded.query_identities == states.query_identities and loaded.concept_ids == states.concept_ids
     assert torch.equal(loaded.own_tokens, states.own_tokens) and torch.equal(loaded.own_labels, states.own_labels)
     # each sample's own reference, label and concept: the squares' colours say who is who
-    again_examples = [ex for i in range(config.first_index, config.first_index + 40)
-                      for ex in task.data.examples(i, config.batch) if ex.kind in ("recog_pos", "recog_neg")][:12]
+    again_examples = [
+        ex
+        for i in range(config.first_index, config.first_index + 40)
+        for ex in task.data.examples(i, config.batch)
+        if ex.kind in ("recog_pos", "recog_neg")
+    ][:12]
     assert states.concept_ids == [ex.concept_id for ex in again_examples]
     assert states.own_labels.tolist() == [float(ex.kind == "recog_pos") for ex in again_examples]
     assert states.own_tokens.shape == (12, task.aligner.config.d_enc)
-    torch.testing.assert_close(states.own_tokens[:1], task.aligner.encode_reference(
-        task.reference_pixels([again_examples[0].reference]))[:, 0].float())
+    torch.testing.assert_close(
+        states.own_tokens[:1],
+        task.aligner.encode_reference(task.reference_pixels([again_examples[0].reference]))[:, 0].float(),
+    )
     assert AnswerStates.load(tmp_path / "states.safetensors", "run step 4") is None  # computed with another tag
     # the cache is keyed on what the states depend on: the word and context path, not f_weight
     cache = tmp_path / "cache.safetensors"
@@ -434,9 +476,15 @@ def test_stage1_word_weight_is_eq2_on_yes_no_answers():
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
     rng = np.random.default_rng(0)
-    batch = [GenericExample([square(COLOURS[0], rng), square(COLOURS[0], rng)], "Same colour?", "Yes"),
-             GenericExample([square(COLOURS[1], rng)], "What colour is the square?", "a green square, small",
-                            follow_up=[("Where is it?", "near the top left corner")])]
+    batch = [
+        GenericExample([square(COLOURS[0], rng), square(COLOURS[0], rng)], "Same colour?", "Yes"),
+        GenericExample(
+            [square(COLOURS[1], rng)],
+            "What colour is the square?",
+            "a green square, small",
+            follow_up=[("Where is it?", "near the top left corner")],
+        ),
+    ]
     encoded = [lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in batch]
     k = sum(sum(e.answer_word) for e in encoded)
     n = sum(sum(lab != -100 for lab in e.labels) for e in encoded)
@@ -474,9 +522,12 @@ def test_train_rejects_bank_and_row_fit_options_without_name_first_answers_befor
 
     from plvm.cli import app
 
-    for args, message in ((["--bank-weight", "1"], "name-first"), (["--row-fit-queries", "100"], "name-first"),
-                          (["--answer-style", "name-first", "--bank-weight", "-1"], "bank_weight"),
-                          (["--answer-style", "shouty"], "answer_style")):
+    for args, message in (
+        (["--bank-weight", "1"], "name-first"),
+        (["--row-fit-queries", "100"], "name-first"),
+        (["--answer-style", "name-first", "--bank-weight", "-1"], "bank_weight"),
+        (["--answer-style", "shouty"], "answer_style"),
+    ):
         result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "run").exists()  # nothing written

@@ -20,8 +20,16 @@ from plvm.server.run import BackgroundServer
 from plvm.store import ConceptStore, StoreIdentity
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 pytestmark = pytest.mark.skipif(
@@ -105,8 +113,9 @@ def test_create_concepts_upload_photo_and_chat_in_chromium(server, tmp_path):
 
             page.fill("[data-testid=question]", "Write a caption for this photo.")
             page.click("[data-testid=send]")
-            page.wait_for_function("document.querySelectorAll('.msg.assistant[data-done=true]').length == 2",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "document.querySelectorAll('.msg.assistant[data-done=true]').length == 2", timeout=60_000
+            )
             page.fill("[data-testid=question]", "")
             shot = page.screenshot(full_page=True)
         finally:

@@ -57,8 +57,12 @@ class ActiveConcept:
     score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "token": f"<{self.name}>", "source": self.source,
-                "score": None if self.score is None else round(self.score, 4)}
+        return {
+            "name": self.name,
+            "token": f"<{self.name}>",
+            "source": self.source,
+            "score": None if self.score is None else round(self.score, 4),
+        }
 
 
 @dataclass
@@ -158,9 +162,7 @@ class ChatSession:
             self._activate(self.store.get(bare).name, "requested")
         return self.active[self.store.get(bare).name]
 
-    def add_concept(
-        self, name: str, source: ImageSource | LoadedImage, replace: bool = False
-    ) -> ConceptRecord:
+    def add_concept(self, name: str, source: ImageSource | LoadedImage, replace: bool = False) -> ConceptRecord:
         """Create a concept from a reference image (stored once), and activate it in this conversation."""
         if self.encoder is None:
             raise StoreError("this session has no reference encoder to make concepts with")
@@ -170,8 +172,9 @@ class ChatSession:
         return record
 
     # ------------------------------------------------------------------ images
-    def set_image(self, source: ImageSource | LoadedImage | Image.Image,
-                  label: str | None = None) -> IdentifyResult | None:
+    def set_image(
+        self, source: ImageSource | LoadedImage | Image.Image, label: str | None = None
+    ) -> IdentifyResult | None:
         """Attach a photo to the next question; identify it when enabled (found concepts become active)."""
         if isinstance(source, Image.Image):
             image = source.convert("RGB")
@@ -218,9 +221,12 @@ class ChatSession:
         lvlm = getattr(self.plvm, "lvlm", None)
         if self._special_tokens is None:
             self._special_tokens = special_token_texts(getattr(lvlm, "tokenizer", None))
-        text = check_question(question or "", self.max_question_chars,
-                              image_token=getattr(lvlm, "image_token", None) or "<image>",
-                              special_tokens=self._special_tokens)
+        text = check_question(
+            question or "",
+            self.max_question_chars,
+            image_token=getattr(lvlm, "image_token", None) or "<image>",
+            special_tokens=self._special_tokens,
+        )
         snapshot, active_snapshot = self.conversation.copy(), dict(self.active)
         new: list[str] = []
         try:

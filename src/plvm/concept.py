@@ -49,10 +49,13 @@ CONTEXT_TOKEN_NAME = re.compile(r"^t[0-9]+$", re.IGNORECASE)
 #: Names whose ``<name>`` is the image placeholder or a special token of common tokenizers (Llama/Mistral
 #: ``<s>``, ``<unk>``, BERT-style ``<mask>``/``<cls>``/``<sep>``, ``<pad>``, ``<eos>``/``<bos>``, reasoning
 #: models' ``<think>``); the model's own tokenizer is checked too (:func:`plvm.validation.check_name_for_tokenizer`).
-RESERVED_NAMES = frozenset({"image", "video", "audio", "s", "unk", "pad", "eos", "bos", "mask", "cls", "sep",
-                            "think", "endoftext"})
-NAME_RULE = ("1-64 letters, digits, '-' or '_' with at least one letter or digit, not 'image', 't1', 't2', … "
-             "(context-token markers) or a tokenizer's special token (e.g. <bo> or my-dog_2)")
+RESERVED_NAMES = frozenset(
+    {"image", "video", "audio", "s", "unk", "pad", "eos", "bos", "mask", "cls", "sep", "think", "endoftext"}
+)
+NAME_RULE = (
+    "1-64 letters, digits, '-' or '_' with at least one letter or digit, not 'image', 't1', 't2', … "
+    "(context-token markers) or a tokenizer's special token (e.g. <bo> or my-dog_2)"
+)
 
 
 def _bare(raw: str) -> str:
@@ -85,19 +88,23 @@ def normalize_name(raw: str) -> str:
     name = _bare(raw)
     if not NAME_PATTERN.fullmatch(name):
         if name.strip() != name or any(ch.isspace() for ch in name):
-            raise ConceptError(f"invalid concept name {raw!r}: it contains whitespace (a newline or tab?); use "
-                               f"{NAME_RULE}")
+            raise ConceptError(
+                f"invalid concept name {raw!r}: it contains whitespace (a newline or tab?); use {NAME_RULE}"
+            )
         raise ConceptError(f"invalid concept name {raw!r}: use {NAME_RULE}")
     if not any(ch.isalnum() for ch in name):
         raise ConceptError(f"invalid concept name {raw!r}: it needs a letter or digit; use {NAME_RULE}")
     if name.lower() == "image":
         raise ConceptError("'image' is reserved for the image placeholder <image>")
     if CONTEXT_TOKEN_NAME.match(name):
-        raise ConceptError(f"invalid concept name {raw!r}: <{name}> is how context tokens are written "
-                           f"(<bo> is <t1>…<tk>.); use {NAME_RULE}")
+        raise ConceptError(
+            f"invalid concept name {raw!r}: <{name}> is how context tokens are written "
+            f"(<bo> is <t1>…<tk>.); use {NAME_RULE}"
+        )
     if name.lower() in RESERVED_NAMES:
-        raise ConceptError(f"invalid concept name {raw!r}: <{name}> is a special token of common tokenizers; "
-                           f"use {NAME_RULE}")
+        raise ConceptError(
+            f"invalid concept name {raw!r}: <{name}> is a special token of common tokenizers; use {NAME_RULE}"
+        )
     return name
 
 

@@ -46,8 +46,15 @@ DEFAULT_FACE_THRESHOLD = 0.4
 #: reaches the threshold) / ``no face found`` (the query shows no face) / ``no face backend`` (identify runs
 #: without one) / ``face from another backend`` (the reference face was embedded by a different backend).
 #: Other concepts: ``image match`` / ``no image match`` (whole photo or a given/face region).
-REASONS = ("face match", "no matching face", "no face found", "no face backend", "face from another backend",
-           "image match", "no image match")
+REASONS = (
+    "face match",
+    "no matching face",
+    "no face found",
+    "no face backend",
+    "face from another backend",
+    "image match",
+    "no image match",
+)
 
 
 class FaceLike(Protocol):
@@ -223,10 +230,16 @@ class Match:
     confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "token": f"<{self.name}>",
-                "score": None if self.score is None else round(self.score, 4), "source": self.source,
-                "box": list(self.box) if self.box else None, "present": self.present, "reason": self.reason,
-                "confidence": None if self.confidence is None else round(self.confidence, 4)}
+        return {
+            "name": self.name,
+            "token": f"<{self.name}>",
+            "score": None if self.score is None else round(self.score, 4),
+            "source": self.source,
+            "box": list(self.box) if self.box else None,
+            "present": self.present,
+            "reason": self.reason,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+        }
 
 
 @dataclass
@@ -320,7 +333,8 @@ class Identifier:
             query = _unit(self.encoder.features(crops))  # [R, d]
             if query.shape[1] != ref.matrix.shape[1]:
                 raise ValueError(
-                    f"stored features have width {ref.matrix.shape[1]}, the encoder gives {query.shape[1]}")
+                    f"stored features have width {ref.matrix.shape[1]}, the encoder gives {query.shape[1]}"
+                )
             scores = query @ ref.matrix.T  # [R, N] — the one matrix product over all stored concepts
             rows = scores.argmax(axis=0)
             top = scores[rows, np.arange(scores.shape[1])]
@@ -331,15 +345,27 @@ class Identifier:
                 keep = keep[np.argpartition(-top[keep], max(0, int(top_k)))[: max(0, int(top_k))]]
             for j in keep:
                 name, box, score = ref.names[int(j)], crop_boxes[int(rows[j])], float(top[j])
-                best[name] = Match(name, score, "image" if box is None else "region", box, score >= threshold,
-                                   "image match" if score >= threshold else "no image match")
+                best[name] = Match(
+                    name,
+                    score,
+                    "image" if box is None else "region",
+                    box,
+                    score >= threshold,
+                    "image match" if score >= threshold else "no image match",
+                )
         face_threshold = self.face_threshold if self.face is not None else None
         best.update(self._face_matches(persons, faces, image.size, top_k))
         matches = sorted(best.values(), key=lambda m: (not m.present, m.score is None, -(m.score or 0.0)))
         if top_k is not None:
             matches = matches[: max(0, int(top_k))]
-        return IdentifyResult(matches, threshold, face_threshold, boxes, max(len(ref), len(persons)),
-                              None if self.face is None else len(faces))
+        return IdentifyResult(
+            matches,
+            threshold,
+            face_threshold,
+            boxes,
+            max(len(ref), len(persons)),
+            None if self.face is None else len(faces),
+        )
 
     def person_concepts(self) -> dict[str, str]:
         """``name → face kind`` of every stored concept whose reference has a face (any backend)."""
@@ -353,8 +379,9 @@ class Identifier:
                 persons.setdefault(name, kind)
         return persons
 
-    def _face_matches(self, persons: dict[str, str], faces: Sequence[FaceLike], size: tuple[int, int],
-                      top_k: int | None) -> dict[str, Match]:
+    def _face_matches(
+        self, persons: dict[str, str], faces: Sequence[FaceLike], size: tuple[int, int], top_k: int | None
+    ) -> dict[str, Match]:
         """The answer for every person concept, decided by faces only (see :data:`REASONS`)."""
         out: dict[str, Match] = {}
         if not persons:
@@ -384,9 +411,15 @@ class Identifier:
             for j in keep:
                 name, score = fm.names[int(j)], float(top[j])
                 present = score >= self.face_threshold
-                out[name] = Match(name, score, "face", clamp_box(faces[int(rows[j])].box, size), present,
-                                  "face match" if present else "no matching face",
-                                  None if slope is None else face_confidence(score, self.face_threshold, slope))
+                out[name] = Match(
+                    name,
+                    score,
+                    "face",
+                    clamp_box(faces[int(rows[j])].box, size),
+                    present,
+                    "face match" if present else "no matching face",
+                    None if slope is None else face_confidence(score, self.face_threshold, slope),
+                )
         elif len(fm):
             absent(fm.names, "no face found")
         absent(sorted(n for n, k in persons.items() if k != kind), "face from another backend")

@@ -34,10 +34,27 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 #: Formats accepted from users (what Pillow decodes reliably and a phone or browser produces).
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "TIFF", "PPM", "TGA"})
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
-              "TIFF": "tiff", "PPM": "ppm", "TGA": "tga"}
-MIME_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-              "bmp": "image/bmp", "tiff": "image/tiff", "ppm": "image/x-portable-pixmap", "tga": "image/x-tga"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "PPM": "ppm",
+    "TGA": "tga",
+}
+MIME_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "ppm": "image/x-portable-pixmap",
+    "tga": "image/x-tga",
+}
 
 
 class ImageError(ValueError):
@@ -132,17 +149,13 @@ def read_limited(source: ImageSource, limits: ImageLimits = DEFAULT_LIMITS, labe
         except PermissionError:
             raise ImageError(f"cannot read {label}: permission denied") from None
         if size > limits.max_bytes:
-            raise ImageTooLargeError(
-                f"{label} is {_human(size)}; the limit is {_human(limits.max_bytes)}"
-            )
+            raise ImageTooLargeError(f"{label} is {_human(size)}; the limit is {_human(limits.max_bytes)}")
         with open(path, "rb") as f:
             data = f.read(limits.max_bytes + 1)
     else:
         data = source.read(limits.max_bytes + 1)
     if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"{label or 'image'} is larger than the limit of {_human(limits.max_bytes)}"
-        )
+        raise ImageTooLargeError(f"{label or 'image'} is larger than the limit of {_human(limits.max_bytes)}")
     return data
 
 
@@ -215,7 +228,8 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, label: str =
             raise ImageTooLargeError(f"{label} has too many pixels (decompression bomb?): {exc}") from None
         except UnidentifiedImageError:
             raise UnsupportedImageError(
-                f"{label} is not an image plvm can read (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
+                f"{label} is not an image plvm can read (PNG, JPEG, WebP, GIF, BMP, TIFF)"
+            ) from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(f"{label} is corrupt: {_one_line(exc)}") from None
         fmt = (image.format or "").upper()

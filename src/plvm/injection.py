@@ -134,9 +134,7 @@ class ConceptTensors:
         cls, per_sample: Sequence[Sequence[ConceptEmbedding]], hidden_size: int, k: int | None = None
     ) -> "ConceptTensors":
         """Stack :class:`ConceptEmbedding` records (inference path)."""
-        rows = [
-            [(c.e_word, c.e_weight, c.context) for c in concepts] for concepts in per_sample
-        ]
+        rows = [[(c.e_word, c.e_weight, c.context) for c in concepts] for concepts in per_sample]
         return cls.stack(rows, hidden_size, k)
 
     @classmethod
@@ -206,8 +204,9 @@ class PersonalizedLVLM(nn.Module):
     it is touched. Gradients still flow to concept embeddings (training the Aligner).
     """
 
-    def __init__(self, model: nn.Module, processor: Any, base_model: str | None = None,
-                 base_revision: str | None = None):
+    def __init__(
+        self, model: nn.Module, processor: Any, base_model: str | None = None, base_revision: str | None = None
+    ):
         super().__init__()
         self.model = model
         self.processor = processor
@@ -311,14 +310,20 @@ class PersonalizedLVLM(nn.Module):
                 answer = messages[i]["content"][0]["text"]
                 full = self.processor.apply_chat_template(messages[: i + 1], tokenize=False)
                 prompt = self.processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-                if not (full.startswith(prompt) and prompt.startswith(done)) or answer not in full[len(prompt):]:
+                if not (full.startswith(prompt) and prompt.startswith(done)) or answer not in full[len(prompt) :]:
                     raise RuntimeError("chat template does not render the answer as a suffix of the prompt")
-                start = len(prompt) + full[len(prompt):].index(answer)
-                pieces += [(full[len(done):start], None), (full[start:], answer)]
+                start = len(prompt) + full[len(prompt) :].index(answer)
+                pieces += [(full[len(done) : start], None), (full[start:], answer)]
                 done = full
         else:
-            pieces.append((self.processor.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt), None))
+            pieces.append(
+                (
+                    self.processor.apply_chat_template(
+                        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                    ),
+                    None,
+                )
+            )
         k_by_name = {c.name: c.num_context_tokens for c in conversation.concepts}
         images = conversation.images
         counts, vision = self.image_inputs(images)
@@ -526,8 +531,9 @@ class PersonalizedLVLM(nn.Module):
         last = torch.tensor(batch.lengths, device=hidden.device) - 1
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, d]
         logp = torch.log_softmax(self.logits_from_hidden(h, tensors).float(), dim=-1)  # [B, V + C]
-        yes = torch.stack([torch.logsumexp(logp[b, self.yes_ids + self._named_columns(conv)], dim=-1)
-                           for b, conv in enumerate(convs)])
+        yes = torch.stack(
+            [torch.logsumexp(logp[b, self.yes_ids + self._named_columns(conv)], dim=-1) for b, conv in enumerate(convs)]
+        )
         no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
         return (yes - no).cpu()
 
@@ -554,7 +560,7 @@ class PersonalizedLVLM(nn.Module):
         def flush() -> None:
             if run:
                 text = self.tokenizer.decode(self._anchor + run, skip_special_tokens=True)
-                pieces.append(text[len(anchor_text):])
+                pieces.append(text[len(anchor_text) :])
                 run.clear()
 
         for tid in ids:
@@ -602,7 +608,7 @@ class PersonalizedLVLM(nn.Module):
             if on_text is not None:
                 text = self.decode(out_ids, names)
                 if not text.endswith("\ufffd") and len(text) > len(emitted):
-                    on_text(text[len(emitted):])
+                    on_text(text[len(emitted) :])
                     emitted = text
             if next_id >= self.vocab_size:
                 step_embeds = e_word[:, next_id - self.vocab_size].unsqueeze(1)
@@ -615,7 +621,7 @@ class PersonalizedLVLM(nn.Module):
             hidden, cache = out.last_hidden_state, out.past_key_values
         text = self.decode(out_ids, names)
         if on_text is not None and len(text) > len(emitted):
-            on_text(text[len(emitted):])
+            on_text(text[len(emitted) :])
         return GenerationResult(text=text.strip(), ids=out_ids, finished=finished)
 
     @staticmethod

@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 #: The trained mini Aligner (:func:`plvm.weight_files.locate`: committed under ``models/``, or shipped in the package).
 MINI_ALIGNER = weight_files.locate(weight_files.MINI_ALIGNER)
-ALIGNER_FILE = ("Aligner weights (an aligner.safetensors from plvm export, or a plvm train checkpoint directory "
-                "with state.json and trainable.safetensors)")
+ALIGNER_FILE = (
+    "Aligner weights (an aligner.safetensors from plvm export, or a plvm train checkpoint directory "
+    "with state.json and trainable.safetensors)"
+)
 
 
 def reference_image_processor(image_size: int = 224) -> Any:
@@ -89,8 +91,9 @@ def _aligner_task(path: str | Path) -> dict[str, Any]:
     except ValueError:
         task = None
     if not isinstance(task, dict) or not isinstance(task.get("task", {}), dict):
-        raise WeightFileError(f"{path} records a malformed training task (metadata 'task' is not a JSON object); "
-                              f"expected {ALIGNER_FILE}")
+        raise WeightFileError(
+            f"{path} records a malformed training task (metadata 'task' is not a JSON object); expected {ALIGNER_FILE}"
+        )
     return task
 
 
@@ -111,8 +114,10 @@ def read_aligner_weights(path: str | Path, config: AlignerConfig) -> dict[str, t
         state, tensors = read_checkpoint(path, ALIGNER_FILE)
         kind = state["task"].get("kind", "aligner")
         if kind != "aligner":
-            raise WeightFileError(f"{path} is a checkpoint of a {kind!r} task (plvm train-base), not of plvm train; "
-                                  f"expected {ALIGNER_FILE}")
+            raise WeightFileError(
+                f"{path} is a checkpoint of a {kind!r} task (plvm train-base), not of plvm train; "
+                f"expected {ALIGNER_FILE}"
+            )
         source = path / "trainable.safetensors"
     else:
         if not path.exists():
@@ -120,13 +125,15 @@ def read_aligner_weights(path: str | Path, config: AlignerConfig) -> dict[str, t
         tensors, _ = read_weights(path, ALIGNER_FILE)
         source = path
     # weights saved before output-row conditioning existed have no row_mean / row_offset: it stays off
-    problems = shape_problems({k: v.shape for k, v in tensors.items()}, aligner_shapes(config),
-                              optional=("row_mean", "row_offset"))
+    problems = shape_problems(
+        {k: v.shape for k, v in tensors.items()}, aligner_shapes(config), optional=("row_mean", "row_offset")
+    )
     if problems:
         raise WeightFileError(
             f"Aligner weights {source} do not fit the {config.base_model} Aligner (d_enc {config.d_enc}, d_llm "
             f"{config.d_llm}, k {config.num_queries}, MLP {config.mlp_hidden}, resampler {config.resampler_hidden} x "
-            f"{config.resampler_blocks}): {join_problems(problems)}")
+            f"{config.resampler_blocks}): {join_problems(problems)}"
+        )
     return tensors
 
 
@@ -162,14 +169,20 @@ def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch:
         return
     trained_on = aligner_base_revision(path)
     if trained_on is None:
-        logger.warning("Aligner weights %s do not record which %s they were trained on; this base is %s",
-                       path, lvlm.base_model_id, lvlm.base_revision)
+        logger.warning(
+            "Aligner weights %s do not record which %s they were trained on; this base is %s",
+            path,
+            lvlm.base_model_id,
+            lvlm.base_revision,
+        )
         return
     if trained_on != lvlm.base_revision:
-        message = (f"Aligner weights {path} were trained on {lvlm.base_model_id} revision {trained_on}, but the "
-                   f"loaded base is revision {lvlm.base_revision}: its concepts would be meaningless there. "
-                   "Retrain the Aligner on this base (plvm train), or pass --allow-base-mismatch (Python: "
-                   "allow_base_mismatch=True) to use it anyway for an experiment")
+        message = (
+            f"Aligner weights {path} were trained on {lvlm.base_model_id} revision {trained_on}, but the "
+            f"loaded base is revision {lvlm.base_revision}: its concepts would be meaningless there. "
+            "Retrain the Aligner on this base (plvm train), or pass --allow-base-mismatch (Python: "
+            "allow_base_mismatch=True) to use it anyway for an experiment"
+        )
         if not allow_mismatch:
             raise IncompatibleAlignerError(message)
         logger.warning("BASE MISMATCH (allowed): %s", message)
@@ -178,17 +191,21 @@ def check_aligner_base(path: str | Path, lvlm: PersonalizedLVLM, allow_mismatch:
 class PLVM:
     """The Aligner + a :class:`PersonalizedLVLM` with ready-made calls for the common questions."""
 
-    def __init__(self, lvlm: PersonalizedLVLM, aligner: Aligner, reference_processor: Any, preset: str = "custom",
-                 answer_style: str = "paper"):
+    def __init__(
+        self,
+        lvlm: PersonalizedLVLM,
+        aligner: Aligner,
+        reference_processor: Any,
+        preset: str = "custom",
+        answer_style: str = "paper",
+    ):
         if aligner.config.d_llm != lvlm.hidden_size:
             raise ValueError(
                 f"Aligner makes embeddings of width {aligner.config.d_llm}, "
                 f"the LVLM's hidden size is {lvlm.hidden_size}"
             )
         if aligner.config.base_model != lvlm.base_model_id:
-            raise ValueError(
-                f"Aligner is for {aligner.config.base_model!r}, the LVLM is {lvlm.base_model_id!r}"
-            )
+            raise ValueError(f"Aligner is for {aligner.config.base_model!r}, the LVLM is {lvlm.base_model_id!r}")
         self.lvlm = lvlm
         self.aligner = aligner.eval()
         self.reference_processor = reference_processor
@@ -200,8 +217,12 @@ class PLVM:
 
     @classmethod
     def from_preset(
-        cls, name: str = "mini", aligner_weights: str | Path | None = None, allow_untrained: bool = False,
-        allow_base_mismatch: bool = False, base_projector: str | Path | None = None,
+        cls,
+        name: str = "mini",
+        aligner_weights: str | Path | None = None,
+        allow_untrained: bool = False,
+        allow_base_mismatch: bool = False,
+        base_projector: str | Path | None = None,
     ) -> "PLVM":
         """Build the base LVLM, the reference encoder and the Aligner of a preset, with trained weights.
 
@@ -282,8 +303,9 @@ class PLVM:
     ) -> str:
         """Answer ``question`` about ``image`` with ``concepts`` introduced (inputs checked by
         :mod:`plvm.validation`: no image placeholder or special token in the text, 1 ≤ max_new_tokens)."""
-        question = check_question(question, image_token=self.lvlm.image_token,
-                                  special_tokens=special_token_texts(self.lvlm.tokenizer))
+        question = check_question(
+            question, image_token=self.lvlm.image_token, special_tokens=special_token_texts(self.lvlm.tokenizer)
+        )
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         conv = Conversation(list(concepts))
         conv.user(question, image=image)

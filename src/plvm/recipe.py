@@ -77,8 +77,10 @@ class RecipeConfig:
         names = cls.field_names()
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
-                              f"{', '.join(map(repr, unknown))} (known: {', '.join(names)})")
+            raise ConfigError(
+                f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))} (known: {', '.join(names)})"
+            )
         hints = typing.get_type_hints(cls)
         return cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 

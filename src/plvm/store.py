@@ -125,9 +125,12 @@ def _disk_error(exc: BaseException, root: Path) -> StoreFullError | None:
     """A one-line :class:`StoreError` for "disk full"-like failures (``None`` for anything else)."""
     text = str(exc).lower()
     if (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or any(
-            t in text for t in ("disk is full", "file too large", "no space left", "quota exceeded")):
-        return StoreFullError(f"no space left for the concept store {root} ({' '.join(str(exc).split())[:120]}); "
-                          "nothing was stored: free some space and try again")
+        t in text for t in ("disk is full", "file too large", "no space left", "quota exceeded")
+    ):
+        return StoreFullError(
+            f"no space left for the concept store {root} ({' '.join(str(exc).split())[:120]}); "
+            "nothing was stored: free some space and try again"
+        )
     return None
 
 
@@ -140,10 +143,13 @@ def _sqlite_error(root: Path, exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError):
         text = " ".join(str(exc).split())[:120]
         if "disk i/o" in text.lower():
-            return StoreFullError(f"the concept store index {root / 'index.sqlite'} could not be written ({text}: "
-                                  "disk full or failing?); nothing was stored: free some space and try again")
-        return StoreError(f"the concept store index {root / 'index.sqlite'} cannot be used now ({text}); "
-                          "nothing was changed")
+            return StoreFullError(
+                f"the concept store index {root / 'index.sqlite'} could not be written ({text}: "
+                "disk full or failing?); nothing was stored: free some space and try again"
+            )
+        return StoreError(
+            f"the concept store index {root / 'index.sqlite'} cannot be used now ({text}); nothing was changed"
+        )
     return _corrupt_index(root, exc)
 
 
@@ -152,7 +158,8 @@ def _corrupt_index(root: Path, exc: BaseException) -> CorruptStoreError:
     return CorruptStoreError(
         f"the concept store index {index} is unreadable ({' '.join(str(exc).split())[:120]}); it was left as it "
         f"is. Recover: restore it from a backup, or move it aside (mv {index} {index}.broken) and re-add the "
-        f"concepts from their reference photos in {root / 'images'}")
+        f"concepts from their reference photos in {root / 'images'}"
+    )
 
 
 # ---------------------------------------------------------------------- records
@@ -340,8 +347,10 @@ def _checked_import(
         raise bad(f"e_word has shape {tuple(tensors['e_word'].shape)}; it is one vector of the model's hidden size")
     k = tensors["context"].shape[0] if tensors["context"].ndim == 2 else -1
     if not 1 <= k <= MAX_CONTEXT_TOKENS:
-        raise bad(f"context has shape {tuple(tensors['context'].shape)}; it is [k, hidden size] with k from 1 to "
-                  f"{MAX_CONTEXT_TOKENS}")
+        raise bad(
+            f"context has shape {tuple(tensors['context'].shape)}; it is [k, hidden size] with k from 1 to "
+            f"{MAX_CONTEXT_TOKENS}"
+        )
     if header.get("num_context_tokens") not in (None, str(k)):
         raise bad(f"header num_context_tokens {header.get('num_context_tokens')!r} disagrees with the tensors (k={k})")
     if header.get("hidden_size") not in (None, str(tensors["e_word"].shape[0])):
@@ -360,37 +369,52 @@ def _checked_import(
         parsed[key] = value
     features: dict[str, str] = {}
     for kind, tensor_name in parsed["features"].items():
-        if not isinstance(tensor_name, str) or tensor_name not in tensors or tensor_name in (
-                "e_word", "e_weight", "context", "reference_image"):
+        if (
+            not isinstance(tensor_name, str)
+            or tensor_name not in tensors
+            or tensor_name in ("e_word", "e_weight", "context", "reference_image")
+        ):
             raise bad(f"feature {kind!r} names tensor {tensor_name!r}, which is not a feature tensor in the file")
         t = tensors[tensor_name]
         if t.dtype not in _FLOAT_DTYPES or t.ndim != 1 or not 1 <= t.numel() <= MAX_FEATURE_DIM:
-            raise bad(f"feature {kind!r} is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
-                      f"a float vector of 1 to {MAX_FEATURE_DIM} values is expected")
+            raise bad(
+                f"feature {kind!r} is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
+                f"a float vector of 1 to {MAX_FEATURE_DIM} values is expected"
+            )
         features[str(kind)] = tensor_name
     if "reference_image" in tensors:
         t = tensors["reference_image"]
         if t.dtype != torch.uint8 or t.ndim != 1:
-            raise bad(f"reference_image is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
-                      "the encoded image bytes (uint8, 1-D) are expected")
+            raise bad(
+                f"reference_image is a {str(t.dtype).replace('torch.', '')} tensor of shape {tuple(t.shape)}; "
+                "the encoded image bytes (uint8, 1-D) are expected"
+            )
     for key, kind in (("base_revision", str), ("answer_style", str)):
         if key in parsed["metadata"] and not isinstance(parsed["metadata"][key], kind):
             raise bad(f"metadata {key} must be a string")
     record = parsed["record_metadata"]
     face = record.get("face")
     if face is not None:
-        ok = isinstance(face, dict) and isinstance(face.get("backend", ""), str) and (
-            isinstance(face.get("faces_found", 0), int) and not isinstance(face.get("faces_found", 0), bool))
+        ok = (
+            isinstance(face, dict)
+            and isinstance(face.get("backend", ""), str)
+            and (isinstance(face.get("faces_found", 0), int) and not isinstance(face.get("faces_found", 0), bool))
+        )
         box = face.get("box") if isinstance(face, dict) else None
         if ok and box is not None:
-            ok = (isinstance(box, list) and len(box) == 4
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box))
+            ok = (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+            )
         score = face.get("score") if isinstance(face, dict) else None
         if ok and score is not None:
             ok = isinstance(score, (int, float)) and not isinstance(score, bool) and bool(np.isfinite(score))
         if not ok:
-            raise bad("record metadata 'face' is malformed (an object with backend, faces_found, box [x0, y0, x1, y1], "
-                      "score is expected)")
+            raise bad(
+                "record metadata 'face' is malformed (an object with backend, faces_found, box [x0, y0, x1, y1], "
+                "score is expected)"
+            )
     return header, tensors, features, parsed["metadata"], record
 
 
@@ -408,15 +432,18 @@ class ConceptStore:
     def __init__(self, root: str | os.PathLike, identity: StoreIdentity | None = None):
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"concept store {self.root} is a file, not a directory: pass a directory with "
-                             "--store DIR (or $PLVM_STORE); it is created if missing")
+            raise StoreError(
+                f"concept store {self.root} is a file, not a directory: pass a directory with "
+                "--store DIR (or $PLVM_STORE); it is created if missing"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for sub in ("concepts", "images"):
                 path = self.root / sub
                 if path.exists() and not path.is_dir():
-                    raise StoreError(f"{path} should be a directory of the concept store {self.root}, but is a "
-                                     "file: move it away")
+                    raise StoreError(
+                        f"{path} should be a directory of the concept store {self.root}, but is a file: move it away"
+                    )
                 path.mkdir(exist_ok=True)
         except (FileExistsError, NotADirectoryError, PermissionError) as exc:
             raise StoreError(f"cannot use {self.root} as a concept store: {exc.strerror or exc}") from None
@@ -514,10 +541,16 @@ class ConceptStore:
         removed: list[Path] = []
         with self._lock.hold(), self._db_lock:
             ids = {r[0] for r in self._db.execute("SELECT id FROM concepts")}
-            images = {f"{r[0]}.{r[1]}" for r in self._db.execute(
-                "SELECT DISTINCT image_sha256, image_ext FROM concepts WHERE image_sha256 IS NOT NULL")}
-            for sub, keep in (("concepts", lambda n: n.endswith(".safetensors") and n[:-12] in ids),
-                              ("images", lambda n: n in images)):
+            images = {
+                f"{r[0]}.{r[1]}"
+                for r in self._db.execute(
+                    "SELECT DISTINCT image_sha256, image_ext FROM concepts WHERE image_sha256 IS NOT NULL"
+                )
+            }
+            for sub, keep in (
+                ("concepts", lambda n: n.endswith(".safetensors") and n[:-12] in ids),
+                ("images", lambda n: n in images),
+            ):
                 with os.scandir(self.root / sub) as entries:
                     for entry in entries:
                         if not entry.is_file(follow_symlinks=False) or keep(entry.name):
@@ -599,8 +632,9 @@ class ConceptStore:
             recorded = self.recorded_identity()
             if recorded is None:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('base_model', ?)", (identity.base_model,))
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('hidden_size', ?)",
-                           (str(identity.hidden_size),))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('hidden_size', ?)", (str(identity.hidden_size),)
+                )
                 recorded = identity
         if recorded != identity:
             raise StoreMismatchError(
@@ -639,8 +673,9 @@ class ConceptStore:
         return rows[0]
 
     def _record(self, row: sqlite3.Row) -> ConceptRecord:
-        kinds = tuple(r["kind"] for r in self._query(
-            "SELECT kind FROM features WHERE concept_id = ? ORDER BY kind", (row["id"],)))
+        kinds = tuple(
+            r["kind"] for r in self._query("SELECT kind FROM features WHERE concept_id = ? ORDER BY kind", (row["id"],))
+        )
         return ConceptRecord(
             name=row["name"],
             id=row["id"],
@@ -691,11 +726,15 @@ class ConceptStore:
         except IncompatibleConceptError as exc:
             raise StoreMismatchError(str(exc)) from None
         except ConceptError as exc:
-            photo = (f" (its reference photo: {self._image_path(row['image_sha256'], row['image_ext'])})"
-                     if row["image_sha256"] else "")
+            photo = (
+                f" (its reference photo: {self._image_path(row['image_sha256'], row['image_ext'])})"
+                if row["image_sha256"]
+                else ""
+            )
             raise CorruptStoreError(
                 f"the file of concept <{row['name']}>, {path}, is unreadable ({' '.join(str(exc).split())[:120]}); "
-                f"it was left as it is. Recover: plvm concepts add {row['name']} PHOTO --replace{photo}") from None
+                f"it was left as it is. Recover: plvm concepts add {row['name']} PHOTO --replace{photo}"
+            ) from None
         return concept if concept.name == row["name"] else concept.renamed(row["name"])
 
     def load_many(self, names: Iterable[str]) -> list[ConceptEmbedding]:
@@ -791,8 +830,9 @@ class ConceptStore:
             seen.add(item.concept.name.lower())
             k = item.concept.num_context_tokens
             if not 1 <= k <= MAX_CONTEXT_TOKENS:
-                raise ConceptError(f"concept <{item.concept.name}> has {k} context tokens; "
-                                   f"1 to {MAX_CONTEXT_TOKENS} are allowed")
+                raise ConceptError(
+                    f"concept <{item.concept.name}> has {k} context tokens; 1 to {MAX_CONTEXT_TOKENS} are allowed"
+                )
             vectors = {}
             for kind, value in item.features.items():
                 if not isinstance(kind, str) or not _KIND_RE.match(kind):
@@ -803,8 +843,10 @@ class ConceptStore:
             meta.update(item.metadata)
             meta_json = json.dumps(meta, sort_keys=True, default=str)
             if len(meta_json) > MAX_METADATA_BYTES:
-                raise ConceptError(f"metadata of <{item.concept.name}> is {len(meta_json)} bytes; "
-                                   f"at most {MAX_METADATA_BYTES} are kept")
+                raise ConceptError(
+                    f"metadata of <{item.concept.name}> is {len(meta_json)} bytes; "
+                    f"at most {MAX_METADATA_BYTES} are kept"
+                )
             prepared.append((item, vectors, meta_json))
         created: list[Path] = []
         obsolete: list[tuple[str, str | None, str | None]] = []  # (id, sha, ext) of replaced rows
@@ -812,18 +854,25 @@ class ConceptStore:
         with self._write(obsolete, created) as db:
             for item, vectors, meta_json in prepared:
                 c = item.concept
-                old = db.execute("SELECT id, name, image_sha256, image_ext, created_at FROM concepts WHERE name = ?",
-                                 (c.name,)).fetchone()
+                old = db.execute(
+                    "SELECT id, name, image_sha256, image_ext, created_at FROM concepts WHERE name = ?", (c.name,)
+                ).fetchone()
                 if old is not None and not replace:
                     raise ConceptExistsError(self._exists_message(c.name, old["name"]))
                 for kind, v in vectors.items():
-                    dims = [r[0] for r in db.execute(
-                        "SELECT DISTINCT f.dim FROM features f JOIN concepts c ON c.id = f.concept_id "
-                        "WHERE f.kind = ? AND c.name != ?", (kind, c.name))]
+                    dims = [
+                        r[0]
+                        for r in db.execute(
+                            "SELECT DISTINCT f.dim FROM features f JOIN concepts c ON c.id = f.concept_id "
+                            "WHERE f.kind = ? AND c.name != ?",
+                            (kind, c.name),
+                        )
+                    ]
                     if dims and v.size not in dims:
                         raise ConceptError(
                             f"feature {kind!r} of <{c.name}> has {v.size} values; the stored concepts' have "
-                            f"{dims[0]} (made by another encoder?)")
+                            f"{dims[0]} (made by another encoder?)"
+                        )
                 concept_id = secrets.token_hex(16)
                 path = self._concept_path(concept_id)
                 created.append(path)
@@ -844,8 +893,20 @@ class ConceptStore:
                     "INSERT INTO concepts(id, name, base_model, hidden_size, num_context_tokens, image_sha256, "
                     "image_ext, image_width, image_height, created_at, updated_at, metadata) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (concept_id, c.name, c.base_model, c.hidden_size, c.num_context_tokens, sha, ext, width,
-                     height, old["created_at"] if old is not None else now, now, meta_json),
+                    (
+                        concept_id,
+                        c.name,
+                        c.base_model,
+                        c.hidden_size,
+                        c.num_context_tokens,
+                        sha,
+                        ext,
+                        width,
+                        height,
+                        old["created_at"] if old is not None else now,
+                        now,
+                        meta_json,
+                    ),
                 )
                 db.executemany(
                     "INSERT INTO features(concept_id, kind, dim, vector) VALUES (?, ?, ?, ?)",
@@ -878,8 +939,10 @@ class ConceptStore:
         obsolete: list[tuple[str, str | None, str | None]] = []
         with self._write(obsolete) as db:
             row = self._row(old)
-            clash = db.execute("SELECT id, name, image_sha256, image_ext FROM concepts WHERE name = ? AND id != ?",
-                               (new_bare, row["id"])).fetchone()
+            clash = db.execute(
+                "SELECT id, name, image_sha256, image_ext FROM concepts WHERE name = ? AND id != ?",
+                (new_bare, row["id"]),
+            ).fetchone()
             if clash is not None:
                 if not replace:
                     raise ConceptExistsError(self._exists_message(new_bare, clash["name"]))
@@ -906,8 +969,9 @@ class ConceptStore:
                 self._concept_path(concept_id).unlink()
             if sha:
                 with contextlib.suppress(OSError, StoreError, sqlite3.Error):
-                    still_used = self._db.execute("SELECT 1 FROM concepts WHERE image_sha256 = ? LIMIT 1",
-                                                  (sha,)).fetchone()
+                    still_used = self._db.execute(
+                        "SELECT 1 FROM concepts WHERE image_sha256 = ? LIMIT 1", (sha,)
+                    ).fetchone()
                     if still_used is None:
                         self._image_path(sha, ext or "").unlink()
 
@@ -992,7 +1056,6 @@ class ConceptStore:
         meta = dict(record_meta)
         meta["imported_from"] = path.name
         return self.add(concept, image, features, replace=replace, metadata=meta)
-
 
 
 __all__ = [

@@ -70,8 +70,11 @@ def _given(value: Any) -> str:
 # ---------------------------------------------------------------------- numbers
 def check_int(value: Any, name: str, lo: int, hi: int) -> int:
     """``value`` as an int in ``[lo, hi]`` (bools, floats with a fraction and non-numbers are refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-            isinstance(value, float) and (not math.isfinite(value) or value != int(value))):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or (isinstance(value, float) and (not math.isfinite(value) or value != int(value)))
+    ):
         raise InvalidInputError(f"{name} must be a whole number from {lo} to {hi}; got {_given(value)}")
     if not lo <= int(value) <= hi:
         raise InvalidInputError(f"{name} must be a whole number from {lo} to {hi}; got {int(value)}")
@@ -110,8 +113,12 @@ def check_top_k(value: Any) -> int | None:
 
 def check_positive(value: Any, name: str, hi: float = 1e9) -> float:
     """A finite number above 0 (and at most ``hi``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or not (
-            0 < float(value) <= hi):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not (0 < float(value) <= hi)
+    ):
         raise InvalidInputError(f"{name} must be a finite number above 0 and at most {hi:g}; got {_given(value)}")
     return float(value)
 
@@ -135,8 +142,12 @@ def parse_box(text: str) -> Box:
 def check_box(box: Any, size: tuple[int, int] | None = None) -> Box:
     """A region ``(x0, y0, x1, y1)``: four finite numbers, ``x0 < x1`` and ``y0 < y1`` (at least 2 px each
     way), inside the image when ``size = (width, height)`` is given."""
-    if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4 or any(
-            isinstance(v, bool) or not isinstance(v, numbers.Real) for v in box):
+    if (
+        isinstance(box, (str, bytes))
+        or not isinstance(box, Sequence)
+        or len(box) != 4
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in box)
+    ):
         raise InvalidInputError(f"a box is {BOX_RULE}; got {_given(box)}")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
@@ -150,8 +161,9 @@ def check_box(box: Any, size: tuple[int, int] | None = None) -> Box:
     return (x0, y0, x1, y1)
 
 
-def check_boxes(boxes: Iterable[Any] | None, size: tuple[int, int] | None = None,
-                max_boxes: int | None = None) -> list[Box]:
+def check_boxes(
+    boxes: Iterable[Any] | None, size: tuple[int, int] | None = None, max_boxes: int | None = None
+) -> list[Box]:
     boxes = list(boxes or [])
     if max_boxes is not None and len(boxes) > max_boxes:
         raise InvalidInputError(f"at most {max_boxes} boxes per request; got {len(boxes)}")
@@ -159,8 +171,9 @@ def check_boxes(boxes: Iterable[Any] | None, size: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------- questions
-def check_question(text: Any, max_chars: int | None = None, image_token: str = IMAGE_PLACEHOLDER,
-                   special_tokens: Iterable[str] = ()) -> str:
+def check_question(
+    text: Any, max_chars: int | None = None, image_token: str = IMAGE_PLACEHOLDER, special_tokens: Iterable[str] = ()
+) -> str:
     """A question as plvm will send it: not empty, at most ``max_chars``, no image placeholder (the photo is
     attached separately, so a placeholder in the text never has an image of its own), none of plvm's
     context-token marker characters, and none of the tokenizer's ``special_tokens`` written out."""
@@ -175,17 +188,20 @@ def check_question(text: Any, max_chars: int | None = None, image_token: str = I
         if token and token in stripped:
             raise InvalidInputError(
                 f"the question contains the image placeholder {token}: attach the photo instead (--image, the "
-                "'image' field) and ask about it in words; the placeholder is added for you")
+                "'image' field) and ask about it in words; the placeholder is added for you"
+            )
     for ch, code in RESERVED_CHARACTERS.items():
         if ch in stripped:
-            raise InvalidInputError(f"the question contains the character {code}, which plvm reserves for "
-                                    "context-token markers; remove it")
+            raise InvalidInputError(
+                f"the question contains the character {code}, which plvm reserves for context-token markers; remove it"
+            )
     if "\x00" in stripped:
         raise InvalidInputError("the question contains a NUL character; remove it")
     for token in special_tokens:
         if token and token in stripped:
-            raise InvalidInputError(f"the question contains the model's special token {token}; remove it "
-                                    "(concepts are written <name>)")
+            raise InvalidInputError(
+                f"the question contains the model's special token {token}; remove it (concepts are written <name>)"
+            )
     return stripped
 
 
@@ -193,8 +209,10 @@ def unknown_name_message(name: str, known: Sequence[str], label: str = "known") 
     """The one-line error for ``<name>`` that is not a known concept (a context-token marker gets a hint)."""
     listing = ", ".join(f"<{n}>" for n in known) or "none"
     if CONTEXT_TOKEN_NAME.match(name):
-        return (f"<{name}> is how a concept's context tokens are written (<bo> is <t1>…<tk>.), not a concept; "
-                f"ask about a concept by its name; {label} concepts: {listing}")
+        return (
+            f"<{name}> is how a concept's context tokens are written (<bo> is <t1>…<tk>.), not a concept; "
+            f"ask about a concept by its name; {label} concepts: {listing}"
+        )
     return f"unknown concept <{name}>; {label} concepts: {listing}"
 
 
@@ -214,8 +232,9 @@ def check_name_for_tokenizer(name: str, tokenizer: Any) -> str:
     """Refuse a concept name whose ``<name>`` the model's tokenizer treats as a special token."""
     taken = {t.lower() for t in special_token_texts(tokenizer)}
     if f"<{name}>".lower() in taken:
-        raise ConceptError(f"invalid concept name {name!r}: <{name}> is a special token of this model's tokenizer; "
-                           "choose another name")
+        raise ConceptError(
+            f"invalid concept name {name!r}: <{name}> is a special token of this model's tokenizer; choose another name"
+        )
     return name
 
 
@@ -227,7 +246,7 @@ CHECKPOINT_RULE = "a training checkpoint directory (checkpoint-NNNNNN/ with stat
 
 def _one_line_text(text: Any, limit: int = 160) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _sniff_safetensors(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -246,45 +265,59 @@ def _sniff_safetensors(path: Path, what: str) -> tuple[dict[str, Any], dict[str,
             head = fh.read(8)
             if size == 0:
                 raise WeightFileError(f"{path} is empty (0 bytes); {expected}")
-            if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04",
-                                                                                        b"\x05")):
+            if head.startswith(b"PK\x03\x04") or (
+                head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+            ):
                 raise WeightFileError(
                     f"{path} is a pickle (torch.save) file, not safetensors: plvm never unpickles weights (a pickle "
-                    f"can run code); convert it with safetensors.torch.save_file; {expected}")
+                    f"can run code); convert it with safetensors.torch.save_file; {expected}"
+                )
             if size < 8:
-                raise WeightFileError(f"{path} is truncated ({size} bytes; a safetensors file starts with an "
-                                      f"8-byte header length); {expected}")
+                raise WeightFileError(
+                    f"{path} is truncated ({size} bytes; a safetensors file starts with an "
+                    f"8-byte header length); {expected}"
+                )
             n = int.from_bytes(head, "little")
             if n > SAFETENSORS_MAX_HEADER:
-                raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header length field says "
-                                      f"{n} bytes, over safetensors' {SAFETENSORS_MAX_HEADER}-byte limit; {expected}")
+                raise WeightFileError(
+                    f"{path} is not a safetensors file or is corrupt: its header length field says "
+                    f"{n} bytes, over safetensors' {SAFETENSORS_MAX_HEADER}-byte limit; {expected}"
+                )
             if 8 + n > size:
-                raise WeightFileError(f"{path} is truncated: its header claims {n} bytes, only {size - 8} follow; "
-                                      f"{expected}")
+                raise WeightFileError(
+                    f"{path} is truncated: its header claims {n} bytes, only {size - 8} follow; {expected}"
+                )
             raw = fh.read(n)
     except OSError as exc:
         raise WeightFileError(f"{path} cannot be read ({exc.strerror or exc}); {expected}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header is not JSON; "
-                              f"{expected}") from None
+        raise WeightFileError(
+            f"{path} is not a safetensors file or is corrupt: its header is not JSON; {expected}"
+        ) from None
     if not isinstance(header, dict):
-        raise WeightFileError(f"{path} is not a safetensors file or is corrupt: its header is not a JSON object; "
-                              f"{expected}")
+        raise WeightFileError(
+            f"{path} is not a safetensors file or is corrupt: its header is not a JSON object; {expected}"
+        )
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise WeightFileError(f"{path} has malformed safetensors metadata (not a map of strings); {expected}")
     end = 0
     for key, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not isinstance(entry.get("shape"), list)):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not isinstance(entry.get("shape"), list)
+        ):
             raise WeightFileError(f"{path} is corrupt: tensor {key!r} has a malformed header entry; {expected}")
         end = max(end, offsets[1])
     if 8 + n + end > size:
-        raise WeightFileError(f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}; "
-                              f"{expected}")
+        raise WeightFileError(
+            f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}; {expected}"
+        )
     return header, metadata
 
 
@@ -309,8 +342,9 @@ def read_weights(path: str | Path, what: str, check_values: bool = True) -> tupl
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
     except Exception as exc:  # safetensors' SafetensorError and friends: the file is not what it claims
-        raise WeightFileError(f"{path} is not a readable safetensors file ({_one_line_text(exc)}); "
-                              f"expected {what}") from None
+        raise WeightFileError(
+            f"{path} is not a readable safetensors file ({_one_line_text(exc)}); expected {what}"
+        ) from None
     if not tensors:
         raise WeightFileError(f"{path} holds no tensors; expected {what}")
     if check_values:
@@ -324,18 +358,23 @@ def check_tensor_values(path: str | Path, tensors: Mapping[str, Any], what: str)
 
     for key, tensor in tensors.items():
         if not torch.is_floating_point(tensor):
-            raise WeightFileError(f"tensor {key} of {path} is {str(tensor.dtype).replace('torch.', '')}; "
-                                  f"expected floating-point weights ({what})")
+            raise WeightFileError(
+                f"tensor {key} of {path} is {str(tensor.dtype).replace('torch.', '')}; "
+                f"expected floating-point weights ({what})"
+            )
         if tensor.numel() == 0 or math.isfinite(float(tensor.sum(dtype=torch.float64))):
             continue  # one pass, no copy: a NaN or ±inf anywhere makes the float64 sum non-finite
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
-            raise WeightFileError(f"tensor {key} of {path} has {bad} non-finite value{'s' if bad > 1 else ''} "
-                                  f"(NaN or ±inf) of {tensor.numel()}; expected finite weights ({what})")
+            raise WeightFileError(
+                f"tensor {key} of {path} has {bad} non-finite value{'s' if bad > 1 else ''} "
+                f"(NaN or ±inf) of {tensor.numel()}; expected finite weights ({what})"
+            )
 
 
-def shape_problems(got: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]],
-                   optional: Iterable[str] = ()) -> list[str]:
+def shape_problems(
+    got: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], optional: Iterable[str] = ()
+) -> list[str]:
     """``missing NAME SHAPE`` / ``unexpected NAME SHAPE`` / ``NAME: file has X, model needs Y`` for every tensor
     of ``got`` (name → shape) that does not fit ``expected``; names in ``optional`` may be missing."""
     got = {k: tuple(v) for k, v in got.items()}
@@ -362,16 +401,18 @@ def read_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
         raise WeightFileError(f"{checkpoint} is a file, not a checkpoint directory; expected {CHECKPOINT_RULE}")
     path = checkpoint / "state.json"
     if not path.is_file():
-        raise MissingWeightFileError(f"{path} is missing: {checkpoint} is not a complete training checkpoint; "
-                                     f"expected {CHECKPOINT_RULE}")
+        raise MissingWeightFileError(
+            f"{path} is missing: {checkpoint} is not a complete training checkpoint; expected {CHECKPOINT_RULE}"
+        )
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise WeightFileError(f"{path} cannot be read ({exc.strerror or exc}); expected {CHECKPOINT_RULE}") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise WeightFileError(f"{path} is corrupt (not JSON: {_one_line_text(exc, 80)}); expected the state.json "
-                              "plvm train writes (use an intact checkpoint, e.g. an earlier checkpoint-NNNNNN)"
-                              ) from None
+        raise WeightFileError(
+            f"{path} is corrupt (not JSON: {_one_line_text(exc, 80)}); expected the state.json "
+            "plvm train writes (use an intact checkpoint, e.g. an earlier checkpoint-NNNNNN)"
+        ) from None
     problems = []
     if not isinstance(state, dict):
         problems.append("it is not a JSON object")
@@ -383,13 +424,16 @@ def read_checkpoint_state(checkpoint: str | Path) -> dict[str, Any]:
         if not isinstance(state.get("loop", {}), dict):
             problems.append("'loop' is not an object")
     if problems:
-        raise WeightFileError(f"{path} is not a training checkpoint's state ({', '.join(problems)}); expected "
-                              "the state.json plvm train writes (step, task, loop)")
+        raise WeightFileError(
+            f"{path} is not a training checkpoint's state ({', '.join(problems)}); expected "
+            "the state.json plvm train writes (step, task, loop)"
+        )
     return state
 
 
-def read_checkpoint(checkpoint: str | Path, what: str = "the checkpoint's trained weights"
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_checkpoint(
+    checkpoint: str | Path, what: str = "the checkpoint's trained weights"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state, tensors)`` of a training checkpoint directory: :func:`read_checkpoint_state` and
     :func:`read_weights` of its ``trainable.safetensors``."""
     state = read_checkpoint_state(checkpoint)

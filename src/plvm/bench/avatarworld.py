@@ -41,9 +41,16 @@ def machine_info() -> dict[str, Any]:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover
         load = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "loadavg": load, "python": platform.python_version(), "numpy": numpy.__version__,
-            "pillow": PIL.__version__}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "loadavg": load,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
 
 
 def _rates(fn, n: int, repeats: int) -> list[float]:
@@ -60,8 +67,9 @@ def _summary(rates: list[float]) -> dict[str, float]:
     return {"min": round(min(rates), 1), "median": round(statistics.median(rates), 1), "max": round(max(rates), 1)}
 
 
-def bench_render(n: int = 200, size: int = 224, repeats: int = 3, warmup: int = 20, seed: int = 0,
-                 threads: int = 1) -> dict[str, Any]:
+def bench_render(
+    n: int = 200, size: int = 224, repeats: int = 3, warmup: int = 20, seed: int = 0, threads: int = 1
+) -> dict[str, Any]:
     """Time ``n`` random scenes (1–4 people) and ``n // 2`` reference portraits, ``repeats`` times each
     after ``warmup`` untimed scenes. Returns min/median/max rates and machine info."""
     for var in _THREAD_VARS:
@@ -79,12 +87,18 @@ def bench_render(n: int = 200, size: int = 224, repeats: int = 3, warmup: int = 
     scene_rates = _rates(lambda: world.sample_scene(rng), n, repeats)
     pool = world.split("train")
     counter = itertools.count()
-    ref_rates = _rates(lambda: world.render_reference(pool[next(counter) % len(pool)], rng_or_seed=rng),
-                       max(1, n // 2), repeats)
+    ref_rates = _rates(
+        lambda: world.render_reference(pool[next(counter) % len(pool)], rng_or_seed=rng), max(1, n // 2), repeats
+    )
     med = statistics.median(scene_rates)
     return {
         "what": "AvatarWorld.sample_scene (train split, 1-4 people) and render_reference",
-        "n": n, "size": size, "repeats": repeats, "warmup": warmup, "seed": seed, "threads": threads,
+        "n": n,
+        "size": size,
+        "repeats": repeats,
+        "warmup": warmup,
+        "seed": seed,
+        "threads": threads,
         "world_build_s": round(build_s, 3),
         "scenes_per_s": _summary(scene_rates),
         "ms_per_scene_median": round(1000.0 / med, 2),

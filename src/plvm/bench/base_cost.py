@@ -81,8 +81,11 @@ def recognition_questions(n: int, seed: int = 0, size: int = 224) -> list[Questi
     out = []
     for i, k in enumerate(picks.tolist()):
         identity, label = test[k], i % 2 == 0
-        scene = (world.sample_scene(rng, split="test", include=[identity], size=size) if label
-                 else world.sample_scene(rng, split="test", exclude=[identity], size=size))
+        scene = (
+            world.sample_scene(rng, split="test", include=[identity], size=size)
+            if label
+            else world.sample_scene(rng, split="test", exclude=[identity], size=size)
+        )
         out.append(Question(identity.id, world.render_reference(identity, size=size), scene.image, label))
     return out
 
@@ -93,8 +96,9 @@ def image_prompt_conversation(question: Question) -> Any:
 
     conv = EvalConversation()
     intro = IMAGE_PROMPT_TEMPLATE.format(name=question.name, image=IMAGE_SLOT)
-    conv.raw_user(f"{intro}\n{IMAGE_SLOT}\n{with_name(RECOGNITION_QUESTION, question.name)}",
-                  [question.reference, question.query])
+    conv.raw_user(
+        f"{intro}\n{IMAGE_SLOT}\n{with_name(RECOGNITION_QUESTION, question.name)}", [question.reference, question.query]
+    )
     return conv
 
 
@@ -181,15 +185,20 @@ def build_mini_base(label: str, projector: Path) -> Base:
         build_s = time.perf_counter() - t0
         lora = projector_lora(path)
         meta = projector_metadata(path)
-    return Base(label, lvlm, build_s, {
-        "projector": _shown_path(projector),
-        "checkpoint_dir": projector.is_dir(),
-        "revision": revision,
-        "vision_feature_layer": feature_layer_str(model.config.vision_feature_layer),
-        "lora": lora.name if lora is not None else None,
-        "image_size": int(meta.get("image_size") or 0) or None,
-        "projector_params": sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
-    })
+    return Base(
+        label,
+        lvlm,
+        build_s,
+        {
+            "projector": _shown_path(projector),
+            "checkpoint_dir": projector.is_dir(),
+            "revision": revision,
+            "vision_feature_layer": feature_layer_str(model.config.vision_feature_layer),
+            "lora": lora.name if lora is not None else None,
+            "image_size": int(meta.get("image_size") or 0) or None,
+            "projector_params": sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
+        },
+    )
 
 
 def build_tiny_base(label: str, vision_feature_layer: int | list[int], seed: int) -> Base:
@@ -202,16 +211,26 @@ def build_tiny_base(label: str, vision_feature_layer: int | list[int], seed: int
     t0 = time.perf_counter()
     model, processor = tiny_llava(template="chatml", seed=seed, vision_feature_layer=vision_feature_layer)
     lvlm = PersonalizedLVLM(model, processor, base_model=TINY_BASE_MODEL)
-    return Base(label, lvlm, time.perf_counter() - t0, {
-        "projector": f"tiny random (seed {seed})", "checkpoint_dir": False, "revision": None,
-        "vision_feature_layer": feature_layer_str(vision_feature_layer), "lora": None, "image_size": None,
-        "projector_params": sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
-    })
+    return Base(
+        label,
+        lvlm,
+        time.perf_counter() - t0,
+        {
+            "projector": f"tiny random (seed {seed})",
+            "checkpoint_dir": False,
+            "revision": None,
+            "vision_feature_layer": feature_layer_str(vision_feature_layer),
+            "lora": None,
+            "image_size": None,
+            "projector_params": sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
+        },
+    )
 
 
 # ---------------------------------------------------------------------- benchmark
-def time_bases(bases: Sequence[Base], convs: dict[str, list[Any]], repeats: int,
-               warmup: int) -> tuple[dict[str, dict[str, list[list[float]]]], dict[str, dict[str, list[float]]]]:
+def time_bases(
+    bases: Sequence[Base], convs: dict[str, list[Any]], repeats: int, warmup: int
+) -> tuple[dict[str, dict[str, list[list[float]]]], dict[str, dict[str, list[float]]]]:
     """Per base label and shape: ms per question ``[repeats][queries]`` and the last log-odds ``[queries]``.
 
     ``convs[shape]`` holds one conversation per question; every call is ``score_yes_no([conv])`` (batch 1).
@@ -236,8 +255,10 @@ def time_bases(bases: Sequence[Base], convs: dict[str, list[Any]], repeats: int,
                     logodds[base.label][shape][i] = score
             for shape in convs:
                 ms[base.label][shape].append(row[shape])
-        eprint(f"base-cost: repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{b.label} {s} {float(np.median(ms[b.label][s][-1])):.1f} ms" for b in bases for s in convs))
+        eprint(
+            f"base-cost: repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{b.label} {s} {float(np.median(ms[b.label][s][-1])):.1f} ms" for b in bases for s in convs)
+        )
     return ms, logodds
 
 
@@ -258,11 +279,31 @@ def bench_base_cost(
     (the processor resizes them to the model's input, 168 px for LLaVA-mini).
     """
     paths = [] if tiny else resolve_projectors(projectors)
-    command = command_line(COMMAND, [("--tiny", tiny), ("--projectors", [_shown_path(p) for p in paths] or None),
-                                     ("--queries", queries), ("--repeats", repeats), ("--warmup", warmup),
-                                     ("--threads", threads)])
-    run = Run(NAME, command, {"projectors": [_shown_path(p) for p in paths], "queries": queries, "repeats": repeats,
-                              "warmup": warmup, "seed": seed, "image_size": size}, threads, tiny)
+    command = command_line(
+        COMMAND,
+        [
+            ("--tiny", tiny),
+            ("--projectors", [_shown_path(p) for p in paths] or None),
+            ("--queries", queries),
+            ("--repeats", repeats),
+            ("--warmup", warmup),
+            ("--threads", threads),
+        ],
+    )
+    run = Run(
+        NAME,
+        command,
+        {
+            "projectors": [_shown_path(p) for p in paths],
+            "queries": queries,
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+            "image_size": size,
+        },
+        threads,
+        tiny,
+    )
     result = run.result
     if tiny:
         bases = [build_tiny_base(_label(i), layer, seed=i) for i, layer in enumerate(TINY_VISION_LAYERS)]
@@ -273,19 +314,28 @@ def bench_base_cost(
             bases.append(build_mini_base(_label(i), path))
             gc.collect()
     questions = recognition_questions(queries, seed=seed, size=size)
-    convs = {"image_prompt": [image_prompt_conversation(q) for q in questions],
-             "plain": [plain_conversation(q) for q in questions]}
+    convs = {
+        "image_prompt": [image_prompt_conversation(q) for q in questions],
+        "plain": [plain_conversation(q) for q in questions],
+    }
     labels = [q.label for q in questions]
     ms, logodds = time_bases(bases, convs, repeats, warmup)
 
     first = bases[0].label
     per_base = []
     for base in bases:
-        entry: dict[str, Any] = {"label": base.label, **base.info, "build_s": base.build_s,
-                                 "image_tokens_per_image": base.lvlm.image_inputs([questions[0].query])[0][0],
-                                 "prompt_tokens": {}, "ms_per_question": {}, "ratio_to_first": {},
-                                 "ratio_range_over_repeats": {}, "logodds": logodds[base.label],
-                                 "accuracy": {}}
+        entry: dict[str, Any] = {
+            "label": base.label,
+            **base.info,
+            "build_s": base.build_s,
+            "image_tokens_per_image": base.lvlm.image_inputs([questions[0].query])[0][0],
+            "prompt_tokens": {},
+            "ms_per_question": {},
+            "ratio_to_first": {},
+            "ratio_range_over_repeats": {},
+            "logodds": logodds[base.label],
+            "accuracy": {},
+        }
         for shape in SHAPES:
             entry["prompt_tokens"][shape] = [len(base.lvlm.encode(c)) for c in convs[shape]]
             stats = Stats.of([x for rep in ms[base.label][shape] for x in rep], unit="ms")
@@ -299,13 +349,21 @@ def bench_base_cost(
     result.data = {
         "questions": len(questions),
         "positives": sum(labels),
-        "question_set": (f"AvatarWorld world seed 0, test split, question seed {seed}: {len(questions)} questions "
-                         f"({sum(labels)} with the person asked about), images rendered at {size} px"),
+        "question_set": (
+            f"AvatarWorld world seed 0, test split, question seed {seed}: {len(questions)} questions "
+            f"({sum(labels)} with the person asked about), images rendered at {size} px"
+        ),
         "shapes": {
-            "image_prompt": {"label": SHAPE_LABELS["image_prompt"], "images": 2,
-                             "example": convs["image_prompt"][0].turns[0].text.replace("\ue002", "<image>")},
-            "plain": {"label": SHAPE_LABELS["plain"], "images": 1,
-                      "example": convs["plain"][0].turns[0].text.replace("\ue002", "<image>")},
+            "image_prompt": {
+                "label": SHAPE_LABELS["image_prompt"],
+                "images": 2,
+                "example": convs["image_prompt"][0].turns[0].text.replace("\ue002", "<image>"),
+            },
+            "plain": {
+                "label": SHAPE_LABELS["plain"],
+                "images": 1,
+                "example": convs["plain"][0].turns[0].text.replace("\ue002", "<image>"),
+            },
         },
         "bases": per_base,
     }
@@ -337,14 +395,28 @@ def _one_line(text: str) -> str:
 
 def base_cost_tables(data: dict[str, Any] | None, tiny: bool = False) -> list[Table]:
     """Two tables: ms per answer (rows = base × shape, ratio to the first base) and start-up per base."""
-    time_headers = ["base", "reads tower layer(s)", "prompt", "prompt tokens", "ms per question (min / **median** / "
-                    "max)", "median ÷ base A's (range over repeats)"]
+    time_headers = [
+        "base",
+        "reads tower layer(s)",
+        "prompt",
+        "prompt tokens",
+        "ms per question (min / **median** / max)",
+        "median ÷ base A's (range over repeats)",
+    ]
     build_headers = ["base", "projector", "LM LoRA", "image tokens per image", "projector params", "build (s)"]
     if not data:
-        return [Table(TITLE_TIME, md_table(time_headers, [[b, "-", SHAPE_LABELS[s], "-", NOT_MEASURED_HERE, "-"]
-                                                          for b in ("A", "B") for s in SHAPES])),
-                Table(TITLE_BUILD, md_table(build_headers, [[b, "-", "-", "-", "-", NOT_MEASURED_HERE]
-                                                            for b in ("A", "B")]))]
+        return [
+            Table(
+                TITLE_TIME,
+                md_table(
+                    time_headers,
+                    [[b, "-", SHAPE_LABELS[s], "-", NOT_MEASURED_HERE, "-"] for b in ("A", "B") for s in SHAPES],
+                ),
+            ),
+            Table(
+                TITLE_BUILD, md_table(build_headers, [[b, "-", "-", "-", "-", NOT_MEASURED_HERE] for b in ("A", "B")])
+            ),
+        ]
     bases = data["bases"]
     first = bases[0]["label"]
     time_headers[-1] = f"median ÷ base {first}'s (range over repeats)"
@@ -354,28 +426,62 @@ def base_cost_tables(data: dict[str, Any] | None, tiny: bool = False) -> list[Ta
             st = Stats.from_dict(b["ms_per_question"][shape])
             lo, hi = b["ratio_range_over_repeats"][shape]
             ratio = f"**{b['ratio_to_first'][shape]:.2f}×** ({lo:.2f}–{hi:.2f})"
-            rows.append([b["label"], f"`{b['vision_feature_layer']}`", SHAPE_LABELS[shape],
-                         _tokens(b["prompt_tokens"][shape]), st.fmt(digits=2 if tiny else 0), ratio])
+            rows.append(
+                [
+                    b["label"],
+                    f"`{b['vision_feature_layer']}`",
+                    SHAPE_LABELS[shape],
+                    _tokens(b["prompt_tokens"][shape]),
+                    st.fmt(digits=2 if tiny else 0),
+                    ratio,
+                ]
+            )
     n = data["questions"]
     reps = Stats.from_dict(bases[0]["ms_per_question"][SHAPES[0]]).n // max(1, n)
     acc = "; ".join(f"{b['label']} {fmt_pct(b['accuracy']['image_prompt']['mean'], 0)}" for b in bases)
-    note = (f"{data['question_set']}; each time is one question's `score_yes_no([conversation])` (preprocessing, "
-            f"tokenization, one forward, Yes/No log-odds), {n} questions × {reps} repeats per base and prompt, bases "
-            f"interleaved per repeat. Prompts (user turn, `\\n` = newline): "
-            f"`{_one_line(data['shapes']['image_prompt']['example'])}` and "
-            f"`{_one_line(data['shapes']['plain']['example'])}`. Image-prompt decision accuracy on these questions "
-            f"(sanity check, not an evaluation): {acc}.")
-    build_rows = [[b["label"], f"`{b['projector']}`" + (" (checkpoint dir)" if b.get("checkpoint_dir") else ""),
-                   f"`{b['lora']}`" if b.get("lora") else "-", fmt_int(b["image_tokens_per_image"]),
-                   fmt_int(b["projector_params"]), f"{b['build_s']:.2f}" if tiny else f"{b['build_s']:.1f}"]
-                  for b in bases]
-    built = "`tiny_llava(…)`" if tiny else "`load_base(\"mini\", projector=…)`"
-    build_note = (f"Wall time of {built} + `PersonalizedLVLM`, once per base in this order (the first build also "
-                  "pays cold file caches and imports).")
-    return [Table(TITLE_TIME, md_table(time_headers, rows) + "\n\n" + note),
-            Table(TITLE_BUILD, md_table(build_headers, build_rows) + "\n\n" + build_note)]
+    note = (
+        f"{data['question_set']}; each time is one question's `score_yes_no([conversation])` (preprocessing, "
+        f"tokenization, one forward, Yes/No log-odds), {n} questions × {reps} repeats per base and prompt, bases "
+        f"interleaved per repeat. Prompts (user turn, `\\n` = newline): "
+        f"`{_one_line(data['shapes']['image_prompt']['example'])}` and "
+        f"`{_one_line(data['shapes']['plain']['example'])}`. Image-prompt decision accuracy on these questions "
+        f"(sanity check, not an evaluation): {acc}."
+    )
+    build_rows = [
+        [
+            b["label"],
+            f"`{b['projector']}`" + (" (checkpoint dir)" if b.get("checkpoint_dir") else ""),
+            f"`{b['lora']}`" if b.get("lora") else "-",
+            fmt_int(b["image_tokens_per_image"]),
+            fmt_int(b["projector_params"]),
+            f"{b['build_s']:.2f}" if tiny else f"{b['build_s']:.1f}",
+        ]
+        for b in bases
+    ]
+    built = "`tiny_llava(…)`" if tiny else '`load_base("mini", projector=…)`'
+    build_note = (
+        f"Wall time of {built} + `PersonalizedLVLM`, once per base in this order (the first build also "
+        "pays cold file caches and imports)."
+    )
+    return [
+        Table(TITLE_TIME, md_table(time_headers, rows) + "\n\n" + note),
+        Table(TITLE_BUILD, md_table(build_headers, build_rows) + "\n\n" + build_note),
+    ]
 
 
-__all__ = ["Base", "NOT_MEASURED_HERE", "PLAIN_QUESTION", "Question", "SHAPES", "base_cost_tables", "bench_base_cost",
-           "build_mini_base", "build_tiny_base", "image_prompt_conversation", "plain_conversation",
-           "recognition_questions", "resolve_projectors", "time_bases"]
+__all__ = [
+    "Base",
+    "NOT_MEASURED_HERE",
+    "PLAIN_QUESTION",
+    "Question",
+    "SHAPES",
+    "base_cost_tables",
+    "bench_base_cost",
+    "build_mini_base",
+    "build_tiny_base",
+    "image_prompt_conversation",
+    "plain_conversation",
+    "recognition_questions",
+    "resolve_projectors",
+    "time_bases",
+]

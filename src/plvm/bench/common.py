@@ -174,8 +174,16 @@ class Stats:
         xs = [float(x) for x in samples]
         if not xs:
             raise ValueError("no samples")
-        return cls(n=len(xs), min=min(xs), median=statistics.median(xs), max=max(xs), mean=statistics.fmean(xs),
-                   p95=float(np.percentile(xs, 95)), unit=unit, samples=xs)
+        return cls(
+            n=len(xs),
+            min=min(xs),
+            median=statistics.median(xs),
+            max=max(xs),
+            mean=statistics.fmean(xs),
+            p95=float(np.percentile(xs, 95)),
+            unit=unit,
+            samples=xs,
+        )
 
     def scaled(self, factor: float, unit: str) -> "Stats":
         return Stats.of([x * factor for x in self.samples], unit)
@@ -257,13 +265,21 @@ class BenchResult:
     def markdown(self, heading_level: int = 3) -> str:
         """All tables with the command above them, the machine line and the notes."""
         h = "#" * heading_level
-        took = f" The run took {self.duration_s / 60:.1f} min." if self.duration_s >= 60 else (
-            f" The run took {self.duration_s:.0f} s." if self.duration_s else "")
-        parts = [f"```bash\n{self.command}\n```",
-                 machine_line(self.machine, self.loadavg_end, self.others_busy_cores_end) + took]
+        took = (
+            f" The run took {self.duration_s / 60:.1f} min."
+            if self.duration_s >= 60
+            else (f" The run took {self.duration_s:.0f} s." if self.duration_s else "")
+        )
+        parts = [
+            f"```bash\n{self.command}\n```",
+            machine_line(self.machine, self.loadavg_end, self.others_busy_cores_end) + took,
+        ]
         if self.tiny:
-            parts.insert(0, "> **Tiny smoke run** — random tiny models; these numbers only show that the "
-                            "code runs and are *not* results.")
+            parts.insert(
+                0,
+                "> **Tiny smoke run** — random tiny models; these numbers only show that the "
+                "code runs and are *not* results.",
+            )
         for table in self.tables:
             parts.append(f"{h} {table.title}\n\n{table.markdown}")
         if self.notes:
@@ -277,9 +293,14 @@ class Run:
     def __init__(self, name: str, command: str, settings: dict[str, Any], threads: int | None, tiny: bool):
         self.threads = set_threads(threads)
         self.load_window = 0.2 if tiny else LOAD_WINDOW_S  # smoke runs: keep the whole thing quick
-        self.result = BenchResult(name=name, command=command, settings={**settings, "threads": self.threads},
-                                  machine=machine_info(self.threads, self.load_window), tiny=tiny,
-                                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.result = BenchResult(
+            name=name,
+            command=command,
+            settings={**settings, "threads": self.threads},
+            machine=machine_info(self.threads, self.load_window),
+            tiny=tiny,
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         self._t0 = time.perf_counter()
 
     def finish(self) -> BenchResult:
@@ -291,8 +312,9 @@ class Run:
         return self.result
 
 
-def machine_line(machine: dict[str, Any], load_end: Sequence[float] | None = None,
-                 others_end: float | None = None) -> str:
+def machine_line(
+    machine: dict[str, Any], load_end: Sequence[float] | None = None, others_end: float | None = None
+) -> str:
     """One human line about the machine; flags runs taken while other processes used the CPU."""
     ram = machine.get("ram_bytes")
     ram_s = f"{ram / 2**30:.1f} GiB RAM" if ram else "RAM unknown"
@@ -303,15 +325,18 @@ def machine_line(machine: dict[str, Any], load_end: Sequence[float] | None = Non
     others = machine.get("others_busy_cores_start")
     others_s = "?" if others is None else f"{others:.2f}"
     others_e = "?" if others_end is None else f"{others_end:.2f}"
-    line = (f"Machine: {machine.get('cpu') or '?'} ({machine.get('usable_cpus')} usable of "
-            f"{machine.get('cpu_count')} CPUs; {flags}), {ram_s}, torch {machine.get('torch')}, "
-            f"transformers {machine.get('transformers')}, {machine.get('torch_threads')} torch threads, "
-            f"nice {machine.get('nice')}. CPU cores busy with other processes: {others_s} before the run, "
-            f"{others_e} after it; load average {load_s} at start, {end_s} at end.")
+    line = (
+        f"Machine: {machine.get('cpu') or '?'} ({machine.get('usable_cpus')} usable of "
+        f"{machine.get('cpu_count')} CPUs; {flags}), {ram_s}, torch {machine.get('torch')}, "
+        f"transformers {machine.get('transformers')}, {machine.get('torch_threads')} torch threads, "
+        f"nice {machine.get('nice')}. CPU cores busy with other processes: {others_s} before the run, "
+        f"{others_e} after it; load average {load_s} at start, {end_s} at end."
+    )
     if machine.get("under_load"):
-        line = (f"**⚠ taken under load** (other processes kept ≥ {LOAD_FLAG_THRESHOLD} CPU cores busy before or "
-                "after the run — absolute times are pessimistic; ratios measured interleaved are less affected). "
-                + line)
+        line = (
+            f"**⚠ taken under load** (other processes kept ≥ {LOAD_FLAG_THRESHOLD} CPU cores busy before or "
+            "after the run — absolute times are pessimistic; ratios measured interleaved are less affected). " + line
+        )
     return line
 
 

@@ -47,8 +47,9 @@ class _StopTuning(Exception):
 
 
 @contextmanager
-def watch_adamw(on_init: Callable[[list[torch.nn.Parameter]], None],
-                on_step: Callable[[list[torch.nn.Parameter], int], None]) -> Iterator[dict[str, int]]:
+def watch_adamw(
+    on_init: Callable[[list[torch.nn.Parameter]], None], on_step: Callable[[list[torch.nn.Parameter], int], None]
+) -> Iterator[dict[str, int]]:
     """Within the block, ``torch.optim.AdamW(params, …)`` calls ``on_init(params)`` once built and
     ``on_step(params, step)`` after every ``step()``; yields a dict counting constructions."""
     original = torch.optim.AdamW
@@ -154,17 +155,20 @@ def tune_until(
     finally:
         yollava.config = original_config
     last = curve[-1]
-    return ({
-        "concept": concept_id,
-        "reached": state["reached"],
-        "stop": state["stop"],
-        "steps": last["step"],
-        "tuning_s": last["tuning_s"],
-        "accuracy": {k: last[k] for k in ("positive", "negative", "mean")},
-        "step0_accuracy": curve[0]["mean"],
-        "curve": curve,
-        "evaluation_s": state["paused"],
-    }, state["concept"])
+    return (
+        {
+            "concept": concept_id,
+            "reached": state["reached"],
+            "stop": state["stop"],
+            "steps": last["step"],
+            "tuning_s": last["tuning_s"],
+            "accuracy": {k: last[k] for k in ("positive", "negative", "mean")},
+            "step0_accuracy": curve[0]["mean"],
+            "curve": curve,
+            "evaluation_s": state["paused"],
+        },
+        state["concept"],
+    )
 
 
 def bench_concept_add(
@@ -189,17 +193,43 @@ def bench_concept_add(
     """PLVM encode latency vs Yo'LLaVA-style tuning time to PLVM's recognition accuracy (see module doc)."""
     from ..eval.methods import YoLLaVA, YoLLaVAConfig
 
-    command = command_line("plvm bench concept-add", [
-        ("--tiny", tiny), ("--data", data), ("--aligner", aligner), ("--allow-untrained", allow_untrained),
-        ("--concepts", n_concepts), ("--identities", None if (data or tiny) else n_identities),
-        ("--queries", None if (data or tiny) else queries), ("--encode-repeats", encode_repeats), ("--warmup", warmup),
-        ("--cap-minutes", cap_minutes), ("--eval-every", eval_every), ("--max-steps", max_steps),
-        ("--yollava-lr", yollava_lr), ("--target", target), ("--threads", threads),
-    ])
-    run = Run("concept_add", command, {
-        "n_concepts": n_concepts, "encode_repeats": encode_repeats, "warmup": warmup, "cap_minutes": cap_minutes,
-        "eval_every": eval_every, "max_steps": max_steps, "batch_size": batch_size, "target": target, "seed": seed},
-        threads, tiny)
+    command = command_line(
+        "plvm bench concept-add",
+        [
+            ("--tiny", tiny),
+            ("--data", data),
+            ("--aligner", aligner),
+            ("--allow-untrained", allow_untrained),
+            ("--concepts", n_concepts),
+            ("--identities", None if (data or tiny) else n_identities),
+            ("--queries", None if (data or tiny) else queries),
+            ("--encode-repeats", encode_repeats),
+            ("--warmup", warmup),
+            ("--cap-minutes", cap_minutes),
+            ("--eval-every", eval_every),
+            ("--max-steps", max_steps),
+            ("--yollava-lr", yollava_lr),
+            ("--target", target),
+            ("--threads", threads),
+        ],
+    )
+    run = Run(
+        "concept_add",
+        command,
+        {
+            "n_concepts": n_concepts,
+            "encode_repeats": encode_repeats,
+            "warmup": warmup,
+            "cap_minutes": cap_minutes,
+            "eval_every": eval_every,
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+            "target": target,
+            "seed": seed,
+        },
+        threads,
+        tiny,
+    )
     result = run.result
     plvm, info = load_bench_plvm(tiny, aligner, allow_untrained=allow_untrained or tiny)
     dataset, data_info = bench_dataset(data, tiny, n_identities=n_identities, queries=queries, seed=seed)
@@ -231,8 +261,9 @@ def bench_concept_add(
         labels = [it.label for it in items]
         name = dataset.concepts[cid].name
         plvm_concept = plvm.make_concept(name, dataset.image(dataset.concepts[cid].reference))
-        plvm_acc = accuracy(labels, _score(lvlm, recognition_conversations(dataset, items, {cid: plvm_concept}),
-                                           batch_size))
+        plvm_acc = accuracy(
+            labels, _score(lvlm, recognition_conversations(dataset, items, {cid: plvm_concept}), batch_size)
+        )
 
         def evaluate(concept: Any, items: Any = items, labels: Any = labels, cid: str = cid) -> dict[str, float]:
             return accuracy(labels, _score(lvlm, recognition_conversations(dataset, items, {cid: concept}), batch_size))
@@ -241,8 +272,10 @@ def bench_concept_add(
         goal = plvm_acc["mean"] if target is None else target
         outcome, _ = tune_until(yollava, dataset, cid, evaluate, goal, cap_minutes * 60.0, eval_every, max_steps)
         outcome["target"] = goal
-        eprint(f"concept-add: {cid}: Yo'LLaVA {outcome['stop']} after {outcome['steps']} steps, "
-               f"{outcome['tuning_s']:.1f} s, accuracy {outcome['accuracy']['mean']:.3f}")
+        eprint(
+            f"concept-add: {cid}: Yo'LLaVA {outcome['stop']} after {outcome['steps']} steps, "
+            f"{outcome['tuning_s']:.1f} s, accuracy {outcome['accuracy']['mean']:.3f}"
+        )
         per_concept.append({"concept": cid, "items": len(items), "plvm_accuracy": plvm_acc, "yollava": outcome})
 
     reached = [c for c in per_concept if c["yollava"]["reached"]]
@@ -260,49 +293,86 @@ def bench_concept_add(
     result.tables = concept_add_tables(result.data, cap_minutes)
     result.notes.append(f"Model: {info.describe()}. Data: {data_info['source']}.")
     if not info.aligner_trained:
-        result.notes.append("**The Aligner is untrained (random weights): PLVM's accuracy is near chance, so the "
-                            "'same accuracy' target is trivial and the tuning time is meaningless.**")
+        result.notes.append(
+            "**The Aligner is untrained (random weights): PLVM's accuracy is near chance, so the "
+            "'same accuracy' target is trivial and the tuning time is meaningless.**"
+        )
     elif any(c["plvm_accuracy"]["mean"] <= 0.5 for c in per_concept):
-        result.notes.append("**PLVM's recognition accuracy is at or below chance (mean ≤ 50 %) on these concepts: "
-                            "Yo'LLaVA 'reaches' it before any tuning step, so this row measures nothing yet — it "
-                            "becomes a cost comparison once the Aligner beats chance.**")
-    result.notes.append("Yo'LLaVA-style tuning gets the same single reference photo PLVM gets (positives) and the "
-                        "other concepts' references as negatives; the original Yo'LLaVA uses several photos and "
-                        "~100 retrieved negatives per concept. Stopping uses the test items (oracle early stop).")
+        result.notes.append(
+            "**PLVM's recognition accuracy is at or below chance (mean ≤ 50 %) on these concepts: "
+            "Yo'LLaVA 'reaches' it before any tuning step, so this row measures nothing yet — it "
+            "becomes a cost comparison once the Aligner beats chance.**"
+        )
+    result.notes.append(
+        "Yo'LLaVA-style tuning gets the same single reference photo PLVM gets (positives) and the "
+        "other concepts' references as negatives; the original Yo'LLaVA uses several photos and "
+        "~100 retrieved negatives per concept. Stopping uses the test items (oracle early stop)."
+    )
     return run.finish()
 
 
 def concept_add_tables(data: dict[str, Any] | None, cap_minutes: float | None = None) -> list[Table]:
-    headers = ["concept", "PLVM encode p50 / p95", "PLVM accuracy (pos / neg / mean)",
-               "Yo'LLaVA-style tuning to that accuracy", "steps", "Yo'LLaVA accuracy reached (mean)",
-               "ratio tuning / encode p50"]
+    headers = [
+        "concept",
+        "PLVM encode p50 / p95",
+        "PLVM accuracy (pos / neg / mean)",
+        "Yo'LLaVA-style tuning to that accuracy",
+        "steps",
+        "Yo'LLaVA accuracy reached (mean)",
+        "ratio tuning / encode p50",
+    ]
     if not data:
-        return [Table("Concept add: PLVM encode vs test-time tuning (Table 6)",
-                      md_table(headers, [["-", NOT_MEASURED, "-", "-", "-", "-", "-"]]))]
+        return [
+            Table(
+                "Concept add: PLVM encode vs test-time tuning (Table 6)",
+                md_table(headers, [["-", NOT_MEASURED, "-", "-", "-", "-", "-"]]),
+            )
+        ]
     enc = Stats.from_dict(data["plvm_encode_s"])
     rows = []
     for c in data["per_concept"]:
         yl = c["yollava"]
         pa = c["plvm_accuracy"]
         tuning = yl["tuning_s"]
-        when = (f"{tuning / 60:.2f} min" if yl["reached"]
-                else f"not reached: stopped by {yl['stop']} at {tuning / 60:.2f} min")
+        when = (
+            f"{tuning / 60:.2f} min"
+            if yl["reached"]
+            else f"not reached: stopped by {yl['stop']} at {tuning / 60:.2f} min"
+        )
         if yl.get("target") is not None and abs(yl["target"] - pa["mean"]) > 1e-9:
             when += f" (target overridden: {fmt_pct(yl['target'], 1)})"
         ratio = tuning / enc.median
-        rows.append([
-            c["concept"], f"{enc.median * 1e3:.1f} / {enc.p95 * 1e3:.1f} ms",
-            (f"{fmt_pct(pa['positive'], 0)} / {fmt_pct(pa['negative'], 0)} / "
-             f"**{fmt_pct(pa['mean'], 1)}** ({c['items']} items)"),
-            when, yl["steps"], f"{fmt_pct(yl['accuracy']['mean'], 1)} (step 0: {fmt_pct(yl['step0_accuracy'], 1)})",
-            f"{'' if yl['reached'] else '> '}{ratio:,.0f}×",
-        ])
+        rows.append(
+            [
+                c["concept"],
+                f"{enc.median * 1e3:.1f} / {enc.p95 * 1e3:.1f} ms",
+                (
+                    f"{fmt_pct(pa['positive'], 0)} / {fmt_pct(pa['negative'], 0)} / "
+                    f"**{fmt_pct(pa['mean'], 1)}** ({c['items']} items)"
+                ),
+                when,
+                yl["steps"],
+                f"{fmt_pct(yl['accuracy']['mean'], 1)} (step 0: {fmt_pct(yl['step0_accuracy'], 1)})",
+                f"{'' if yl['reached'] else '> '}{ratio:,.0f}×",
+            ]
+        )
     rows.append(["paper, Table 6", "-", "-", "Yo'LLaVA ≈ 40 min, MyVLM ≈ 1 min (PLVM: no tuning)", "-", "-", "-"])
     table = Table("Concept add: PLVM encode vs test-time tuning (Table 6)", md_table(headers, rows))
-    enc_table = Table("PLVM encode latency (preprocessing + encoder + Aligner heads)", md_table(
-        ["calls", "min", "p50", "p95", "max"],
-        [[enc.n, f"{enc.min * 1e3:.1f} ms", f"**{enc.median * 1e3:.1f} ms**", f"{enc.p95 * 1e3:.1f} ms",
-          f"{enc.max * 1e3:.1f} ms"]]))
+    enc_table = Table(
+        "PLVM encode latency (preprocessing + encoder + Aligner heads)",
+        md_table(
+            ["calls", "min", "p50", "p95", "max"],
+            [
+                [
+                    enc.n,
+                    f"{enc.min * 1e3:.1f} ms",
+                    f"**{enc.median * 1e3:.1f} ms**",
+                    f"{enc.p95 * 1e3:.1f} ms",
+                    f"{enc.max * 1e3:.1f} ms",
+                ]
+            ],
+        ),
+    )
     return [table, enc_table]
 
 

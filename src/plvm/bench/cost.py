@@ -73,8 +73,15 @@ def clip_vit_l14_336_config() -> Any:
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
     )
 
 
@@ -83,9 +90,16 @@ def llama2_7b_config(vocab_size: int = LLAVA15_7B_VOCAB) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        hidden_act="silu", tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
     )
 
 
@@ -94,9 +108,15 @@ def llava15_7b_config(image_token_id: int = LLAVA15_7B_IMAGE_TOKEN_ID) -> Any:
     from transformers import LlavaConfig
 
     return LlavaConfig(
-        vision_config=clip_vit_l14_336_config(), text_config=llama2_7b_config(), image_token_id=image_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-        image_seq_length=576, multimodal_projector_bias=True, tie_word_embeddings=False,
+        vision_config=clip_vit_l14_336_config(),
+        text_config=llama2_7b_config(),
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=576,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
     )
 
 
@@ -105,8 +125,14 @@ def dinov2_base_config() -> Any:
     from transformers import Dinov2Config
 
     return Dinov2Config(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, image_size=518,
-        patch_size=14, layerscale_value=1.0, use_swiglu_ffn=False,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        mlp_ratio=4,
+        image_size=518,
+        patch_size=14,
+        layerscale_value=1.0,
+        use_swiglu_ffn=False,
     )
 
 
@@ -142,8 +168,7 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
 
 
-def materialize_(module: nn.Module, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                 block: int = 1_000_003) -> int:
+def materialize_(module: nn.Module, dtype: torch.dtype = torch.bfloat16, seed: int = 0, block: int = 1_000_003) -> int:
     """Give every meta parameter real memory in ``dtype``, cheaply; returns the bytes allocated.
 
     Weights get a fixed random block (std 0.02, ``block`` a prime so rows differ) tiled over them, norm
@@ -191,12 +216,18 @@ def llava15_timing_processor(tokenizer: Any = None) -> Any:
     from ..models.tiny import LLAVA15_STYLE_TEMPLATE, tiny_tokenizer
 
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
-        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer or tiny_tokenizer(), patch_size=14,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer or tiny_tokenizer(),
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
         chat_template=LLAVA15_STYLE_TEMPLATE,
     )
 
@@ -234,8 +265,12 @@ def aligner_param_counts(aligner: Aligner) -> dict[str, int]:
     counts = aligner.num_trainable_parameters()
     encoder = _numel(aligner.encoder)
     return {
-        "f_word": counts["f_word"], "f_weight": counts["f_weight"], "resampler": counts["resampler"],
-        "trainable": counts["total"], "encoder": encoder, "with_encoder": counts["total"] + encoder,
+        "f_word": counts["f_word"],
+        "f_weight": counts["f_weight"],
+        "resampler": counts["resampler"],
+        "trainable": counts["total"],
+        "encoder": encoder,
+        "with_encoder": counts["total"] + encoder,
     }
 
 
@@ -301,11 +336,19 @@ def setup_7b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Setup:
     preset = get_preset("llava-1.5-7b")
     lvlm = PersonalizedLVLM(model, processor, base_model=preset.base_model)
     return Setup(
-        key="7b", label="LLaVA-1.5-7B + Aligner (DINOv2-base), random weights", lvlm=lvlm, aligner=aligner,
-        reference_processor=reference_image_processor(preset.aligner.image_size), dtype=dtype, params=params,
-        build_s=time.perf_counter() - t0, weight_bytes=weight_bytes,
-        notes=["7B prompt tokenized with the tiny test tokenizer: image and concept token counts are exact, "
-               "template/question text tokens differ from Llama-2's tokenizer by a few."],
+        key="7b",
+        label="LLaVA-1.5-7B + Aligner (DINOv2-base), random weights",
+        lvlm=lvlm,
+        aligner=aligner,
+        reference_processor=reference_image_processor(preset.aligner.image_size),
+        dtype=dtype,
+        params=params,
+        build_s=time.perf_counter() - t0,
+        weight_bytes=weight_bytes,
+        notes=[
+            "7B prompt tokenized with the tiny test tokenizer: image and concept token counts are exact, "
+            "template/question text tokens differ from Llama-2's tokenizer by a few."
+        ],
     )
 
 
@@ -339,20 +382,38 @@ def setup_mini(dtype: torch.dtype = torch.float32, seed: int = 0) -> Setup:
     if trained:
         load_aligner_weights(aligner, MINI_ALIGNER)
     aligner = aligner.to(dtype).eval()
-    notes = [f"LLaVA-mini projector: {'trained' if find_mini_projector() else 'RANDOM (not trained yet)'}; "
-             f"Aligner weights: {'trained' if trained else 'random'} (timing does not depend on weights)."]
+    notes = [
+        f"LLaVA-mini projector: {'trained' if find_mini_projector() else 'RANDOM (not trained yet)'}; "
+        f"Aligner weights: {'trained' if trained else 'random'} (timing does not depend on weights)."
+    ]
     return Setup(
-        key="mini", label="LLaVA-mini + Aligner (DINOv2-S)", lvlm=lvlm, aligner=aligner, reference_processor=ref_proc,
-        dtype=dtype, params=param_summary(lvlm_param_counts(model), aligner_param_counts(aligner)),
-        build_s=time.perf_counter() - t0, notes=notes,
+        key="mini",
+        label="LLaVA-mini + Aligner (DINOv2-S)",
+        lvlm=lvlm,
+        aligner=aligner,
+        reference_processor=ref_proc,
+        dtype=dtype,
+        params=param_summary(lvlm_param_counts(model), aligner_param_counts(aligner)),
+        build_s=time.perf_counter() - t0,
+        notes=notes,
     )
 
 
 def tiny_aligner_config(d_llm: int, base_model: str = "tiny") -> Any:
     from ..config import AlignerConfig
 
-    return AlignerConfig(encoder="tiny", d_enc=32, d_llm=d_llm, mlp_hidden=64, resampler_hidden=32,
-                         resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model=base_model)
+    return AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=d_llm,
+        mlp_hidden=64,
+        resampler_hidden=32,
+        resampler_blocks=1,
+        resampler_heads=2,
+        num_queries=4,
+        image_size=28,
+        base_model=base_model,
+    )
 
 
 def setup_tiny(seed: int = 0) -> Setup:
@@ -368,9 +429,15 @@ def setup_tiny(seed: int = 0) -> Setup:
     config = tiny_aligner_config(lvlm.hidden_size)
     torch.manual_seed(seed + 1)
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config())).eval()
-    return Setup(key="tiny", label="tiny LLaVA + tiny Aligner (smoke)", lvlm=lvlm, aligner=aligner,
-                 reference_processor=reference_image_processor(config.image_size), dtype=torch.float32,
-                 params=param_summary(lvlm_param_counts(model), aligner_param_counts(aligner)))
+    return Setup(
+        key="tiny",
+        label="tiny LLaVA + tiny Aligner (smoke)",
+        lvlm=lvlm,
+        aligner=aligner,
+        reference_processor=reference_image_processor(config.image_size),
+        dtype=torch.float32,
+        params=param_summary(lvlm_param_counts(model), aligner_param_counts(aligner)),
+    )
 
 
 # ---------------------------------------------------------------------- timing
@@ -439,8 +506,9 @@ def time_setup(setup: Setup, repeats: int, warmup: int, aligner_runs: int = 3, s
         encoder_s.append(time.perf_counter() - t)
         aligner_s += runs
         ratios.append(float(np.median(runs)) / lvlm_s[-1])
-        eprint(f"  [{setup.key}] repeat {r + 1}/{repeats}: LVLM {lvlm_s[-1]:.3f} s, "
-               f"Aligner {np.median(runs) * 1e3:.1f} ms")
+        eprint(
+            f"  [{setup.key}] repeat {r + 1}/{repeats}: LVLM {lvlm_s[-1]:.3f} s, Aligner {np.median(runs) * 1e3:.1f} ms"
+        )
     lvlm_stats, aligner_stats = Stats.of(lvlm_s), Stats.of(aligner_s)
     return {
         "prompt_tokens": composition,
@@ -489,15 +557,36 @@ def bench_cost(
     unknown = [s for s in sizes if s not in SIZES + ("tiny",)]
     if unknown:
         raise ValueError(f"unknown size(s) {unknown}; choose from {', '.join(SIZES)}")
-    command = command_line("plvm bench cost", [
-        ("--tiny", tiny), ("--sizes", None if tiny else list(sizes)), ("--params-only", params_only),
-        ("--repeats", repeats), ("--warmup", warmup), ("--aligner-runs", aligner_runs), ("--threads", threads),
-        ("--dtype-7b", dtype_7b if dtype_7b != "bfloat16" else None),
-        ("--dtype-mini", dtype_mini if dtype_mini != "float32" else None),
-    ])
-    run = Run("cost", command, {"sizes": list(sizes), "repeats": repeats, "warmup": warmup,
-                                "aligner_runs": aligner_runs, "dtype_7b": dtype_7b, "dtype_mini": dtype_mini,
-                                "params_only": params_only, "seed": seed}, threads, tiny)
+    command = command_line(
+        "plvm bench cost",
+        [
+            ("--tiny", tiny),
+            ("--sizes", None if tiny else list(sizes)),
+            ("--params-only", params_only),
+            ("--repeats", repeats),
+            ("--warmup", warmup),
+            ("--aligner-runs", aligner_runs),
+            ("--threads", threads),
+            ("--dtype-7b", dtype_7b if dtype_7b != "bfloat16" else None),
+            ("--dtype-mini", dtype_mini if dtype_mini != "float32" else None),
+        ],
+    )
+    run = Run(
+        "cost",
+        command,
+        {
+            "sizes": list(sizes),
+            "repeats": repeats,
+            "warmup": warmup,
+            "aligner_runs": aligner_runs,
+            "dtype_7b": dtype_7b,
+            "dtype_mini": dtype_mini,
+            "params_only": params_only,
+            "seed": seed,
+        },
+        threads,
+        tiny,
+    )
     result = run.result
     data: dict[str, Any] = {"params": {}, "timing": {}}
     # exact counts of the paper's configuration, always (meta device, no memory)
@@ -509,8 +598,11 @@ def bench_cost(
         dtype = getattr(torch, dtype_7b if size == "7b" else dtype_mini)
         eprint(f"cost: building {size} ({dtype}) …")
         try:
-            setup = {"7b": lambda: setup_7b(dtype, seed), "mini": lambda: setup_mini(dtype, seed),
-                     "tiny": lambda: setup_tiny(seed)}[size]()
+            setup = {
+                "7b": lambda: setup_7b(dtype, seed),
+                "mini": lambda: setup_mini(dtype, seed),
+                "tiny": lambda: setup_tiny(seed),
+            }[size]()
         except (MemoryError, OSError, RuntimeError) as exc:  # e.g. not enough RAM for 7B: keep the other sizes
             errors[size] = f"{type(exc).__name__}: {exc}"
             eprint(f"cost: {size} failed: {errors[size]}")
@@ -524,8 +616,13 @@ def bench_cost(
                 timing = time_setup(setup, repeats, warmup, aligner_runs, seed)
             finally:
                 torch.set_flush_denormal(False)
-            timing.update(dtype=str(dtype).replace("torch.", ""), build_s=round(setup.build_s, 2),
-                          weight_bytes=setup.weight_bytes, peak_rss_bytes=_peak_rss_bytes(), label=setup.label)
+            timing.update(
+                dtype=str(dtype).replace("torch.", ""),
+                build_s=round(setup.build_s, 2),
+                weight_bytes=setup.weight_bytes,
+                peak_rss_bytes=_peak_rss_bytes(),
+                label=setup.label,
+            )
             data["timing"][size] = timing
         del setup
         gc.collect()  # give the 7B weights back before the next size
@@ -534,8 +631,10 @@ def bench_cost(
         result.notes += [f"**{LABELS.get(k, k)} could not be run:** {v}" for k, v in errors.items()]
     result.data = data
     result.tables = cost_tables(data, tiny)
-    result.notes.append("Time ratio = median Aligner encode / median LVLM prefill + first token, both compute only "
-                        "(preprocessing reported separately in the JSON); flush-to-zero was on for denormals.")
+    result.notes.append(
+        "Time ratio = median Aligner encode / median LVLM prefill + first token, both compute only "
+        "(preprocessing reported separately in the JSON); flush-to-zero was on for denormals."
+    )
     return run.finish()
 
 
@@ -551,15 +650,33 @@ def cost_tables(data: dict[str, Any], tiny: bool = False) -> list[Table]:
             if key == "mini" and not tiny:
                 rows.append([LABELS[key]] + [NOT_MEASURED] + ["-"] * 5)
             continue
-        rows.append([
-            LABELS[key], fmt_int(p["lvlm"]["total"]), fmt_int(p["aligner"]["trainable"]),
-            fmt_pct(p["ratio_trainable"]), fmt_int(p["aligner"]["encoder"]), fmt_int(p["aligner"]["with_encoder"]),
-            fmt_pct(p["ratio_with_encoder"]),
-        ])
+        rows.append(
+            [
+                LABELS[key],
+                fmt_int(p["lvlm"]["total"]),
+                fmt_int(p["aligner"]["trainable"]),
+                fmt_pct(p["ratio_trainable"]),
+                fmt_int(p["aligner"]["encoder"]),
+                fmt_int(p["aligner"]["with_encoder"]),
+                fmt_pct(p["ratio_with_encoder"]),
+            ]
+        )
     rows.append(["paper, Table 7 (LLaVA-1.5-7B)", "-", "-", "≈ 1.8 %", "-", "-", "-"])
-    param_table = Table("Parameters: Aligner vs LVLM (Table 7)", md_table(
-        ["model", "LVLM params (total)", "Aligner trainable", "ratio", "reference encoder",
-         "Aligner incl. encoder", "ratio"], rows))
+    param_table = Table(
+        "Parameters: Aligner vs LVLM (Table 7)",
+        md_table(
+            [
+                "model",
+                "LVLM params (total)",
+                "Aligner trainable",
+                "ratio",
+                "reference encoder",
+                "Aligner incl. encoder",
+                "ratio",
+            ],
+            rows,
+        ),
+    )
 
     time_rows = []
     for key in ("7b", "mini", "tiny"):
@@ -569,22 +686,39 @@ def cost_tables(data: dict[str, Any], tiny: bool = False) -> list[Table]:
                 time_rows.append([LABELS[key], "-", NOT_MEASURED, "-", "-", "-", "-"])
             continue
         tok = t["prompt_tokens"]
-        lv, al, enc = (Stats.from_dict(t["lvlm_s"]), Stats.from_dict(t["aligner_s"]),
-                       Stats.from_dict(t["encoder_only_s"]))
+        lv, al, enc = (
+            Stats.from_dict(t["lvlm_s"]),
+            Stats.from_dict(t["aligner_s"]),
+            Stats.from_dict(t["encoder_only_s"]),
+        )
         rr = Stats.from_dict(t["time_ratio_per_repeat"])
-        time_rows.append([
-            f"{LABELS[key]} ({t['dtype']})",
-            f"{tok['total']} ({tok['image']} image + {tok['concept']} concept + {tok['text']} text)",
-            lv.fmt(3 if lv.median < 10 else 1),
-            al.scaled(1e3, "ms").fmt(1),
-            enc.scaled(1e3, "ms").fmt(1),
-            f"**{fmt_pct(t['time_ratio'])}**",
-            f"{fmt_pct(rr.min)} – {fmt_pct(rr.max)}",
-        ])
+        time_rows.append(
+            [
+                f"{LABELS[key]} ({t['dtype']})",
+                f"{tok['total']} ({tok['image']} image + {tok['concept']} concept + {tok['text']} text)",
+                lv.fmt(3 if lv.median < 10 else 1),
+                al.scaled(1e3, "ms").fmt(1),
+                enc.scaled(1e3, "ms").fmt(1),
+                f"**{fmt_pct(t['time_ratio'])}**",
+                f"{fmt_pct(rr.min)} – {fmt_pct(rr.max)}",
+            ]
+        )
     time_rows.append(["paper, Table 7 (LLaVA-1.5-7B)", "-", "-", "-", "-", "≈ 3.2 %", "-"])
-    time_table = Table("Time: Aligner encode vs one personalized answer's prefill + first token (Table 7)", md_table(
-        ["model", "prompt tokens", "LVLM prefill + 1st token (min / **median** / max)",
-         "Aligner encode", "of which encoder", "time ratio (medians)", "per-repeat ratios"], time_rows))
+    time_table = Table(
+        "Time: Aligner encode vs one personalized answer's prefill + first token (Table 7)",
+        md_table(
+            [
+                "model",
+                "prompt tokens",
+                "LVLM prefill + 1st token (min / **median** / max)",
+                "Aligner encode",
+                "of which encoder",
+                "time ratio (medians)",
+                "per-repeat ratios",
+            ],
+            time_rows,
+        ),
+    )
     return [param_table, time_table]
 
 

@@ -32,15 +32,18 @@ class ModelInfo:
     def describe(self) -> str:
         if self.model == "tiny":
             return "tiny random PLVM (smoke test)"
-        return (f"LLaVA-mini — projector {'trained' if self.projector_trained else 'RANDOM'}, Aligner "
-                f"{'trained (' + str(self.aligner_weights) + ')' if self.aligner_trained else 'UNTRAINED (random)'}")
+        return (
+            f"LLaVA-mini — projector {'trained' if self.projector_trained else 'RANDOM'}, Aligner "
+            f"{'trained (' + str(self.aligner_weights) + ')' if self.aligner_trained else 'UNTRAINED (random)'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def load_bench_plvm(tiny: bool = False, aligner: str | Path | None = None,
-                    allow_untrained: bool = True) -> tuple[Any, ModelInfo]:
+def load_bench_plvm(
+    tiny: bool = False, aligner: str | Path | None = None, allow_untrained: bool = True
+) -> tuple[Any, ModelInfo]:
     """The PLVM the latency benchmarks run on and what it is made of."""
     if tiny:
         from ..models.tiny_plvm import tiny_plvm
@@ -90,8 +93,9 @@ def bench_dataset(
     return ds, info
 
 
-def _render_dataset(root: Path, tiny: bool, n_identities: int, queries: int, size: int,
-                    seed: int) -> tuple[Any, dict[str, Any]]:
+def _render_dataset(
+    root: Path, tiny: bool, n_identities: int, queries: int, size: int, seed: int
+) -> tuple[Any, dict[str, Any]]:
     from ..eval.readers import read_dataset
 
     if tiny:
@@ -99,21 +103,37 @@ def _render_dataset(root: Path, tiny: bool, n_identities: int, queries: int, siz
 
         write_toy_dataset(root / "toy", n_concepts=3, queries_per_concept=2, size=28, seed=seed)
         ds = read_dataset(root / "toy")
-        return ds, {"source": "toy coloured squares (write_toy_dataset)", "concepts": len(ds.concepts),
-                    "root": str(root / "toy")}
+        return ds, {
+            "source": "toy coloured squares (write_toy_dataset)",
+            "concepts": len(ds.concepts),
+            "root": str(root / "toy"),
+        }
     from ..synth.avatarworld import AvatarWorld
     from ..synth.evalset import build_eval_set
     from ..synth.writers import write_yollava_format
 
     world = AvatarWorld(seed=0)
-    eval_set = build_eval_set(world, split="test", seed=seed, n_identities=n_identities,
-                              queries_per_identity=(queries, queries), n_text_qa=0, visual_qa_per_query=0,
-                              n_multi2=0, n_multi3=0, n_external=0, size=size)
+    eval_set = build_eval_set(
+        world,
+        split="test",
+        seed=seed,
+        n_identities=n_identities,
+        queries_per_identity=(queries, queries),
+        n_text_qa=0,
+        visual_qa_per_query=0,
+        n_multi2=0,
+        n_multi3=0,
+        n_external=0,
+        size=size,
+    )
     write_yollava_format(eval_set, root / "avatarworld")
     ds = read_dataset(root / "avatarworld", "yollava")
-    return ds, {"source": f"AvatarWorld world seed 0, test split, eval seed {seed}: {n_identities} identities x "
-                          f"{queries} query photos at {size} px (one reference photo each)",
-                "concepts": len(ds.concepts), "root": str(root / "avatarworld")}
+    return ds, {
+        "source": f"AvatarWorld world seed 0, test split, eval seed {seed}: {n_identities} identities x "
+        f"{queries} query photos at {size} px (one reference photo each)",
+        "concepts": len(ds.concepts),
+        "root": str(root / "avatarworld"),
+    }
 
 
 @dataclass(frozen=True)
@@ -151,21 +171,43 @@ def accuracy(labels: Sequence[bool], preds: Sequence[bool | None]) -> dict[str, 
     neg = [p is False for lab, p in zip(labels, preds) if not lab]
     pos_acc = float(np.mean(pos)) if pos else float("nan")
     neg_acc = float(np.mean(neg)) if neg else float("nan")
-    return {"positive": pos_acc, "negative": neg_acc, "mean": float(np.nanmean([pos_acc, neg_acc])),
-            "n_positive": len(pos), "n_negative": len(neg)}
+    return {
+        "positive": pos_acc,
+        "negative": neg_acc,
+        "mean": float(np.nanmean([pos_acc, neg_acc])),
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+    }
 
 
-def random_concepts(names: Sequence[str], hidden: int, k: int, base_model: str, scale: float = 0.02,
-                    seed: int = 0) -> list[Any]:
+def random_concepts(
+    names: Sequence[str], hidden: int, k: int, base_model: str, scale: float = 0.02, seed: int = 0
+) -> list[Any]:
     """Random :class:`ConceptEmbedding` records (for latency and size measurements, where values don't matter)."""
     import torch
 
     from ..concept import ConceptEmbedding
 
     g = torch.Generator().manual_seed(seed)
-    return [ConceptEmbedding(n, torch.randn(hidden, generator=g) * scale, torch.randn(hidden, generator=g) * scale,
-                             torch.randn(k, hidden, generator=g) * scale, base_model) for n in names]
+    return [
+        ConceptEmbedding(
+            n,
+            torch.randn(hidden, generator=g) * scale,
+            torch.randn(hidden, generator=g) * scale,
+            torch.randn(k, hidden, generator=g) * scale,
+            base_model,
+        )
+        for n in names
+    ]
 
 
-__all__ = ["Item", "ModelInfo", "accuracy", "bench_dataset", "load_bench_plvm", "random_concepts",
-           "recognition_conversations", "recognition_items"]
+__all__ = [
+    "Item",
+    "ModelInfo",
+    "accuracy",
+    "bench_dataset",
+    "load_bench_plvm",
+    "random_concepts",
+    "recognition_conversations",
+    "recognition_items",
+]

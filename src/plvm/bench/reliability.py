@@ -177,8 +177,7 @@ class World:
         return ChatSession(self.plvm, self.store, self.identifier, **kw)
 
 
-def _record(out: list[Outcome], group: str, surface: str, case: str, expect: str,
-            classified: tuple[str, str]) -> None:
+def _record(out: list[Outcome], group: str, surface: str, case: str, expect: str, classified: tuple[str, str]) -> None:
     out.append(Outcome(group, surface, case, expect, classified[0], classified[1][:240]))
 
 
@@ -193,11 +192,44 @@ QUESTIONS_BAD = [
     ("empty question", "   "),
     ("NUL character", "hi\x00there"),
 ]
-NAMES_BAD = ["t1", "T12", "<t3>", "image", "<image>", "-", "_", "--", "x\n", "x\t", "<bo>\n", "s", "unk", "<pad>",
-             "../x", "a b", "bo!", "x" * 65, "", "<<bo>>", "ö"]
+NAMES_BAD = [
+    "t1",
+    "T12",
+    "<t3>",
+    "image",
+    "<image>",
+    "-",
+    "_",
+    "--",
+    "x\n",
+    "x\t",
+    "<bo>\n",
+    "s",
+    "unk",
+    "<pad>",
+    "../x",
+    "a b",
+    "bo!",
+    "x" * 65,
+    "",
+    "<<bo>>",
+    "ö",
+]
 NAMES_GOOD = ["ann", "<ben>", " my-dog_2 "]
-BOXES_BAD = ["nan,0,10,10", "0,0,inf,10", "-inf,0,10,10", "5,5,5,20", "0,0,10,0", "20,20,10,10", "0,0,100,10",
-             "-5,0,10,10", "60,60,90,90", "1,2,3", "a,b,c,d", "1e309,0,2,2"]
+BOXES_BAD = [
+    "nan,0,10,10",
+    "0,0,inf,10",
+    "-inf,0,10,10",
+    "5,5,5,20",
+    "0,0,10,0",
+    "20,20,10,10",
+    "0,0,100,10",
+    "-5,0,10,10",
+    "60,60,90,90",
+    "1,2,3",
+    "a,b,c,d",
+    "1e309,0,2,2",
+]
 BOXES_GOOD = ["0,0,24,24", "10,10,48,48"]
 
 
@@ -209,68 +241,206 @@ def input_cases(w: World) -> list[Outcome]:
     # questions
     for label, q in QUESTIONS_BAD:
         _record(out, "questions", "python", label, "refuse", classify_python(lambda q=q: w.session().ask(q)))
-        _record(out, "questions", "python", label + " (PLVM.ask)", "refuse",
-                classify_python(lambda q=q: w.plvm.ask(None, q, [w.store.load("bo")], max_new_tokens=2)))
-        _record(out, "questions", "api", label, "refuse",
-                classify_http(w.client.post("/api/ask", data={"question": q}, files=files())))
-        _record(out, "questions", "api", label + " (chat)", "refuse", classify_http(w.client.post(
-            f"/api/chats/{w.client.post('/api/chats').json()['session_id']}/messages", data={"text": q})))
+        _record(
+            out,
+            "questions",
+            "python",
+            label + " (PLVM.ask)",
+            "refuse",
+            classify_python(lambda q=q: w.plvm.ask(None, q, [w.store.load("bo")], max_new_tokens=2)),
+        )
+        _record(
+            out,
+            "questions",
+            "api",
+            label,
+            "refuse",
+            classify_http(w.client.post("/api/ask", data={"question": q}, files=files())),
+        )
+        _record(
+            out,
+            "questions",
+            "api",
+            label + " (chat)",
+            "refuse",
+            classify_http(
+                w.client.post(
+                    f"/api/chats/{w.client.post('/api/chats').json()['session_id']}/messages", data={"text": q}
+                )
+            ),
+        )
         if "\x00" not in q:  # argv cannot carry NUL
-            _record(out, "questions", "cli", label, "refuse",
-                    classify_cli(w.cli("ask", q, "--model", "tiny", "--image", w.photo)))
-            _record(out, "questions", "cli", label + " (no --image)", "refuse",
-                    classify_cli(w.cli("ask", q, "--model", "tiny")))
-    _record(out, "questions", "api", "valid question", "accept",
-            classify_http(w.client.post("/api/ask", data={"question": "Is <bo> in this photo?"}, files=files())))
-    _record(out, "questions", "cli", "valid question", "accept",
-            classify_cli(w.cli("ask", "Is <bo> here?", "--model", "tiny", "--image", w.photo, "--max-new-tokens", 2)))
+            _record(
+                out,
+                "questions",
+                "cli",
+                label,
+                "refuse",
+                classify_cli(w.cli("ask", q, "--model", "tiny", "--image", w.photo)),
+            )
+            _record(
+                out,
+                "questions",
+                "cli",
+                label + " (no --image)",
+                "refuse",
+                classify_cli(w.cli("ask", q, "--model", "tiny")),
+            )
+    _record(
+        out,
+        "questions",
+        "api",
+        "valid question",
+        "accept",
+        classify_http(w.client.post("/api/ask", data={"question": "Is <bo> in this photo?"}, files=files())),
+    )
+    _record(
+        out,
+        "questions",
+        "cli",
+        "valid question",
+        "accept",
+        classify_cli(w.cli("ask", "Is <bo> here?", "--model", "tiny", "--image", w.photo, "--max-new-tokens", 2)),
+    )
 
     # numbers
     for n in (0, -1, 10**9):
-        _record(out, "numbers", "cli", f"--max-new-tokens {n}", "refuse",
-                classify_cli(w.cli("ask", "hi", "--model", "tiny", "--max-new-tokens", n)))
-        _record(out, "numbers", "cli", f"chat --max-new-tokens {n}", "refuse",
-                classify_cli(w.cli("chat", "--model", "tiny", "--max-new-tokens", n)))
-        _record(out, "numbers", "python", f"ChatSession(max_new_tokens={n})", "refuse",
-                classify_python(lambda n=n: w.session(max_new_tokens=n)))
-        _record(out, "numbers", "python", f"PLVM.ask(max_new_tokens={n})", "refuse",
-                classify_python(lambda n=n: w.plvm.ask(None, "hi", [], max_new_tokens=n)))
+        _record(
+            out,
+            "numbers",
+            "cli",
+            f"--max-new-tokens {n}",
+            "refuse",
+            classify_cli(w.cli("ask", "hi", "--model", "tiny", "--max-new-tokens", n)),
+        )
+        _record(
+            out,
+            "numbers",
+            "cli",
+            f"chat --max-new-tokens {n}",
+            "refuse",
+            classify_cli(w.cli("chat", "--model", "tiny", "--max-new-tokens", n)),
+        )
+        _record(
+            out,
+            "numbers",
+            "python",
+            f"ChatSession(max_new_tokens={n})",
+            "refuse",
+            classify_python(lambda n=n: w.session(max_new_tokens=n)),
+        )
+        _record(
+            out,
+            "numbers",
+            "python",
+            f"PLVM.ask(max_new_tokens={n})",
+            "refuse",
+            classify_python(lambda n=n: w.plvm.ask(None, "hi", [], max_new_tokens=n)),
+        )
     for t in ("nan", "inf", "-inf", "1.5", "-2"):
-        _record(out, "numbers", "cli", f"identify --threshold {t}", "refuse",
-                classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--threshold", t)))
-        _record(out, "numbers", "cli", f"ask --threshold {t}", "refuse",
-                classify_cli(w.cli("ask", "hi", "--model", "tiny", "--threshold", t)))
-        _record(out, "numbers", "api", f"identify threshold={t}", "refuse",
-                classify_http(w.client.post("/api/identify", data={"threshold": t}, files=files())))
-        _record(out, "numbers", "python", f"identify(threshold={t})", "refuse",
-                classify_python(lambda t=t: w.identifier.identify(Image.open(w.photo), threshold=float(t))))
+        _record(
+            out,
+            "numbers",
+            "cli",
+            f"identify --threshold {t}",
+            "refuse",
+            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--threshold", t)),
+        )
+        _record(
+            out,
+            "numbers",
+            "cli",
+            f"ask --threshold {t}",
+            "refuse",
+            classify_cli(w.cli("ask", "hi", "--model", "tiny", "--threshold", t)),
+        )
+        _record(
+            out,
+            "numbers",
+            "api",
+            f"identify threshold={t}",
+            "refuse",
+            classify_http(w.client.post("/api/identify", data={"threshold": t}, files=files())),
+        )
+        _record(
+            out,
+            "numbers",
+            "python",
+            f"identify(threshold={t})",
+            "refuse",
+            classify_python(lambda t=t: w.identifier.identify(Image.open(w.photo), threshold=float(t))),
+        )
     for k in (0, -5, 10**7):
-        _record(out, "numbers", "cli", f"identify --top-k {k}", "refuse",
-                classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--top-k", k)))
-        _record(out, "numbers", "api", f"identify top_k={k}", "refuse",
-                classify_http(w.client.post("/api/identify", data={"top_k": str(k)}, files=files())))
-        _record(out, "numbers", "python", f"identify(top_k={k})", "refuse",
-                classify_python(lambda k=k: w.identifier.identify(Image.open(w.photo), top_k=k)))
-    _record(out, "numbers", "api", "identify top_k=abc", "refuse",
-            classify_http(w.client.post("/api/identify", data={"top_k": "abc"}, files=files())))
-    _record(out, "numbers", "cli", "identify --top-k 3 --threshold 0.5", "accept",
-            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--top-k", 3, "--threshold", 0.5)))
-    for label, args in (("serve --port 70000", ["--port", 70000]),
-                        ("serve --max-request-mb 0", ["--max-request-mb", 0]),
-                        ("serve --max-megapixels nan", ["--max-megapixels", "nan"]),
-                        ("serve --max-new-tokens 0", ["--max-new-tokens", 0])):
+        _record(
+            out,
+            "numbers",
+            "cli",
+            f"identify --top-k {k}",
+            "refuse",
+            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--top-k", k)),
+        )
+        _record(
+            out,
+            "numbers",
+            "api",
+            f"identify top_k={k}",
+            "refuse",
+            classify_http(w.client.post("/api/identify", data={"top_k": str(k)}, files=files())),
+        )
+        _record(
+            out,
+            "numbers",
+            "python",
+            f"identify(top_k={k})",
+            "refuse",
+            classify_python(lambda k=k: w.identifier.identify(Image.open(w.photo), top_k=k)),
+        )
+    _record(
+        out,
+        "numbers",
+        "api",
+        "identify top_k=abc",
+        "refuse",
+        classify_http(w.client.post("/api/identify", data={"top_k": "abc"}, files=files())),
+    )
+    _record(
+        out,
+        "numbers",
+        "cli",
+        "identify --top-k 3 --threshold 0.5",
+        "accept",
+        classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--top-k", 3, "--threshold", 0.5)),
+    )
+    for label, args in (
+        ("serve --port 70000", ["--port", 70000]),
+        ("serve --max-request-mb 0", ["--max-request-mb", 0]),
+        ("serve --max-megapixels nan", ["--max-megapixels", "nan"]),
+        ("serve --max-new-tokens 0", ["--max-new-tokens", 0]),
+    ):
         _record(out, "numbers", "cli", label, "refuse", classify_cli(w.cli("serve", "--model", "tiny", *args)))
 
     # boxes (48x48 photo)
     for b in BOXES_BAD:
-        _record(out, "boxes", "cli", f"--box {b}", "refuse",
-                classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--box", b)))
+        _record(
+            out,
+            "boxes",
+            "cli",
+            f"--box {b}",
+            "refuse",
+            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--box", b)),
+        )
         try:
             api_box = json.dumps([[float(v) for v in b.split(",")]])
         except ValueError:
             api_box = json.dumps([b.split(",")])
-        _record(out, "boxes", "api", f"boxes [{b}]", "refuse",
-                classify_http(w.client.post("/api/identify", data={"boxes": api_box}, files=files())))
+        _record(
+            out,
+            "boxes",
+            "api",
+            f"boxes [{b}]",
+            "refuse",
+            classify_http(w.client.post("/api/identify", data={"boxes": api_box}, files=files())),
+        )
 
         def py_box(b: str = b) -> Any:
             values = [float(v) for v in b.split(",")] if "a" not in b else b.split(",")
@@ -278,54 +448,144 @@ def input_cases(w: World) -> list[Outcome]:
 
         _record(out, "boxes", "python", f"regions=[{b}]", "refuse", classify_python(py_box))
     for raw in ("NaN", "[[0,0,Infinity,4]]", '{"a": 1}', "[[1,2]]", "[" * 5000, json.dumps([[0, 0, 10, 10]] * 40)):
-        _record(out, "boxes", "api", f"boxes={raw[:24]!r}", "refuse",
-                classify_http(w.client.post("/api/identify", data={"boxes": raw}, files=files())))
+        _record(
+            out,
+            "boxes",
+            "api",
+            f"boxes={raw[:24]!r}",
+            "refuse",
+            classify_http(w.client.post("/api/identify", data={"boxes": raw}, files=files())),
+        )
     for b in BOXES_GOOD:
-        _record(out, "boxes", "cli", f"--box {b}", "accept",
-                classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--box", b)))
-        _record(out, "boxes", "api", f"boxes [{b}]", "accept", classify_http(w.client.post(
-            "/api/identify", data={"boxes": json.dumps([[float(v) for v in b.split(",")]])}, files=files())))
+        _record(
+            out,
+            "boxes",
+            "cli",
+            f"--box {b}",
+            "accept",
+            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny", "--box", b)),
+        )
+        _record(
+            out,
+            "boxes",
+            "api",
+            f"boxes [{b}]",
+            "accept",
+            classify_http(
+                w.client.post(
+                    "/api/identify", data={"boxes": json.dumps([[float(v) for v in b.split(",")]])}, files=files()
+                )
+            ),
+        )
 
     # names
     for name in NAMES_BAD:
-        _record(out, "names", "python", f"add {name!r}", "refuse",
-                classify_python(lambda name=name: w.store.add_from_image(name, w.photo, w.encoder)))
-        _record(out, "names", "api", f"add {name!r}", "refuse", classify_http(
-            w.client.post("/api/concepts", data={"name": name}, files={"image": ("r.png", photo_bytes, "image/png")})))
-        _record(out, "names", "api", f"rename bo → {name!r}", "refuse",
-                classify_http(w.client.patch("/api/concepts/bo", json={"name": name})))
+        _record(
+            out,
+            "names",
+            "python",
+            f"add {name!r}",
+            "refuse",
+            classify_python(lambda name=name: w.store.add_from_image(name, w.photo, w.encoder)),
+        )
+        _record(
+            out,
+            "names",
+            "api",
+            f"add {name!r}",
+            "refuse",
+            classify_http(
+                w.client.post(
+                    "/api/concepts", data={"name": name}, files={"image": ("r.png", photo_bytes, "image/png")}
+                )
+            ),
+        )
+        _record(
+            out,
+            "names",
+            "api",
+            f"rename bo → {name!r}",
+            "refuse",
+            classify_http(w.client.patch("/api/concepts/bo", json={"name": name})),
+        )
         if name and "\x00" not in name:
-            _record(out, "names", "cli", f"concepts add {name!r}", "refuse",
-                    classify_cli(w.cli("concepts", "add", "--model", "tiny", "--", name, w.photo)))
-            _record(out, "names", "cli", f"concepts rename bo {name!r}", "refuse",
-                    classify_cli(w.cli("concepts", "rename", "--", "bo", name)))
+            _record(
+                out,
+                "names",
+                "cli",
+                f"concepts add {name!r}",
+                "refuse",
+                classify_cli(w.cli("concepts", "add", "--model", "tiny", "--", name, w.photo)),
+            )
+            _record(
+                out,
+                "names",
+                "cli",
+                f"concepts rename bo {name!r}",
+                "refuse",
+                classify_cli(w.cli("concepts", "rename", "--", "bo", name)),
+            )
     for name in NAMES_GOOD:
-        _record(out, "names", "api", f"add {name!r}", "accept", classify_http(
-            w.client.post("/api/concepts", data={"name": name}, files={"image": ("r.png", photo_bytes, "image/png")})))
+        _record(
+            out,
+            "names",
+            "api",
+            f"add {name!r}",
+            "accept",
+            classify_http(
+                w.client.post(
+                    "/api/concepts", data={"name": name}, files={"image": ("r.png", photo_bytes, "image/png")}
+                )
+            ),
+        )
         w.store.remove(name)
-    _record(out, "names", "cli", "concepts add ann", "accept",
-            classify_cli(w.cli("concepts", "add", "ann", w.photo, "--model", "tiny")))
+    _record(
+        out,
+        "names",
+        "cli",
+        "concepts add ann",
+        "accept",
+        classify_cli(w.cli("concepts", "add", "ann", w.photo, "--model", "tiny")),
+    )
     w.store.remove("ann")
 
     # store path
     a_file = w.root / "a-file"
     a_file.write_text("not a store")
-    for cmd in (["concepts", "list"], ["concepts", "add", "bo", w.photo, "--model", "tiny"],
-                ["ask", "hi", "--model", "tiny"], ["identify", "--image", w.photo, "--model", "tiny"]):
-        _record(out, "store path", "cli", f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} --store FILE".replace("  ", " "),
-                "refuse", classify_cli(w.cli(*cmd, "--store", a_file)))
+    for cmd in (
+        ["concepts", "list"],
+        ["concepts", "add", "bo", w.photo, "--model", "tiny"],
+        ["ask", "hi", "--model", "tiny"],
+        ["identify", "--image", w.photo, "--model", "tiny"],
+    ):
+        _record(
+            out,
+            "store path",
+            "cli",
+            f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} --store FILE".replace("  ", " "),
+            "refuse",
+            classify_cli(w.cli(*cmd, "--store", a_file)),
+        )
     from ..store import ConceptStore
 
-    _record(out, "store path", "python", "ConceptStore(a file)", "refuse",
-            classify_python(lambda: ConceptStore(a_file)))
-    _record(out, "store path", "python", "ConceptStore(a file/sub)", "refuse",
-            classify_python(lambda: ConceptStore(a_file / "sub")))
+    _record(
+        out, "store path", "python", "ConceptStore(a file)", "refuse", classify_python(lambda: ConceptStore(a_file))
+    )
+    _record(
+        out,
+        "store path",
+        "python",
+        "ConceptStore(a file/sub)",
+        "refuse",
+        classify_python(lambda: ConceptStore(a_file / "sub")),
+    )
     return out
 
 
 # ---------------------------------------------------------------------- imported concept files
-def _rewrite(src: Path, dst: Path, tensors: Callable[[dict], dict] = lambda t: t,
-             header: Callable[[dict], dict] = lambda h: h) -> Path:
+def _rewrite(
+    src: Path, dst: Path, tensors: Callable[[dict], dict] = lambda t: t, header: Callable[[dict], dict] = lambda h: h
+) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -360,8 +620,11 @@ def import_cases(w: World) -> list[Outcome]:
         ("integer context", with_tensor("context", lambda x: x.to(torch.int64)), lambda h: h),
         ("2-D e_word", with_tensor("e_word", lambda x: x.repeat(3, 1)), lambda h: h),
         ("oversized e_word (100000)", with_tensor("e_word", lambda x: torch.zeros(100_000)), lambda h: h),
-        ("huge k (context 300 x d)", with_tensor("context", lambda x: torch.zeros(300, x.shape[1])),
-         with_header("num_context_tokens", "300")),
+        (
+            "huge k (context 300 x d)",
+            with_tensor("context", lambda x: torch.zeros(300, x.shape[1])),
+            with_header("num_context_tokens", "300"),
+        ),
         ("k disagrees with header", lambda t: t, with_header("num_context_tokens", "99")),
         ("integer feature", with_tensor(ref_tensor, lambda x: x.to(torch.int32)), lambda h: h),
         ("2-D feature", with_tensor(ref_tensor, lambda x: x.repeat(2, 1)), lambda h: h),
@@ -373,13 +636,19 @@ def import_cases(w: World) -> list[Outcome]:
         ("record metadata a list", lambda t: t, with_header("record_metadata", "[1, 2]")),
         ("record metadata not JSON", lambda t: t, with_header("record_metadata", "nope")),
         ("record metadata face a string", lambda t: t, with_header("record_metadata", json.dumps({"face": "x"}))),
-        ("record metadata face box of 3", lambda t: t,
-         with_header("record_metadata", json.dumps({"face": {"backend": "f", "faces_found": 1, "box": [1, 2, 3]}}))),
+        (
+            "record metadata face box of 3",
+            lambda t: t,
+            with_header("record_metadata", json.dumps({"face": {"backend": "f", "faces_found": 1, "box": [1, 2, 3]}})),
+        ),
         ("record metadata 1 MB", lambda t: t, with_header("record_metadata", json.dumps({"x": "y" * 1_000_000}))),
         ("concept metadata a number", lambda t: t, with_header("metadata", "5")),
         ("reference image as float", with_tensor("reference_image", lambda x: x.float()), lambda h: h),
-        ("reference image of garbage", with_tensor("reference_image", lambda x: torch.zeros(100, dtype=torch.uint8)),
-         lambda h: h),
+        (
+            "reference image of garbage",
+            with_tensor("reference_image", lambda x: torch.zeros(100, dtype=torch.uint8)),
+            lambda h: h,
+        ),
         ("name t1 in the header", lambda t: t, with_header("name", "t1")),
         ("name with a newline", lambda t: t, with_header("name", "zz\n")),
         ("traversal name", lambda t: t, with_header("name", "../../x")),
@@ -389,28 +658,68 @@ def import_cases(w: World) -> list[Outcome]:
     for i, (label, tensors, header) in enumerate(bad):
         path = _rewrite(src, w.root / f"bad{i}.safetensors", tensors, header)
         rename = "imp" if "name" not in label else None
-        _record(out, "imports", "python", label, "refuse",
-                classify_python(lambda path=path, rename=rename: w.store.import_file(path, name=rename)))
-        _record(out, "imports", "cli", label, "refuse", classify_cli(
-            w.cli("concepts", "import", path, *(["--name", rename] if rename else []))))
+        _record(
+            out,
+            "imports",
+            "python",
+            label,
+            "refuse",
+            classify_python(lambda path=path, rename=rename: w.store.import_file(path, name=rename)),
+        )
+        _record(
+            out,
+            "imports",
+            "cli",
+            label,
+            "refuse",
+            classify_cli(w.cli("concepts", "import", path, *(["--name", rename] if rename else []))),
+        )
         with open(path, "rb") as fh:
-            _record(out, "imports", "api", label, "refuse", classify_http(w.client.post(
-                "/api/concepts/import", data={"name": rename} if rename else {},
-                files={"file": ("c.safetensors", fh.read(), "application/octet-stream")})))
-    for label, data in (("empty file", b""), ("truncated file", src.read_bytes()[:200]), ("a PNG", png_bytes(3)),
-                        ("oversized header length", (10**12).to_bytes(8, "little") + b"{}")):
+            _record(
+                out,
+                "imports",
+                "api",
+                label,
+                "refuse",
+                classify_http(
+                    w.client.post(
+                        "/api/concepts/import",
+                        data={"name": rename} if rename else {},
+                        files={"file": ("c.safetensors", fh.read(), "application/octet-stream")},
+                    )
+                ),
+            )
+    for label, data in (
+        ("empty file", b""),
+        ("truncated file", src.read_bytes()[:200]),
+        ("a PNG", png_bytes(3)),
+        ("oversized header length", (10**12).to_bytes(8, "little") + b"{}"),
+    ):
         path = w.root / f"raw-{label.replace(' ', '-')}.safetensors"
         path.write_bytes(data)
         _record(out, "imports", "python", label, "refuse", classify_python(lambda path=path: w.store.import_file(path)))
         _record(out, "imports", "cli", label, "refuse", classify_cli(w.cli("concepts", "import", path)))
     _record(out, "imports", "cli", "a directory", "refuse", classify_cli(w.cli("concepts", "import", w.root)))
-    _record(out, "imports", "python", "valid export under a new name", "accept",
-            classify_python(lambda: w.store.import_file(src, name="bo-copy")))
+    _record(
+        out,
+        "imports",
+        "python",
+        "valid export under a new name",
+        "accept",
+        classify_python(lambda: w.store.import_file(src, name="bo-copy")),
+    )
     # after all of that, identify and ask still work for every concept
-    _record(out, "imports", "python", "identify after the bad imports", "accept",
-            classify_python(lambda: _identify_all(w)))
-    _record(out, "imports", "cli", "identify after the bad imports", "accept",
-            classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny")))
+    _record(
+        out, "imports", "python", "identify after the bad imports", "accept", classify_python(lambda: _identify_all(w))
+    )
+    _record(
+        out,
+        "imports",
+        "cli",
+        "identify after the bad imports",
+        "accept",
+        classify_cli(w.cli("identify", "--image", w.photo, "--model", "tiny")),
+    )
     w.store.remove("bo-copy")
     return out
 
@@ -427,38 +736,106 @@ def server_cases(w: World) -> list[Outcome]:
     add = {"data": {"name": "bo", "replace": "true"}, "files": {"image": ("x.png", png_bytes(9), "image/png")}}
     before = w.store.get("bo").image_sha256
     for host in ("rebind.evil.example", "evil.example:8000", "127.0.0.1.evil.example", "", "localhost.evil"):
-        _record(out, "server", "api", f"GET image with Host {host!r}", "refuse",
-                classify_http(w.client.get("/api/concepts/bo/image", headers={"Host": host})))
-    for label, headers in (("Origin http://evil.example", {"Origin": "http://evil.example"}),
-                           ("Origin null", {"Origin": "null"}),
-                           ("Origin of another port", {"Origin": "http://127.0.0.1:9"}),
-                           ("Referer of another site", {"Referer": "http://evil.example/page"}),
-                           ("Sec-Fetch-Site cross-site", {"Sec-Fetch-Site": "cross-site"}),
-                           ("Sec-Fetch-Site same-site", {"Sec-Fetch-Site": "same-site"})):
-        _record(out, "server", "api", f"replace concept, {label}", "refuse",
-                classify_http(w.client.post("/api/concepts", headers=headers, **add)))
-        _record(out, "server", "api", f"delete concept, {label}", "refuse",
-                classify_http(w.client.delete("/api/concepts/bo", headers=headers)))
-        _record(out, "server", "api", f"ask, {label}", "refuse", classify_http(w.client.post(
-            "/api/ask", data={"question": "hi"}, headers=headers)))
-    _record(out, "server", "api", "the concept survived the cross-origin writes", "accept",
-            (ACCEPTED, "") if w.store.get("bo").image_sha256 == before else (WRONG, "concept <bo> was overwritten"))
-    _record(out, "server", "api", "same-origin write (Origin http://127.0.0.1)", "accept", classify_http(w.client.post(
-        "/api/ask", data={"question": "hi"}, headers={"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"})))
-    _record(out, "server", "api", "GET with Host localhost:8000", "accept",
-            classify_http(w.client.get("/api/info", headers={"Host": "localhost:8000"})))
+        _record(
+            out,
+            "server",
+            "api",
+            f"GET image with Host {host!r}",
+            "refuse",
+            classify_http(w.client.get("/api/concepts/bo/image", headers={"Host": host})),
+        )
+    for label, headers in (
+        ("Origin http://evil.example", {"Origin": "http://evil.example"}),
+        ("Origin null", {"Origin": "null"}),
+        ("Origin of another port", {"Origin": "http://127.0.0.1:9"}),
+        ("Referer of another site", {"Referer": "http://evil.example/page"}),
+        ("Sec-Fetch-Site cross-site", {"Sec-Fetch-Site": "cross-site"}),
+        ("Sec-Fetch-Site same-site", {"Sec-Fetch-Site": "same-site"}),
+    ):
+        _record(
+            out,
+            "server",
+            "api",
+            f"replace concept, {label}",
+            "refuse",
+            classify_http(w.client.post("/api/concepts", headers=headers, **add)),
+        )
+        _record(
+            out,
+            "server",
+            "api",
+            f"delete concept, {label}",
+            "refuse",
+            classify_http(w.client.delete("/api/concepts/bo", headers=headers)),
+        )
+        _record(
+            out,
+            "server",
+            "api",
+            f"ask, {label}",
+            "refuse",
+            classify_http(w.client.post("/api/ask", data={"question": "hi"}, headers=headers)),
+        )
+    _record(
+        out,
+        "server",
+        "api",
+        "the concept survived the cross-origin writes",
+        "accept",
+        (ACCEPTED, "") if w.store.get("bo").image_sha256 == before else (WRONG, "concept <bo> was overwritten"),
+    )
+    _record(
+        out,
+        "server",
+        "api",
+        "same-origin write (Origin http://127.0.0.1)",
+        "accept",
+        classify_http(
+            w.client.post(
+                "/api/ask",
+                data={"question": "hi"},
+                headers={"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"},
+            )
+        ),
+    )
+    _record(
+        out,
+        "server",
+        "api",
+        "GET with Host localhost:8000",
+        "accept",
+        classify_http(w.client.get("/api/info", headers={"Host": "localhost:8000"})),
+    )
     # with a token: a cross-origin request that carries the token is allowed, one without is not
     from fastapi.testclient import TestClient
 
     from ..server import ServerLimits, create_app
 
-    tokened = TestClient(create_app(w.plvm, w.store, token="s3cret", limits=ServerLimits(max_new_tokens=2)),
-                         base_url="http://127.0.0.1")
-    _record(out, "server", "api", "token server: cross-origin ask without token", "refuse", classify_http(
-        tokened.post("/api/ask", data={"question": "hi"}, headers={"Origin": "http://evil.example"})))
-    _record(out, "server", "api", "token server: cross-origin ask with the token", "accept", classify_http(
-        tokened.post("/api/ask", data={"question": "hi"},
-                     headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret"})))
+    tokened = TestClient(
+        create_app(w.plvm, w.store, token="s3cret", limits=ServerLimits(max_new_tokens=2)), base_url="http://127.0.0.1"
+    )
+    _record(
+        out,
+        "server",
+        "api",
+        "token server: cross-origin ask without token",
+        "refuse",
+        classify_http(tokened.post("/api/ask", data={"question": "hi"}, headers={"Origin": "http://evil.example"})),
+    )
+    _record(
+        out,
+        "server",
+        "api",
+        "token server: cross-origin ask with the token",
+        "accept",
+        classify_http(
+            tokened.post(
+                "/api/ask",
+                data={"question": "hi"},
+                headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret"},
+            )
+        ),
+    )
     # decoded-pixel budget: 8 concurrent 16000x2400 uploads never hold more than the budget
     import concurrent.futures as cf
 
@@ -467,15 +844,30 @@ def server_cases(w: World) -> list[Outcome]:
     budget = app.state.pixel_budget
     budget.peak = 0
     with cf.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: w.client.post(
-            "/api/identify", files={"image": ("big.png", big, "image/png")}), range(8)))
+        responses = list(
+            pool.map(lambda _: w.client.post("/api/identify", files={"image": ("big.png", big, "image/png")}), range(8))
+        )
     statuses = sorted({r.status_code for r in responses})
-    _record(out, "server", "api", "8 concurrent 16000x2400 uploads: all answered", "accept",
-            (ACCEPTED, str(statuses)) if statuses == [200] else classify_http(
-                next(r for r in responses if r.status_code != 200)))
-    _record(out, "server", "api", "8 concurrent 16000x2400 uploads: decoded pixels held <= budget", "accept",
-            (ACCEPTED, f"peak {budget.peak} of {budget.capacity}") if budget.peak <= budget.capacity
-            else (WRONG, f"peak {budget.peak} > {budget.capacity}"))
+    _record(
+        out,
+        "server",
+        "api",
+        "8 concurrent 16000x2400 uploads: all answered",
+        "accept",
+        (ACCEPTED, str(statuses))
+        if statuses == [200]
+        else classify_http(next(r for r in responses if r.status_code != 200)),
+    )
+    _record(
+        out,
+        "server",
+        "api",
+        "8 concurrent 16000x2400 uploads: decoded pixels held <= budget",
+        "accept",
+        (ACCEPTED, f"peak {budget.peak} of {budget.capacity}")
+        if budget.peak <= budget.capacity
+        else (WRONG, f"peak {budget.peak} > {budget.capacity}"),
+    )
     return out
 
 
@@ -568,9 +960,14 @@ def _seed_store(root: Path) -> dict[str, str]:
 
     with ConceptStore(root, StoreIdentity("tiny", 64)) as store:
         shared = decode_image(png_bytes(30))
-        store.add_many([NewConcept(_fake_concept("a", 1), decode_image(png_bytes(1)), {"f": np.ones(8, np.float32)}),
-                        NewConcept(_fake_concept("b", 2), decode_image(png_bytes(2)), {"f": np.ones(8, np.float32)}),
-                        NewConcept(_fake_concept("c", 3), shared), NewConcept(_fake_concept("d", 4), shared)])
+        store.add_many(
+            [
+                NewConcept(_fake_concept("a", 1), decode_image(png_bytes(1)), {"f": np.ones(8, np.float32)}),
+                NewConcept(_fake_concept("b", 2), decode_image(png_bytes(2)), {"f": np.ones(8, np.float32)}),
+                NewConcept(_fake_concept("c", 3), shared),
+                NewConcept(_fake_concept("d", 4), shared),
+            ]
+        )
         return {r.name: r.image_sha256 for r in store.list()}
 
 
@@ -593,7 +990,7 @@ def check_store(root: Path) -> tuple[list[str], list[str]]:
         ids = {r.id for r in store.list()}
         shas = {r.image_sha256 for r in store.list() if r.image_sha256}
     for f in (root / "concepts").iterdir():
-        if f.name[:-len(".safetensors")] not in ids:
+        if f.name[: -len(".safetensors")] not in ids:
             problems.append(f"orphan {f.name}")
     for f in (root / "images").iterdir():
         if f.name.split(".")[0] not in shas:
@@ -642,11 +1039,17 @@ def fault_cases(workdir: Path, ops: Sequence[str] = tuple(EXPECTED_AFTER)) -> li
                 lost = len((before & after) - state)  # concepts neither side of the op may lose
                 if state not in (before, after):
                     problems.append(f"names {sorted(state)} are neither the state before nor after {op}")
-                result = ACCEPTED if not problems and message[0] == "killed" else (
-                    WRONG if message[0] != "killed" else TRACEBACK)
+                result = (
+                    ACCEPTED
+                    if not problems and message[0] == "killed"
+                    else (WRONG if message[0] != "killed" else TRACEBACK)
+                )
                 detail = "; ".join(problems) or f"killed; store has {sorted(state)}"
-                out.append(Outcome("faults", "store", f"kill -9 at {point} #{nth} of {op}", "survive",
-                                   result, detail[:240], lost))
+                out.append(
+                    Outcome(
+                        "faults", "store", f"kill -9 at {point} #{nth} of {op}", "survive", result, detail[:240], lost
+                    )
+                )
     return out
 
 
@@ -685,9 +1088,18 @@ def concurrency_cases(workdir: Path, n: int = 50) -> list[Outcome]:
     names, problems = check_store(root)
     lost = len(set(acked) - set(names))
     ok = len(acked) == 2 * n and not problems and not lost
-    return [Outcome("faults", "store", f"2 processes adding 2 x {n} concepts at once", "survive",
-                    ACCEPTED if ok else WRONG, f"{len(acked)} acknowledged, {len(names)} stored; "
-                    + ("; ".join(problems)[:200] or "no dangling rows or orphans"), lost)]
+    return [
+        Outcome(
+            "faults",
+            "store",
+            f"2 processes adding 2 x {n} concepts at once",
+            "survive",
+            ACCEPTED if ok else WRONG,
+            f"{len(acked)} acknowledged, {len(names)} stored; "
+            + ("; ".join(problems)[:200] or "no dangling rows or orphans"),
+            lost,
+        )
+    ]
 
 
 def corruption_cases(w: World, workdir: Path) -> list[Outcome]:
@@ -711,13 +1123,37 @@ def corruption_cases(w: World, workdir: Path) -> list[Outcome]:
     before = index.read_bytes()
     res = classify_python(lambda: ConceptStore(root))
     named = res[0] == CLEAR and str(index) in res[1] and "Recover" in res[1]
-    out.append(Outcome("faults", "python", "index.sqlite header overwritten", "refuse",
-                       res[0] if named or res[0] != CLEAR else WRONG, res[1][:240]))
+    out.append(
+        Outcome(
+            "faults",
+            "python",
+            "index.sqlite header overwritten",
+            "refuse",
+            res[0] if named or res[0] != CLEAR else WRONG,
+            res[1][:240],
+        )
+    )
     res = classify_cli(w.cli("concepts", "list", "--store", root))
-    out.append(Outcome("faults", "cli", "index.sqlite header overwritten", "refuse",
-                       res[0] if res[0] != CLEAR or str(index) in res[1] else WRONG, res[1][:240]))
-    out.append(Outcome("faults", "store", "the corrupt index was left as it was", "survive",
-                       ACCEPTED if index.read_bytes() == before else WRONG, ""))
+    out.append(
+        Outcome(
+            "faults",
+            "cli",
+            "index.sqlite header overwritten",
+            "refuse",
+            res[0] if res[0] != CLEAR or str(index) in res[1] else WRONG,
+            res[1][:240],
+        )
+    )
+    out.append(
+        Outcome(
+            "faults",
+            "store",
+            "the corrupt index was left as it was",
+            "survive",
+            ACCEPTED if index.read_bytes() == before else WRONG,
+            "",
+        )
+    )
     root2 = workdir / "corrupt-page"
     shutil.copytree(w.store.root, root2)
     index2 = root2 / "index.sqlite"
@@ -725,7 +1161,7 @@ def corruption_cases(w: World, workdir: Path) -> list[Outcome]:
         (root2 / "index.sqlite-wal").unlink()
     data = bytearray(index2.read_bytes())
     if len(data) > 4096 + 200:
-        data[4096 + 100:4096 + 200] = b"\xff" * 100
+        data[4096 + 100 : 4096 + 200] = b"\xff" * 100
     index2.write_bytes(bytes(data))
     res = classify_python(lambda: (lambda s: (s.list(), s.feature_matrix(w.encoder.kind)))(ConceptStore(root2)))
     out.append(Outcome("faults", "python", "index.sqlite page scribbled", "survive", res[0], res[1][:240]))
@@ -735,12 +1171,28 @@ def corruption_cases(w: World, workdir: Path) -> list[Outcome]:
         victim = root3 / "concepts" / f"{s3.get('bo').id}.safetensors"
     victim.write_bytes(b"\x00" * 40)
     res = classify_python(lambda: ConceptStore(root3).load("bo"))
-    out.append(Outcome("faults", "python", "a concept file zeroed", "refuse",
-                       res[0] if res[0] != CLEAR or str(victim) in res[1] else WRONG, res[1][:240]))
+    out.append(
+        Outcome(
+            "faults",
+            "python",
+            "a concept file zeroed",
+            "refuse",
+            res[0] if res[0] != CLEAR or str(victim) in res[1] else WRONG,
+            res[1][:240],
+        )
+    )
     res = classify_cli(w.cli("ask", "Is <bo> here?", "--model", "tiny", "--store", root3))
     out.append(Outcome("faults", "cli", "a concept file zeroed (ask)", "refuse", res[0], res[1][:240]))
-    out.append(Outcome("faults", "store", "the zeroed concept file was left as it was", "survive",
-                       ACCEPTED if victim.read_bytes() == b"\x00" * 40 else WRONG, ""))
+    out.append(
+        Outcome(
+            "faults",
+            "store",
+            "the zeroed concept file was left as it was",
+            "survive",
+            ACCEPTED if victim.read_bytes() == b"\x00" * 40 else WRONG,
+            "",
+        )
+    )
     return out
 
 
@@ -757,8 +1209,12 @@ def _full_disk_child(root: str, limit: int, side: int, conn: Any) -> None:
     except Exception as exc:  # noqa: BLE001
         from ..store import StoreError
 
-        conn.send(("clear" if isinstance(exc, StoreError) and _one_line(str(exc)) else "traceback",
-                   f"{type(exc).__name__}: {exc}"))
+        conn.send(
+            (
+                "clear" if isinstance(exc, StoreError) and _one_line(str(exc)) else "traceback",
+                f"{type(exc).__name__}: {exc}",
+            )
+        )
     os._exit(0)
 
 
@@ -780,9 +1236,17 @@ def full_disk_cases(workdir: Path) -> list[Outcome]:
         result = {"clear": CLEAR, "accepted": ACCEPTED}.get(kind, TRACEBACK)
         if problems:
             result, detail = WRONG, "; ".join(problems)
-        out.append(Outcome("faults", "store", f"disk full: add a {side}x{side} photo, writes past {limit // 1024} KiB "
-                           "fail (EFBIG)",
-                           "survive", result, detail[:240], lost))
+        out.append(
+            Outcome(
+                "faults",
+                "store",
+                f"disk full: add a {side}x{side} photo, writes past {limit // 1024} KiB fail (EFBIG)",
+                "survive",
+                result,
+                detail[:240],
+                lost,
+            )
+        )
     return out
 
 
@@ -829,8 +1293,11 @@ def weight_file_variants(good: dict, metadata: dict[str, str], root: Path) -> li
     tensors("wrong shape", {**good, first: torch.zeros(*(s + 1 for s in bad.shape))})
     tensors("missing tensor", {k: v for k, v in good.items() if k != first})
     tensors("unexpected tensor", {**good, first.rsplit(".", 1)[0] + ".extra": torch.zeros(3)})
-    for label, value in (("NaN in a tensor", float("nan")), ("+inf in a tensor", float("inf")),
-                         ("-inf in a tensor", float("-inf"))):
+    for label, value in (
+        ("NaN in a tensor", float("nan")),
+        ("+inf in a tensor", float("inf")),
+        ("-inf in a tensor", float("-inf")),
+    ):
         spoiled = good[first].clone()
         spoiled.view(-1)[0] = value
         tensors(label, {**good, first: spoiled})
@@ -857,15 +1324,16 @@ def state_variants(good: dict[str, Any], trainable: Path, root: Path) -> list[tu
     text = json.dumps(good).encode()
     out: list[tuple[str, Path]] = []
     for label, state, weights in (
-            ("state.json missing", None, trainable),
-            ("state.json empty", b"", trainable),
-            ("state.json truncated", text[: len(text) // 2], trainable),
-            ("state.json not UTF-8", b"\xff\xfe\x00garbage", trainable),
-            ("state.json a JSON list", b"[1, 2]", trainable),
-            ("state.json without step", {k: v for k, v in good.items() if k != "step"}, trainable),
-            ("state.json step not a number", {**good, "step": "ten"}, trainable),
-            ("state.json without task", {k: v for k, v in good.items() if k != "task"}, trainable),
-            ("trainable.safetensors missing", good, None)):
+        ("state.json missing", None, trainable),
+        ("state.json empty", b"", trainable),
+        ("state.json truncated", text[: len(text) // 2], trainable),
+        ("state.json not UTF-8", b"\xff\xfe\x00garbage", trainable),
+        ("state.json a JSON list", b"[1, 2]", trainable),
+        ("state.json without step", {k: v for k, v in good.items() if k != "step"}, trainable),
+        ("state.json step not a number", {**good, "step": "ten"}, trainable),
+        ("state.json without task", {k: v for k, v in good.items() if k != "task"}, trainable),
+        ("trainable.safetensors missing", good, None),
+    ):
         out.append((label, _ckpt(root / f"s{len(out):02d}", state, weights)))
     return out
 
@@ -911,11 +1379,11 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     rand = lambda shape: torch.randn(tuple(shape), generator=gen) * 0.02  # noqa: E731
 
     def cli(*args: Any) -> Any:
-        return runner.invoke(cli_app, [str(a) for a in args], env={"PLVM_FACE_BACKEND": "none"},
-                             catch_exceptions=True)
+        return runner.invoke(cli_app, [str(a) for a in args], env={"PLVM_FACE_BACKEND": "none"}, catch_exceptions=True)
 
-    def record(surface: str, case: str, expect: str, classified: tuple[str, str], *names: Path,
-               not_written: Path | None = None) -> None:
+    def record(
+        surface: str, case: str, expect: str, classified: tuple[str, str], *names: Path, not_written: Path | None = None
+    ) -> None:
         result, detail = classified
         if result == CLEAR and names and not any(str(n) in detail for n in names):
             result, detail = WRONG, f"the message does not name {names[0]}: {detail}"
@@ -925,33 +1393,72 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
 
     # the files: a LLaVA-mini projector naming a small LM LoRA, Aligner weights of the mini preset
     lora_config = MiniLoraConfig()
-    lora = {"model.layers.0.self_attn.q_proj.lora_A.weight": rand((lora_config.r, 576)),
-            "model.layers.0.self_attn.q_proj.lora_B.weight": rand((576, lora_config.r))}
+    lora = {
+        "model.layers.0.self_attn.q_proj.lora_A.weight": rand((lora_config.r, 576)),
+        "model.layers.0.self_attn.q_proj.lora_B.weight": rand((576, lora_config.r)),
+    }
     projector = {PROJECTOR_PREFIX + k: rand(s) for k, s in projector_shapes().items()}
     aligner = {k: rand(s) for k, s in aligner_shapes(config).items()}
 
     # eval --aligner-weights FILE (and PLVM.from_preset under it)
-    eval_args = ("eval", "--model", "mini", "--data", toy, "--baselines", "plvm", "--tasks", "recog",
-                 "--no-progress", "--out", workdir / "eval-out")
+    eval_args = (
+        "eval",
+        "--model",
+        "mini",
+        "--data",
+        toy,
+        "--baselines",
+        "plvm",
+        "--tasks",
+        "recog",
+        "--no-progress",
+        "--out",
+        workdir / "eval-out",
+    )
     for label, path in weight_file_variants(aligner, {}, workdir / "aligner"):
-        record("cli", f"eval --aligner-weights: {label}", "refuse",
-               classify_cli(cli(*eval_args, "--aligner-weights", path)), path)
-        record("python", f"PLVM.from_preset(aligner_weights=…): {label}", "refuse",
-               classify_python(lambda path=path: PLVM.from_preset("mini", aligner_weights=path)), path)
-    record("cli", "eval --aligner-weights: no such file, no Aligner method (--baselines text)", "refuse",
-           classify_cli(cli(*eval_args[:6], "text", *eval_args[7:], "--aligner-weights", workdir / "absent")),
-           workdir / "absent")
+        record(
+            "cli",
+            f"eval --aligner-weights: {label}",
+            "refuse",
+            classify_cli(cli(*eval_args, "--aligner-weights", path)),
+            path,
+        )
+        record(
+            "python",
+            f"PLVM.from_preset(aligner_weights=…): {label}",
+            "refuse",
+            classify_python(lambda path=path: PLVM.from_preset("mini", aligner_weights=path)),
+            path,
+        )
+    record(
+        "cli",
+        "eval --aligner-weights: no such file, no Aligner method (--baselines text)",
+        "refuse",
+        classify_cli(cli(*eval_args[:6], "text", *eval_args[7:], "--aligner-weights", workdir / "absent")),
+        workdir / "absent",
+    )
 
     # eval-base --projector FILE (and load_base under it)
-    lora_file = _save_tensors(workdir / "projector" / "lm_lora.safetensors", lora,
-                              {**lora_config.metadata(), "vision_feature_layer": "-1"})
+    lora_file = _save_tensors(
+        workdir / "projector" / "lm_lora.safetensors", lora, {**lora_config.metadata(), "vision_feature_layer": "-1"}
+    )
     paired = {"vision_feature_layer": "-1", LORA_FILE_KEY: lora_file.name, LORA_SHA_KEY: _sha256(lora_file)}
     projector_variants = weight_file_variants(projector, paired, workdir / "projector")
     for label, path in projector_variants:
-        record("cli", f"eval-base --projector: {label}", "refuse", classify_cli(cli("eval-base", "--projector", path)),
-               path)
-        record("python", f"load_base('mini', projector=…): {label}", "refuse",
-               classify_python(lambda path=path: load_base("mini", projector=path)), path)
+        record(
+            "cli",
+            f"eval-base --projector: {label}",
+            "refuse",
+            classify_cli(cli("eval-base", "--projector", path)),
+            path,
+        )
+        record(
+            "python",
+            f"load_base('mini', projector=…): {label}",
+            "refuse",
+            classify_python(lambda path=path: load_base("mini", projector=path)),
+            path,
+        )
     wide = {PROJECTOR_PREFIX + k: rand(s) for k, s in projector_shapes(n_layers=2).items()}
     lora_variants = workdir / "lora"
     specials: list[tuple[str, Path, Path]] = []  # label, projector file, file the message must name
@@ -966,14 +1473,14 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
     special("names a LoRA that is missing", projector, {LORA_FILE_KEY: "lm_lora.safetensors"}, "lm_lora.safetensors")
     special("names a LoRA outside its folder", projector, {LORA_FILE_KEY: "../../lm_lora.safetensors"})
     for label, tensors, meta in (
-            ("LoRA with a NaN", {**lora, sorted(lora)[0]: lora[sorted(lora)[0]] * float("nan")},
-             lora_config.metadata()),
-            ("LoRA of another rank than its metadata", lora, {**lora_config.metadata(), "r": "8"}),
-            ("LoRA without r in its metadata", lora, {k: v for k, v in lora_config.metadata().items() if k != "r"}),
-            ("LoRA with target_modules not JSON", lora, {**lora_config.metadata(), "target_modules": "q_proj"}),
-            ("LoRA not marked as a LLaVA-mini LoRA", lora, {}),
-            ("LoRA missing its lora_B", {k: v for k, v in lora.items() if "lora_A" in k}, lora_config.metadata()),
-            ("LoRA empty file", None, {})):
+        ("LoRA with a NaN", {**lora, sorted(lora)[0]: lora[sorted(lora)[0]] * float("nan")}, lora_config.metadata()),
+        ("LoRA of another rank than its metadata", lora, {**lora_config.metadata(), "r": "8"}),
+        ("LoRA without r in its metadata", lora, {k: v for k, v in lora_config.metadata().items() if k != "r"}),
+        ("LoRA with target_modules not JSON", lora, {**lora_config.metadata(), "target_modules": "q_proj"}),
+        ("LoRA not marked as a LLaVA-mini LoRA", lora, {}),
+        ("LoRA missing its lora_B", {k: v for k, v in lora.items() if "lora_A" in k}, lora_config.metadata()),
+        ("LoRA empty file", None, {}),
+    ):
         folder = workdir / "special" / f"{len(specials):02d}"
         lpath = folder / "lm_lora.safetensors"
         if tensors is None:
@@ -981,114 +1488,249 @@ def checkpoint_cases(workdir: Path) -> list[Outcome]:
             lpath.write_bytes(b"")
         else:
             _save_tensors(lpath, tensors, meta)
-        special(f"names a {label}", projector, {LORA_FILE_KEY: lpath.name, LORA_SHA_KEY: _sha256(lpath)},
-                "lm_lora.safetensors")
+        special(
+            f"names a {label}",
+            projector,
+            {LORA_FILE_KEY: lpath.name, LORA_SHA_KEY: _sha256(lpath)},
+            "lm_lora.safetensors",
+        )
     folder = workdir / "special" / f"{len(specials):02d}"
     _save_tensors(folder / "lm_lora.safetensors", lora, lora_config.metadata())
-    special("names a LoRA whose sha256 differs", projector, {LORA_FILE_KEY: "lm_lora.safetensors",
-                                                             LORA_SHA_KEY: "0" * 64}, "lm_lora.safetensors")
+    special(
+        "names a LoRA whose sha256 differs",
+        projector,
+        {LORA_FILE_KEY: "lm_lora.safetensors", LORA_SHA_KEY: "0" * 64},
+        "lm_lora.safetensors",
+    )
     for label, path, named in specials:
-        record("cli", f"eval-base --projector: {label}", "refuse", classify_cli(cli("eval-base", "--projector", path)),
-               named)
-        record("python", f"check_projector_file: {label}", "refuse",
-               classify_python(lambda path=path: check_projector_file(path)), named)
+        record(
+            "cli",
+            f"eval-base --projector: {label}",
+            "refuse",
+            classify_cli(cli("eval-base", "--projector", path)),
+            named,
+        )
+        record(
+            "python",
+            f"check_projector_file: {label}",
+            "refuse",
+            classify_python(lambda path=path: check_projector_file(path)),
+            named,
+        )
     for label, path in weight_file_variants(lora, lora_config.metadata(), lora_variants)[:-2]:
         record("python", f"read_lora: {label}", "refuse", classify_python(lambda path=path: read_lora(path)), path)
     for label, path in projector_variants:
         if label in ("wrong shape", "NaN in a tensor", "truncated to half"):
-            record("cli", f"eval --base-projector: {label}", "refuse",
-                   classify_cli(cli(*eval_args, "--base-projector", path)), path)
+            record(
+                "cli",
+                f"eval --base-projector: {label}",
+                "refuse",
+                classify_cli(cli(*eval_args, "--base-projector", path)),
+                path,
+            )
 
     # export CHECKPOINT (and eval-base --projector / eval --aligner-weights given a checkpoint directory)
-    stage1_state = {"step": 20, "loop": {"steps": 20}, "task": {"kind": "projector", "base_model": "plvm/llava-mini",
-                                                                "lora": lora_config.metadata()}}
-    aligner_state = {"step": 30, "loop": {"steps": 30}, "task": {"kind": "aligner", "aligner": config.to_dict(),
-                                                                 "base_model": "plvm/llava-mini"}}
+    stage1_state = {
+        "step": 20,
+        "loop": {"steps": 20},
+        "task": {"kind": "projector", "base_model": "plvm/llava-mini", "lora": lora_config.metadata()},
+    }
+    aligner_state = {
+        "step": 30,
+        "loop": {"steps": 30},
+        "task": {"kind": "aligner", "aligner": config.to_dict(), "base_model": "plvm/llava-mini"},
+    }
     stage1_tensors = {**projector, **{LORA_KEY + k: v for k, v in lora.items()}}
     exported = workdir / "exported"
     for kind, state, tensors in (("stage-1", stage1_state, stage1_tensors), ("Aligner", aligner_state, aligner)):
         variants = weight_file_variants(tensors, {}, workdir / f"{kind}-trainable")[:-2]
-        cases = [(f"{kind} checkpoint, trainable.safetensors: {label}", _ckpt(workdir / f"{kind}-ckpt-{i:02d}", state,
-                                                                              path), path)
-                 for i, (label, path) in enumerate(variants)]
+        cases = [
+            (
+                f"{kind} checkpoint, trainable.safetensors: {label}",
+                _ckpt(workdir / f"{kind}-ckpt-{i:02d}", state, path),
+                path,
+            )
+            for i, (label, path) in enumerate(variants)
+        ]
         good = workdir / f"{kind}-trainable" / "good.safetensors"
-        cases += [(f"{kind} checkpoint, {label}", path, path) for label, path in
-                  state_variants(state, good, workdir / f"{kind}-state")]
+        cases += [
+            (f"{kind} checkpoint, {label}", path, path)
+            for label, path in state_variants(state, good, workdir / f"{kind}-state")
+        ]
         cases.append((f"{kind} checkpoint: no such directory", workdir / "absent-ckpt", workdir / "absent-ckpt"))
         cases.append((f"{kind} checkpoint: a file, not a directory", good, good))
         for label, ckpt, named in cases:
             target = exported / f"{kind}-{len(out)}" / "projector.safetensors"
-            record("cli", f"export: {label}", "refuse", classify_cli(cli("export", ckpt, target)), named, ckpt,
-                   not_written=target.parent)
+            record(
+                "cli",
+                f"export: {label}",
+                "refuse",
+                classify_cli(cli("export", ckpt, target)),
+                named,
+                ckpt,
+                not_written=target.parent,
+            )
             if kind == "stage-1":
-                record("python", f"export_stage1: {label}", "refuse",
-                       classify_python(lambda ckpt=ckpt, target=target: export_stage1(ckpt, target)), named, ckpt,
-                       not_written=target.parent)
-                record("cli", f"eval-base --projector DIR: {label}", "refuse",
-                       classify_cli(cli("eval-base", "--projector", ckpt)), named, ckpt)
+                record(
+                    "python",
+                    f"export_stage1: {label}",
+                    "refuse",
+                    classify_python(lambda ckpt=ckpt, target=target: export_stage1(ckpt, target)),
+                    named,
+                    ckpt,
+                    not_written=target.parent,
+                )
+                record(
+                    "cli",
+                    f"eval-base --projector DIR: {label}",
+                    "refuse",
+                    classify_cli(cli("eval-base", "--projector", ckpt)),
+                    named,
+                    ckpt,
+                )
             elif ckpt != good:  # a good weights file is valid --aligner-weights
-                record("cli", f"eval --aligner-weights DIR: {label}", "refuse",
-                       classify_cli(cli(*eval_args, "--aligner-weights", ckpt)), named, ckpt)
+                record(
+                    "cli",
+                    f"eval --aligner-weights DIR: {label}",
+                    "refuse",
+                    classify_cli(cli(*eval_args, "--aligner-weights", ckpt)),
+                    named,
+                    ckpt,
+                )
     good_stage1_trainable = workdir / "stage-1-trainable" / "good.safetensors"
     for label, tensors, state in (
-            ("projector linear_1 768 wide, no vision_feature_layer recorded",
-             {**stage1_tensors, PROJECTOR_PREFIX + "linear_1.weight": rand((576, 768))}, stage1_state),
-            ("projector linear_2 missing", {k: v for k, v in stage1_tensors.items() if "linear_2" not in k},
-             stage1_state),
-            ("a tensor that is neither projector nor LoRA", {**stage1_tensors, "lm_head.weight": rand((4, 4))},
-             stage1_state),
-            ("LoRA tensors but no LoRA configuration", stage1_tensors,
-             {**stage1_state, "task": {**stage1_state["task"], "lora": None}}),
-            ("vision_feature_layer '8,-1' with a 384-wide projector", stage1_tensors,
-             {**stage1_state, "task": {**stage1_state["task"], "vision_feature_layer": "8,-1"}}),
-            ("vision_feature_layer not a layer", stage1_tensors,
-             {**stage1_state, "task": {**stage1_state["task"], "vision_feature_layer": "last"}})):
+        (
+            "projector linear_1 768 wide, no vision_feature_layer recorded",
+            {**stage1_tensors, PROJECTOR_PREFIX + "linear_1.weight": rand((576, 768))},
+            stage1_state,
+        ),
+        ("projector linear_2 missing", {k: v for k, v in stage1_tensors.items() if "linear_2" not in k}, stage1_state),
+        (
+            "a tensor that is neither projector nor LoRA",
+            {**stage1_tensors, "lm_head.weight": rand((4, 4))},
+            stage1_state,
+        ),
+        (
+            "LoRA tensors but no LoRA configuration",
+            stage1_tensors,
+            {**stage1_state, "task": {**stage1_state["task"], "lora": None}},
+        ),
+        (
+            "vision_feature_layer '8,-1' with a 384-wide projector",
+            stage1_tensors,
+            {**stage1_state, "task": {**stage1_state["task"], "vision_feature_layer": "8,-1"}},
+        ),
+        (
+            "vision_feature_layer not a layer",
+            stage1_tensors,
+            {**stage1_state, "task": {**stage1_state["task"], "vision_feature_layer": "last"}},
+        ),
+    ):
         folder = workdir / f"stage-1-special-{len(out):03d}"
-        weights = (good_stage1_trainable if tensors is stage1_tensors
-                   else _save_tensors(folder / "weights.safetensors", tensors))
+        weights = (
+            good_stage1_trainable
+            if tensors is stage1_tensors
+            else _save_tensors(folder / "weights.safetensors", tensors)
+        )
         ckpt = _ckpt(folder / "checkpoint-000020", state, weights)
         target = exported / f"special-{len(out)}" / "projector.safetensors"
-        record("cli", f"export: stage-1 checkpoint, {label}", "refuse", classify_cli(cli("export", ckpt, target)), ckpt,
-               not_written=target.parent)
-        record("cli", f"eval-base --projector DIR: stage-1 checkpoint, {label}", "refuse",
-               classify_cli(cli("eval-base", "--projector", ckpt)), ckpt)
+        record(
+            "cli",
+            f"export: stage-1 checkpoint, {label}",
+            "refuse",
+            classify_cli(cli("export", ckpt, target)),
+            ckpt,
+            not_written=target.parent,
+        )
+        record(
+            "cli",
+            f"eval-base --projector DIR: stage-1 checkpoint, {label}",
+            "refuse",
+            classify_cli(cli("eval-base", "--projector", ckpt)),
+            ckpt,
+        )
     wrong_kind = _ckpt(workdir / "wrong-kind", aligner_state, workdir / "Aligner-trainable" / "good.safetensors")
-    record("cli", "eval-base --projector: an Aligner checkpoint", "refuse",
-           classify_cli(cli("eval-base", "--projector", wrong_kind)), wrong_kind)
+    record(
+        "cli",
+        "eval-base --projector: an Aligner checkpoint",
+        "refuse",
+        classify_cli(cli("eval-base", "--projector", wrong_kind)),
+        wrong_kind,
+    )
     wrong_kind2 = _ckpt(workdir / "wrong-kind-2", stage1_state, workdir / "stage-1-trainable" / "good.safetensors")
-    record("cli", "eval --aligner-weights: a stage-1 checkpoint", "refuse",
-           classify_cli(cli(*eval_args, "--aligner-weights", wrong_kind2)), wrong_kind2)
-    bad_config = _ckpt(workdir / "bad-config", {**aligner_state, "task": {"kind": "aligner", "aligner": {"d_enc": "x",
-                                                                                                         "zz": 1}}},
-                       workdir / "Aligner-trainable" / "good.safetensors")
-    record("cli", "export: Aligner checkpoint recording a malformed Aligner config", "refuse",
-           classify_cli(cli("export", bad_config, exported / "bad-config.safetensors")), bad_config)
+    record(
+        "cli",
+        "eval --aligner-weights: a stage-1 checkpoint",
+        "refuse",
+        classify_cli(cli(*eval_args, "--aligner-weights", wrong_kind2)),
+        wrong_kind2,
+    )
+    bad_config = _ckpt(
+        workdir / "bad-config",
+        {**aligner_state, "task": {"kind": "aligner", "aligner": {"d_enc": "x", "zz": 1}}},
+        workdir / "Aligner-trainable" / "good.safetensors",
+    )
+    record(
+        "cli",
+        "export: Aligner checkpoint recording a malformed Aligner config",
+        "refuse",
+        classify_cli(cli("export", bad_config, exported / "bad-config.safetensors")),
+        bad_config,
+    )
 
     # what must keep working: good checkpoints export, the committed weights and a two-layer projector load
     good_stage1 = _ckpt(workdir / "good-stage1", stage1_state, workdir / "stage-1-trainable" / "good.safetensors")
     target = exported / "good" / "projector.safetensors"
     record("cli", "export: a good stage-1 checkpoint", "accept", classify_cli(cli("export", good_stage1, target)))
-    record("python", "check_projector_file: the exported projector + LoRA", "accept",
-           classify_python(lambda: check_projector_file(target)))
+    record(
+        "python",
+        "check_projector_file: the exported projector + LoRA",
+        "accept",
+        classify_python(lambda: check_projector_file(target)),
+    )
     good_aligner = _ckpt(workdir / "good-aligner", aligner_state, workdir / "Aligner-trainable" / "good.safetensors")
     target2 = exported / "good" / "aligner.safetensors"
     record("cli", "export: a good Aligner checkpoint", "accept", classify_cli(cli("export", good_aligner, target2)))
-    record("python", "read_aligner_weights: the exported Aligner and its checkpoint", "accept",
-           classify_python(lambda: (read_aligner_weights(target2, config), read_aligner_weights(good_aligner, config))))
+    record(
+        "python",
+        "read_aligner_weights: the exported Aligner and its checkpoint",
+        "accept",
+        classify_python(lambda: (read_aligner_weights(target2, config), read_aligner_weights(good_aligner, config))),
+    )
     two = _save_tensors(workdir / "two-layer" / "projector.safetensors", wide, {"vision_feature_layer": "8,-1"})
-    record("python", "check_projector_file: vision_feature_layer '8,-1', linear_1 768 wide", "accept",
-           classify_python(lambda: check_projector_file(two)))
+    record(
+        "python",
+        "check_projector_file: vision_feature_layer '8,-1', linear_1 768 wide",
+        "accept",
+        classify_python(lambda: check_projector_file(two)),
+    )
     committed = locate(LLAVA_MINI_PROJECTOR)
     if committed.is_file():
-        record("python", "check_projector_file: committed projector + its LoRA", "accept",
-               classify_python(lambda: check_projector_file(committed)))
-        record("python", "read_lora: committed lm_lora.safetensors", "accept",
-               classify_python(lambda: read_lora(committed.with_name("lm_lora.safetensors"))))
-        record("python", "read_projector: committed projector", "accept",
-               classify_python(lambda: read_projector(committed)))
+        record(
+            "python",
+            "check_projector_file: committed projector + its LoRA",
+            "accept",
+            classify_python(lambda: check_projector_file(committed)),
+        )
+        record(
+            "python",
+            "read_lora: committed lm_lora.safetensors",
+            "accept",
+            classify_python(lambda: read_lora(committed.with_name("lm_lora.safetensors"))),
+        )
+        record(
+            "python",
+            "read_projector: committed projector",
+            "accept",
+            classify_python(lambda: read_projector(committed)),
+        )
     if MINI_ALIGNER.is_file():
-        record("python", "read_aligner_weights: committed aligner.safetensors", "accept",
-               classify_python(lambda: read_aligner_weights(MINI_ALIGNER, config)))
+        record(
+            "python",
+            "read_aligner_weights: committed aligner.safetensors",
+            "accept",
+            classify_python(lambda: read_aligner_weights(MINI_ALIGNER, config)),
+        )
     return out
 
 
@@ -1137,15 +1779,26 @@ GROUP_TITLES = {
     "server": "Server: foreign Host, cross-origin writes, 8 concurrent 16000×2400 uploads",
     "faults": "Faults: kill -9 at every unlink/replace/commit, concurrent writers, full disk, corruption",
     "checkpoints": "Checkpoints and weight files (`eval --aligner-weights`, `eval-base --projector`, `export`: empty, "
-                   "truncated, oversized header, pickle, wrong shape, missing key, NaN/±inf, int, corrupt state.json)",
+    "truncated, oversized header, pickle, wrong shape, missing key, NaN/±inf, int, corrupt state.json)",
 }
 
 
 def summary(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for o in outcomes:
-        r = rows.setdefault(o.group, {"group": o.group, "tried": 0, "clear": 0, "accepted": 0, "traceback": 0,
-                                      "wrong": 0, "lost": 0, "surfaces": set()})
+        r = rows.setdefault(
+            o.group,
+            {
+                "group": o.group,
+                "tried": 0,
+                "clear": 0,
+                "accepted": 0,
+                "traceback": 0,
+                "wrong": 0,
+                "lost": 0,
+                "surfaces": set(),
+            },
+        )
         r["tried"] += 1
         r[o.result] += 1
         r["lost"] += o.lost
@@ -1164,9 +1817,14 @@ def failures(outcomes: Iterable[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if not o.ok]
 
 
-def markdown(outcomes: Sequence[Outcome], load: dict[str, Any] | None = None,
-             memory: dict[str, Any] | None = None, command: str = "plvm bench reliability",
-             took_s: float | None = None, rerun: tuple[str, float] | None = None) -> str:
+def markdown(
+    outcomes: Sequence[Outcome],
+    load: dict[str, Any] | None = None,
+    memory: dict[str, Any] | None = None,
+    command: str = "plvm bench reliability",
+    took_s: float | None = None,
+    rerun: tuple[str, float] | None = None,
+) -> str:
     """The report; ``rerun = (group, seconds)``: only that group was measured now (``--only``), the rest comes
     from the previous full run."""
     rows = summary(outcomes)
@@ -1178,9 +1836,13 @@ def markdown(outcomes: Sequence[Outcome], load: dict[str, Any] | None = None,
         + (f" (this run took {took_s:.0f} s on a shared 2-core CPU)" if took_s else "")
         + "; the same cases run in `tests/test_hostile.py`. Every number below was measured by that command; "
         "nothing is hand-edited."
-        + (f" The {GROUP_TITLES.get(rerun[0], rerun[0]).split(' (')[0].lower()} group was last re-run on its own "
-           f"with `plvm bench reliability --only {rerun[0]}` ({rerun[1]:.0f} s); the other groups, the memory and "
-           "the load figures are from the last full run." if rerun else ""),
+        + (
+            f" The {GROUP_TITLES.get(rerun[0], rerun[0]).split(' (')[0].lower()} group was last re-run on its own "
+            f"with `plvm bench reliability --only {rerun[0]}` ({rerun[1]:.0f} s); the other groups, the memory and "
+            "the load figures are from the last full run."
+            if rerun
+            else ""
+        ),
         "",
         "Each input is sent through the CLI (`typer` runner, exit status and stderr), the HTTP API "
         "(FastAPI `TestClient`, status and `detail`) and/or the Python API, on the tiny random model "
@@ -1193,12 +1855,21 @@ def markdown(outcomes: Sequence[Outcome], load: dict[str, Any] | None = None,
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {GROUP_TITLES.get(r['group'], r['group'])} | {r['surfaces']} | {r['tried']} | {r['clear']} | "
-                     f"{r['accepted']} | {r['traceback']} | {r['wrong']} | {r['lost']} |")
-    lines.append(f"| **all** | | **{total['tried']}** | **{total['clear']}** | **{total['accepted']}** | "
-                 f"**{total['traceback']}** | **{total['wrong']}** | **{total['lost']}** |")
-    lines += ["", "## Behaviour by input", "",
-              "| group | surface | input or fault | result | what came back |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {GROUP_TITLES.get(r['group'], r['group'])} | {r['surfaces']} | {r['tried']} | {r['clear']} | "
+            f"{r['accepted']} | {r['traceback']} | {r['wrong']} | {r['lost']} |"
+        )
+    lines.append(
+        f"| **all** | | **{total['tried']}** | **{total['clear']}** | **{total['accepted']}** | "
+        f"**{total['traceback']}** | **{total['wrong']}** | **{total['lost']}** |"
+    )
+    lines += [
+        "",
+        "## Behaviour by input",
+        "",
+        "| group | surface | input or fault | result | what came back |",
+        "|---|---|---|---|---|",
+    ]
     seen: set[tuple[str, str]] = set()
     for o in outcomes:  # one line per distinct case label and surface (the first occurrence)
         key = (o.surface, o.case)
@@ -1212,46 +1883,69 @@ def markdown(outcomes: Sequence[Outcome], load: dict[str, Any] | None = None,
         lines += ["", "## Memory under 8 concurrent large uploads", "", memory_markdown(memory)]
     if load:
         lines += ["", "## Load (`plvm bench serve`)", "", load_markdown(load)]
-    lines += ["", "## Not covered", "",
-              "- A real full disk (a small tmpfs needs root here): simulated with `RLIMIT_FSIZE`, which makes every "
-              "write past the limit fail with `EFBIG` as `ENOSPC` would.",
-              "- `kill -9` is `os._exit(137)` in a forked child at the n-th `os.unlink` / `os.replace` / SQLite "
-              "`COMMIT` (before and right after it) — the process dies there without cleanup, as with `kill -9`; "
-              "SQLite's own writes inside a COMMIT are not interrupted at finer grain (its journal covers them).",
-              "- Checkpoint cases stop at the file checks, before any model loads (a bad file must fail there); "
-              "the accepted weights are checked by the same readers, not by running a whole `plvm eval` or "
-              "`plvm eval-base`, and a LoRA whose tensors fit their own rank but not SmolLM2's layers is refused "
-              "only when it is merged (after the model loads).",
-              ""]
+    lines += [
+        "",
+        "## Not covered",
+        "",
+        "- A real full disk (a small tmpfs needs root here): simulated with `RLIMIT_FSIZE`, which makes every "
+        "write past the limit fail with `EFBIG` as `ENOSPC` would.",
+        "- `kill -9` is `os._exit(137)` in a forked child at the n-th `os.unlink` / `os.replace` / SQLite "
+        "`COMMIT` (before and right after it) — the process dies there without cleanup, as with `kill -9`; "
+        "SQLite's own writes inside a COMMIT are not interrupted at finer grain (its journal covers them).",
+        "- Checkpoint cases stop at the file checks, before any model loads (a bad file must fail there); "
+        "the accepted weights are checked by the same readers, not by running a whole `plvm eval` or "
+        "`plvm eval-base`, and a LoRA whose tensors fit their own rank but not SmolLM2's layers is refused "
+        "only when it is merged (after the model loads).",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def memory_markdown(m: dict[str, Any]) -> str:
     rows = ["| server | idle RSS | peak RSS during the uploads | peak / idle | answered |", "|---|---:|---:|---:|---|"]
     for label, r in m["runs"].items():
-        rows.append(f"| {label} | {r['idle_mb']:.0f} MB | {r['peak_mb']:.0f} MB | {r['peak_mb'] / r['idle_mb']:.2f}× | "
-                    f"{r['statuses']} |")
-    return (f"`{m['command']}`: {m['uploads']} concurrent `/api/identify` uploads of a {m['file_kb']:.0f} KB "
-            f"{m['size'][0]}×{m['size'][1]} PNG to a `plvm serve --model tiny` process (RSS from /proc, sampled "
-            "while the requests run).\n\n" + "\n".join(rows))
+        rows.append(
+            f"| {label} | {r['idle_mb']:.0f} MB | {r['peak_mb']:.0f} MB | {r['peak_mb'] / r['idle_mb']:.2f}× | "
+            f"{r['statuses']} |"
+        )
+    return (
+        f"`{m['command']}`: {m['uploads']} concurrent `/api/identify` uploads of a {m['file_kb']:.0f} KB "
+        f"{m['size'][0]}×{m['size'][1]} PNG to a `plvm serve --model tiny` process (RSS from /proc, sampled "
+        "while the requests run).\n\n" + "\n".join(rows)
+    )
 
 
 def load_markdown(r: dict[str, Any]) -> str:
     rows = ["| request | n | errors | p50 | p95 | max |", "|---|---:|---:|---:|---:|---:|"]
     for kind, s in r["by_kind"].items():
-        rows.append(f"| {kind} | {s['n']} | {s['errors']} | {s['p50_ms']:.0f} ms | {s['p95_ms']:.0f} ms | "
-                    f"{s['max_ms']:.0f} ms |")
+        rows.append(
+            f"| {kind} | {s['n']} | {s['errors']} | {s['p50_ms']:.0f} ms | {s['p95_ms']:.0f} ms | "
+            f"{s['max_ms']:.0f} ms |"
+        )
     a = r["all"]
-    rows.append(f"| **all** | **{a['n']}** | **{a['errors']}** | {a['p50_ms']:.0f} ms | {a['p95_ms']:.0f} ms | "
-                f"{a['max_ms']:.0f} ms |")
-    return (f"`{r['command']}`: {r['requests']} requests at concurrency {r['concurrency']} against "
-            f"{r['url']} (`--model tiny`, {r['wall_s']:.1f} s wall, {r['requests'] / r['wall_s']:.1f} req/s; "
-            f"statuses {r['statuses']}). Latencies are for humans, on a shared 2-core machine.\n\n" + "\n".join(rows))
+    rows.append(
+        f"| **all** | **{a['n']}** | **{a['errors']}** | {a['p50_ms']:.0f} ms | {a['p95_ms']:.0f} ms | "
+        f"{a['max_ms']:.0f} ms |"
+    )
+    return (
+        f"`{r['command']}`: {r['requests']} requests at concurrency {r['concurrency']} against "
+        f"{r['url']} (`--model tiny`, {r['wall_s']:.1f} s wall, {r['requests'] / r['wall_s']:.1f} req/s; "
+        f"statuses {r['statuses']}). Latencies are for humans, on a shared 2-core machine.\n\n" + "\n".join(rows)
+    )
 
 
 def to_json(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     return [asdict(o) for o in outcomes]
 
 
-__all__ = ["Outcome", "World", "checkpoint_cases", "failures", "from_json", "markdown", "run_all", "run_group",
-           "summary"]
+__all__ = [
+    "Outcome",
+    "World",
+    "checkpoint_cases",
+    "failures",
+    "from_json",
+    "markdown",
+    "run_all",
+    "run_group",
+    "summary",
+]

@@ -90,8 +90,9 @@ SECTIONS = {
     },
     "base_cost": {
         "title": "6. Base LVLM cost per recognition answer",
-        "command": ("plvm bench base-cost --projectors "
-                    "models/llava-mini/projector.safetensors,NEW/projector.safetensors"),
+        "command": (
+            "plvm bench base-cost --projectors models/llava-mini/projector.safetensors,NEW/projector.safetensors"
+        ),
         "about": (
             "What one recognition answer costs on different LLaVA-mini bases (projector files: the DINOv2 block(s) "
             "the projector reads — `vision_feature_layer`, e.g. `-1` or `8,-1`, concatenated — and the LM LoRA it "
@@ -192,8 +193,9 @@ def refresh_tables(result: BenchResult) -> BenchResult:
     builders = {
         "cost": lambda: cost_tables(data, result.tiny),
         "concept_add": lambda: concept_add_tables(data),
-        "recognition": lambda: recognition_tables(data, settings.get("batch_size", 8),
-                                                  settings.get("max_new_tokens", 8)),
+        "recognition": lambda: recognition_tables(
+            data, settings.get("batch_size", 8), settings.get("max_new_tokens", 8)
+        ),
         "scaling": lambda: scaling_tables(data),
         "face": lambda: face_tables(result),
         "base_cost": lambda: base_cost_tables(data, result.tiny),
@@ -214,19 +216,28 @@ def load_results(json_dir: str | Path, names: Sequence[str] = ORDER) -> dict[str
     return out
 
 
-def render(results: Mapping[str, BenchResult | None], smoke: Mapping[str, BenchResult] | None = None,
-           errors: Mapping[str, str] | None = None, json_dir: str | None = None) -> str:
+def render(
+    results: Mapping[str, BenchResult | None],
+    smoke: Mapping[str, BenchResult] | None = None,
+    errors: Mapping[str, str] | None = None,
+    json_dir: str | None = None,
+) -> str:
     """The whole document. ``results`` by benchmark name; missing ones get placeholder tables."""
     errors = errors or {}
     parts = [INTRO.format(not_measured=NOT_MEASURED).rstrip()]
     measured = [results[n] for n in ORDER if results.get(n) is not None]  # the machine line: first in order
     if measured:
         stamp = max(r.started_at for r in measured)
-        parts.append(f"Last generated {time.strftime('%Y-%m-%d %H:%M')} from runs started up to {stamp}."
-                     + (f" JSON: `{json_dir}/`." if json_dir else ""))
+        parts.append(
+            f"Last generated {time.strftime('%Y-%m-%d %H:%M')} from runs started up to {stamp}."
+            + (f" JSON: `{json_dir}/`." if json_dir else "")
+        )
         first = measured[0]
-        parts.append("## Machine\n\n" + machine_line(first.machine, first.loadavg_end, first.others_busy_cores_end)
-                     + "\n\n(Each section repeats the line for its own run.)")
+        parts.append(
+            "## Machine\n\n"
+            + machine_line(first.machine, first.loadavg_end, first.others_busy_cores_end)
+            + "\n\n(Each section repeats the line for its own run.)"
+        )
     else:
         parts.append("## Machine\n\n" + NOT_MEASURED)
     for name in ORDER:
@@ -246,10 +257,12 @@ def render(results: Mapping[str, BenchResult | None], smoke: Mapping[str, BenchR
     parts.append(COMMANDS.rstrip())
     parts.append(CAVEATS.rstrip())
     if smoke:
-        inner = ["## Tiny smoke run (not results)",
-                 "The same code on random tiny models (`--tiny`), as the smoke test runs it. These numbers only show "
-                 "the output format; they say nothing about PLVM.",
-                 "<details><summary>tiny smoke run tables</summary>"]
+        inner = [
+            "## Tiny smoke run (not results)",
+            "The same code on random tiny models (`--tiny`), as the smoke test runs it. These numbers only show "
+            "the output format; they say nothing about PLVM.",
+            "<details><summary>tiny smoke run tables</summary>",
+        ]
         for name in ORDER:
             res = smoke.get(name)
             if res is not None:
@@ -259,9 +272,13 @@ def render(results: Mapping[str, BenchResult | None], smoke: Mapping[str, BenchR
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(out: str | Path, results: Mapping[str, BenchResult | None],
-                 smoke: Mapping[str, BenchResult] | None = None, errors: Mapping[str, str] | None = None,
-                 json_dir: str | None = None) -> Path:
+def write_report(
+    out: str | Path,
+    results: Mapping[str, BenchResult | None],
+    smoke: Mapping[str, BenchResult] | None = None,
+    errors: Mapping[str, str] | None = None,
+    json_dir: str | None = None,
+) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

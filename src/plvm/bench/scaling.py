@@ -45,8 +45,9 @@ IDENTIFY_DIMS = {"mini": 384, "7b": 768}
 
 
 # ---------------------------------------------------------------------- concepts in one prompt
-def concepts_scaling(plvm: Any, counts: Sequence[int], repeats: int, warmup: int,
-                     seed: int = 0) -> list[dict[str, Any]]:
+def concepts_scaling(
+    plvm: Any, counts: Sequence[int], repeats: int, warmup: int, seed: int = 0
+) -> list[dict[str, Any]]:
     from ..conversation import single_turn
     from ..eval.prompts import MULTI_QUESTION, join_names
     from .cost import _image_side, _noise_image, prompt_composition
@@ -97,8 +98,9 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def identify_scaling(sizes: Sequence[int], dims: dict[str, int], repeats: int, warmup: int,
-                     seed: int = 0) -> list[dict[str, Any]]:
+def identify_scaling(
+    sizes: Sequence[int], dims: dict[str, int], repeats: int, warmup: int, seed: int = 0
+) -> list[dict[str, Any]]:
     from PIL import Image
 
     from ..identify import Identifier
@@ -118,8 +120,16 @@ def identify_scaling(sizes: Sequence[int], dims: dict[str, int], repeats: int, w
             best = int(np.argmax(matrix @ query))
             if res.matches[0].name != f"c{best}":
                 raise AssertionError("identify did not rank the best-matching concept first")
-            rows.append({"size": label, "d_enc": d, "concepts": n, "identify_s": stats.to_dict(),
-                         "matmul_s": raw.to_dict(), "matrix_bytes": int(matrix.nbytes)})
+            rows.append(
+                {
+                    "size": label,
+                    "d_enc": d,
+                    "concepts": n,
+                    "identify_s": stats.to_dict(),
+                    "matmul_s": raw.to_dict(),
+                    "matrix_bytes": int(matrix.nbytes),
+                }
+            )
             eprint(f"scaling: identify {label} d={d} N={n}: {stats.median * 1e6:.0f} µs")
     return rows
 
@@ -129,8 +139,9 @@ def _dir_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def memory_per_concept(sizes: dict[str, tuple[str, int, int, int, int]], store_concepts: int,
-                       seed: int = 0) -> list[dict[str, Any]]:
+def memory_per_concept(
+    sizes: dict[str, tuple[str, int, int, int, int]], store_concepts: int, seed: int = 0
+) -> list[dict[str, Any]]:
     from ..store import ConceptStore, NewConcept, StoreIdentity
 
     rows = []
@@ -148,22 +159,30 @@ def memory_per_concept(sizes: dict[str, tuple[str, int, int, int, int]], store_c
             empty = _dir_bytes(store_root)
             store = ConceptStore(store_root, StoreIdentity(base, d))
             rng = np.random.default_rng(seed)
-            items = [NewConcept(c, features={"ref:bench": rng.standard_normal(d_enc).astype(np.float32)})
-                     for c in random_concepts([f"c{i}" for i in range(store_concepts)], d, k, base, seed=seed + 1)]
+            items = [
+                NewConcept(c, features={"ref:bench": rng.standard_normal(d_enc).astype(np.float32)})
+                for c in random_concepts([f"c{i}" for i in range(store_concepts)], d, k, base, seed=seed + 1)
+            ]
             store.add_many(items)
             store.close()
             full = _dir_bytes(store_root)
-        rows.append({
-            "size": key, "label": label, "d_llm": d, "k": k, "d_enc": d_enc,
-            "tensor_values": (2 + k) * d,
-            "file_bytes": file_bytes,
-            "store_bytes_per_concept": (full - empty) / store_concepts,
-            "store_concepts": store_concepts,
-            "ram_active_float32_bytes": ram_f32,
-            "ram_active_model_dtype_bytes": (2 + k) * d * model_bytes,
-            "model_dtype_bytes": model_bytes,
-            "identify_row_bytes": d_enc * 4,
-        })
+        rows.append(
+            {
+                "size": key,
+                "label": label,
+                "d_llm": d,
+                "k": k,
+                "d_enc": d_enc,
+                "tensor_values": (2 + k) * d,
+                "file_bytes": file_bytes,
+                "store_bytes_per_concept": (full - empty) / store_concepts,
+                "store_concepts": store_concepts,
+                "ram_active_float32_bytes": ram_f32,
+                "ram_active_model_dtype_bytes": (2 + k) * d * model_bytes,
+                "model_dtype_bytes": model_bytes,
+                "identify_row_bytes": d_enc * 4,
+            }
+        )
     return rows
 
 
@@ -183,17 +202,36 @@ def bench_scaling(
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
-    command = command_line("plvm bench scaling", [
-        ("--tiny", tiny), ("--only", list(parts) if tuple(parts) != PARTS else None),
-        ("--counts", list(counts) if "concepts" in parts else None),
-        ("--store-sizes", list(store_sizes) if "identify" in parts else None),
-        ("--repeats", repeats), ("--warmup", warmup),
-        ("--identify-repeats", identify_repeats if "identify" in parts else None),
-        ("--store-concepts", store_concepts if "memory" in parts else None), ("--threads", threads),
-    ])
-    run = Run("scaling", command, {"parts": list(parts), "counts": list(counts), "store_sizes": list(store_sizes),
-                                   "repeats": repeats, "warmup": warmup, "identify_repeats": identify_repeats,
-                                   "store_concepts": store_concepts, "seed": seed}, threads, tiny)
+    command = command_line(
+        "plvm bench scaling",
+        [
+            ("--tiny", tiny),
+            ("--only", list(parts) if tuple(parts) != PARTS else None),
+            ("--counts", list(counts) if "concepts" in parts else None),
+            ("--store-sizes", list(store_sizes) if "identify" in parts else None),
+            ("--repeats", repeats),
+            ("--warmup", warmup),
+            ("--identify-repeats", identify_repeats if "identify" in parts else None),
+            ("--store-concepts", store_concepts if "memory" in parts else None),
+            ("--threads", threads),
+        ],
+    )
+    run = Run(
+        "scaling",
+        command,
+        {
+            "parts": list(parts),
+            "counts": list(counts),
+            "store_sizes": list(store_sizes),
+            "repeats": repeats,
+            "warmup": warmup,
+            "identify_repeats": identify_repeats,
+            "store_concepts": store_concepts,
+            "seed": seed,
+        },
+        threads,
+        tiny,
+    )
     result = run.result
     data: dict[str, Any] = {}
     plvm = None
@@ -210,8 +248,16 @@ def bench_scaling(
         if tiny:
             if plvm is None:
                 plvm, _ = load_bench_plvm(True)
-            sizes = {"tiny": ("tiny (smoke)", plvm.lvlm.hidden_size, plvm.aligner.config.num_queries,
-                              plvm.aligner.config.d_enc, 4), "7b": MEMORY_SIZES["7b"]}
+            sizes = {
+                "tiny": (
+                    "tiny (smoke)",
+                    plvm.lvlm.hidden_size,
+                    plvm.aligner.config.num_queries,
+                    plvm.aligner.config.d_enc,
+                    4,
+                ),
+                "7b": MEMORY_SIZES["7b"],
+            }
         data["memory"] = memory_per_concept(sizes, store_concepts, seed)
     result.data = data
     result.tables = scaling_tables(data)
@@ -228,9 +274,22 @@ def scaling_tables(data: dict[str, Any] | None) -> list[Table]:
         rows.append([r["concepts"], t["total"], t["concept"], t["image"], t["text"], s.fmt(1)])
     if not rows:
         rows = [["1, 2, 4, 8", NOT_MEASURED, "-", "-", "-", "-"]]
-    tables.append(Table("Active concepts in one prompt: tokens and recognition latency (`score_yes_no`, batch 1)",
-                        md_table(["active concepts", "prompt tokens", "of which concept tokens", "image tokens",
-                                  "other text", "latency (min / **median** / max)"], rows)))
+    tables.append(
+        Table(
+            "Active concepts in one prompt: tokens and recognition latency (`score_yes_no`, batch 1)",
+            md_table(
+                [
+                    "active concepts",
+                    "prompt tokens",
+                    "of which concept tokens",
+                    "image tokens",
+                    "other text",
+                    "latency (min / **median** / max)",
+                ],
+                rows,
+            ),
+        )
+    )
     rows = []
     for r in data.get("identify", []):
         s = Stats.from_dict(r["identify_s"]).scaled(1e6, "µs")
@@ -238,22 +297,58 @@ def scaling_tables(data: dict[str, Any] | None) -> list[Table]:
         rows.append([r["size"], r["d_enc"], fmt_int(r["concepts"]), s.fmt(0), m.fmt(0), fmt_bytes(r["matrix_bytes"])])
     if not rows:
         rows = [["mini / 7B", "384 / 768", "10², 10³, 10⁴", NOT_MEASURED, "-", "-"]]
-    tables.append(Table("Identify over a store (one matrix product, encoder pass excluded)",
-                        md_table(["encoder size", "feature dim", "stored concepts", "`Identifier.identify`",
-                                  "bare `q @ M.T`", "feature matrix in RAM"], rows)))
+    tables.append(
+        Table(
+            "Identify over a store (one matrix product, encoder pass excluded)",
+            md_table(
+                [
+                    "encoder size",
+                    "feature dim",
+                    "stored concepts",
+                    "`Identifier.identify`",
+                    "bare `q @ M.T`",
+                    "feature matrix in RAM",
+                ],
+                rows,
+            ),
+        )
+    )
     rows = []
     for r in data.get("memory", []):
-        rows.append([r["label"], r["d_llm"], r["k"], fmt_int(r["tensor_values"]), fmt_bytes_exact(r["file_bytes"]),
-                     f"{fmt_bytes_exact(r['store_bytes_per_concept'])}, mean of {r['store_concepts']}",
-                     fmt_bytes_exact(r["ram_active_float32_bytes"]),
-                     f"{fmt_bytes_exact(r['ram_active_model_dtype_bytes'])}, {r['model_dtype_bytes'] * 8}-bit",
-                     fmt_bytes_exact(r["identify_row_bytes"])])
+        rows.append(
+            [
+                r["label"],
+                r["d_llm"],
+                r["k"],
+                fmt_int(r["tensor_values"]),
+                fmt_bytes_exact(r["file_bytes"]),
+                f"{fmt_bytes_exact(r['store_bytes_per_concept'])}, mean of {r['store_concepts']}",
+                fmt_bytes_exact(r["ram_active_float32_bytes"]),
+                f"{fmt_bytes_exact(r['ram_active_model_dtype_bytes'])}, {r['model_dtype_bytes'] * 8}-bit",
+                fmt_bytes_exact(r["identify_row_bytes"]),
+            ]
+        )
     if not rows:
         rows = [["mini / 7B", "-", "-", "-", NOT_MEASURED, "-", "-", "-", "-"]]
-    tables.append(Table("Memory per stored concept",
-                        md_table(["model", "d", "k", "values (2 + k)·d", "concept file on disk",
-                                  "store growth per concept (files + index)", "RAM when active (float32)",
-                                  "RAM inside the model", "identify-matrix row"], rows)))
+    tables.append(
+        Table(
+            "Memory per stored concept",
+            md_table(
+                [
+                    "model",
+                    "d",
+                    "k",
+                    "values (2 + k)·d",
+                    "concept file on disk",
+                    "store growth per concept (files + index)",
+                    "RAM when active (float32)",
+                    "RAM inside the model",
+                    "identify-matrix row",
+                ],
+                rows,
+            ),
+        )
+    )
     return tables
 
 

@@ -28,8 +28,28 @@ from typing import Any, Sequence
 
 from .reliability import big_flat_png, png_bytes
 
-MIX = ("info", "list", "identify", "ask", "info", "identify", "list", "ask", "add", "identify",
-       "info", "ask", "list", "identify", "add", "rm", "info", "identify", "ask", "list")
+MIX = (
+    "info",
+    "list",
+    "identify",
+    "ask",
+    "info",
+    "identify",
+    "list",
+    "ask",
+    "add",
+    "identify",
+    "info",
+    "ask",
+    "list",
+    "identify",
+    "add",
+    "rm",
+    "info",
+    "identify",
+    "ask",
+    "list",
+)
 
 
 def _free_port() -> int:
@@ -44,13 +64,31 @@ class LocalServer:
     def __init__(self, store: Path, extra: Sequence[str] = (), faces: bool = False, startup_s: float = 120.0):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PLVM_FACE_BACKEND=os.environ.get("PLVM_FACE_BACKEND", "dlib") if faces else "none",
-                   TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ,
+            PLVM_FACE_BACKEND=os.environ.get("PLVM_FACE_BACKEND", "dlib") if faces else "none",
+            TOKENIZERS_PARALLELISM="false",
+        )
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [sys.executable, "-m", "plvm.cli", "serve", "--model", "tiny", "--host", "127.0.0.1",
-               "--port", str(self.port), "--store", str(store), "--max-new-tokens", "8",
-               "--faces" if faces else "--no-faces", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "plvm.cli",
+            "serve",
+            "--model",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--store",
+            str(store),
+            "--max-new-tokens",
+            "8",
+            "--faces" if faces else "--no-faces",
+            *extra,
+        ]
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait(startup_s)
@@ -105,8 +143,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _stats(latencies: list[float], errors: int) -> dict[str, Any]:
     ms = [1000 * v for v in latencies]
-    return {"n": len(ms), "errors": errors, "p50_ms": _percentile(ms, 0.5), "p95_ms": _percentile(ms, 0.95),
-            "max_ms": max(ms) if ms else float("nan"), "mean_ms": statistics.fmean(ms) if ms else float("nan")}
+    return {
+        "n": len(ms),
+        "errors": errors,
+        "p50_ms": _percentile(ms, 0.5),
+        "p95_ms": _percentile(ms, 0.95),
+        "max_ms": max(ms) if ms else float("nan"),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+    }
 
 
 def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) -> dict[str, Any]:
@@ -119,16 +163,24 @@ def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) ->
     results: list[tuple[str, float, int | str]] = []
     lock = threading.Lock()
     local = threading.local()
-    with tempfile.TemporaryDirectory(prefix="plvm-bench-serve-") as tmp, LocalServer(Path(tmp) / "store",
-                                                                                    faces=faces) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="plvm-bench-serve-") as tmp,
+        LocalServer(Path(tmp) / "store", faces=faces) as server,
+    ):
         with httpx.Client(base_url=server.url, timeout=120) as setup:
             for name in ("bo", "mo"):
-                setup.post("/api/concepts", data={"name": name}, files={"image": ("r.png", photos[0 if name == "bo"
-                                                                                               else 1], "image/png")})
+                setup.post(
+                    "/api/concepts",
+                    data={"name": name},
+                    files={"image": ("r.png", photos[0 if name == "bo" else 1], "image/png")},
+                )
             for i in range(requests):  # what each rm request removes exists before the run starts
                 if MIX[i % len(MIX)] == "rm":
-                    setup.post("/api/concepts", data={"name": f"pre-{i}"},
-                               files={"image": ("r.png", photos[i % len(photos)], "image/png")})
+                    setup.post(
+                        "/api/concepts",
+                        data={"name": f"pre-{i}"},
+                        files={"image": ("r.png", photos[i % len(photos)], "image/png")},
+                    )
 
         def client() -> Any:
             if not hasattr(local, "client"):
@@ -147,11 +199,15 @@ def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) ->
                 elif kind == "identify":
                     r = c.post("/api/identify", files={"image": ("q.png", photo, "image/png")})
                 elif kind == "ask":
-                    r = c.post("/api/ask", data={"question": "Is <bo> in this photo?"},
-                               files={"image": ("q.png", photo, "image/png")})
+                    r = c.post(
+                        "/api/ask",
+                        data={"question": "Is <bo> in this photo?"},
+                        files={"image": ("q.png", photo, "image/png")},
+                    )
                 elif kind == "add":
-                    r = c.post("/api/concepts", data={"name": f"load-{i}"},
-                               files={"image": ("r.png", photo, "image/png")})
+                    r = c.post(
+                        "/api/concepts", data={"name": f"load-{i}"}, files={"image": ("r.png", photo, "image/png")}
+                    )
                 else:  # rm: a concept added before the run
                     r = c.delete(f"/api/concepts/pre-{i}")
                 status: int | str = r.status_code
@@ -173,14 +229,21 @@ def load_test(requests: int = 500, concurrency: int = 8, faces: bool = False) ->
     for _, _, s in results:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     errors = sum(v["errors"] for v in by_kind.values())
-    return {"requests": requests, "concurrency": concurrency, "url": "127.0.0.1 (a child plvm serve --model tiny)",
-            "wall_s": wall, "statuses": dict(sorted(statuses.items())), "by_kind": by_kind,
-            "all": _stats([r[1] for r in results], errors),
-            "command": f"plvm bench serve --requests {requests} --concurrency {concurrency}"}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "url": "127.0.0.1 (a child plvm serve --model tiny)",
+        "wall_s": wall,
+        "statuses": dict(sorted(statuses.items())),
+        "by_kind": by_kind,
+        "all": _stats([r[1] for r in results], errors),
+        "command": f"plvm bench serve --requests {requests} --concurrency {concurrency}",
+    }
 
 
-def upload_memory(uploads: int = 8, size: tuple[int, int] = (16000, 2400), faces: bool = False,
-                  compare: bool = True) -> dict[str, Any]:
+def upload_memory(
+    uploads: int = 8, size: tuple[int, int] = (16000, 2400), faces: bool = False, compare: bool = True
+) -> dict[str, Any]:
     """Server RSS idle and at peak during ``uploads`` concurrent identify uploads of one large flat PNG."""
     import httpx
 
@@ -190,8 +253,10 @@ def upload_memory(uploads: int = 8, size: tuple[int, int] = (16000, 2400), faces
     if compare:
         variants.append(("budget raised to 1000 MP (no budget, as before)", ["--max-decoded-megapixels", "1000"]))
     for label, extra in variants:
-        with tempfile.TemporaryDirectory(prefix="plvm-bench-mem-") as tmp, LocalServer(Path(tmp) / "store", extra,
-                                                                                      faces=faces) as server:
+        with (
+            tempfile.TemporaryDirectory(prefix="plvm-bench-mem-") as tmp,
+            LocalServer(Path(tmp) / "store", extra, faces=faces) as server,
+        ):
             with httpx.Client(base_url=server.url, timeout=300) as c:  # warm up: one small identify
                 c.post("/api/concepts", data={"name": "bo"}, files={"image": ("r.png", png_bytes(1), "image/png")})
                 c.post("/api/identify", files={"image": ("q.png", png_bytes(2), "image/png")})
@@ -217,8 +282,14 @@ def upload_memory(uploads: int = 8, size: tuple[int, int] = (16000, 2400), faces
             done.set()
             sampler.join()
             runs[label] = {"idle_mb": idle, "peak_mb": peak[0], "statuses": sorted(set(statuses))}
-    return {"uploads": uploads, "size": list(size), "file_kb": len(big) / 1024, "faces": faces, "runs": runs,
-            "command": f"plvm bench serve --memory --uploads {uploads}"}
+    return {
+        "uploads": uploads,
+        "size": list(size),
+        "file_kb": len(big) / 1024,
+        "faces": faces,
+        "runs": runs,
+        "command": f"plvm bench serve --memory --uploads {uploads}",
+    }
 
 
 __all__ = ["LocalServer", "load_test", "upload_memory"]

@@ -39,13 +39,34 @@ def bench_recognition(
 ) -> BenchResult:
     from ..eval.prompts import parse_yes_no
 
-    command = command_line("plvm bench recognition", [
-        ("--tiny", tiny), ("--data", data), ("--aligner", aligner), ("--queries", queries),
-        ("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens), ("--repeats", repeats),
-        ("--warmup", warmup), ("--threads", threads),
-    ])
-    run = Run("recognition", command, {"queries": queries, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                                       "repeats": repeats, "warmup": warmup, "seed": seed}, threads, tiny)
+    command = command_line(
+        "plvm bench recognition",
+        [
+            ("--tiny", tiny),
+            ("--data", data),
+            ("--aligner", aligner),
+            ("--queries", queries),
+            ("--batch-size", batch_size),
+            ("--max-new-tokens", max_new_tokens),
+            ("--repeats", repeats),
+            ("--warmup", warmup),
+            ("--threads", threads),
+        ],
+    )
+    run = Run(
+        "recognition",
+        command,
+        {
+            "queries": queries,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+        },
+        threads,
+        tiny,
+    )
     result = run.result
     plvm, info = load_bench_plvm(tiny, aligner, allow_untrained=True)
     dataset, data_info = bench_dataset(data, tiny, seed=seed)
@@ -88,8 +109,10 @@ def bench_recognition(
             t0 = time.perf_counter()
             outputs[key] = fn()
             samples[key].append(time.perf_counter() - t0)
-        eprint(f"recognition: repeat {r + 1}/{repeats}: "
-               + ", ".join(f"{k} {n / v[-1]:.2f} q/s" for k, v in samples.items()))
+        eprint(
+            f"recognition: repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {n / v[-1]:.2f} q/s" for k, v in samples.items())
+        )
     for key, xs in samples.items():
         timings[key] = Stats.of(xs)
     qps = {key: Stats.of([n / x for x in timings[key].samples], unit="q/s") for key in modes}
@@ -107,44 +130,76 @@ def bench_recognition(
         "unparsed_generations": sum(p is None for p in parsed),
         "agreement_b1_vs_batched": sum(a == b for a, b in zip(b1_pred, logit_pred)) / n,
         "max_abs_logodds_diff_b1_vs_batched": max(
-            (abs(a - b) for a, b in zip(outputs["logits_b1"], outputs[f"logits_b{batch_size}"])), default=0.0),
+            (abs(a - b) for a, b in zip(outputs["logits_b1"], outputs[f"logits_b{batch_size}"])), default=0.0
+        ),
         "accuracy": {"logits": accuracy(labels, logit_pred), "generate": accuracy(labels, parsed)},
-        "examples": [{"label": lab, "logodds": s, "generated": t}
-                     for lab, s, t in list(zip(labels, outputs[f"logits_b{batch_size}"], outputs["generate"]))[:5]],
+        "examples": [
+            {"label": lab, "logodds": s, "generated": t}
+            for lab, s, t in list(zip(labels, outputs[f"logits_b{batch_size}"], outputs["generate"]))[:5]
+        ],
         "speedup_logits_batched_over_generate": qps[f"logits_b{batch_size}"].median / qps["generate"].median,
         "speedup_logits_b1_over_generate": qps["logits_b1"].median / qps["generate"].median,
     }
     result.tables = recognition_tables(result.data, batch_size, max_new_tokens)
     result.notes.append(f"Model: {info.describe()}. Data: {data_info['source']}.")
     if not info.aligner_trained:
-        result.notes.append("Accuracy is not the point here (the Aligner may be untrained); agreement checks that both "
-                            "decoding paths give the same decision on the same inputs.")
+        result.notes.append(
+            "Accuracy is not the point here (the Aligner may be untrained); agreement checks that both "
+            "decoding paths give the same decision on the same inputs."
+        )
     return run.finish()
 
 
 def recognition_tables(data: dict[str, Any] | None, batch_size: int = 8, max_new_tokens: int = 8) -> list[Table]:
-    headers = ["method", "queries/s (min / **median** / max)", "ms per query (median)", "speed-up vs generate",
-               "agreement with generate-and-parse"]
+    headers = [
+        "method",
+        "queries/s (min / **median** / max)",
+        "ms per query (median)",
+        "speed-up vs generate",
+        "agreement with generate-and-parse",
+    ]
     if not data:
-        return [Table("Recognition throughput: Yes/No logits vs generate-and-parse",
-                      md_table(headers, [["-", NOT_MEASURED, "-", "-", "-"]]))]
+        return [
+            Table(
+                "Recognition throughput: Yes/No logits vs generate-and-parse",
+                md_table(headers, [["-", NOT_MEASURED, "-", "-", "-"]]),
+            )
+        ]
     q = {k: Stats.from_dict(v) for k, v in data["queries_per_s"].items()}
     gen = q["generate"].median
     bkey = next(k for k in q if k.startswith("logits_b") and k != "logits_b1")
-    b = bkey[len("logits_b"):]
+    b = bkey[len("logits_b") :]
     rows = [
-        ["`score_yes_no`, batch 1", q["logits_b1"].fmt(2), f"{1e3 / q['logits_b1'].median:.0f}",
-         f"{q['logits_b1'].median / gen:.1f}×", fmt_pct(data["agreement_logits_vs_generate"], 1)],
-        [f"`score_yes_no`, batch {b}", q[bkey].fmt(2), f"{1e3 / q[bkey].median:.0f}", f"{q[bkey].median / gen:.1f}×",
-         fmt_pct(data["agreement_logits_vs_generate"], 1)],
-        [f"`generate` (greedy, ≤ {max_new_tokens} tokens) + parse", q["generate"].fmt(2), f"{1e3 / gen:.0f}",
-         "1.0×", "-"],
+        [
+            "`score_yes_no`, batch 1",
+            q["logits_b1"].fmt(2),
+            f"{1e3 / q['logits_b1'].median:.0f}",
+            f"{q['logits_b1'].median / gen:.1f}×",
+            fmt_pct(data["agreement_logits_vs_generate"], 1),
+        ],
+        [
+            f"`score_yes_no`, batch {b}",
+            q[bkey].fmt(2),
+            f"{1e3 / q[bkey].median:.0f}",
+            f"{q[bkey].median / gen:.1f}×",
+            fmt_pct(data["agreement_logits_vs_generate"], 1),
+        ],
+        [
+            f"`generate` (greedy, ≤ {max_new_tokens} tokens) + parse",
+            q["generate"].fmt(2),
+            f"{1e3 / gen:.0f}",
+            "1.0×",
+            "-",
+        ],
     ]
-    note = (f"{data['queries']} queries; unparsed generations: {data['unparsed_generations']}; batch 1 vs batch {b} "
-            f"logit decisions agree on {fmt_pct(data['agreement_b1_vs_batched'], 1)} (max |Δ log-odds| "
-            f"{data['max_abs_logodds_diff_b1_vs_batched']:.2g}).")
-    return [Table("Recognition throughput: Yes/No logits vs generate-and-parse",
-                  md_table(headers, rows) + "\n\n" + note)]
+    note = (
+        f"{data['queries']} queries; unparsed generations: {data['unparsed_generations']}; batch 1 vs batch {b} "
+        f"logit decisions agree on {fmt_pct(data['agreement_b1_vs_batched'], 1)} (max |Δ log-odds| "
+        f"{data['max_abs_logodds_diff_b1_vs_batched']:.2g})."
+    )
+    return [
+        Table("Recognition throughput: Yes/No logits vs generate-and-parse", md_table(headers, rows) + "\n\n" + note)
+    ]
 
 
 __all__ = ["bench_recognition", "recognition_tables"]

@@ -22,9 +22,11 @@ import typer
 from plvm.bench.common import BenchResult
 from plvm.cli.common import fail
 
-app = typer.Typer(help="Cost benchmarks: Aligner vs LVLM (Table 7), concept add (Table 6), recognition throughput, "
-                       "scaling, faces. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Cost benchmarks: Aligner vs LVLM (Table 7), concept add (Table 6), recognition throughput, "
+    "scaling, faces. Results as Markdown + JSON; `all` regenerates docs/BENCHMARKS.md.",
+    no_args_is_help=True,
+)
 
 DEFAULT_DOC = Path("docs/BENCHMARKS.md")
 TINY_DIR = Path("runs/bench-tiny")
@@ -59,8 +61,9 @@ def cost_command(
     aligner_runs: int = typer.Option(3, "--aligner-runs", help="Aligner encodes per LVLM repeat"),
     dtype_7b: str = typer.Option("bfloat16", "--dtype-7b"),
     dtype_mini: str = typer.Option("float32", "--dtype-mini"),
-    params_only: bool = typer.Option(False, "--params-only",
-                                     help="count parameters only (no 7B materialisation, no timing)"),
+    params_only: bool = typer.Option(
+        False, "--params-only", help="count parameters only (no 7B materialisation, no timing)"
+    ),
     tiny: bool = TINY,
     threads: Optional[int] = THREADS,
     json_path: Optional[Path] = JSON,
@@ -68,18 +71,23 @@ def cost_command(
     """Table 7: Aligner vs LVLM — parameters and time of one personalized answer's prefill + first token."""
     from plvm.bench.cost import bench_cost
 
-    _emit(bench_cost(_csv(sizes), repeats, warmup, aligner_runs, threads, dtype_7b, dtype_mini, params_only, tiny),
-          json_path)
+    _emit(
+        bench_cost(_csv(sizes), repeats, warmup, aligner_runs, threads, dtype_7b, dtype_mini, params_only, tiny),
+        json_path,
+    )
 
 
 @app.command("concept-add")
 def concept_add_command(
-    data: Optional[str] = typer.Option(None, "--data",
-                                       help="eval set folder (default: render a small AvatarWorld set)"),
-    aligner: Optional[str] = typer.Option(None, "--aligner",
-                                          help="trained mini Aligner weights (file or checkpoint dir)"),
-    allow_untrained: bool = typer.Option(False, "--allow-untrained",
-                                         help="run with a random Aligner (target meaningless)"),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="eval set folder (default: render a small AvatarWorld set)"
+    ),
+    aligner: Optional[str] = typer.Option(
+        None, "--aligner", help="trained mini Aligner weights (file or checkpoint dir)"
+    ),
+    allow_untrained: bool = typer.Option(
+        False, "--allow-untrained", help="run with a random Aligner (target meaningless)"
+    ),
     concepts: int = typer.Option(2, "--concepts", help="concepts to tune Yo'LLaVA-style"),
     identities: int = typer.Option(8, "--identities", help="identities in the rendered set"),
     queries: int = typer.Option(4, "--queries", help="query photos per identity in the rendered set"),
@@ -89,8 +97,9 @@ def concept_add_command(
     eval_every: int = typer.Option(10, "--eval-every", help="tuning steps between accuracy checks"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     yollava_lr: Optional[float] = typer.Option(None, "--yollava-lr"),
-    target: Optional[float] = typer.Option(None, "--target", help="accuracy Yo'LLaVA must reach (default: PLVM's "
-                                                                 "accuracy on the same items)"),
+    target: Optional[float] = typer.Option(
+        None, "--target", help="accuracy Yo'LLaVA must reach (default: PLVM's accuracy on the same items)"
+    ),
     tiny: bool = TINY,
     threads: Optional[int] = THREADS,
     json_path: Optional[Path] = JSON,
@@ -98,9 +107,26 @@ def concept_add_command(
     """Table 6: PLVM encode (ms) vs Yo'LLaVA-style tuning to the same recognition accuracy (minutes)."""
     from plvm.bench.concept_add import bench_concept_add
 
-    _emit(bench_concept_add(tiny, data, aligner, allow_untrained, concepts, identities, queries, encode_repeats, warmup,
-                            cap_minutes, eval_every, max_steps, yollava_lr=yollava_lr, target=target, threads=threads),
-          json_path)
+    _emit(
+        bench_concept_add(
+            tiny,
+            data,
+            aligner,
+            allow_untrained,
+            concepts,
+            identities,
+            queries,
+            encode_repeats,
+            warmup,
+            cap_minutes,
+            eval_every,
+            max_steps,
+            yollava_lr=yollava_lr,
+            target=target,
+            threads=threads,
+        ),
+        json_path,
+    )
 
 
 @app.command("recognition")
@@ -119,8 +145,9 @@ def recognition_command(
     """Recognition throughput: `score_yes_no` vs generate-and-parse (queries/s, agreement)."""
     from plvm.bench.throughput import bench_recognition
 
-    _emit(bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads),
-          json_path)
+    _emit(
+        bench_recognition(tiny, data, aligner, queries, batch_size, max_new_tokens, repeats, warmup, threads), json_path
+    )
 
 
 @app.command("scaling")
@@ -139,15 +166,31 @@ def scaling_command(
     """Prompt tokens/latency vs active concepts; identify vs store size; memory per stored concept."""
     from plvm.bench.scaling import bench_scaling
 
-    _emit(bench_scaling(tiny, _csv(only), _csv(counts, int), _csv(store_sizes, int), repeats, warmup, identify_repeats,
-                        store_concepts, threads), json_path)
+    _emit(
+        bench_scaling(
+            tiny,
+            _csv(only),
+            _csv(counts, int),
+            _csv(store_sizes, int),
+            repeats,
+            warmup,
+            identify_repeats,
+            store_concepts,
+            threads,
+        ),
+        json_path,
+    )
 
 
 @app.command("base-cost")
 def base_cost_command(
-    projectors: str = typer.Option("", "--projectors", help="LLaVA-mini projector files (or stage-1 checkpoint dirs), "
-                                                            "comma-separated; the committed projector is added "
-                                                            "first unless listed; ignored with --tiny"),
+    projectors: str = typer.Option(
+        "",
+        "--projectors",
+        help="LLaVA-mini projector files (or stage-1 checkpoint dirs), "
+        "comma-separated; the committed projector is added "
+        "first unless listed; ignored with --tiny",
+    ),
     queries: int = typer.Option(24, "--queries", help="recognition questions (each asked in both prompt shapes)"),
     repeats: int = typer.Option(3, "--repeats"),
     warmup: int = typer.Option(1, "--warmup", help="untimed passes over the questions per base"),
@@ -170,11 +213,16 @@ FACE_TINY = {"n": 2, "backends": "dlib", "gallery": 1000, "repeats": 3}
 @app.command("face")
 def face_command(
     n: Optional[int] = typer.Option(None, "--n", help="images timed per backend [default: 20; 2 with --tiny]"),
-    backends: Optional[str] = typer.Option(None, "--backends", help="dlib and/or insightface (non-commercial "
-                                                                    "weights, opted in for measuring) "
-                                                                    "[default: dlib,insightface; dlib with --tiny]"),
-    gallery: Optional[int] = typer.Option(None, "--gallery", help="stored faces for identify "
-                                                                  "[default: 10000; 1000 with --tiny]"),
+    backends: Optional[str] = typer.Option(
+        None,
+        "--backends",
+        help="dlib and/or insightface (non-commercial "
+        "weights, opted in for measuring) "
+        "[default: dlib,insightface; dlib with --tiny]",
+    ),
+    gallery: Optional[int] = typer.Option(
+        None, "--gallery", help="stored faces for identify [default: 10000; 1000 with --tiny]"
+    ),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="timed identify calls [default: 20; 3 with --tiny]"),
     tiny: bool = typer.Option(False, "--tiny", help="few images and identify calls (real models) — a smoke test"),
     threads: Optional[int] = typer.Option(1, "--threads", help="torch/BLAS and onnxruntime threads"),
@@ -184,18 +232,30 @@ def face_command(
     from plvm.bench.face import bench_face_result
 
     d = FACE_TINY if tiny else FACE_DEFAULTS
-    _emit(bench_face_result(d["n"] if n is None else n, _csv(d["backends"] if backends is None else backends),
-                            d["gallery"] if gallery is None else gallery, d["repeats"] if repeats is None else repeats,
-                            threads, tiny), json_path)
+    _emit(
+        bench_face_result(
+            d["n"] if n is None else n,
+            _csv(d["backends"] if backends is None else backends),
+            d["gallery"] if gallery is None else gallery,
+            d["repeats"] if repeats is None else repeats,
+            threads,
+            tiny,
+        ),
+        json_path,
+    )
 
 
 @app.command("all")
 def all_command(
-    out: Optional[Path] = typer.Option(None, "--out", help="the Markdown document (default: docs/BENCHMARKS.md; "
-                                                          "runs/bench-tiny/BENCHMARKS.md with --tiny)"),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="the Markdown document (default: docs/BENCHMARKS.md; runs/bench-tiny/BENCHMARKS.md with --tiny)",
+    ),
     json_dir: Optional[Path] = typer.Option(None, "--json-dir", help="(default: a 'benchmarks' folder next to --out)"),
-    skip: str = typer.Option("", "--skip", help="benchmarks to leave out: cost, concept-add, recognition, scaling, "
-                                                "face"),
+    skip: str = typer.Option(
+        "", "--skip", help="benchmarks to leave out: cost, concept-add, recognition, scaling, face"
+    ),
     sizes: str = typer.Option("7b,mini", "--sizes", help="sizes for `cost`"),
     aligner: Optional[str] = typer.Option(None, "--aligner", help="trained mini Aligner weights"),
     allow_untrained: bool = typer.Option(False, "--allow-untrained", help="run concept-add with a random Aligner"),
@@ -218,11 +278,22 @@ def all_command(
         from plvm.pipeline import MINI_ALIGNER
 
         if not tiny and not allow_untrained and aligner is None and not MINI_ALIGNER.exists():
-            raise Skipped(f"skipped: no trained mini Aligner at {MINI_ALIGNER}; pass --aligner PATH (or "
-                          "--allow-untrained, which makes the accuracy target meaningless)")
-        return bench_concept_add(tiny, None, aligner, allow_untrained, cap_minutes=(0.05 if tiny else cap_minutes),
-                                 max_steps=(2 if tiny else None), eval_every=(1 if tiny else 10),
-                                 encode_repeats=(3 if tiny else 20), warmup=(1 if tiny else 3), threads=threads)
+            raise Skipped(
+                f"skipped: no trained mini Aligner at {MINI_ALIGNER}; pass --aligner PATH (or "
+                "--allow-untrained, which makes the accuracy target meaningless)"
+            )
+        return bench_concept_add(
+            tiny,
+            None,
+            aligner,
+            allow_untrained,
+            cap_minutes=(0.05 if tiny else cap_minutes),
+            max_steps=(2 if tiny else None),
+            eval_every=(1 if tiny else 10),
+            encode_repeats=(3 if tiny else 20),
+            warmup=(1 if tiny else 3),
+            threads=threads,
+        )
 
     def cost() -> BenchResult:
         from plvm.bench.cost import bench_cost
@@ -232,23 +303,41 @@ def all_command(
     def recognition() -> BenchResult:
         from plvm.bench.throughput import bench_recognition
 
-        return bench_recognition(tiny, aligner=aligner, queries=(4 if tiny else 32), repeats=(1 if tiny else 3),
-                                 max_new_tokens=(4 if tiny else 8), threads=threads)
+        return bench_recognition(
+            tiny,
+            aligner=aligner,
+            queries=(4 if tiny else 32),
+            repeats=(1 if tiny else 3),
+            max_new_tokens=(4 if tiny else 8),
+            threads=threads,
+        )
 
     def scaling() -> BenchResult:
         from plvm.bench.scaling import bench_scaling
 
-        return bench_scaling(tiny, counts=((1, 2) if tiny else (1, 2, 4, 8)),
-                             store_sizes=((100, 1000) if tiny else (100, 1000, 10000)),
-                             repeats=(2 if tiny else 10), warmup=1 if tiny else 2,
-                             identify_repeats=(5 if tiny else 50), store_concepts=(5 if tiny else 100), threads=threads)
+        return bench_scaling(
+            tiny,
+            counts=((1, 2) if tiny else (1, 2, 4, 8)),
+            store_sizes=((100, 1000) if tiny else (100, 1000, 10000)),
+            repeats=(2 if tiny else 10),
+            warmup=1 if tiny else 2,
+            identify_repeats=(5 if tiny else 50),
+            store_concepts=(5 if tiny else 100),
+            threads=threads,
+        )
 
     def face() -> BenchResult:
         from plvm.bench.face import bench_face_result
 
         d = FACE_TINY if tiny else FACE_DEFAULTS
-        return bench_face_result(d["n"], _csv(d["backends"]), d["gallery"], d["repeats"],
-                                 threads=(1 if threads is None else threads), tiny=tiny)
+        return bench_face_result(
+            d["n"],
+            _csv(d["backends"]),
+            d["gallery"],
+            d["repeats"],
+            threads=(1 if threads is None else threads),
+            tiny=tiny,
+        )
 
     steps = {"cost": cost, "concept_add": concept_add, "recognition": recognition, "scaling": scaling, "face": face}
     for name, fn in steps.items():
@@ -280,8 +369,11 @@ def all_command(
 
 @app.command("report")
 def report_command(
-    json_dir: Path = typer.Option(Path("docs/benchmarks"), "--json-dir",
-                                  help="folder with cost.json, concept_add.json, … (runs/bench for single runs)"),
+    json_dir: Path = typer.Option(
+        Path("docs/benchmarks"),
+        "--json-dir",
+        help="folder with cost.json, concept_add.json, … (runs/bench for single runs)",
+    ),
     out: Path = typer.Option(DEFAULT_DOC, "--out"),
     smoke_dir: Optional[Path] = typer.Option(None, "--smoke-dir", help="also show a tiny smoke run's JSON (labelled)"),
 ) -> None:
@@ -327,8 +419,11 @@ def reliability_command(
     writers: int = typer.Option(50, "--writers", help="concepts each of the two concurrent writers adds"),
     load_requests: int = typer.Option(500, "--load-requests", help="requests of the load test (0: skip it)"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="measure server memory under 8 large uploads"),
-    only: Optional[str] = typer.Option(None, "--only", help="re-run just this group (checkpoints) and keep the other "
-                                                            "groups, memory and load from the existing --json"),
+    only: Optional[str] = typer.Option(
+        None,
+        "--only",
+        help="re-run just this group (checkpoints) and keep the other groups, memory and load from the existing --json",
+    ),
 ) -> None:
     """Hostile inputs, faults and load through CLI, API and Python → docs/RELIABILITY.md (exit 1 on a failure)."""
     import json
@@ -349,15 +444,19 @@ def reliability_command(
     t0 = time.perf_counter()
     if only is not None:
         if only not in STANDALONE_GROUPS:
-            typer.secho(f"error: --only runs one of {', '.join(STANDALONE_GROUPS)}; got {only!r}", fg=typer.colors.RED,
-                        err=True)
+            typer.secho(
+                f"error: --only runs one of {', '.join(STANDALONE_GROUPS)}; got {only!r}", fg=typer.colors.RED, err=True
+            )
             raise typer.Exit(2)
         try:
             previous = json.loads(json_path.read_text())
             kept = from_json(c for c in previous["cases"] if c["group"] != only)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            typer.secho(f"error: --only needs the JSON of a previous full run at {json_path} ({exc})",
-                        fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"error: --only needs the JSON of a previous full run at {json_path} ({exc})",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(2) from None
         outcomes = kept + run_group(only)
         mem, load = previous.get("memory"), previous.get("load")
@@ -377,10 +476,21 @@ def reliability_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(outcomes, load=load, memory=mem, command=command, took_s=took, rerun=rerun))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"summary": summary(outcomes), "cases": to_json(outcomes), "memory": mem,
-                                     "load": load, "command": command, "took_s": took,
-                                     **({"rerun": {"group": rerun[0], "took_s": rerun[1]}} if rerun else {})},
-                                    indent=1) + "\n")
+    json_path.write_text(
+        json.dumps(
+            {
+                "summary": summary(outcomes),
+                "cases": to_json(outcomes),
+                "memory": mem,
+                "load": load,
+                "command": command,
+                "took_s": took,
+                **({"rerun": {"group": rerun[0], "took_s": rerun[1]}} if rerun else {}),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     bad = failures(outcomes)
     for o in bad:
         typer.echo(f"FAILED {o.group} / {o.surface} / {o.case}: {o.result} {o.detail}", err=True)

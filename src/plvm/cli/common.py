@@ -11,8 +11,10 @@ from plvm.recipe import ConfigError, RecipeConfig
 
 C = TypeVar("C", bound=RecipeConfig)
 
-CONFIG_HELP = ("a JSON or TOML file of this command's options (keys: the option names with '_'; a run's "
-               "OUT/recipe.json repeats it); flags given on the command line override it")
+CONFIG_HELP = (
+    "a JSON or TOML file of this command's options (keys: the option names with '_'; a run's "
+    "OUT/recipe.json repeats it); flags given on the command line override it"
+)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -31,8 +33,11 @@ def recipe_config(ctx: typer.Context, cls: type[C], config_file: Path | None) ->
         if config_file is None:
             return cls.from_dict(values, source="options")
         # by name: typer vendors its own click, whose ParameterSource is not click's
-        given = {k: v for k, v in values.items()
-                 if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+        given = {
+            k: v
+            for k, v in values.items()
+            if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+        }
         return cls.from_file(config_file, **given)
     except ConfigError as exc:
         fail(str(exc))

@@ -37,13 +37,23 @@ def identity_probe(
     projector = projector or find_mini_projector()
     if projector is None or not Path(projector).is_file():
         fail(f"no projector file {projector or '(none committed)'}")
-    config = ProbeConfig(gallery_ids=gallery_ids, scenes_per_id=scenes_per_id, fit_ids=fit_ids,
-                         fit_scenes_per_id=fit_scenes_per_id, seed=seed)
+    config = ProbeConfig(
+        gallery_ids=gallery_ids,
+        scenes_per_id=scenes_per_id,
+        fit_ids=fit_ids,
+        fit_scenes_per_id=fit_scenes_per_id,
+        seed=seed,
+    )
     model, processor = build_llava_mini(projector)
-    result = {"projector": str(projector), "base_revision": base_revision(projector),
-              **run_identity_probe(model, processor.image_processor, config)}
-    typer.echo(f"identity probe: {projector} ({result['base_revision']}), {gallery_ids} held-out identities, "
-               f"{gallery_ids * scenes_per_id} scene appearances")
+    result = {
+        "projector": str(projector),
+        "base_revision": base_revision(projector),
+        **run_identity_probe(model, processor.image_processor, config),
+    }
+    typer.echo(
+        f"identity probe: {projector} ({result['base_revision']}), {gallery_ids} held-out identities, "
+        f"{gallery_ids * scenes_per_id} scene appearances"
+    )
     typer.echo(f"{'features':<34}{'zero-shot top-1 / AUC':>24}{'adapter top-1 / AUC':>24}")
     for key, label in (("tower", "vision tower (projector input)"), ("tokens", "image tokens (projector output)")):
         z, a = result[key]["zero_shot"], result[key]["adapter"]

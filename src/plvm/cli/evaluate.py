@@ -38,14 +38,29 @@ def tiny_plvm(seed: int = 0) -> Any:
     model, processor = tiny_llava(seed=seed)
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
     torch.manual_seed(seed + 1)
-    config = AlignerConfig(encoder="tiny", d_enc=32, d_llm=lvlm.hidden_size, mlp_hidden=64, resampler_hidden=32,
-                           resampler_blocks=1, resampler_heads=2, num_queries=4, image_size=28, base_model="tiny")
+    config = AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=lvlm.hidden_size,
+        mlp_hidden=64,
+        resampler_hidden=32,
+        resampler_blocks=1,
+        resampler_heads=2,
+        num_queries=4,
+        image_size=28,
+        base_model="tiny",
+    )
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
     return PLVM(lvlm, aligner, reference_image_processor(28), preset="tiny")
 
 
-def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untrained: bool = False,
-              allow_base_mismatch: bool = False, base_projector: Optional[Path] = None) -> Any:
+def load_plvm(
+    model: str,
+    aligner_weights: Optional[Path] = None,
+    allow_untrained: bool = False,
+    allow_base_mismatch: bool = False,
+    base_projector: Optional[Path] = None,
+) -> Any:
     """``"tiny"`` → :func:`tiny_plvm` (with ``aligner_weights`` loaded into its Aligner, if given); a preset name
     (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``. Bad weights raise a one-line
     :class:`plvm.validation.WeightFileError`."""
@@ -60,8 +75,13 @@ def load_plvm(model: str, aligner_weights: Optional[Path] = None, allow_untraine
         return plvm
     from plvm.pipeline import PLVM
 
-    return PLVM.from_preset(model, aligner_weights=aligner_weights, allow_untrained=allow_untrained,
-                            allow_base_mismatch=allow_base_mismatch, base_projector=base_projector)
+    return PLVM.from_preset(
+        model,
+        aligner_weights=aligner_weights,
+        allow_untrained=allow_untrained,
+        allow_base_mismatch=allow_base_mismatch,
+        base_projector=base_projector,
+    )
 
 
 def _split(value: str) -> list[str]:
@@ -71,13 +91,17 @@ def _split(value: str) -> list[str]:
 @app.command("eval", help="Evaluate PLVM and its baselines (recognition, QA, multi-concept, captions).")
 def eval_command(
     model: str = typer.Option("mini", help="tiny (random, smoke tests) | mini | llava-1.5-7b | onevision-7b"),
-    data: Optional[Path] = typer.Option(None, help="dataset folder (PLVM validation or Yo'LLaVA layout, "
-                                                   "optional multi/)"),
+    data: Optional[Path] = typer.Option(
+        None, help="dataset folder (PLVM validation or Yo'LLaVA layout, optional multi/)"
+    ),
     data_format: str = typer.Option("auto", "--format", help="auto | plvm | yollava"),
     tasks: str = typer.Option("recog,textqa,vqa,multi,caption", help="comma-separated tasks"),
     baselines: str = typer.Option("none,text,image,yollava,plvm", help="comma-separated methods"),
-    out: Path = typer.Option(Path("runs/eval"), help="output folder (results.json/.md/.png, predictions.jsonl), "
-                                                     "or NAME.md (NAME.json/.png/.predictions.jsonl beside it)"),
+    out: Path = typer.Option(
+        Path("runs/eval"),
+        help="output folder (results.json/.md/.png, predictions.jsonl), "
+        "or NAME.md (NAME.json/.png/.predictions.jsonl beside it)",
+    ),
     limit: Optional[int] = typer.Option(None, help="at most N items per task (seeded subset)"),
     caption_limit: Optional[int] = typer.Option(None, help="at most N caption items (default: --limit)"),
     scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),
@@ -86,11 +110,17 @@ def eval_command(
     seed: int = typer.Option(0),
     aligner_weights: Optional[Path] = typer.Option(None, help="trained Aligner (default: the preset's)"),
     allow_untrained: bool = typer.Option(False, help="run PLVM with a random Aligner (sanity checks only)"),
-    allow_base_mismatch: bool = typer.Option(False, help="use Aligner weights trained on another revision of the "
-                                                         "base (e.g. an older LLaVA-mini projector), with a warning"),
-    base_projector: Optional[Path] = typer.Option(None, help="--model mini: evaluate on this trained LLaVA-mini "
-                                                             "projector (+ the LoRA it names) instead of the "
-                                                             "committed base"),
+    allow_base_mismatch: bool = typer.Option(
+        False,
+        help="use Aligner weights trained on another revision of the "
+        "base (e.g. an older LLaVA-mini projector), with a warning",
+    ),
+    base_projector: Optional[Path] = typer.Option(
+        None,
+        help="--model mini: evaluate on this trained LLaVA-mini "
+        "projector (+ the LoRA it names) instead of the "
+        "committed base",
+    ),
     yollava_steps: int = typer.Option(100, help="Yo'LLaVA tuning steps per concept"),
     yollava_lr: float = typer.Option(5e-3),
     yollava_batch: int = typer.Option(4),
@@ -102,15 +132,22 @@ def eval_command(
     subject: str = typer.Option("person", help="what the concepts are (text-prompt description instruction)"),
     no_controls: bool = typer.Option(False, help="skip the wrong-concept / no-personalization QA controls"),
     recognition_question: str = typer.Option("Is <sks> in this photo?", help="recognition question (<sks>)"),
-    mc_instruction: Optional[str] = typer.Option(None, help="instruction after MC options (default: LLaVA's "
-                                                            "\"Answer with the option's letter from the given "
-                                                            "choices directly.\")"),
+    mc_instruction: Optional[str] = typer.Option(
+        None,
+        help="instruction after MC options (default: LLaVA's "
+        "\"Answer with the option's letter from the given "
+        'choices directly.")',
+    ),
     max_set_size: int = typer.Option(4, help="multi-concept: largest concept set asked at once"),
     reference_index: int = typer.Option(0, help="Yo'LLaVA layout: which train image is the reference"),
-    negative_examples: bool = typer.Option(False, help="Yo'LLaVA layout: read train/<id>/negative_example/ "
-                                                       "(extra negatives for Yo'LLaVA tuning)"),
-    face_backend: str = typer.Option("dlib", help="identify / plvm-idp methods: dlib | insightface (needs "
-                                                  "PLVM_ALLOW_NONCOMMERCIAL=1) | none (image features only)"),
+    negative_examples: bool = typer.Option(
+        False, help="Yo'LLaVA layout: read train/<id>/negative_example/ (extra negatives for Yo'LLaVA tuning)"
+    ),
+    face_backend: str = typer.Option(
+        "dlib",
+        help="identify / plvm-idp methods: dlib | insightface (needs "
+        "PLVM_ALLOW_NONCOMMERCIAL=1) | none (image features only)",
+    ),
     identify_threshold: Optional[float] = typer.Option(None, help="identify: image-feature cosine threshold"),
     toy: bool = typer.Option(False, help="first write a tiny synthetic dataset into --data (smoke tests)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
@@ -138,12 +175,22 @@ def eval_command(
     except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     try:
-        config = EvalConfig(tasks=tuple(_split(tasks)), seed=seed, scoring=scoring, negatives_per_image=negatives,
-                            limit=limit, caption_limit=caption_limit, batch_size=batch_size,
-                            caption_max_new_tokens=caption_tokens, caption_distractors=distractors,
-                            phrase=phrase, controls=not no_controls, recognition_question=recognition_question,
-                            max_set_size=max_set_size,
-                            **({"mc_instruction": mc_instruction} if mc_instruction is not None else {}))
+        config = EvalConfig(
+            tasks=tuple(_split(tasks)),
+            seed=seed,
+            scoring=scoring,
+            negatives_per_image=negatives,
+            limit=limit,
+            caption_limit=caption_limit,
+            batch_size=batch_size,
+            caption_max_new_tokens=caption_tokens,
+            caption_distractors=distractors,
+            phrase=phrase,
+            controls=not no_controls,
+            recognition_question=recognition_question,
+            max_set_size=max_set_size,
+            **({"mc_instruction": mc_instruction} if mc_instruction is not None else {}),
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
     keys = _split(baselines)
@@ -152,8 +199,13 @@ def eval_command(
 
     uses_aligner = bool({"plvm", "plvm-idp"} & set(keys))
     try:  # without an Aligner-based method the Aligner is unused: neither trained weights nor their base matter
-        plvm = load_plvm(model, aligner_weights, allow_untrained or not uses_aligner,
-                         allow_base_mismatch or not uses_aligner, base_projector)
+        plvm = load_plvm(
+            model,
+            aligner_weights,
+            allow_untrained or not uses_aligner,
+            allow_base_mismatch or not uses_aligner,
+            base_projector,
+        )
     except (IncompatibleAlignerError, WeightFileError) as exc:  # weights: before any model loads
         fail(str(exc))
     face = None
@@ -177,9 +229,13 @@ def eval_command(
         methods = build_methods(keys, plvm.lvlm, plvm, options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc))
-    meta: dict[str, Any] = {"model": model, "data": str(data), "title": f"plvm eval — {model} on {dataset.name}",
-                            "aligner_weights": str(aligner_weights) if aligner_weights else None,
-                            "command": "plvm eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])}
+    meta: dict[str, Any] = {
+        "model": model,
+        "data": str(data),
+        "title": f"plvm eval — {model} on {dataset.name}",
+        "aligner_weights": str(aligner_weights) if aligner_weights else None,
+        "command": "plvm eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    }
     if model == "tiny":
         meta["warning"] = "random tiny model and random Aligner (smoke test): the numbers are noise."
     elif allow_untrained and "plvm" in keys:
@@ -208,8 +264,9 @@ def eval_base(
     n_vqa: int = typer.Option(200, help="multiple-choice questions, scored by the option letter"),
     n_same: int = typer.Option(200),
     n_described: int = typer.Option(0, help="'Is there <a described person> in this image?' questions"),
-    vqa_kinds: Optional[str] = typer.Option(None, help="weights of the open question kinds drawn, e.g. "
-                                                       "'hair_color=1' (default: all kinds, uniform)"),
+    vqa_kinds: Optional[str] = typer.Option(
+        None, help="weights of the open question kinds drawn, e.g. 'hair_color=1' (default: all kinds, uniform)"
+    ),
     seed: int = typer.Option(1234),
     world_seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
@@ -234,8 +291,16 @@ def eval_base(
         except WeightFileError as exc:
             fail(" ".join(str(exc).split()))
     lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
-    result = evaluate_base(lvlm, AvatarWorld(seed=world_seed), n_vqa=n_vqa, n_same=n_same, seed=seed,
-                           n_open=n_open, n_described=n_described, open_kinds=open_kinds)
+    result = evaluate_base(
+        lvlm,
+        AvatarWorld(seed=world_seed),
+        n_vqa=n_vqa,
+        n_same=n_same,
+        seed=seed,
+        n_open=n_open,
+        n_described=n_described,
+        open_kinds=open_kinds,
+    )
     result.config["projector"] = str(source) if source else "committed"
     typer.echo(result.to_json())
     if out:

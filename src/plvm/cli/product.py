@@ -42,7 +42,11 @@ class ModelUnavailableError(RuntimeError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ImageError, ConceptError, StoreError, InvalidInputError, ModelUnavailableError,
+    ImageError,
+    ConceptError,
+    StoreError,
+    InvalidInputError,
+    ModelUnavailableError,
 )
 
 
@@ -120,8 +124,10 @@ def load_face_backend(backend: str | None = None) -> Any:
         raise ModelUnavailableError(f"face backend {config.backend!r} unavailable: {exc}") from None
 
 
-FACES_HELP = ("face detection + embedding for person concepts: on by default when a face backend is installed "
-              "($PLVM_FACE_BACKEND, default dlib); --faces requires one, --no-faces turns it off")
+FACES_HELP = (
+    "face detection + embedding for person concepts: on by default when a face backend is installed "
+    "($PLVM_FACE_BACKEND, default dlib); --faces requires one, --no-faces turns it off"
+)
 
 
 def face_backend_option(faces: Optional[bool]) -> Any:
@@ -147,8 +153,7 @@ def _echo_json(data: Any) -> None:
 
 
 # ---------------------------------------------------------------------- concepts
-concepts_app = typer.Typer(help="Manage the concept store (add from one photo, list, rename, …).",
-                           no_args_is_help=True)
+concepts_app = typer.Typer(help="Manage the concept store (add from one photo, list, rename, …).", no_args_is_help=True)
 
 
 @concepts_app.command("add")
@@ -173,11 +178,19 @@ def concepts_add(
     encoder = ReferenceEncoder(plvm, face=face_backend_option(faces))
     record = s.add_from_image(bare, loaded, encoder, replace=replace)
     face = record.metadata.get("face")
-    face_note = "" if face is None else (
-        f", main face {face['box']} stored ({face['backend']})" if face.get("box") else
-        f", no face found ({face['backend']})")
-    typer.echo(f"added {record.token} ({record.image_width}x{record.image_height}, base {record.base_model}"
-               f"{face_note}) to {s.root}")
+    face_note = (
+        ""
+        if face is None
+        else (
+            f", main face {face['box']} stored ({face['backend']})"
+            if face.get("box")
+            else f", no face found ({face['backend']})"
+        )
+    )
+    typer.echo(
+        f"added {record.token} ({record.image_width}x{record.image_height}, base {record.base_model}"
+        f"{face_note}) to {s.root}"
+    )
 
 
 @concepts_app.command("list")
@@ -199,8 +212,9 @@ def concepts_list(
     from rich.table import Table
 
     identity = s.identity
-    table = Table(title=f"{len(records)} concept(s) in {s.root}"
-                  + (f" — base {identity.base_model}" if identity else ""))
+    table = Table(
+        title=f"{len(records)} concept(s) in {s.root}" + (f" — base {identity.base_model}" if identity else "")
+    )
     for col in ("name", "image", "k", "features", "base revision", "added"):
         table.add_column(col)
     import datetime as dt
@@ -208,10 +222,14 @@ def concepts_list(
     from plvm.concept import BASE_REVISION_KEY
 
     for r in records:
-        table.add_row(r.token, f"{r.image_width}x{r.image_height}" if r.image_width else "-",
-                      str(r.num_context_tokens), ", ".join(r.feature_kinds) or "-",
-                      str(r.metadata.get(BASE_REVISION_KEY) or "-"),
-                      dt.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            r.token,
+            f"{r.image_width}x{r.image_height}" if r.image_width else "-",
+            str(r.num_context_tokens),
+            ", ".join(r.feature_kinds) or "-",
+            str(r.metadata.get(BASE_REVISION_KEY) or "-"),
+            dt.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"),
+        )
     Console(width=max(100, Console().width)).print(table)
 
 
@@ -292,13 +310,16 @@ def ask(
     question: str = typer.Argument(..., help="e.g. 'Is <bo> in this photo?'"),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="the photo to ask about"),
     concept: List[str] = typer.Option([], "--concept", "-c", help="also use this stored concept"),
-    auto_identify: bool = typer.Option(True, "--auto-identify/--no-auto-identify",
-                                       help="also use stored concepts identified in the photo"),
+    auto_identify: bool = typer.Option(
+        True, "--auto-identify/--no-auto-identify", help="also use stored concepts identified in the photo"
+    ),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="identify threshold (cosine)"),
     faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
-    visual_prompt: bool = typer.Option(False, "--visual-prompt/--no-visual-prompt",
-                                       help="tell the model where identified people are ('<bo> is the person "
-                                            "on the left.')"),
+    visual_prompt: bool = typer.Option(
+        False,
+        "--visual-prompt/--no-visual-prompt",
+        help="tell the model where identified people are ('<bo> is the person on the left.')",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of streaming"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
@@ -326,8 +347,9 @@ def ask(
     face = face_backend_option(faces) if (auto_identify and loaded is not None) or faces else None
     encoder = ReferenceEncoder(plvm, face=face)
     identifier = Identifier(s, encoder, face=face, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
-    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens,
-                          visual_prompt=visual_prompt)
+    session = ChatSession(
+        plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens, visual_prompt=visual_prompt
+    )
     if loaded is not None:
         result = session.set_image(loaded)
         if result is not None and not as_json:
@@ -369,8 +391,9 @@ def identify(
     plvm = load_model(model)
     s = open_store(store, plvm)
     face = face_backend_option(faces)
-    identifier = Identifier(s, ReferenceEncoder(plvm, face=face), face=face,
-                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    identifier = Identifier(
+        s, ReferenceEncoder(plvm, face=face), face=face, threshold=DEFAULT_THRESHOLD if threshold is None else threshold
+    )
     result = identifier.identify(loaded.image, regions=boxes, top_k=top_k)
     if as_json:
         _echo_json(result.to_dict())
@@ -379,14 +402,18 @@ def identify(
         typer.echo(f"no concepts with features in {s.root} to compare with")
         return
     face_t = "" if result.face_threshold is None else f", face {result.face_threshold:.3f}"
-    typer.echo(f"{'concept':<24} {'score':>7} {'confidence':>10}  {'present':<8} why / where   "
-               f"(threshold image {result.threshold:.2f}{face_t})")
+    typer.echo(
+        f"{'concept':<24} {'score':>7} {'confidence':>10}  {'present':<8} why / where   "
+        f"(threshold image {result.threshold:.2f}{face_t})"
+    )
     for m in result.matches:
         score = "-" if m.score is None else f"{m.score:.3f}"
         conf = "-" if m.confidence is None else f"{m.confidence:.0%}"
         where = "" if m.box is None else f" {m.source} {list(m.box)}"
-        typer.echo(f"{'<' + m.name + '>':<24} {score:>7} {conf:>10}  {'yes' if m.present else 'no':<8} "
-                   f"{m.reason or m.source}{where}")
+        typer.echo(
+            f"{'<' + m.name + '>':<24} {score:>7} {conf:>10}  {'yes' if m.present else 'no':<8} "
+            f"{m.reason or m.source}{where}"
+        )
     present = ", ".join(f"<{m.name}>" for m in result.present) or "nobody known"
     typer.echo(f"in this photo: {present}")
 
@@ -397,8 +424,9 @@ def chat(
     auto_identify: bool = typer.Option(True, "--auto-identify/--no-auto-identify"),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
     faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
-    visual_prompt: bool = typer.Option(False, "--visual-prompt/--no-visual-prompt",
-                                       help="tell the model where identified people are"),
+    visual_prompt: bool = typer.Option(
+        False, "--visual-prompt/--no-visual-prompt", help="tell the model where identified people are"
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -414,12 +442,16 @@ def chat(
     plvm = load_model(model)
     s = open_store(store, plvm)
     face = face_backend_option(faces)
-    identifier = Identifier(s, ReferenceEncoder(plvm, face=face), face=face,
-                            threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
-    session = ChatSession(plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens,
-                          visual_prompt=visual_prompt)
-    banner = f"plvm chat — model {model} (base {s.identity.base_model if s.identity else '?'}), " \
-             f"store {s.root} ({len(s)} concepts)"
+    identifier = Identifier(
+        s, ReferenceEncoder(plvm, face=face), face=face, threshold=DEFAULT_THRESHOLD if threshold is None else threshold
+    )
+    session = ChatSession(
+        plvm, s, identifier, auto_identify=auto_identify, max_new_tokens=max_new_tokens, visual_prompt=visual_prompt
+    )
+    banner = (
+        f"plvm chat — model {model} (base {s.identity.base_model if s.identity else '?'}), "
+        f"store {s.root} ({len(s)} concepts)"
+    )
     if loaded is not None:
         result = session.set_image(loaded, label=str(image))
         banner += f"\nimage: {image}"
@@ -447,18 +479,24 @@ def _plain_read(prompt: str) -> str:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (non-loopback needs a token)"),
     port: int = typer.Option(8000, "--port"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="PLVM_TOKEN",
-                                        help="bearer token required by the API [env: PLVM_TOKEN]"),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="PLVM_TOKEN", help="bearer token required by the API [env: PLVM_TOKEN]"
+    ),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="identify threshold (cosine)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     max_request_mb: float = typer.Option(24.0, "--max-request-mb", help="largest request body (MiB)"),
     max_image_mb: float = typer.Option(20.0, "--max-image-mb", help="largest image file (MiB)"),
     max_megapixels: float = typer.Option(40.0, "--max-megapixels", help="largest image (megapixels)"),
-    max_decoded_mp: float = typer.Option(40.0, "--max-decoded-megapixels",
-                                         help="decoded image pixels all requests together may hold (megapixels); "
-                                              "concurrent large uploads wait for room"),
-    allow_host: List[str] = typer.Option([], "--allow-host", help="also answer to this Host name (e.g. behind a "
-                                                                   "proxy); others are refused (DNS rebinding)"),
+    max_decoded_mp: float = typer.Option(
+        40.0,
+        "--max-decoded-megapixels",
+        help="decoded image pixels all requests together may hold (megapixels); concurrent large uploads wait for room",
+    ),
+    allow_host: List[str] = typer.Option(
+        [],
+        "--allow-host",
+        help="also answer to this Host name (e.g. behind a proxy); others are refused (DNS rebinding)",
+    ),
     faces: Optional[bool] = typer.Option(None, "--faces/--no-faces", help=FACES_HELP),
     model: str = typer.Option("mini", "--model", help=MODEL_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -485,11 +523,22 @@ def serve(
     )
     plvm = load_model(model)
     s = open_store(store, plvm)
-    app = create_app(plvm, s, token=token, limits=limits, model_name=model, face=face_backend_option(faces),
-                     threshold=DEFAULT_THRESHOLD if threshold is None else threshold, bind_host=host,
-                     allow_hosts=allow_host)
-    typer.echo(f"plvm serving model {model} with store {s.root} ({len(s)} concepts) on http://{host}:{port}/"
-               + (" (bearer token required)" if token else ""), err=True)
+    app = create_app(
+        plvm,
+        s,
+        token=token,
+        limits=limits,
+        model_name=model,
+        face=face_backend_option(faces),
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        bind_host=host,
+        allow_hosts=allow_host,
+    )
+    typer.echo(
+        f"plvm serving model {model} with store {s.root} ({len(s)} concepts) on http://{host}:{port}/"
+        + (" (bearer token required)" if token else ""),
+        err=True,
+    )
     run_server(app, host=host, port=port, token=token)
 
 

@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
-app = typer.Typer(help="Generate synthetic datasets for PLVM (AvatarWorld).", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Generate synthetic datasets for PLVM (AvatarWorld).", no_args_is_help=True, add_completion=False
+)
 
 
 class Split(str, enum.Enum):
@@ -48,14 +49,18 @@ def avatarworld(
     split: Split = typer.Option(Split.test, "--split", help="Which identities become the concepts."),
     seed: int = typer.Option(0, "--seed", help="World seed (identities and splits)."),
     size: int = typer.Option(224, "--size", help="Image side in pixels."),
-    fmt: Format = typer.Option(Format.all, "--format",
-                               help="plvm -> OUT/plvm, yollava -> OUT/yollava, multi -> OUT/multi; all -> OUT/plvm "
-                                    "and OUT/yollava, each with its multi/ folder."),
+    fmt: Format = typer.Option(
+        Format.all,
+        "--format",
+        help="plvm -> OUT/plvm, yollava -> OUT/yollava, multi -> OUT/multi; all -> OUT/plvm "
+        "and OUT/yollava, each with its multi/ folder.",
+    ),
     contact_sheet_path: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also write a contact sheet PNG."),
     num_identities: int = typer.Option(400, "--num-identities", help="Identities in the world."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of identities held out for test."),
-    n_identities: Optional[int] = typer.Option(None, "--n-identities",
-                                               help="Concepts in the set (default: 57.5% of the split, 46 for test)."),
+    n_identities: Optional[int] = typer.Option(
+        None, "--n-identities", help="Concepts in the set (default: 57.5% of the split, 46 for test)."
+    ),
     queries_min: int = typer.Option(5, "--queries-min", help="Fewest query photos per concept."),
     queries_max: int = typer.Option(10, "--queries-max", help="Most query photos per concept."),
     n_text_qa: int = typer.Option(70, "--n-text-qa", help="Text-only multiple-choice questions."),
@@ -63,9 +68,12 @@ def avatarworld(
     n_multi3: int = typer.Option(150, "--n-multi3", help="Multi-concept images with 3 concepts."),
     n_external: int = typer.Option(50, "--n-external", help="External images with no known concept."),
     eval_seed: int = typer.Option(0, "--eval-seed", help="Seed of the photos and questions of the set."),
-    query_kind: QueryKind = typer.Option(QueryKind.scene, "--query-kind",
-                                   help="What a concept's query photos show: 'scene' (1-4 people) or 'portrait' "
-                                        "(the concept alone, another photo of them; no visual QA)."),
+    query_kind: QueryKind = typer.Option(
+        QueryKind.scene,
+        "--query-kind",
+        help="What a concept's query photos show: 'scene' (1-4 people) or 'portrait' "
+        "(the concept alone, another photo of them; no visual QA).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Render an AvatarWorld evaluation (or training) set and write it in PLVM / Yo'LLaVA / multi-concept layouts."""
@@ -78,17 +86,30 @@ def avatarworld(
     world = AvatarWorld(seed=seed, num_identities=num_identities, test_fraction=test_fraction, size=size)
     pool = world.split(split.value)
     n = n_identities if n_identities is not None else max(1, int(round(CONCEPT_SHARE * len(pool))))
-    console.print(f"AvatarWorld seed={seed}: {len(world.split('train'))} train / {len(world.split('test'))} test "
-                  f"identities; building the {split.value} set with {n} concepts")
+    console.print(
+        f"AvatarWorld seed={seed}: {len(world.split('train'))} train / {len(world.split('test'))} test "
+        f"identities; building the {split.value} set with {n} concepts"
+    )
     with tqdm(total=1, desc="render", unit="img", disable=quiet) as bar:
+
         def on_progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        eval_set = build_eval_set(world, split=split.value, seed=eval_seed, n_identities=n,
-                                  queries_per_identity=(queries_min, queries_max), n_text_qa=n_text_qa,
-                                  n_multi2=n_multi2, n_multi3=n_multi3, n_external=n_external, size=size,
-                                  query_kind=query_kind.value, progress=on_progress)
+        eval_set = build_eval_set(
+            world,
+            split=split.value,
+            seed=eval_seed,
+            n_identities=n,
+            queries_per_identity=(queries_min, queries_max),
+            n_text_qa=n_text_qa,
+            n_multi2=n_multi2,
+            n_multi3=n_multi3,
+            n_external=n_external,
+            size=size,
+            query_kind=query_kind.value,
+            progress=on_progress,
+        )
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     with tqdm(total=count_images(eval_set, fmt.value), desc="write", unit="img", disable=quiet) as bar:
@@ -107,9 +128,11 @@ def avatarworld(
         contact_sheet(world, size=size, split=split.value).save(contact_sheet_path)
         written["contact_sheet"] = str(contact_sheet_path)
     m = eval_set.meta
-    console.print(f"[bold]done[/] in {time.perf_counter() - t0:.1f}s: {m['n_identities']} concepts, "
-                  f"{m['n_queries']} queries, {m['n_text_qa']} text QA, {m['n_visual_qa']} visual QA, "
-                  f"{len(eval_set.multi)} multi-concept images")
+    console.print(
+        f"[bold]done[/] in {time.perf_counter() - t0:.1f}s: {m['n_identities']} concepts, "
+        f"{m['n_queries']} queries, {m['n_text_qa']} text QA, {m['n_visual_qa']} visual QA, "
+        f"{len(eval_set.multi)} multi-concept images"
+    )
     for k, v in written.items():
         console.print(f"  {k}: {v}")
 

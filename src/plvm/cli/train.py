@@ -34,49 +34,71 @@ def train(
     lr: float = typer.Option(_A.lr),
     warmup_steps: int = typer.Option(_A.warmup_steps),
     word_weight: float = typer.Option(_A.word_weight, help="w of Eq. 2 (Yes/No answer word weight)"),
-    answer_style: str = typer.Option(_A.answer_style, help="positive recognition answers: 'paper' (\"Yes, <sks> is "
-                                     "in this photo.\") or 'name-first' (\"<sks> is in this photo.\": the concept's "
-                                     "output row makes the decision)"),
-    bank_weight: float = typer.Option(_A.bank_weight, help="λ of the identity-bank loss (not in the paper; "
-                                      "name-first only): each query's answer state against every training "
-                                      "identity's output row; 0 = off"),
+    answer_style: str = typer.Option(
+        _A.answer_style,
+        help="positive recognition answers: 'paper' (\"Yes, <sks> is "
+        "in this photo.\") or 'name-first' (\"<sks> is in this photo.\": the concept's "
+        "output row makes the decision)",
+    ),
+    bank_weight: float = typer.Option(
+        _A.bank_weight,
+        help="λ of the identity-bank loss (not in the paper; "
+        "name-first only): each query's answer state against every training "
+        "identity's output row; 0 = off",
+    ),
     bank_renders: int = typer.Option(_A.bank_renders, help="reference portraits per training identity in the bank"),
-    portrait_query_share: float = typer.Option(_A.portrait_query_share, help="AvatarWorld: share of recognition "
-                                               "queries that are a one-person portrait instead of a scene"),
-    row_fit_queries: int = typer.Option(_A.row_fit_queries, help="after training: fit the output row f_weight on "
-                                        "the cached answer states of this many recognition queries "
-                                        "(plvm.training.row_fit; name-first; written to OUT/row-fit; 0 = off)"),
+    portrait_query_share: float = typer.Option(
+        _A.portrait_query_share,
+        help="AvatarWorld: share of recognition queries that are a one-person portrait instead of a scene",
+    ),
+    row_fit_queries: int = typer.Option(
+        _A.row_fit_queries,
+        help="after training: fit the output row f_weight on "
+        "the cached answer states of this many recognition queries "
+        "(plvm.training.row_fit; name-first; written to OUT/row-fit; 0 = off)",
+    ),
     row_fit_epochs: int = typer.Option(_A.row_fit_epochs),
     row_fit_lr: float = typer.Option(_A.row_fit_lr),
     row_fit_weight_decay: float = typer.Option(_A.row_fit_weight_decay, help="AdamW weight decay of the row fit"),
-    row_fit_own_weight: float = typer.Option(_A.row_fit_own_weight, help="row fit: weight of the own-pair term "
-                                             "(each query against its own concept's row; 0 = the identity bank "
-                                             "alone)"),
-    num_queries: Optional[int] = typer.Option(_A.num_queries, "--k", help="number of context tokens k (preset "
-                                              "default)"),
+    row_fit_own_weight: float = typer.Option(
+        _A.row_fit_own_weight,
+        help="row fit: weight of the own-pair term "
+        "(each query against its own concept's row; 0 = the identity bank "
+        "alone)",
+    ),
+    num_queries: Optional[int] = typer.Option(
+        _A.num_queries, "--k", help="number of context tokens k (preset default)"
+    ),
     positive_ratio: float = typer.Option(_A.positive_ratio, help="p, share of positive recognition samples"),
     recog_to_attr: float = typer.Option(_A.recog_to_attr, help="recognition : attribute-QA ratio"),
     hard_negative_share: float = typer.Option(_A.hard_negative_share),
     hard_negative_distance: int = typer.Option(_A.hard_negative_distance),
-    encoder: Optional[str] = typer.Option(_A.encoder, help="reference encoder override (HF Dinov2 name/dir or "
-                                          "'mini')"),
+    encoder: Optional[str] = typer.Option(_A.encoder, help="reference encoder override (HF Dinov2 name/dir or 'mini')"),
     world_seed: int = typer.Option(_A.world_seed, help="AvatarWorld seed (identities and split)"),
     num_identities: int = typer.Option(_A.num_identities),
     seed: int = typer.Option(_A.seed),
     save_every: int = typer.Option(_A.save_every),
     log_every: int = typer.Option(_A.log_every),
     grad_accum: int = typer.Option(_A.grad_accum),
-    mixed_precision: str = typer.Option(_A.mixed_precision, help="no | fp16 | bf16 (accelerate autocast; bf16 "
-                                        "also on CPUs with AMX/AVX512-BF16)"),
+    mixed_precision: str = typer.Option(
+        _A.mixed_precision, help="no | fp16 | bf16 (accelerate autocast; bf16 also on CPUs with AMX/AVX512-BF16)"
+    ),
     threads: Optional[int] = typer.Option(_A.threads),
     no_resume: bool = typer.Option(_A.no_resume, help="start over even if OUT holds a checkpoint"),
-    init_aligner: Optional[Path] = typer.Option(_A.init_aligner, help="start from these Aligner weights (a "
-                                                "resumed checkpoint in OUT takes precedence)"),
-    calibrate: bool = typer.Option(_A.calibrate, help="fresh Aligner: standardise its inputs and start its "
-                                   "outputs at the LM's embedding norms (on 32 training references)"),
-    anchor_references: int = typer.Option(_A.anchor_references, help="fresh Aligner, AvatarWorld data: first "
-                                          "anchor its context tokens to the identity's attribute words on this "
-                                          "many references (plvm.training.word_anchor; 0 = off)"),
+    init_aligner: Optional[Path] = typer.Option(
+        _A.init_aligner, help="start from these Aligner weights (a resumed checkpoint in OUT takes precedence)"
+    ),
+    calibrate: bool = typer.Option(
+        _A.calibrate,
+        help="fresh Aligner: standardise its inputs and start its "
+        "outputs at the LM's embedding norms (on 32 training references)",
+    ),
+    anchor_references: int = typer.Option(
+        _A.anchor_references,
+        help="fresh Aligner, AvatarWorld data: first "
+        "anchor its context tokens to the identity's attribute words on this "
+        "many references (plvm.training.word_anchor; 0 = off)",
+    ),
     anchor_steps: int = typer.Option(_A.anchor_steps),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
@@ -107,50 +129,86 @@ def train_base(
     no_resume: bool = typer.Option(_B.no_resume),
     lora_r: int = typer.Option(_B.lora_r, help="rank of LoRA adapters on the LM (0 = projector only)"),
     lora_alpha: int = typer.Option(_B.lora_alpha),
-    mix: str = typer.Option(_B.mix, help="proportions of caption, visual QA, same-person and (optional) "
-                            "image-prompt recognition samples"),
+    mix: str = typer.Option(
+        _B.mix, help="proportions of caption, visual QA, same-person and (optional) image-prompt recognition samples"
+    ),
     turns: int = typer.Option(_B.turns, help="questions per visual-QA dialogue (several answers share one image)"),
     init_projector: Optional[Path] = typer.Option(_B.init_projector, help="start from this projector file"),
     mixed_precision: str = typer.Option(_B.mixed_precision, help="no | bf16 | fp16 (accelerate autocast)"),
-    calibrate: bool = typer.Option(_B.calibrate, help="fresh projector: standardise its input features and scale "
-                                   "its output to the word-embedding norm (on 16 training scenes)"),
-    anchor_images: int = typer.Option(_B.anchor_images, help="fresh projector: first anchor it to word embeddings "
-                                      "on this many scenes (stage 0, plvm.models.llava_mini.anchor; 0 = off)"),
+    calibrate: bool = typer.Option(
+        _B.calibrate,
+        help="fresh projector: standardise its input features and scale "
+        "its output to the word-embedding norm (on 16 training scenes)",
+    ),
+    anchor_images: int = typer.Option(
+        _B.anchor_images,
+        help="fresh projector: first anchor it to word embeddings "
+        "on this many scenes (stage 0, plvm.models.llava_mini.anchor; 0 = off)",
+    ),
     anchor_steps: int = typer.Option(_B.anchor_steps),
-    anchor_regions: str = typer.Option(_B.anchor_regions, help="stage 0: 'person' (one word mix per person) or "
-                                       "'parts' (head → hair/face words, body → clothing words)"),
-    freeze_projector: bool = typer.Option(_B.freeze_projector, help="train only the LM LoRA (keep e.g. an "
-                                          "anchored projector)"),
-    word_weight: float = typer.Option(_B.word_weight, help="Eq. 2's w on Yes/No answer words (e.g. the "
-                                      "same-person answer)"),
-    same_portrait_share: float = typer.Option(_B.same_portrait_share, help="share of same-person questions that "
-                                              "compare two portraits (the rest: a portrait and a scene)"),
-    described_share: float = typer.Option(_B.described_share, help="share of visual questions asking whether a "
-                                          "described person is in the photo (\"Is there a young man with short "
-                                          "black hair in this image?\")"),
-    image_prompt_pairs: bool = typer.Option(_B.image_prompt_pairs, help="image-prompt questions as twins: the "
-                                            "same reference and question, one query with the named person "
-                                            "(Yes) and one without (No); use an even batch size"),
-    vqa_kinds: Optional[str] = typer.Option(_B.vqa_kinds, help="weights of the open visual-question kinds, e.g. "
-                                            "'hair_color=3,glasses=2,age=1' (open questions come from these "
-                                            "kinds, or 'count' where one cannot be asked; default: all kinds, "
-                                            "uniform)"),
-    described_properties: Optional[str] = typer.Option(_B.described_properties, help="what a described-person "
-                                                       "negative may change, e.g. 'hair_color,hair_style,glasses' "
-                                                       "(default: gender, age, hair_color, hair_style, "
-                                                       "facial_hair, glasses)"),
-    vision_feature_layer: Optional[str] = typer.Option(_B.vision_feature_layer, help="fresh projector: the DINOv2 "
-                                                       "hidden state(s) it reads, e.g. 8 or 8,-1 (concatenated); "
-                                                       "default -1 (last block); an --init-projector or a resumed "
-                                                       "run keeps its own"),
-    init_lora: Optional[Path] = typer.Option(_B.init_lora, help="start the LM LoRA from this lm_lora.safetensors "
-                                             "(e.g. the committed one, under a fresh projector); default: the LoRA "
-                                             "--init-projector names, if any"),
-    shape_identity_steps: int = typer.Option(_B.shape_identity_steps, min=0, help="stage 0 of LLaVA-mini v2 "
-                                             "before stage 1: shape the projector so head tokens carry identity "
-                                             "(plvm.models.llava_mini.identity_shaping; 0 = off)"),
-    shape_identity_weight: float = typer.Option(_B.shape_identity_weight, min=0.0, help="identity shaping's λ "
-                                                "(contrastive weight)"),
+    anchor_regions: str = typer.Option(
+        _B.anchor_regions,
+        help="stage 0: 'person' (one word mix per person) or 'parts' (head → hair/face words, body → clothing words)",
+    ),
+    freeze_projector: bool = typer.Option(
+        _B.freeze_projector, help="train only the LM LoRA (keep e.g. an anchored projector)"
+    ),
+    word_weight: float = typer.Option(
+        _B.word_weight, help="Eq. 2's w on Yes/No answer words (e.g. the same-person answer)"
+    ),
+    same_portrait_share: float = typer.Option(
+        _B.same_portrait_share,
+        help="share of same-person questions that compare two portraits (the rest: a portrait and a scene)",
+    ),
+    described_share: float = typer.Option(
+        _B.described_share,
+        help="share of visual questions asking whether a "
+        'described person is in the photo ("Is there a young man with short '
+        'black hair in this image?")',
+    ),
+    image_prompt_pairs: bool = typer.Option(
+        _B.image_prompt_pairs,
+        help="image-prompt questions as twins: the "
+        "same reference and question, one query with the named person "
+        "(Yes) and one without (No); use an even batch size",
+    ),
+    vqa_kinds: Optional[str] = typer.Option(
+        _B.vqa_kinds,
+        help="weights of the open visual-question kinds, e.g. "
+        "'hair_color=3,glasses=2,age=1' (open questions come from these "
+        "kinds, or 'count' where one cannot be asked; default: all kinds, "
+        "uniform)",
+    ),
+    described_properties: Optional[str] = typer.Option(
+        _B.described_properties,
+        help="what a described-person "
+        "negative may change, e.g. 'hair_color,hair_style,glasses' "
+        "(default: gender, age, hair_color, hair_style, "
+        "facial_hair, glasses)",
+    ),
+    vision_feature_layer: Optional[str] = typer.Option(
+        _B.vision_feature_layer,
+        help="fresh projector: the DINOv2 "
+        "hidden state(s) it reads, e.g. 8 or 8,-1 (concatenated); "
+        "default -1 (last block); an --init-projector or a resumed "
+        "run keeps its own",
+    ),
+    init_lora: Optional[Path] = typer.Option(
+        _B.init_lora,
+        help="start the LM LoRA from this lm_lora.safetensors "
+        "(e.g. the committed one, under a fresh projector); default: the LoRA "
+        "--init-projector names, if any",
+    ),
+    shape_identity_steps: int = typer.Option(
+        _B.shape_identity_steps,
+        min=0,
+        help="stage 0 of LLaVA-mini v2 "
+        "before stage 1: shape the projector so head tokens carry identity "
+        "(plvm.models.llava_mini.identity_shaping; 0 = off)",
+    ),
+    shape_identity_weight: float = typer.Option(
+        _B.shape_identity_weight, min=0.0, help="identity shaping's λ (contrastive weight)"
+    ),
 ) -> None:
     """Stage 1 of LLaVA-mini: train the projector (and optionally LM LoRA) on AvatarWorld's generic data."""
     from plvm.models.llava_mini.recipe import train_base as run
@@ -178,8 +236,11 @@ def export(
 
     try:
         state = read_checkpoint_state(checkpoint)
-        metadata = {"step": str(state["step"]), "task": json.dumps(state["task"], sort_keys=True),
-                    "loop": json.dumps(state.get("loop", {}), sort_keys=True)}
+        metadata = {
+            "step": str(state["step"]),
+            "task": json.dumps(state["task"], sort_keys=True),
+            "loop": json.dumps(state.get("loop", {}), sort_keys=True),
+        }
         if state["task"].get("kind") == "projector":
             from plvm.models.llava_mini.assembly import export_stage1
 
@@ -193,8 +254,10 @@ def export(
             try:
                 config = AlignerConfig.from_dict(state["task"]["aligner"])
             except (TypeError, ValueError) as exc:
-                raise WeightFileError(f"{checkpoint / 'state.json'} records a malformed Aligner configuration "
-                                      f"({' '.join(str(exc).split())})") from None
+                raise WeightFileError(
+                    f"{checkpoint / 'state.json'} records a malformed Aligner configuration "
+                    f"({' '.join(str(exc).split())})"
+                ) from None
             tensors = read_aligner_weights(checkpoint, config)
         else:
             _, tensors = read_checkpoint(checkpoint)

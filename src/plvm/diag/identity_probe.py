@@ -69,8 +69,9 @@ class RegionItems:
         return len(self.identity)
 
 
-def render_regions(world: AvatarWorld, identities: Sequence[Any], scenes_per_id: int,
-                   rng: np.random.Generator, pool: Sequence[Any]) -> RegionItems:
+def render_regions(
+    world: AvatarWorld, identities: Sequence[Any], scenes_per_id: int, rng: np.random.Generator, pool: Sequence[Any]
+) -> RegionItems:
     """Each identity's canonical portrait and ``scenes_per_id`` scenes with 0–2 strangers from ``pool``.
 
     Only the identity's own appearance in a scene is a query (strangers may not be in the gallery)."""
@@ -116,8 +117,9 @@ def region_weights(box: Sequence[float], width: int, height: int, grid: int) -> 
 
 
 @torch.no_grad()
-def region_features(model: Any, image_processor: Any, items: RegionItems, batch_size: int = 16
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def region_features(
+    model: Any, image_processor: Any, items: RegionItems, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Head-region means of the projector's input and output for every item.
 
     Returns ``(tower [N, d_vision × n_layers], tokens [N, d_text])`` (float32): the coverage-weighted mean over
@@ -134,7 +136,7 @@ def region_features(model: Any, image_processor: Any, items: RegionItems, batch_
     tower = [None] * len(items)
     tokens = [None] * len(items)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         pixels = image_processor([items.images[j] for j in chunk], return_tensors="pt")["pixel_values"]
         feats = vision_features(model, pixels)  # [B, P, d_in]
         projected = projector(feats.to(dtype)).float()  # [B, P, d_text]
@@ -176,8 +178,9 @@ def fit_lda(features: torch.Tensor, labels: Sequence[str], dim: int, shrinkage: 
     return ((inv.T @ vectors[:, -k:]) * weight / scale[:, None]).float()
 
 
-def reid_scores(queries: torch.Tensor, query_ids: Sequence[str], refs: torch.Tensor, ref_ids: Sequence[str]
-                ) -> dict[str, float]:
+def reid_scores(
+    queries: torch.Tensor, query_ids: Sequence[str], refs: torch.Tensor, ref_ids: Sequence[str]
+) -> dict[str, float]:
     """Rank references by cosine for each query: ``{"top1", "auc", "n_queries", "n_refs"}``.
 
     ``queries`` ``[Q, D]``, ``refs`` ``[R, D]``; every query's identity must be among ``ref_ids``."""
@@ -193,15 +196,19 @@ def reid_scores(queries: torch.Tensor, query_ids: Sequence[str], refs: torch.Ten
     return {"top1": top1, "auc": float(auc), "n_queries": len(q), "n_refs": len(r)}
 
 
-def probe_readings(gallery: RegionItems, gallery_feats: torch.Tensor, fit: RegionItems, fit_feats: torch.Tensor,
-                   lda_dim: int) -> dict[str, dict[str, float]]:
+def probe_readings(
+    gallery: RegionItems, gallery_feats: torch.Tensor, fit: RegionItems, fit_feats: torch.Tensor, lda_dim: int
+) -> dict[str, dict[str, float]]:
     """Zero-shot and LDA-adapter re-identification of ``gallery``'s scene appearances against its portraits."""
     ref = [i for i in range(len(gallery)) if gallery.is_reference[i]]
     qry = [i for i in range(len(gallery)) if not gallery.is_reference[i]]
     ids = gallery.identity
     mean = fit_feats.mean(0)
-    out = {"zero_shot": reid_scores(gallery_feats[qry] - mean, [ids[i] for i in qry],
-                                    gallery_feats[ref] - mean, [ids[i] for i in ref])}
+    out = {
+        "zero_shot": reid_scores(
+            gallery_feats[qry] - mean, [ids[i] for i in qry], gallery_feats[ref] - mean, [ids[i] for i in ref]
+        )
+    }
     lda = fit_lda(fit_feats, fit.identity, lda_dim)
     mapped = (gallery_feats - mean) @ lda
     out["adapter"] = reid_scores(mapped[qry], [ids[i] for i in qry], mapped[ref], [ids[i] for i in ref])
@@ -213,11 +220,13 @@ def probe_sets(config: ProbeConfig) -> tuple[RegionItems, RegionItems]:
     world = AvatarWorld(seed=config.world_seed, num_identities=config.num_identities)
     test, train = world.split("test"), world.split("train")
     if config.gallery_ids > len(test) or config.fit_ids > len(train):
-        raise ValueError(f"the world has {len(test)} test and {len(train)} train identities; asked for "
-                         f"{config.gallery_ids} and {config.fit_ids}")
+        raise ValueError(
+            f"the world has {len(test)} test and {len(train)} train identities; asked for "
+            f"{config.gallery_ids} and {config.fit_ids}"
+        )
     rng = np.random.default_rng([config.seed, 0])
-    gallery = render_regions(world, test[:config.gallery_ids], config.scenes_per_id, rng, pool=test)
-    fit = render_regions(world, train[:config.fit_ids], config.fit_scenes_per_id, rng, pool=train)
+    gallery = render_regions(world, test[: config.gallery_ids], config.scenes_per_id, rng, pool=test)
+    fit = render_regions(world, train[: config.fit_ids], config.fit_scenes_per_id, rng, pool=train)
     return gallery, fit
 
 
@@ -230,6 +239,8 @@ def run_identity_probe(model: Any, image_processor: Any, config: ProbeConfig = P
     gallery, fit = probe_sets(config)
     g_tower, g_tokens = region_features(model, image_processor, gallery)
     f_tower, f_tokens = region_features(model, image_processor, fit)
-    return {"config": asdict(config),
-            "tower": probe_readings(gallery, g_tower, fit, f_tower, config.lda_dim),
-            "tokens": probe_readings(gallery, g_tokens, fit, f_tokens, config.lda_dim)}
+    return {
+        "config": asdict(config),
+        "tower": probe_readings(gallery, g_tower, fit, f_tower, config.lda_dim),
+        "tokens": probe_readings(gallery, g_tokens, fit, f_tokens, config.lda_dim),
+    }

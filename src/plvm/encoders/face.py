@@ -354,9 +354,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rot, t[:, None]])
 
 
-def warp_to_template(
-    image: Image.Image, landmarks: np.ndarray, template: np.ndarray, size: int
-) -> np.ndarray:
+def warp_to_template(image: Image.Image, landmarks: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
     """Crop one face: similarity-align ``landmarks`` to ``template`` in a ``size``×``size`` chip.
 
     Equivalent to insightface's ``norm_crop`` (``cv2.warpAffine``, bilinear, black border) and
@@ -593,8 +591,9 @@ class FaceEncoder(abc.ABC):
         try:
             backend = BACKENDS[cfg.backend]
         except KeyError:
-            raise FaceBackendUnavailable(f"face backend {cfg.backend!r} is not registered "
-                                         f"(registered: {', '.join(sorted(BACKENDS)) or 'none'})") from None
+            raise FaceBackendUnavailable(
+                f"face backend {cfg.backend!r} is not registered (registered: {', '.join(sorted(BACKENDS)) or 'none'})"
+            ) from None
         return backend(cfg)
 
     # -- properties
@@ -625,9 +624,7 @@ class FaceEncoder(abc.ABC):
 
     # -- backend hooks
     @abc.abstractmethod
-    def _detect_canvases(
-        self, canvases: list[np.ndarray]
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    def _detect_canvases(self, canvases: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """Raw detector on uint8 RGB canvases (``[det_size, det_size, 3]`` each when ``pad_canvas``).
 
         Returns:

@@ -90,9 +90,20 @@ class DlibFaceEncoder(FaceEncoder):
     #: calibrate``): 112 genuine pairs 0.930–1.000, 2,463 impostor pairs 0.734–0.948 (18 above 0.93, all
     #: ~45 px team faces). dlib's own rule, Euclidean 0.6 on raw descriptors, is cosine ≈ 0.905.
     calibration = FaceCalibration(
-        threshold=0.93, slope=98.3, genuine=112, impostor=2463, command="python -m plvm.bench.face_real calibrate",
-        identities=("Yao Ming", "China national team 2008", "Tim Duncan", "Manu Ginobili", "Tony Parker",
-                    "six actors (insightface t1.jpg)"))
+        threshold=0.93,
+        slope=98.3,
+        genuine=112,
+        impostor=2463,
+        command="python -m plvm.bench.face_real calibrate",
+        identities=(
+            "Yao Ming",
+            "China national team 2008",
+            "Tim Duncan",
+            "Manu Ginobili",
+            "Tony Parker",
+            "six actors (insightface t1.jpg)",
+        ),
+    )
     default_threshold = calibration.threshold
     default_det_threshold = 0.0
     #: HOG's window is 80 px and ``dlib_upsample=1`` doubles the canvas, so a 960 canvas finds faces down to

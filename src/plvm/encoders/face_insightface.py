@@ -99,9 +99,20 @@ class InsightFaceEncoder(FaceEncoder):
     #: calibrate``): 123 genuine pairs 0.272–0.998, 2,762
     #: impostor pairs −0.218–0.234; the midpoint of the gap. (Before issue 28: 0.40, from 4 genuine pairs.)
     calibration = FaceCalibration(
-        threshold=0.253, slope=17.2, genuine=123, impostor=2762, command="python -m plvm.bench.face_real calibrate",
-        identities=("Yao Ming", "China national team 2008", "Tim Duncan", "Manu Ginobili", "Tony Parker",
-                    "six actors (insightface t1.jpg)"))
+        threshold=0.253,
+        slope=17.2,
+        genuine=123,
+        impostor=2762,
+        command="python -m plvm.bench.face_real calibrate",
+        identities=(
+            "Yao Ming",
+            "China national team 2008",
+            "Tim Duncan",
+            "Manu Ginobili",
+            "Tony Parker",
+            "six actors (insightface t1.jpg)",
+        ),
+    )
     default_threshold = calibration.threshold
     default_det_threshold = 0.5
     license = "InsightFace weights: non-commercial research only (code BSD-3-Clause)"

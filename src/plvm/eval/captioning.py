@@ -52,8 +52,13 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[CaptionI
     limit = config.caption_limit if config.caption_limit is not None else config.limit
     total = len(items)
     items = limit_items(items, limit, config.rng("caption-limit"))
-    info = {"items_before_limit": total, "items": len(items), "distractors": config.caption_distractors,
-            "prompts": dict(config.caption_prompts), "max_new_tokens": config.caption_max_new_tokens}
+    info = {
+        "items_before_limit": total,
+        "items": len(items),
+        "distractors": config.caption_distractors,
+        "prompts": dict(config.caption_prompts),
+        "max_new_tokens": config.caption_max_new_tokens,
+    }
     return items, info
 
 
@@ -72,11 +77,22 @@ def evaluate(method: Method, items: list[CaptionItem], ctx: TaskContext) -> tupl
             caption = ctx.scorer.generate(conv, cfg.caption_max_new_tokens)
             by_name = dict(zip(names, it.context))
             mentioned = [by_name[n] for n in extract_mentions(caption, names)]
-            rows.append({"task": "caption", "prompt": prompt_name, "method": method.key, "image": ctx.rel(it.image),
-                         "split": it.split, "present": list(it.present), "context": list(it.context),
-                         "caption": caption, "mentioned": mentioned})
-        per_split: dict[str, Any] = {"all": mention_metrics([r["present"] for r in rows],
-                                                            [r["mentioned"] for r in rows]).to_dict()}
+            rows.append(
+                {
+                    "task": "caption",
+                    "prompt": prompt_name,
+                    "method": method.key,
+                    "image": ctx.rel(it.image),
+                    "split": it.split,
+                    "present": list(it.present),
+                    "context": list(it.context),
+                    "caption": caption,
+                    "mentioned": mentioned,
+                }
+            )
+        per_split: dict[str, Any] = {
+            "all": mention_metrics([r["present"] for r in rows], [r["mentioned"] for r in rows]).to_dict()
+        }
         for split in ("single", "multi", "external"):
             sub = [r for r in rows if r["split"] == split]
             if sub:

@@ -149,8 +149,9 @@ def best_threshold(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return max(candidates, key=lambda t: (round(mean_acc(t), 12), -abs(t)))
 
 
-def cross_fitted_metrics(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[str],
-                         folds: int = 2) -> dict[str, Any]:
+def cross_fitted_metrics(
+    scores: Sequence[float], labels: Sequence[bool], groups: Sequence[str], folds: int = 2
+) -> dict[str, Any]:
     """Yes/No metrics at a *calibrated* threshold that never saw the examples it decides.
 
     ``groups`` (e.g. the concept asked about) are dealt into ``folds`` folds by sorted name; each fold is decided

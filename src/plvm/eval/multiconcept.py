@@ -98,8 +98,11 @@ def _split_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     for split in SPLITS:
         rows = [r for r in records if r["split"] == split]
         if rows:
-            out[split] = {"all": m(rows), "concept": m([r for r in rows if r["kind"] == "concept"]),
-                          "set": m([r for r in rows if r["kind"] == "set"])}
+            out[split] = {
+                "all": m(rows),
+                "concept": m([r for r in rows if r["kind"] == "concept"]),
+                "set": m([r for r in rows if r["kind"] == "set"]),
+            }
     return out
 
 
@@ -113,13 +116,26 @@ def evaluate(method: Method, items: list[MultiItem], ctx: TaskContext) -> tuple[
         for it in chunk:
             names = [ds.name_of(c) for c in it.query]
             text = cfg.multi_question.format(names=join_names(names))
-            convs.append(method.conversation(text, [Binding(n, c) for n, c in zip(names, it.query)],
-                                             [ds.image(it.image)]))
+            convs.append(
+                method.conversation(text, [Binding(n, c) for n, c in zip(names, it.query)], [ds.image(it.image)])
+            )
         for it, dec in zip(chunk, ctx.scorer.decide_yes_no(convs, cfg.scoring, cfg.answer_max_new_tokens)):
-            records.append({"task": "multi", "method": method.key, "image": ctx.rel(it.image), "split": it.split,
-                            "kind": it.kind, "present": list(it.present), "query": list(it.query),
-                            "label": it.label, "pred": dec.pred, "score": dec.score, "answer": dec.text,
-                            "correct": dec.pred == it.label})
+            records.append(
+                {
+                    "task": "multi",
+                    "method": method.key,
+                    "image": ctx.rel(it.image),
+                    "split": it.split,
+                    "kind": it.kind,
+                    "present": list(it.present),
+                    "query": list(it.query),
+                    "label": it.label,
+                    "pred": dec.pred,
+                    "score": dec.score,
+                    "answer": dec.text,
+                    "correct": dec.pred == it.label,
+                }
+            )
         bar.update(len(chunk))
     bar.close()
     return _split_metrics(records), records

@@ -75,15 +75,28 @@ def evaluate(
             prompt = mc_prompt(with_name(it.qa.question, name), it.qa.options, cfg.mc_instruction)
             images = [ds.image(it.qa.image)] if it.qa.image is not None else []
             convs.append(method.conversation(prompt, [Binding(name, data)], images))
-        decisions = ctx.scorer.decide_letter(convs, [it.qa.options for it in chunk], cfg.scoring,
-                                             cfg.answer_max_new_tokens)
+        decisions = ctx.scorer.decide_letter(
+            convs, [it.qa.options for it in chunk], cfg.scoring, cfg.answer_max_new_tokens
+        )
         for it, dec in zip(chunk, decisions):
-            records.append({"task": task, "variant": variant, "method": method.key, "concept": it.qa.concept,
-                            "personalized_with": it.qa.concept if variant == "own" else it.wrong_concept,
-                            "image": ctx.rel(it.qa.image), "source": f"{it.qa.source}#{it.qa.index}",
-                            "question": it.qa.question, "options": it.qa.options, "answer": it.qa.answer,
-                            "pred": dec.pred,
-                            "scores": dec.scores, "text": dec.text, "correct": dec.pred == it.qa.answer})
+            records.append(
+                {
+                    "task": task,
+                    "variant": variant,
+                    "method": method.key,
+                    "concept": it.qa.concept,
+                    "personalized_with": it.qa.concept if variant == "own" else it.wrong_concept,
+                    "image": ctx.rel(it.qa.image),
+                    "source": f"{it.qa.source}#{it.qa.index}",
+                    "question": it.qa.question,
+                    "options": it.qa.options,
+                    "answer": it.qa.answer,
+                    "pred": dec.pred,
+                    "scores": dec.scores,
+                    "text": dec.text,
+                    "correct": dec.pred == it.qa.answer,
+                }
+            )
         bar.update(len(chunk))
     bar.close()
     metrics = choice_metrics([r["answer"] for r in records], [r["pred"] for r in records]).to_dict()

@@ -72,32 +72,63 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
         if recognize is not None:  # a method that decides without the LVLM (plvm.eval.methods.identify)
             for it in chunk:
                 pred, score, source = recognize(it.concept, ds.image(it.image))
-                records.append({"task": "recog", "method": method.key, "concept": it.concept, "owner": it.owner,
-                                "image": ctx.rel(it.image), "label": it.label, "pred": pred, "score": score,
-                                "answer": source, "correct": pred == it.label})
+                records.append(
+                    {
+                        "task": "recog",
+                        "method": method.key,
+                        "concept": it.concept,
+                        "owner": it.owner,
+                        "image": ctx.rel(it.image),
+                        "label": it.label,
+                        "pred": pred,
+                        "score": score,
+                        "answer": source,
+                        "correct": pred == it.label,
+                    }
+                )
             bar.update(len(chunk))
             continue
         convs = []
         for it in chunk:
             name = ds.name_of(it.concept)
-            convs.append(method.conversation(with_name(cfg.recognition_question, name), [Binding(name, it.concept)],
-                                             [ds.image(it.image)]))
+            convs.append(
+                method.conversation(
+                    with_name(cfg.recognition_question, name), [Binding(name, it.concept)], [ds.image(it.image)]
+                )
+            )
         if example_prompt_tokens is None and convs:
             example_prompt_tokens = ctx.scorer.prompt_length(convs[0])
         for it, dec in zip(chunk, ctx.scorer.decide_yes_no(convs, cfg.scoring, cfg.answer_max_new_tokens)):
-            records.append({"task": "recog", "method": method.key, "concept": it.concept, "owner": it.owner,
-                            "image": ctx.rel(it.image), "label": it.label, "pred": dec.pred, "score": dec.score,
-                            "answer": dec.text, "correct": dec.pred == it.label})
+            records.append(
+                {
+                    "task": "recog",
+                    "method": method.key,
+                    "concept": it.concept,
+                    "owner": it.owner,
+                    "image": ctx.rel(it.image),
+                    "label": it.label,
+                    "pred": dec.pred,
+                    "score": dec.score,
+                    "answer": dec.text,
+                    "correct": dec.pred == it.label,
+                }
+            )
         bar.update(len(chunk))
     bar.close()
     metrics = binary_metrics([r["label"] for r in records], [r["pred"] for r in records]).to_dict()
     scores = [r["score"] for r in records]
-    metrics["auc"] = None if any(x is None for x in scores) else roc_auc(  # Yes/No log-odds ranking, no threshold
-        [x for x, r in zip(scores, records) if r["label"]], [x for x, r in zip(scores, records) if not r["label"]])
+    metrics["auc"] = (
+        None
+        if any(x is None for x in scores)
+        else roc_auc(  # Yes/No log-odds ranking, no threshold
+            [x for x, r in zip(scores, records) if r["label"]], [x for x, r in zip(scores, records) if not r["label"]]
+        )
+    )
     if metrics["auc"] is not None and len({r["concept"] for r in records}) >= 2:
         # at a threshold calibrated on the other half of the concepts (2-fold cross-fitting)
-        metrics["calibrated"] = cross_fitted_metrics(scores, [r["label"] for r in records],
-                                                     [r["concept"] for r in records])
+        metrics["calibrated"] = cross_fitted_metrics(
+            scores, [r["label"] for r in records], [r["concept"] for r in records]
+        )
     metrics["example_prompt_tokens"] = example_prompt_tokens
     return metrics, records
 

@@ -65,31 +65,61 @@ def markdown_report(data: dict[str, Any]) -> str:
         lines.append(
             f"Recognition: {r['positives']} positive and {r['negatives']} negative questions "
             f"({r['negatives_per_image']} negatives per query image, other identities, seeded); "
-            f"question: \"{r['question']}\". Mean acc = (pos acc + neg acc) / 2."
+            f'question: "{r["question"]}". Mean acc = (pos acc + neg acc) / 2.'
         )
     lines += ["", "## Main table (paper Table 1 shape)", ""]
-    header = ["Method", "Tokens", "Pos acc", "Neg acc", "Mean acc", "Precision", "Recall", "F1", "AUC",
-              "Mean acc (calibrated)", "Text QA", "Visual QA"]
+    header = [
+        "Method",
+        "Tokens",
+        "Pos acc",
+        "Neg acc",
+        "Mean acc",
+        "Precision",
+        "Recall",
+        "F1",
+        "AUC",
+        "Mean acc (calibrated)",
+        "Text QA",
+        "Visual QA",
+    ]
     rows = []
     for m in methods.values():
         rec = _get(m, "results", "recog")
-        rows.append([m["label"], fmt_tokens(m.get("concept_tokens")),
-                     fmt(_get(rec, "pos_acc")), fmt(_get(rec, "neg_acc")), fmt(_get(rec, "mean_acc")),
-                     fmt(_get(rec, "precision")), fmt(_get(rec, "recall")), fmt(_get(rec, "f1")),
-                     fmt(_get(rec, "auc")), fmt(_get(rec, "calibrated", "mean_acc")),
-                     fmt(_get(m, "results", "textqa", "acc")), fmt(_get(m, "results", "vqa", "acc"))])
+        rows.append(
+            [
+                m["label"],
+                fmt_tokens(m.get("concept_tokens")),
+                fmt(_get(rec, "pos_acc")),
+                fmt(_get(rec, "neg_acc")),
+                fmt(_get(rec, "mean_acc")),
+                fmt(_get(rec, "precision")),
+                fmt(_get(rec, "recall")),
+                fmt(_get(rec, "f1")),
+                fmt(_get(rec, "auc")),
+                fmt(_get(rec, "calibrated", "mean_acc")),
+                fmt(_get(m, "results", "textqa", "acc")),
+                fmt(_get(m, "results", "vqa", "acc")),
+            ]
+        )
     lines += _table(header, rows)
-    lines += ["", "Tokens = prompt tokens spent per concept (name + context / description / image tokens). "
-                  "AUC = ROC AUC of the Yes/No score over all recognition questions (0.5: no separation, "
-                  "whatever the Yes bias). Mean acc (calibrated) = at a Yes/No threshold fitted on the other half "
-                  "of the concepts (2-fold cross-fitting, `plvm.eval.metrics.cross_fitted_metrics`)."]
+    lines += [
+        "",
+        "Tokens = prompt tokens spent per concept (name + context / description / image tokens). "
+        "AUC = ROC AUC of the Yes/No score over all recognition questions (0.5: no separation, "
+        "whatever the Yes bias). Mean acc (calibrated) = at a Yes/No threshold fitted on the other half "
+        "of the concepts (2-fold cross-fitting, `plvm.eval.metrics.cross_fitted_metrics`).",
+    ]
 
     qa_tasks = [t for t in ("textqa", "vqa") if t in tasks and "skipped" not in tasks[t]]
     if qa_tasks:
-        lines += ["", "## QA controls", "",
-                  "*own* = personalized with the concept itself; *wrong concept* = same question, personalized "
-                  "with another identity; *no personalization* = the concept rewritten as "
-                  f"\"{cfg['phrase']}\", no concept tokens. Δ = own − wrong concept."]
+        lines += [
+            "",
+            "## QA controls",
+            "",
+            "*own* = personalized with the concept itself; *wrong concept* = same question, personalized "
+            "with another identity; *no personalization* = the concept rewritten as "
+            f'"{cfg["phrase"]}", no concept tokens. Δ = own − wrong concept.',
+        ]
         header = ["Method"]
         for t in qa_tasks:
             name = "Text QA" if t == "textqa" else "Visual QA"
@@ -107,14 +137,20 @@ def markdown_report(data: dict[str, Any]) -> str:
         rows.append(control)
         lines += [""] + _table(header, rows)
         chance = ", ".join(f"{t}: {fmt(tasks[t].get('chance_acc'))}" for t in qa_tasks)
-        lines += ["", f"Chance level ({chance}); items: " +
-                  ", ".join(f"{t}: {tasks[t]['items']}" for t in qa_tasks) + "."]
+        lines += [
+            "",
+            f"Chance level ({chance}); items: " + ", ".join(f"{t}: {tasks[t]['items']}" for t in qa_tasks) + ".",
+        ]
 
     if "multi" in tasks and "skipped" not in tasks["multi"]:
         info = tasks["multi"]
-        lines += ["", "## Multi-concept recognition (MC-LLaVA protocol)", "",
-                  f"Scenario concepts: {', '.join(info['scenario'])}; images per split: {info['images']}. "
-                  "Per split: every concept alone and the full set (Yes iff all present)."]
+        lines += [
+            "",
+            "## Multi-concept recognition (MC-LLaVA protocol)",
+            "",
+            f"Scenario concepts: {', '.join(info['scenario'])}; images per split: {info['images']}. "
+            "Per split: every concept alone and the full set (Yes iff all present).",
+        ]
         header = ["Method", "Split", "Acc", "Mean acc", "Precision", "Recall", "F1", "Set acc", "n"]
         rows = []
         for m in methods.values():
@@ -122,41 +158,87 @@ def markdown_report(data: dict[str, Any]) -> str:
             for split in ("single", "multi", "external"):
                 if split in res:
                     a = res[split]["all"]
-                    rows.append([m["label"], split, fmt(a["acc"]), fmt(a["mean_acc"]), fmt(a["precision"]),
-                                 fmt(a["recall"]), fmt(a["f1"]),
-                                 fmt(res[split]["set"]["acc"]) if res[split]["set"]["n"] else DASH, str(a["n"])])
+                    rows.append(
+                        [
+                            m["label"],
+                            split,
+                            fmt(a["acc"]),
+                            fmt(a["mean_acc"]),
+                            fmt(a["precision"]),
+                            fmt(a["recall"]),
+                            fmt(a["f1"]),
+                            fmt(res[split]["set"]["acc"]) if res[split]["set"]["n"] else DASH,
+                            str(a["n"]),
+                        ]
+                    )
         lines += [""] + _table(header, rows)
-        lines += ["", "External images have no positive question: their precision / recall / F1 are 0 by "
-                  "convention; read their accuracy."]
+        lines += [
+            "",
+            "External images have no positive question: their precision / recall / F1 are 0 by "
+            "convention; read their accuracy.",
+        ]
 
     if "caption" in tasks and "skipped" not in tasks["caption"]:
-        lines += ["", "## Captioning (mentions of `<name>`)", "",
-                  f"Each caption introduces the concepts in the photo plus {tasks['caption']['distractors']} "
-                  "distractor(s); micro precision / recall / F1 of mentioned concepts."]
+        lines += [
+            "",
+            "## Captioning (mentions of `<name>`)",
+            "",
+            f"Each caption introduces the concepts in the photo plus {tasks['caption']['distractors']} "
+            "distractor(s); micro precision / recall / F1 of mentioned concepts.",
+        ]
         header = ["Method", "Prompt", "Precision", "Recall", "F1", "Captions with a mention", "n"]
         rows = []
         for m in methods.values():
             for prompt, res in (_get(m, "results", "caption") or {}).items():
                 a = res["all"]
-                rows.append([m["label"], prompt, fmt(a["precision"]), fmt(a["recall"]), fmt(a["f1"]),
-                             str(a["captions_with_mention"]), str(a["n"])])
+                rows.append(
+                    [
+                        m["label"],
+                        prompt,
+                        fmt(a["precision"]),
+                        fmt(a["recall"]),
+                        fmt(a["f1"]),
+                        str(a["captions_with_mention"]),
+                        str(a["n"]),
+                    ]
+                )
         lines += [""] + _table(header, rows)
 
     lines += ["", "## Cost", ""]
-    header = ["Method", "Tokens / concept", "Recognition prompt tokens", "Preparation s / concept",
-              "Concepts prepared", "Total s"]
-    rows = [[m["label"], fmt_tokens(m.get("concept_tokens")),
-             fmt(_get(m, "results", "recog", "example_prompt_tokens")),
-             fmt(m.get("prepare_seconds_per_concept"), 2), str(m.get("concepts_prepared", 0)),
-             fmt(sum(m.get("seconds", {}).values()), 1)] for m in methods.values()]
+    header = [
+        "Method",
+        "Tokens / concept",
+        "Recognition prompt tokens",
+        "Preparation s / concept",
+        "Concepts prepared",
+        "Total s",
+    ]
+    rows = [
+        [
+            m["label"],
+            fmt_tokens(m.get("concept_tokens")),
+            fmt(_get(m, "results", "recog", "example_prompt_tokens")),
+            fmt(m.get("prepare_seconds_per_concept"), 2),
+            str(m.get("concepts_prepared", 0)),
+            fmt(sum(m.get("seconds", {}).values()), 1),
+        ]
+        for m in methods.values()
+    ]
     lines += _table(header, rows)
-    lines += ["", "Recognition prompt tokens: length of one full recognition prompt (template, image tokens, "
-              "concept tokens), the same question for every method."]
+    lines += [
+        "",
+        "Recognition prompt tokens: length of one full recognition prompt (template, image tokens, "
+        "concept tokens), the same question for every method.",
+    ]
 
-    lines += ["", "## Data", "",
-              f"{ds['concepts']} concepts, {ds['query_images']} query images, {ds['text_qa']} text-only and "
-              f"{ds['visual_qa']} visual questions, multi-concept images {ds['multi_images'] or 'none'}; "
-              f"{ds['skipped_images']} unreadable image(s) skipped, {ds['skipped_entries']} unusable entries."]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"{ds['concepts']} concepts, {ds['query_images']} query images, {ds['text_qa']} text-only and "
+        f"{ds['visual_qa']} visual questions, multi-concept images {ds['multi_images'] or 'none'}; "
+        f"{ds['skipped_images']} unreadable image(s) skipped, {ds['skipped_entries']} unusable entries.",
+    ]
     for note in ds.get("notes", [])[:20]:
         lines.append(f"- {note}")
     lines.append("")
@@ -179,8 +261,7 @@ def plot_results(data: dict[str, Any], path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     methods = list(data["methods"].values())
-    metrics = [(t, p, lbl) for t, p, lbl in BAR_METRICS
-               if any(_get(m, "results", t, *p) is not None for m in methods)]
+    metrics = [(t, p, lbl) for t, p, lbl in BAR_METRICS if any(_get(m, "results", t, *p) is not None for m in methods)]
     fig = Figure(figsize=(max(6.0, 1.6 * max(len(metrics), 1) + 2), 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -191,14 +272,21 @@ def plot_results(data: dict[str, Any], path: str | Path) -> Path:
         bars = ax.bar(xs, [v if v is not None else 0.0 for v in values], width, label=m["label"])
         for bar, v in zip(bars, values):
             if v is not None:
-                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"{v:.2f}",
-                        ha="center", va="bottom", fontsize=6)
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    bar.get_height() + 0.01,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels([lbl for _, _, lbl in metrics], fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score")
-    ax.set_title(data.get("meta", {}).get("title") or f"{data['dataset']['name']} — {data.get('base_model')}",
-                 fontsize=9)
+    ax.set_title(
+        data.get("meta", {}).get("title") or f"{data['dataset']['name']} — {data.get('base_model')}", fontsize=9
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -51,8 +51,10 @@ class Scorer:
 
         Uses :meth:`PersonalizedLVLM.score_yes_no` (one forward per batch of ``batch_size``).
         """
-        out = [self.lvlm.score_yes_no(list(conversations[i : i + self.batch_size]))
-               for i in range(0, len(conversations), self.batch_size)]
+        out = [
+            self.lvlm.score_yes_no(list(conversations[i : i + self.batch_size]))
+            for i in range(0, len(conversations), self.batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0)
 
     # ------------------------------------------------------------------ option letters
@@ -112,8 +114,9 @@ class Scorer:
         return self.lvlm.generate(conversation, max_new_tokens=max_new_tokens).text
 
     # ------------------------------------------------------------------ decisions (either mode)
-    def decide_yes_no(self, conversations: Sequence[Conversation], mode: str = "logits",
-                      max_new_tokens: int = 8) -> list[Decision]:
+    def decide_yes_no(
+        self, conversations: Sequence[Conversation], mode: str = "logits", max_new_tokens: int = 8
+    ) -> list[Decision]:
         """Yes/No decisions: ``mode="logits"`` (log-odds > 0, one forward per batch) or ``"generate"`` (parse)."""
         if mode == "logits":
             return [Decision(bool(s > 0), float(s)) for s in self.yes_no(conversations)]
@@ -125,8 +128,13 @@ class Scorer:
             return out
         raise ValueError(f"unknown scoring mode {mode!r} (logits | generate)")
 
-    def decide_letter(self, conversations: Sequence[Conversation], options: Sequence[dict[str, str]],
-                      mode: str = "logits", max_new_tokens: int = 8) -> list[Decision]:
+    def decide_letter(
+        self,
+        conversations: Sequence[Conversation],
+        options: Sequence[dict[str, str]],
+        mode: str = "logits",
+        max_new_tokens: int = 8,
+    ) -> list[Decision]:
         """Multiple-choice decisions: highest letter log-probability, or the letter parsed from generated text."""
         if mode == "logits":
             scores = self.letters(conversations, [list(o) for o in options])

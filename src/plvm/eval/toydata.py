@@ -58,17 +58,29 @@ def write_toy_dataset(
                 image.save(folder / name, quality=95)
             else:
                 image.save(folder / name)
-            visual_qa.append({"ref_img": f"{cid}/ref_img.png", "query_img": f"{cid}/{name}",
-                              "question": "Where is <sks> in this photo?",
-                              "multiple_choice": {"A": "On the left", "B": "On the right"},
-                              "correct_answer": "A" if places[0] == "left" else "B"})
+            visual_qa.append(
+                {
+                    "ref_img": f"{cid}/ref_img.png",
+                    "query_img": f"{cid}/{name}",
+                    "question": "Where is <sks> in this photo?",
+                    "multiple_choice": {"A": "On the left", "B": "On the right"},
+                    "correct_answer": "A" if places[0] == "left" else "B",
+                }
+            )
         others = [n for n in names if n != colour][:2]
         options = [colour] + others
         order = rng.permutation(len(options)).tolist()
         letters = "ABCD"
         mc = {letters[i]: options[j].capitalize() for i, j in enumerate(order)}
-        text_qa.append({"ref_img": f"{cid}/ref_img.png", "query_img": None, "question": "What color is <sks>?",
-                        "multiple_choice": mc, "correct_answer": letters[order.index(0)]})
+        text_qa.append(
+            {
+                "ref_img": f"{cid}/ref_img.png",
+                "query_img": None,
+                "question": "What color is <sks>?",
+                "multiple_choice": mc,
+                "correct_answer": letters[order.index(0)],
+            }
+        )
     (root / "query_ques.json").write_text(json.dumps(visual_qa, indent=1))
     (root / "non_query_ques.json").write_text(json.dumps(text_qa, indent=1))
     multi = root / "multi" / "images"

@@ -111,10 +111,16 @@ ERROR_STATUS: list[tuple[type[BaseException], int]] = [
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
-    for code, text in [(401, "missing or wrong bearer token"), (404, "unknown concept or session"),
-                       (409, "name taken or concept of another base model"), (413, "too large"),
-                       (415, "not an image"), (422, "invalid input"), (400, "foreign Host header"),
-                       (403, "cross-origin write without the token")]
+    for code, text in [
+        (401, "missing or wrong bearer token"),
+        (404, "unknown concept or session"),
+        (409, "name taken or concept of another base model"),
+        (413, "too large"),
+        (415, "not an image"),
+        (422, "invalid input"),
+        (400, "foreign Host header"),
+        (403, "cross-origin write without the token"),
+    ]
 }
 
 
@@ -192,9 +198,18 @@ def create_app(
     model_lock = threading.Lock()
 
     def new_session(auto_identify: bool = True, visual_prompt: bool = False) -> ChatSession:
-        return ChatSession(plvm, store, identifier, encoder, auto_identify=auto_identify,
-                           max_new_tokens=limits.max_new_tokens, max_question_chars=limits.max_question_chars,
-                           limits=limits.image, model_lock=model_lock, visual_prompt=visual_prompt)
+        return ChatSession(
+            plvm,
+            store,
+            identifier,
+            encoder,
+            auto_identify=auto_identify,
+            max_new_tokens=limits.max_new_tokens,
+            max_question_chars=limits.max_question_chars,
+            limits=limits.image,
+            model_lock=model_lock,
+            visual_prompt=visual_prompt,
+        )
 
     sessions = SessionRegistry(new_session, limits.max_sessions)
     auth = TokenAuth(token)
@@ -203,7 +218,7 @@ def create_app(
         title="plvm",
         version=__version__,
         description="Tuning-free personalization of a vision-language model: concepts from one photo, "
-                    "then ask about them by name (<bo>).",
+        "then ask about them by name (<bo>).",
         docs_url=None,  # Swagger UI would load its assets from a CDN; the schema is at /openapi.json
         redoc_url=None,
     )
@@ -246,9 +261,14 @@ def create_app(
             return []
         return [lookup_name(n) for n in raw.replace(",", " ").split()]
 
-    def answer_response(session: ChatSession, turn: PreparedTurn, stream: bool, sid: str | None,
-                        session_lock: threading.Lock | None = None,
-                        held: contextlib.ExitStack | None = None) -> Any:
+    def answer_response(
+        session: ChatSession,
+        turn: PreparedTurn,
+        stream: bool,
+        sid: str | None,
+        session_lock: threading.Lock | None = None,
+        held: contextlib.ExitStack | None = None,
+    ) -> Any:
         def done() -> None:
             if session_lock is not None:
                 session_lock.release()
@@ -278,9 +298,13 @@ def create_app(
         threading.Thread(target=work, name="plvm-generate", daemon=True).start()
 
         def events() -> Iterator[bytes]:
-            start = {"event": "start", "session_id": sid, "active_concepts": [a.to_dict() for a in turn.active],
-                     "new_concepts": turn.new_concepts,
-                     "identify": turn.identify.to_dict() if turn.identify is not None else None}
+            start = {
+                "event": "start",
+                "session_id": sid,
+                "active_concepts": [a.to_dict() for a in turn.active],
+                "new_concepts": turn.new_concepts,
+                "identify": turn.identify.to_dict() if turn.identify is not None else None,
+            }
             yield (json.dumps(start) + "\n").encode()
             while True:
                 kind, payload = chunks.get()
@@ -307,9 +331,13 @@ def create_app(
             "hidden_size": identity.hidden_size,
             "concepts": len(store),
             "auth_required": bool(token),
-            "limits": {"max_request_bytes": limits.max_request_bytes, "max_image_bytes": limits.image.max_bytes,
-                       "max_image_pixels": limits.image.max_pixels, "max_question_chars": limits.max_question_chars,
-                       "identify_threshold": identifier.threshold},
+            "limits": {
+                "max_request_bytes": limits.max_request_bytes,
+                "max_image_bytes": limits.image.max_bytes,
+                "max_image_pixels": limits.image.max_pixels,
+                "max_question_chars": limits.max_question_chars,
+                "identify_threshold": identifier.threshold,
+            },
         }
 
     # ------------------------------------------------------------------ concepts
@@ -349,12 +377,19 @@ def create_app(
     def get_concept(name: str) -> ConceptOut:
         return ConceptOut.of(store.get(name))
 
-    @api.get("/concepts/{name}/image", summary="The concept's original reference image",
-             response_class=Response, responses={200: {"content": {"image/*": {}}}})
+    @api.get(
+        "/concepts/{name}/image",
+        summary="The concept's original reference image",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}}},
+    )
     def concept_image(name: str) -> Response:
         path = store.image_file(name)
-        return FileResponse(path, media_type=MIME_TYPES.get(path.suffix.lstrip("."), "application/octet-stream"),
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            path,
+            media_type=MIME_TYPES.get(path.suffix.lstrip("."), "application/octet-stream"),
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     @api.patch("/concepts/{name}", response_model=ConceptOut, summary="Rename a concept")
     def rename_concept(name: str, body: RenameIn) -> ConceptOut:
@@ -365,14 +400,21 @@ def create_app(
         store.remove(name)
         return Response(status_code=204)
 
-    @api.get("/concepts/{name}/export", response_class=Response, summary="Export as one .safetensors file",
-             responses={200: {"content": {"application/octet-stream": {}}}})
+    @api.get(
+        "/concepts/{name}/export",
+        response_class=Response,
+        summary="Export as one .safetensors file",
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
     def export_concept(name: str) -> Response:
         record = store.get(name)
         with tempfile.TemporaryDirectory(prefix="plvm-export-") as tmp:
             data = store.export(record.name, Path(tmp) / "concept.safetensors").read_bytes()
-        return Response(data, media_type="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{record.name}.concept.safetensors"'})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{record.name}.concept.safetensors"'},
+        )
 
     # ------------------------------------------------------------------ identify
     @api.post("/identify", response_model=IdentifyOut, summary="Rank stored concepts on a photo")
@@ -400,15 +442,20 @@ def create_app(
         return result.to_dict()
 
     # ------------------------------------------------------------------ ask / chat
-    @api.post("/ask", response_model=AnswerOut, summary="One question about a photo (stateless)",
-              responses={200: {"content": {"application/x-ndjson": {}}}})
+    @api.post(
+        "/ask",
+        response_model=AnswerOut,
+        summary="One question about a photo (stateless)",
+        responses={200: {"content": {"application/x-ndjson": {}}}},
+    )
     def ask(
         question: str = Form(..., description="e.g. 'Is <bo> in this photo?'"),
         image: Optional[UploadFile] = File(None),
         concepts: Optional[str] = Form(None, description="extra stored concepts to use (comma separated)"),
         auto_identify: bool = Form(True, description="also use concepts identified in the photo"),
-        visual_prompt: bool = Form(False, description="tell the model where identified people are "
-                                                      "('<bo> is the person on the left.')"),
+        visual_prompt: bool = Form(
+            False, description="tell the model where identified people are ('<bo> is the person on the left.')"
+        ),
         stream: bool = Form(False, description="answer as NDJSON events while generating"),
     ) -> Any:
         session = new_session(auto_identify=auto_identify, visual_prompt=visual_prompt)
@@ -427,8 +474,11 @@ def create_app(
         return {"session_id": sessions.create()}
 
     def session_out(sid: str, chat: ChatSession) -> dict[str, Any]:
-        return {"session_id": sid, "active_concepts": [a.to_dict() for a in chat.active_concepts],
-                "turns": chat.history()}
+        return {
+            "session_id": sid,
+            "active_concepts": [a.to_dict() for a in chat.active_concepts],
+            "turns": chat.history(),
+        }
 
     @api.get("/chats/{sid}", response_model=SessionOut, summary="History and active concepts")
     def get_chat(sid: str) -> dict[str, Any]:
@@ -446,8 +496,12 @@ def create_app(
             entry.chat.use_concept(body.name)
         return session_out(sid, entry.chat)
 
-    @api.post("/chats/{sid}/messages", response_model=AnswerOut, summary="Send a message (and maybe a photo)",
-              responses={200: {"content": {"application/x-ndjson": {}}}})
+    @api.post(
+        "/chats/{sid}/messages",
+        response_model=AnswerOut,
+        summary="Send a message (and maybe a photo)",
+        responses={200: {"content": {"application/x-ndjson": {}}}},
+    )
     def chat_message(
         sid: str,
         text: str = Form(...),
@@ -458,8 +512,7 @@ def create_app(
         entry = sessions.get(sid)
         held = contextlib.ExitStack()
         try:
-            loaded = (read_image(image, "photo", held) if image is not None and (image.filename or image.size)
-                      else None)
+            loaded = read_image(image, "photo", held) if image is not None and (image.filename or image.size) else None
         except BaseException:
             held.close()
             raise
@@ -479,8 +532,11 @@ def create_app(
     # ------------------------------------------------------------------ web page
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            media_type="text/html",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.plvm = plvm

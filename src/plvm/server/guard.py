@@ -35,7 +35,7 @@ def split_host(value: str) -> str:
     """The host part of a ``Host`` header or URL netloc (``[::1]:8000`` → ``::1``, ``a:80`` → ``a``), lowercased."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.index("]")] if "]" in value else value
+        return value[1 : value.index("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -55,8 +55,9 @@ def allowed_host_names(bind_host: str | None = None, extra: Iterable[str] = ()) 
 class RequestGuardMiddleware:
     """Refuse foreign ``Host`` headers (400) and cross-origin writes without the token (403); see the module."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], allowed_hosts: frozenset[str] | None,
-                 token: str | None = None):
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], allowed_hosts: frozenset[str] | None, token: str | None = None
+    ):
         self.app = app
         self.allowed_hosts = allowed_hosts
         self.token = token
@@ -64,8 +65,13 @@ class RequestGuardMiddleware:
     @staticmethod
     async def _reject(send: Send, status: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def host_allowed(self, host: str) -> bool:
@@ -107,14 +113,21 @@ class RequestGuardMiddleware:
         host = headers.get("host", "")
         if not self.host_allowed(host):
             allowed = ", ".join(sorted(self.allowed_hosts or ())) or "any"
-            await self._reject(send, 400, f"Host {host.strip()[:80]!r} is not this server (it answers to "
-                                          f"{allowed}): refused to protect against DNS rebinding; "
-                                          "start plvm serve with --allow-host NAME to add a name")
+            await self._reject(
+                send,
+                400,
+                f"Host {host.strip()[:80]!r} is not this server (it answers to "
+                f"{allowed}): refused to protect against DNS rebinding; "
+                "start plvm serve with --allow-host NAME to add a name",
+            )
             return
         reason = self.write_refusal(scope.get("method", "GET").upper(), headers)
         if reason is not None:
-            await self._reject(send, 403, f"{reason}: writes must come from this server's own page or carry "
-                                          "the bearer token (CSRF protection)")
+            await self._reject(
+                send,
+                403,
+                f"{reason}: writes must come from this server's own page or carry the bearer token (CSRF protection)",
+            )
             return
         await self.app(scope, receive, send)
 

@@ -31,8 +31,9 @@ def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          log_level: str = "info") -> None:
+def serve(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, log_level: str = "info"
+) -> None:
     """Run ``app`` until interrupted; refuses a non-loopback ``host`` without a ``token``."""
     import uvicorn
 

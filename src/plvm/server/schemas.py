@@ -23,9 +23,12 @@ class ConceptOut(BaseModel):
     created_at: float
     updated_at: float
     feature_kinds: list[str] = []
-    face: Optional[dict[str, Any]] = Field(None, description="main face of the reference: backend, faces_found "
-                                                               "(0 = none found), box, score; null without a face "
-                                                               "backend")
+    face: Optional[dict[str, Any]] = Field(
+        None,
+        description="main face of the reference: backend, faces_found "
+        "(0 = none found), box, score; null without a face "
+        "backend",
+    )
     image_url: Optional[str] = None
 
     @classmethod
@@ -54,17 +57,23 @@ class InfoOut(BaseModel):
 class MatchOut(BaseModel):
     name: str
     token: str
-    score: Optional[float] = Field(description="cosine similarity (face embeddings for person concepts, "
-                                               "reference-encoder features otherwise); null when the photo "
-                                               "shows no face to compare with a person concept")
+    score: Optional[float] = Field(
+        description="cosine similarity (face embeddings for person concepts, "
+        "reference-encoder features otherwise); null when the photo "
+        "shows no face to compare with a person concept"
+    )
     source: str = Field(description="image | region | face")
     box: Optional[list[int]] = None
     present: bool
-    reason: Optional[str] = Field(None, description="face match | no matching face | no face found | no face "
-                                                    "backend | face from another backend | image match | "
-                                                    "no image match")
-    confidence: Optional[float] = Field(None, description="face matches: the backend's calibrated "
-                                                          "probability of 'same person'")
+    reason: Optional[str] = Field(
+        None,
+        description="face match | no matching face | no face found | no face "
+        "backend | face from another backend | image match | "
+        "no image match",
+    )
+    confidence: Optional[float] = Field(
+        None, description="face matches: the backend's calibrated probability of 'same person'"
+    )
 
 
 class IdentifyOut(BaseModel):

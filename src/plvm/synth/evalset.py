@@ -99,11 +99,24 @@ class EvalSet:
         return [q for q in self.queries if q.identity_id == identity_id]
 
 
-def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_identities: int = 46,
-                   queries_per_identity: tuple[int, int] = (5, 10), n_text_qa: int = 70,
-                   visual_qa_per_query: int = 1, n_multi2: int = 150, n_multi3: int = 150, n_external: int = 50,
-                   hard_negative_prob: float = 0.3, hard_negative_distance: int = 2, size: int | None = None,
-                   query_kind: str = "scene", progress: Callable[[int, int], None] | None = None) -> EvalSet:
+def build_eval_set(
+    world: AvatarWorld,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    n_identities: int = 46,
+    queries_per_identity: tuple[int, int] = (5, 10),
+    n_text_qa: int = 70,
+    visual_qa_per_query: int = 1,
+    n_multi2: int = 150,
+    n_multi3: int = 150,
+    n_external: int = 50,
+    hard_negative_prob: float = 0.3,
+    hard_negative_distance: int = 2,
+    size: int | None = None,
+    query_kind: str = "scene",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalSet:
     """Build the evaluation set deterministically from ``world`` and ``seed``.
 
     ``n_identities`` concepts are drawn from ``split``; the remaining identities of the split are
@@ -163,13 +176,22 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
     text_qa: list[EvalQA] = []
     per = [n_text_qa // n + (1 if i < n_text_qa % n else 0) for i in range(n)] if n else []
     for c, m in zip([concepts[int(i)] for i in rng.permutation(n)], per):
-        for qi in rng.permutation(len(paper_qs))[:m] if m <= len(paper_qs) else \
-                np.resize(rng.permutation(len(paper_qs)), m):
+        for qi in (
+            rng.permutation(len(paper_qs))[:m] if m <= len(paper_qs) else np.resize(rng.permutation(len(paper_qs)), m)
+        ):
             item = qa.attribute_mc_qa(c, rng, question=paper_qs[int(qi)], n_options=3)
-            text_qa.append(EvalQA(c.id, item.question, dict(item.options or {}), str(item.correct),
-                                  str(item.meta["free_answer"]), "text", None,
-                                  {"attribute": item.meta["attribute"], "value": item.meta["value"],
-                                   "answer_text": item.answer_text}))
+            text_qa.append(
+                EvalQA(
+                    c.id,
+                    item.question,
+                    dict(item.options or {}),
+                    str(item.correct),
+                    str(item.meta["free_answer"]),
+                    "text",
+                    None,
+                    {"attribute": item.meta["attribute"], "value": item.meta["value"], "answer_text": item.answer_text},
+                )
+            )
     text_qa.sort(key=lambda e: e.identity_id)
 
     visual_qa: list[EvalQA] = []
@@ -178,9 +200,18 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
         for r in range(int(visual_qa_per_query) if q.graph is not None else 0):
             kind = EVAL_VISUAL_KINDS[(start + j * visual_qa_per_query + r) % len(EVAL_VISUAL_KINDS)]
             item = qa.visual_mc_qa(q.graph, rng, target=q.identity_id, kind=kind, n_options=3)
-            visual_qa.append(EvalQA(q.identity_id, item.question, dict(item.options or {}), str(item.correct),
-                                    str(item.answer_text), "visual", q.index,
-                                    {"visual": item.meta["visual"], "value": item.meta["value"]}))
+            visual_qa.append(
+                EvalQA(
+                    q.identity_id,
+                    item.question,
+                    dict(item.options or {}),
+                    str(item.correct),
+                    str(item.answer_text),
+                    "visual",
+                    q.index,
+                    {"visual": item.meta["visual"], "value": item.meta["value"]},
+                )
+            )
 
     multi: list[MultiImage] = []
     for n_c, count in ((2, n_multi2), (3, n_multi3)):
@@ -190,8 +221,11 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
             chosen = [concepts[int(i)] for i in rng.choice(n, size=n_c, replace=False)]
             n_people = min(4, n_c + int(rng.random() < 0.5))
             scene = world.sample_scene(rng, include=chosen, n_people=n_people, pool=strangers, size=size)
-            multi.append(MultiImage(f"multi{n_c}_{len(multi):05d}", scene.image, scene.graph,
-                                    sorted(c.id for c in chosen), False))
+            multi.append(
+                MultiImage(
+                    f"multi{n_c}_{len(multi):05d}", scene.image, scene.graph, sorted(c.id for c in chosen), False
+                )
+            )
             tick()
     for e in range(n_external):
         scene = world.sample_scene(rng, n_people=int(rng.integers(1, 4)), pool=strangers, size=size)
@@ -199,10 +233,20 @@ def build_eval_set(world: AvatarWorld, *, split: str = "test", seed: int = 0, n_
         tick()
 
     meta = {
-        "world_seed": world.seed, "eval_seed": int(seed), "split": split, "size": int(size or world.size),
-        "n_identities": n, "n_strangers": len(strangers), "n_queries": len(queries), "n_text_qa": len(text_qa),
-        "n_visual_qa": len(visual_qa), "n_multi2": n_multi2, "n_multi3": n_multi3, "n_external": n_external,
-        "hard_negative_prob": hard_negative_prob, "hard_negative_distance": hard_negative_distance,
+        "world_seed": world.seed,
+        "eval_seed": int(seed),
+        "split": split,
+        "size": int(size or world.size),
+        "n_identities": n,
+        "n_strangers": len(strangers),
+        "n_queries": len(queries),
+        "n_text_qa": len(text_qa),
+        "n_visual_qa": len(visual_qa),
+        "n_multi2": n_multi2,
+        "n_multi3": n_multi3,
+        "n_external": n_external,
+        "hard_negative_prob": hard_negative_prob,
+        "hard_negative_distance": hard_negative_distance,
         **({"query_kind": query_kind} if query_kind != "scene" else {}),
     }
     return EvalSet(concepts, strangers, references, queries, text_qa, visual_qa, multi, meta)

@@ -47,8 +47,9 @@ class Scorer(Protocol):
     def score(self, image: Image.Image, prompt: str, reference: Image.Image | None) -> float | None: ...
 
 
-def score_batch(scorer: Any, images: Sequence[Image.Image], prompts: Sequence[str],
-                references: Sequence[Image.Image | None]) -> list[float | None]:
+def score_batch(
+    scorer: Any, images: Sequence[Image.Image], prompts: Sequence[str], references: Sequence[Image.Image | None]
+) -> list[float | None]:
     """``scorer.score_many`` if it has one (batched), else ``score`` image by image."""
     many = getattr(scorer, "score_many", None)
     if many is not None:
@@ -98,8 +99,9 @@ class FilterChain:
 
     filters: list[ThresholdFilter] = field(default_factory=list)
 
-    def evaluate(self, images: Sequence[Image.Image], prompts: Sequence[str],
-                 references: Sequence[Image.Image | None]) -> list[Decision]:
+    def evaluate(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], references: Sequence[Image.Image | None]
+    ) -> list[Decision]:
         if not (len(images) == len(prompts) == len(references)):
             raise ValueError("images, prompts and references must have the same length")
         per_filter = [score_batch(f.scorer, images, prompts, references) for f in self.filters]
@@ -118,8 +120,15 @@ class FilterChain:
         return out
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": f.name, "threshold": f.threshold, "accept_missing": f.accept_missing,
-                 **(f.scorer.describe() if hasattr(f.scorer, "describe") else {})} for f in self.filters]
+        return [
+            {
+                "name": f.name,
+                "threshold": f.threshold,
+                "accept_missing": f.accept_missing,
+                **(f.scorer.describe() if hasattr(f.scorer, "describe") else {}),
+            }
+            for f in self.filters
+        ]
 
 
 # ================================================================================ scorers
@@ -157,8 +166,15 @@ class ClipPromptScorer:
 
     name = "clip"
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, device: str = "cpu", batch_size: int = 16,
-                 source: str = "custom"):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        device: str = "cpu",
+        batch_size: int = 16,
+        source: str = "custom",
+    ):
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -167,33 +183,42 @@ class ClipPromptScorer:
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_CLIP_MODEL, device: str = "cpu", dtype: Any = None,
-                        **kw: Any) -> "ClipPromptScorer":
+    def from_pretrained(
+        cls, name_or_path: str = DEFAULT_CLIP_MODEL, device: str = "cpu", dtype: Any = None, **kw: Any
+    ) -> "ClipPromptScorer":
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         hub = {k: kw[k] for k in ("local_files_only", "revision", "cache_dir", "token") if k in kw}
         model = CLIPModel.from_pretrained(name_or_path, **({"dtype": dtype} if dtype is not None else {}), **hub)
-        return cls(model, AutoTokenizer.from_pretrained(name_or_path, **hub),
-                   AutoImageProcessor.from_pretrained(name_or_path, **hub), device=device,
-                   batch_size=kw.get("batch_size", 16), source=str(name_or_path))
+        return cls(
+            model,
+            AutoTokenizer.from_pretrained(name_or_path, **hub),
+            AutoImageProcessor.from_pretrained(name_or_path, **hub),
+            device=device,
+            batch_size=kw.get("batch_size", 16),
+            source=str(name_or_path),
+        )
 
     def score(self, image: Image.Image, prompt: str, reference: Image.Image | None = None) -> float:
         return self.score_many([image], [prompt], [reference])[0]
 
-    def score_many(self, images: Sequence[Image.Image], prompts: Sequence[str],
-                   references: Sequence[Image.Image | None] | None = None) -> list[float]:
+    def score_many(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        references: Sequence[Image.Image | None] | None = None,
+    ) -> list[float]:
         import torch
 
         out: list[float] = []
         dtype = next(self.model.parameters()).dtype
         for start in range(0, len(images), self.batch_size):
-            ims = [im.convert("RGB") for im in images[start:start + self.batch_size]]
-            txt = list(prompts[start:start + self.batch_size])
+            ims = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+            txt = list(prompts[start : start + self.batch_size])
             pix = self.image_processor(images=ims, return_tensors="pt")["pixel_values"].to(self.device, dtype)
             tok = self.tokenizer(txt, padding=True, truncation=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
-                res = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"),
-                                 pixel_values=pix)
+                res = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"), pixel_values=pix)
             img = torch.nn.functional.normalize(res.image_embeds.float(), dim=-1)
             txt_e = torch.nn.functional.normalize(res.text_embeds.float(), dim=-1)
             out += [float(v) for v in (img * txt_e).sum(-1).cpu()]
@@ -282,8 +307,10 @@ def face_embedder(backend: str = "dlib", allow_noncommercial: bool = False, **kw
     research only).
     """
     if backend == "insightface" and not allow_noncommercial:
-        raise ValueError("the insightface ArcFace weights are licensed for NON-COMMERCIAL research only; "
-                         "pass allow_noncommercial=True (CLI: --allow-noncommercial) to use them, or use 'dlib' (CC0)")
+        raise ValueError(
+            "the insightface ArcFace weights are licensed for NON-COMMERCIAL research only; "
+            "pass allow_noncommercial=True (CLI: --allow-noncommercial) to use them, or use 'dlib' (CC0)"
+        )
     from plvm.encoders.face import FaceConfig, FaceEncoder
 
     encoder = FaceEncoder.from_config(FaceConfig(backend=backend, allow_noncommercial=allow_noncommercial, **kw))
@@ -313,8 +340,9 @@ def _main_face(encoder: Any, image: Image.Image) -> Any:
     return max(faces, key=area)
 
 
-def make_filters(clip: Any | None, face: Any | None, clip_threshold: float = CLIP_THRESHOLD,
-                 face_threshold: float = FACE_THRESHOLD) -> FilterChain:
+def make_filters(
+    clip: Any | None, face: Any | None, clip_threshold: float = CLIP_THRESHOLD, face_threshold: float = FACE_THRESHOLD
+) -> FilterChain:
     """The paper's two filters (either may be ``None`` to leave it out)."""
     filters: list[ThresholdFilter] = []
     if clip is not None:

@@ -24,66 +24,111 @@ DEFAULT_N_PROMPTS = 200
 DEFAULT_PER_REFERENCE = 5
 #: Appended to the scene text for Stable Diffusion (the filters score the bare scene text).
 DEFAULT_STYLE = "photo, realistic, natural light, detailed face, high quality"
-DEFAULT_NEGATIVE = ("lowres, blurry, deformed face, disfigured, extra limbs, bad anatomy, cartoon, drawing, "
-                    "watermark, text, multiple people")
+DEFAULT_NEGATIVE = (
+    "lowres, blurry, deformed face, disfigured, extra limbs, bad anatomy, cartoon, drawing, "
+    "watermark, text, multiple people"
+)
 
 CLOTHING: tuple[str, ...] = (
-    "a red hoodie", "a navy business suit", "a denim jacket", "a white t-shirt", "a yellow raincoat",
-    "a black leather jacket", "a striped sweater", "a floral summer dress", "a green parka", "a grey wool coat",
-    "a chef's apron", "a white lab coat", "a blue polo shirt", "a plaid flannel shirt", "a knitted scarf and beanie",
-    "a sports jersey", "a linen shirt", "a black turtleneck", "an orange windbreaker", "a beige trench coat",
-    "a cardigan", "a tuxedo", "a graduation gown", "work overalls", "a cycling jersey", "a ski jacket",
-    "a hawaiian shirt", "a hospital scrub top", "a formal evening dress", "a baseball cap and a t-shirt",
+    "a red hoodie",
+    "a navy business suit",
+    "a denim jacket",
+    "a white t-shirt",
+    "a yellow raincoat",
+    "a black leather jacket",
+    "a striped sweater",
+    "a floral summer dress",
+    "a green parka",
+    "a grey wool coat",
+    "a chef's apron",
+    "a white lab coat",
+    "a blue polo shirt",
+    "a plaid flannel shirt",
+    "a knitted scarf and beanie",
+    "a sports jersey",
+    "a linen shirt",
+    "a black turtleneck",
+    "an orange windbreaker",
+    "a beige trench coat",
+    "a cardigan",
+    "a tuxedo",
+    "a graduation gown",
+    "work overalls",
+    "a cycling jersey",
+    "a ski jacket",
+    "a hawaiian shirt",
+    "a hospital scrub top",
+    "a formal evening dress",
+    "a baseball cap and a t-shirt",
 )
 
 #: Activities that fit every place.
 ANYWHERE: tuple[str, ...] = (
-    "smiling at the camera", "taking a selfie", "waving hello", "laughing out loud", "looking into the distance",
+    "smiling at the camera",
+    "taking a selfie",
+    "waving hello",
+    "laughing out loud",
+    "looking into the distance",
     "talking on the phone",
 )
 
 #: (place phrase with its preposition, activities that fit there).
 PLACES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("at the beach", ("walking along the shore", "building a sandcastle", "sitting under an umbrella",
-                      "flying a kite")),
-    ("in a coffee shop", ("drinking a cappuccino", "working on a laptop", "reading a newspaper",
-                          "ordering at the counter")),
+    (
+        "at the beach",
+        ("walking along the shore", "building a sandcastle", "sitting under an umbrella", "flying a kite"),
+    ),
+    (
+        "in a coffee shop",
+        ("drinking a cappuccino", "working on a laptop", "reading a newspaper", "ordering at the counter"),
+    ),
     ("in a city park", ("jogging", "feeding the ducks", "sitting on a bench", "walking a dog")),
     ("in a modern kitchen", ("chopping vegetables", "baking a cake", "making pancakes", "washing dishes")),
     ("in a library", ("reading a book", "browsing the shelves", "taking notes", "studying quietly")),
     ("on a snowy mountain", ("skiing", "building a snowman", "hiking with poles", "drinking hot chocolate")),
-    ("at a train station", ("waiting for a train", "checking the timetable", "carrying a suitcase",
-                            "reading a map")),
-    ("in an office", ("giving a presentation", "typing on a computer", "reviewing documents",
-                      "writing on a whiteboard")),
-    ("at a music festival", ("dancing", "playing the guitar", "singing into a microphone",
-                             "clapping along")),
+    ("at a train station", ("waiting for a train", "checking the timetable", "carrying a suitcase", "reading a map")),
+    (
+        "in an office",
+        ("giving a presentation", "typing on a computer", "reviewing documents", "writing on a whiteboard"),
+    ),
+    ("at a music festival", ("dancing", "playing the guitar", "singing into a microphone", "clapping along")),
     ("in a garden", ("watering the flowers", "planting tomatoes", "picking strawberries", "trimming a hedge")),
-    ("at a football stadium", ("cheering for a team", "holding a scarf up", "eating a hot dog",
-                               "watching the match")),
-    ("on a busy city street", ("crossing the road", "hailing a taxi", "carrying shopping bags",
-                               "walking past shop windows")),
-    ("in a museum", ("looking at a painting", "examining a sculpture", "reading an exhibit label",
-                     "sketching in a notebook")),
+    ("at a football stadium", ("cheering for a team", "holding a scarf up", "eating a hot dog", "watching the match")),
+    (
+        "on a busy city street",
+        ("crossing the road", "hailing a taxi", "carrying shopping bags", "walking past shop windows"),
+    ),
+    (
+        "in a museum",
+        ("looking at a painting", "examining a sculpture", "reading an exhibit label", "sketching in a notebook"),
+    ),
     ("by a lake", ("fishing from a dock", "paddling a canoe", "skipping stones", "having a picnic")),
     ("in a gym", ("lifting weights", "running on a treadmill", "stretching on a mat", "doing push-ups")),
-    ("at a birthday party", ("blowing out candles", "opening a present", "cutting the cake",
-                             "holding balloons")),
+    ("at a birthday party", ("blowing out candles", "opening a present", "cutting the cake", "holding balloons")),
     ("in a classroom", ("teaching a lesson", "raising a hand", "writing on a blackboard", "reading aloud")),
-    ("at an airport", ("pulling a suitcase", "boarding a plane", "looking at the departure board",
-                       "waiting at the gate")),
+    (
+        "at an airport",
+        ("pulling a suitcase", "boarding a plane", "looking at the departure board", "waiting at the gate"),
+    ),
     ("in a forest", ("hiking on a trail", "taking photos of trees", "sitting on a log", "collecting mushrooms")),
-    ("at a farmers market", ("buying fresh vegetables", "tasting cheese", "carrying a basket of apples",
-                             "choosing flowers")),
+    (
+        "at a farmers market",
+        ("buying fresh vegetables", "tasting cheese", "carrying a basket of apples", "choosing flowers"),
+    ),
     ("in a restaurant", ("eating pasta", "raising a glass", "reading the menu", "tasting a dessert")),
-    ("on a sailing boat", ("steering the wheel", "pulling a rope", "enjoying the sea breeze",
-                           "looking through binoculars")),
-    ("in a recording studio", ("singing into a microphone", "playing the piano", "wearing headphones",
-                               "adjusting a mixing desk")),
-    ("at a campsite", ("roasting marshmallows", "pitching a tent", "sitting by the campfire",
-                       "reading a trail map")),
-    ("on a rooftop terrace", ("watching the sunset", "drinking lemonade", "reading a magazine",
-                              "taking photos of the skyline")),
+    (
+        "on a sailing boat",
+        ("steering the wheel", "pulling a rope", "enjoying the sea breeze", "looking through binoculars"),
+    ),
+    (
+        "in a recording studio",
+        ("singing into a microphone", "playing the piano", "wearing headphones", "adjusting a mixing desk"),
+    ),
+    ("at a campsite", ("roasting marshmallows", "pitching a tent", "sitting by the campfire", "reading a trail map")),
+    (
+        "on a rooftop terrace",
+        ("watching the sunset", "drinking lemonade", "reading a magazine", "taking photos of the skyline"),
+    ),
 )
 
 
@@ -145,8 +190,9 @@ def stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def prompts_for_reference(bank: Sequence[ScenePrompt], reference_id: str, k: int = DEFAULT_PER_REFERENCE,
-                          seed: int = 0) -> list[ScenePrompt]:
+def prompts_for_reference(
+    bank: Sequence[ScenePrompt], reference_id: str, k: int = DEFAULT_PER_REFERENCE, seed: int = 0
+) -> list[ScenePrompt]:
     """``k`` distinct prompts of ``bank`` for one reference (a pure function of id, k and seed)."""
     if k > len(bank):
         raise ValueError(f"asked for {k} prompts per reference from a bank of {len(bank)}")

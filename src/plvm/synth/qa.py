@@ -98,16 +98,30 @@ class QA:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "answer": self.answer, "kind": self.kind, "options": self.options,
-                "correct": self.correct, "answer_text": self.answer_text, "meta": self.meta}
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "kind": self.kind,
+            "options": self.options,
+            "correct": self.correct,
+            "answer_text": self.answer_text,
+            "meta": self.meta,
+        }
 
 
 def _choice(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
     return seq[int(rng.integers(len(seq)))]
 
 
-def make_mc(question: str, correct_text: str, distractors: Sequence[str], rng: np.random.Generator,
-            n_options: int, kind: str, meta: dict[str, Any] | None = None) -> QA:
+def make_mc(
+    question: str,
+    correct_text: str,
+    distractors: Sequence[str],
+    rng: np.random.Generator,
+    n_options: int,
+    kind: str,
+    meta: dict[str, Any] | None = None,
+) -> QA:
     """A multiple-choice QA with the correct text at a random letter among ``n_options`` options."""
     pool = [d for d in dict.fromkeys(distractors) if d != correct_text]
     k = max(2, min(int(n_options), len(pool) + 1, len(LETTERS)))
@@ -116,8 +130,15 @@ def make_mc(question: str, correct_text: str, distractors: Sequence[str], rng: n
     texts = chosen[:pos] + [correct_text] + chosen[pos:]
     options = {LETTERS[i]: t for i, t in enumerate(texts)}
     letter = LETTERS[pos]
-    return QA(question=question, answer=letter, kind=kind, options=options, correct=letter,
-              answer_text=correct_text, meta=dict(meta or {}))
+    return QA(
+        question=question,
+        answer=letter,
+        kind=kind,
+        options=options,
+        correct=letter,
+        answer_text=correct_text,
+        meta=dict(meta or {}),
+    )
 
 
 # ================================================================================ recognition
@@ -125,8 +146,12 @@ def recognition_qa(rng: np.random.Generator, positive: bool, name: str = SKS) ->
     """A paper recognition template: ``"Is <sks> in this photo?"`` -> ``"Yes, <sks> is in this photo."``."""
     t = load_templates()
     q, a = _choice(rng, t.recognition_positive if positive else t.recognition_negative)
-    return QA(question=q.replace(SKS, name), answer=a.replace(SKS, name),
-              kind="recog_pos" if positive else "recog_neg", meta={"answer_word": "Yes" if positive else "No"})
+    return QA(
+        question=q.replace(SKS, name),
+        answer=a.replace(SKS, name),
+        kind="recog_pos" if positive else "recog_neg",
+        meta={"answer_word": "Yes" if positive else "No"},
+    )
 
 
 def recognition_pair_qa(rng: np.random.Generator, name: str = SKS) -> tuple[QA, QA]:
@@ -145,8 +170,10 @@ def recognition_pair_qa(rng: np.random.Generator, name: str = SKS) -> tuple[QA, 
     q, a_pos = _choice(rng, shared)
     a_neg = _choice(rng, negative[q])
     question = q.replace(SKS, name)
-    return (QA(question=question, answer=a_pos.replace(SKS, name), kind="recog_pos", meta={"answer_word": "Yes"}),
-            QA(question=question, answer=a_neg.replace(SKS, name), kind="recog_neg", meta={"answer_word": "No"}))
+    return (
+        QA(question=question, answer=a_pos.replace(SKS, name), kind="recog_pos", meta={"answer_word": "Yes"}),
+        QA(question=question, answer=a_neg.replace(SKS, name), kind="recog_neg", meta={"answer_word": "No"}),
+    )
 
 
 _NAME_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "j", "ch", "sh")
@@ -156,8 +183,7 @@ _NAME_VOWELS = ("a", "e", "i", "o", "u")
 def random_concept_name(rng: np.random.Generator) -> str:
     """A short made-up concept name (``"bo"``, ``"kel"``, ``"shimo"``): one or two consonant-vowel syllables,
     sometimes with a final consonant — the kind of name a user gives a concept, never a real word on purpose."""
-    syllables = "".join(_choice(rng, _NAME_ONSETS) + _choice(rng, _NAME_VOWELS)
-                        for _ in range(int(rng.integers(1, 3))))
+    syllables = "".join(_choice(rng, _NAME_ONSETS) + _choice(rng, _NAME_VOWELS) for _ in range(int(rng.integers(1, 3))))
     return syllables + (_choice(rng, ("l", "n", "m", "x", "")) if rng.random() < 0.4 else "")
 
 
@@ -184,49 +210,80 @@ def name_first_answer(answer: str, name: str = SKS) -> str:
     Any other positive answer (hand-written data: "Yes. <sks> is there.") also becomes the canonical one.
     """
     head = "Yes, " + name + " "
-    return answer[len("Yes, "):] if answer.startswith(head) else f"{name} is in this photo."
+    return answer[len("Yes, ") :] if answer.startswith(head) else f"{name} is in this photo."
 
 
 # ================================================================================ attributes
 #: The paper's text-only questions -> the attribute each one asks about.
-PAPER_QUESTION_ATTRIBUTE: Mapping[str, str] = MappingProxyType({
-    "What is <sks>'s hair color?": "hair_color",
-    "What color are <sks>'s eyes?": "eye_color",
-    "What is <sks>'s skin tone?": "skin_tone",
-    "How would you describe <sks>'s hairstyle?": "hair_style",
-    "Does <sks> have any distinctive facial features?": "mark",
-    "Is <sks> young or old?": "age",
-    "What do you describe about <sks>'s nose?": "nose",
-})
+PAPER_QUESTION_ATTRIBUTE: Mapping[str, str] = MappingProxyType(
+    {
+        "What is <sks>'s hair color?": "hair_color",
+        "What color are <sks>'s eyes?": "eye_color",
+        "What is <sks>'s skin tone?": "skin_tone",
+        "How would you describe <sks>'s hairstyle?": "hair_style",
+        "Does <sks> have any distinctive facial features?": "mark",
+        "Is <sks> young or old?": "age",
+        "What do you describe about <sks>'s nose?": "nose",
+    }
+)
 
 #: Extra attribute questions of our own (training only), one per remaining attribute.
-EXTRA_ATTRIBUTE_QUESTIONS: Mapping[str, str] = MappingProxyType({
-    "What shape is <sks>'s face?": "face_shape",
-    "Does <sks> wear glasses?": "glasses",
-    "Does <sks> have facial hair?": "facial_hair",
-    "What is <sks>'s mouth like?": "mouth",
-    "What are <sks>'s eyebrows like?": "eyebrows",
-    "Is <sks> a man or a woman?": "gender",
-})
+EXTRA_ATTRIBUTE_QUESTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "What shape is <sks>'s face?": "face_shape",
+        "Does <sks> wear glasses?": "glasses",
+        "Does <sks> have facial hair?": "facial_hair",
+        "What is <sks>'s mouth like?": "mouth",
+        "What are <sks>'s eyebrows like?": "eyebrows",
+        "Is <sks> a man or a woman?": "gender",
+    }
+)
 
-_STYLE_ANSWER = MappingProxyType({
-    "short": "{n} has short hair.", "long": "{n} has long hair.", "curly": "{n} has curly hair.",
-    "bald": "{n} is bald.", "ponytail": "{n} wears a ponytail.", "bun": "{n} wears a bun.",
-    "spiky": "{n} has spiky hair.", "bob": "{n} has a bob haircut.",
-})
+_STYLE_ANSWER = MappingProxyType(
+    {
+        "short": "{n} has short hair.",
+        "long": "{n} has long hair.",
+        "curly": "{n} has curly hair.",
+        "bald": "{n} is bald.",
+        "ponytail": "{n} wears a ponytail.",
+        "bun": "{n} wears a bun.",
+        "spiky": "{n} has spiky hair.",
+        "bob": "{n} has a bob haircut.",
+    }
+)
 _MARK_WORD = MappingProxyType({"freckles": "freckles", "mole": "a mole", "scar": "a scar", "birthmark": "a birthmark"})
 
 #: Multiple-choice option text for each attribute value.
-OPTION_TEXT: Mapping[str, Mapping[str, str]] = MappingProxyType({
-    "hair_style": {"short": "Short hair", "long": "Long hair", "curly": "Curly hair", "bald": "Bald",
-                   "ponytail": "A ponytail", "bun": "A bun", "spiky": "Spiky hair", "bob": "A bob cut"},
-    "mark": {"none": "No marks", "freckles": "Freckles", "mole": "A mole", "scar": "A scar",
-             "birthmark": "A birthmark"},
-    "glasses": {"none": "No glasses", "round": "Round glasses", "square": "Square glasses"},
-    "facial_hair": {"none": "No facial hair", "mustache": "A mustache", "beard": "A beard",
-                    "goatee": "A goatee", "stubble": "Stubble"},
-    "gender": {"man": "A man", "woman": "A woman"},
-})
+OPTION_TEXT: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "hair_style": {
+            "short": "Short hair",
+            "long": "Long hair",
+            "curly": "Curly hair",
+            "bald": "Bald",
+            "ponytail": "A ponytail",
+            "bun": "A bun",
+            "spiky": "Spiky hair",
+            "bob": "A bob cut",
+        },
+        "mark": {
+            "none": "No marks",
+            "freckles": "Freckles",
+            "mole": "A mole",
+            "scar": "A scar",
+            "birthmark": "A birthmark",
+        },
+        "glasses": {"none": "No glasses", "round": "Round glasses", "square": "Square glasses"},
+        "facial_hair": {
+            "none": "No facial hair",
+            "mustache": "A mustache",
+            "beard": "A beard",
+            "goatee": "A goatee",
+            "stubble": "Stubble",
+        },
+        "gender": {"man": "A man", "woman": "A woman"},
+    }
+)
 
 
 def option_text(attribute: str, value: str) -> str:
@@ -303,20 +360,35 @@ def _pick_question(rng: np.random.Generator, question: str | int | None, extra: 
     return q, table[q]
 
 
-def attribute_qa(identity: Identity, rng: np.random.Generator, question: str | int | None = None,
-                 name: str = SKS, extra: bool = False) -> QA:
+def attribute_qa(
+    identity: Identity,
+    rng: np.random.Generator,
+    question: str | int | None = None,
+    name: str = SKS,
+    extra: bool = False,
+) -> QA:
     """A text-only question about the identity with a free-form answer from its attributes.
 
     ``question`` may be a question string, an index into the paper's questions, or ``None`` (random;
     with ``extra=True`` the pool also holds :data:`EXTRA_ATTRIBUTE_QUESTIONS`).
     """
     q, attribute = _pick_question(rng, question, extra)
-    return QA(question=q.replace(SKS, name), answer=attribute_answer(identity.attributes, attribute, name),
-              kind="attribute", meta={"attribute": attribute, "value": identity.attributes[attribute]})
+    return QA(
+        question=q.replace(SKS, name),
+        answer=attribute_answer(identity.attributes, attribute, name),
+        kind="attribute",
+        meta={"attribute": attribute, "value": identity.attributes[attribute]},
+    )
 
 
-def attribute_mc_qa(identity: Identity, rng: np.random.Generator, question: str | int | None = None,
-                    n_options: int = 3, name: str = SKS, extra: bool = False) -> QA:
+def attribute_mc_qa(
+    identity: Identity,
+    rng: np.random.Generator,
+    question: str | int | None = None,
+    n_options: int = 3,
+    name: str = SKS,
+    extra: bool = False,
+) -> QA:
     """The multiple-choice form of :func:`attribute_qa` (options are values of the asked attribute).
 
     For the "distinctive facial features" question the options are skin marks
@@ -326,18 +398,30 @@ def attribute_mc_qa(identity: Identity, rng: np.random.Generator, question: str 
     value = identity.attributes[attribute]
     correct = option_text(attribute, value)
     others = [option_text(attribute, v) for v in ATTRIBUTES[attribute] if v != value]
-    return make_mc(q.replace(SKS, name), correct, others, rng, n_options, "attribute_mc",
-                   {"attribute": attribute, "value": value, "free_answer": attribute_answer(identity.attributes,
-                                                                                           attribute, name)})
+    return make_mc(
+        q.replace(SKS, name),
+        correct,
+        others,
+        rng,
+        n_options,
+        "attribute_mc",
+        {"attribute": attribute, "value": value, "free_answer": attribute_answer(identity.attributes, attribute, name)},
+    )
 
 
 # ================================================================================ visual QA
 VISUAL_KINDS: tuple[str, ...] = ("position", "vertical", "clothing_color", "clothing_type", "expression", "count")
 _POSITION_TEXT = MappingProxyType({"left": "On the left", "middle": "In the middle", "right": "On the right"})
 _LOCATION = MappingProxyType({"left": "on the left", "middle": "in the middle", "right": "on the right"})
-_EXPRESSION_PHRASE = MappingProxyType({"smiling": "smiling", "serious": "looking serious",
-                                       "surprised": "looking surprised", "sad": "looking sad",
-                                       "angry": "looking angry"})
+_EXPRESSION_PHRASE = MappingProxyType(
+    {
+        "smiling": "smiling",
+        "serious": "looking serious",
+        "surprised": "looking surprised",
+        "sad": "looking sad",
+        "angry": "looking angry",
+    }
+)
 _NUMBER_WORD = MappingProxyType({1: "one", 2: "two", 3: "three", 4: "four", 5: "five"})
 
 
@@ -367,8 +451,14 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def visual_mc_qa(graph: Mapping[str, Any], rng: np.random.Generator, target: str | None = None,
-                 kind: str | None = None, n_options: int = 3, name: str = SKS) -> QA:
+def visual_mc_qa(
+    graph: Mapping[str, Any],
+    rng: np.random.Generator,
+    target: str | None = None,
+    kind: str | None = None,
+    n_options: int = 3,
+    name: str = SKS,
+) -> QA:
     """A multiple-choice question about what is visible in the photo.
 
     With ``target`` (an identity id in the scene) the subject is ``name`` (personalised); without,
@@ -379,16 +469,24 @@ def visual_mc_qa(graph: Mapping[str, Any], rng: np.random.Generator, target: str
     n_people = len(graph["people"])
     if kind is None:
         if target is None:  # unnamed subjects: only kinds that stay well-posed
-            kinds = ["count", "clothing_color", "clothing_type", "expression"] + \
-                (["position", "vertical"] if n_people == 1 else [])
+            kinds = ["count", "clothing_color", "clothing_type", "expression"] + (
+                ["position", "vertical"] if n_people == 1 else []
+            )
         kind = _choice(rng, kinds)
     if kind not in VISUAL_KINDS:
         raise ValueError(f"unknown visual question kind {kind!r}")
     if kind == "count":
         correct = str(n_people)
         others = [str(k) for k in range(1, 5) if k != n_people]
-        return make_mc("How many people are in this image?", correct, others, rng, n_options, "visual_mc",
-                       {"visual": "count", "value": n_people})
+        return make_mc(
+            "How many people are in this image?",
+            correct,
+            others,
+            rng,
+            n_options,
+            "visual_mc",
+            {"visual": "count", "value": n_people},
+        )
     if target is not None:
         p = _person(graph, target)
         subj, poss = name, f"{name}'s"
@@ -403,35 +501,68 @@ def visual_mc_qa(graph: Mapping[str, Any], rng: np.random.Generator, target: str
         q = f"Where is {subj} in this image?" if target is not None else "Where is the person in this image?"
         if target is None and n_people > 1:  # position of an unnamed person is ill-posed; ask the count
             return visual_mc_qa(graph, rng, None, "count", n_options, name)
-        return make_mc(q, _POSITION_TEXT[p["position"]], list(_POSITION_TEXT.values()), rng, n_options,
-                       "visual_mc", {**meta, "value": p["position"]})
+        return make_mc(
+            q,
+            _POSITION_TEXT[p["position"]],
+            list(_POSITION_TEXT.values()),
+            rng,
+            n_options,
+            "visual_mc",
+            {**meta, "value": p["position"]},
+        )
     if kind == "vertical":
         q = f"Is {subj} in the top half or the bottom half of the image?"
         if target is None and n_people > 1:
             return visual_mc_qa(graph, rng, None, "count", n_options, name)
-        return make_mc(q, "Top half" if p["vertical"] == "top" else "Bottom half", ["Top half", "Bottom half"], rng,
-                       2, "visual_mc", {**meta, "value": p["vertical"]})
+        return make_mc(
+            q,
+            "Top half" if p["vertical"] == "top" else "Bottom half",
+            ["Top half", "Bottom half"],
+            rng,
+            2,
+            "visual_mc",
+            {**meta, "value": p["vertical"]},
+        )
     if kind == "clothing_color":
-        q = f"What color are {poss} clothes?" if target is not None or subj == "the person" else \
-            f"What color are {poss}?"
-        return make_mc(q, p["clothing_color"].capitalize(), [c.capitalize() for c in CLOTHING_COLORS], rng,
-                       n_options, "visual_mc", {**meta, "value": p["clothing_color"]})
+        q = (
+            f"What color are {poss} clothes?"
+            if target is not None or subj == "the person"
+            else f"What color are {poss}?"
+        )
+        return make_mc(
+            q,
+            p["clothing_color"].capitalize(),
+            [c.capitalize() for c in CLOTHING_COLORS],
+            rng,
+            n_options,
+            "visual_mc",
+            {**meta, "value": p["clothing_color"]},
+        )
     if kind == "clothing_type":
         q = f"What is {subj} wearing?"
         opts = [f"{_article(t).capitalize()} {t}" for t in CLOTHING_TYPES]
         correct = f"{_article(p['clothing_type']).capitalize()} {p['clothing_type']}"
         return make_mc(q, correct, opts, rng, n_options, "visual_mc", {**meta, "value": p["clothing_type"]})
     if kind == "expression":
-        q = f"What is {subj}'s facial expression?" if target is not None or subj == "the person" else \
-            f"What is the facial expression of {subj}?"
-        return make_mc(q, p["expression"].capitalize(), [e.capitalize() for e in EXPRESSIONS], rng, n_options,
-                       "visual_mc", {**meta, "value": p["expression"]})
+        q = (
+            f"What is {subj}'s facial expression?"
+            if target is not None or subj == "the person"
+            else f"What is the facial expression of {subj}?"
+        )
+        return make_mc(
+            q,
+            p["expression"].capitalize(),
+            [e.capitalize() for e in EXPRESSIONS],
+            rng,
+            n_options,
+            "visual_mc",
+            {**meta, "value": p["expression"]},
+        )
     raise AssertionError(kind)
 
 
 # ================================================================================ multi-concept
-def multi_concept_qa(graph: Mapping[str, Any], names: Mapping[str, str], rng: np.random.Generator | None = None
-                     ) -> QA:
+def multi_concept_qa(graph: Mapping[str, Any], names: Mapping[str, str], rng: np.random.Generator | None = None) -> QA:
     """``"Can you see <a> and <b> in this photo?"`` for the concepts ``names`` (identity id -> name).
 
     Answers: ``"Yes, I can see both <a> and <b>."``, ``"I can see <a>, but not <b>."``,
@@ -451,13 +582,22 @@ def multi_concept_qa(graph: Mapping[str, Any], names: Mapping[str, str], rng: np
     if not absent:
         a = f"Yes, I can see both {ns[0]} and {ns[1]}." if len(ns) == 2 else f"Yes, I can see {join_words(ns)}."
     elif not present:
-        a = f"No, I can see neither {ns[0]} nor {ns[1]}." if len(ns) == 2 else \
-            f"No, I can see none of {join_words(ns)}."
+        a = (
+            f"No, I can see neither {ns[0]} nor {ns[1]}."
+            if len(ns) == 2
+            else f"No, I can see none of {join_words(ns)}."
+        )
     else:
-        a = (f"I can see {join_words([names[i] for i in present])}, "
-             f"but not {join_words([names[i] for i in absent]).replace(' and ', ' or ')}.")
-    return QA(question=q, answer=a, kind="multi_concept",
-              meta={"present": present, "absent": absent, "answer_word": "Yes" if not absent else "No"})
+        a = (
+            f"I can see {join_words([names[i] for i in present])}, "
+            f"but not {join_words([names[i] for i in absent]).replace(' and ', ' or ')}."
+        )
+    return QA(
+        question=q,
+        answer=a,
+        kind="multi_concept",
+        meta={"present": present, "absent": absent, "answer_word": "Yes" if not absent else "No"},
+    )
 
 
 # ================================================================================ captions
@@ -494,10 +634,16 @@ def scene_caption(graph: Mapping[str, Any]) -> str:
     people = graph["people"]
     n = len(people)
     head = "One person" if n == 1 else f"{_NUMBER_WORD[n].capitalize()} people"
-    items = [f"{_LOCATION[p['position']]} {person_phrase(p)} {clothing_phrase(p)}, "
-             f"{_EXPRESSION_PHRASE[p['expression']]}" for p in people]
-    return f"{head}: " + "; ".join(items) + f". The photo is taken {background_phrase(graph['background'])}." + \
-        _objects_sentence(graph)
+    items = [
+        f"{_LOCATION[p['position']]} {person_phrase(p)} {clothing_phrase(p)}, {_EXPRESSION_PHRASE[p['expression']]}"
+        for p in people
+    ]
+    return (
+        f"{head}: "
+        + "; ".join(items)
+        + f". The photo is taken {background_phrase(graph['background'])}."
+        + _objects_sentence(graph)
+    )
 
 
 def concept_caption(graph: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -509,10 +655,15 @@ def concept_caption(graph: Mapping[str, Any], names: Mapping[str, str]) -> str:
     clauses = []
     for p in people:
         who = names.get(p["identity"]) or person_phrase(p)
-        clauses.append((p["identity"] in names, who,
-                        f"{_LOCATION[p['position']]} {clothing_phrase(p)}, {_EXPRESSION_PHRASE[p['expression']]}"))
+        clauses.append(
+            (
+                p["identity"] in names,
+                who,
+                f"{_LOCATION[p['position']]} {clothing_phrase(p)}, {_EXPRESSION_PHRASE[p['expression']]}",
+            )
+        )
     first = next(i for i, c in enumerate(clauses) if c[0])
-    ordered = [clauses[first]] + clauses[:first] + clauses[first + 1:]
+    ordered = [clauses[first]] + clauses[:first] + clauses[first + 1 :]
     text = f"{ordered[0][1]} is {ordered[0][2]}"
     for _named, who, rest in ordered[1:]:
         text += f", next to {who} {rest}"
@@ -535,8 +686,17 @@ def check_described_properties(properties: Sequence[str]) -> tuple[str, ...]:
 
 
 # ================================================================================ generic VQA
-GENERIC_OPEN_KINDS: tuple[str, ...] = ("count", "clothing_color", "clothing_type", "expression", "hair_color",
-                                       "glasses", "object", "setting", "age")
+GENERIC_OPEN_KINDS: tuple[str, ...] = (
+    "count",
+    "clothing_color",
+    "clothing_type",
+    "expression",
+    "hair_color",
+    "glasses",
+    "object",
+    "setting",
+    "age",
+)
 
 
 def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
@@ -567,10 +727,15 @@ def open_kind_weights(weights: Mapping[str, float] | str) -> dict[str, float]:
     return {k: float(w) for k, w in weights.items()}
 
 
-def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | None = None,
-                mc_prob: float = 0.3, described_share: float = 0.0,
-                open_kinds: Mapping[str, float] | None = None,
-                described_properties: Sequence[str] = DESCRIBED_PROPERTIES) -> QA:
+def generic_vqa(
+    graph: Mapping[str, Any],
+    rng: np.random.Generator,
+    kind: str | None = None,
+    mc_prob: float = 0.3,
+    described_share: float = 0.0,
+    open_kinds: Mapping[str, float] | None = None,
+    described_properties: Sequence[str] = DESCRIBED_PROPERTIES,
+) -> QA:
     """A non-personalised question about the photo (open form, or multiple choice with ``mc_prob``).
 
     With ``described_share > 0`` that share of the questions are :func:`described_person_vqa` ("Is there
@@ -591,8 +756,12 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
     people = graph["people"]
     n = len(people)
     if kind == "count":
-        return QA("How many people are in this image?", f"{_NUMBER_WORD[n].capitalize()}.", "generic_vqa",
-                  meta={"visual": "count", "value": n})
+        return QA(
+            "How many people are in this image?",
+            f"{_NUMBER_WORD[n].capitalize()}.",
+            "generic_vqa",
+            meta={"visual": "count", "value": n},
+        )
     if kind == "object":
         present = sorted({o["name"] for o in graph.get("objects", [])})
         if present and rng.random() < 0.5:
@@ -600,37 +769,58 @@ def generic_vqa(graph: Mapping[str, Any], rng: np.random.Generator, kind: str | 
         else:
             absent = [o for o in OBJECT_NAMES if o not in present]
             obj, ans = _choice(rng, absent), "No."
-        return QA(f"Is there {_article(obj)} {obj} in this image?", ans, "generic_vqa",
-                  meta={"visual": "object", "value": obj, "answer_word": ans[:-1]})
+        return QA(
+            f"Is there {_article(obj)} {obj} in this image?",
+            ans,
+            "generic_vqa",
+            meta={"visual": "object", "value": obj, "answer_word": ans[:-1]},
+        )
     if kind == "setting":
         bk = graph["background"]["kind"]
         if bk not in ("indoor", "outdoor"):
             return generic_vqa(graph, rng, "count")
         ans = "Indoors." if bk == "indoor" else "Outdoors."
-        return QA("Is this photo taken indoors or outdoors?", ans, "generic_vqa", meta={"visual": "setting",
-                                                                                       "value": bk})
+        return QA(
+            "Is this photo taken indoors or outdoors?", ans, "generic_vqa", meta={"visual": "setting", "value": bk}
+        )
     found = _subject(graph, rng)
     if found is None:
         return generic_vqa(graph, rng, "count")
     p, subj = found
     meta = {"visual": kind, "identity": p["identity"]}
     if kind == "clothing_color":
-        return QA(f"What color is {subj} wearing?", f"{p['clothing_color'].capitalize()}.", "generic_vqa",
-                  meta={**meta, "value": p["clothing_color"]})
+        return QA(
+            f"What color is {subj} wearing?",
+            f"{p['clothing_color'].capitalize()}.",
+            "generic_vqa",
+            meta={**meta, "value": p["clothing_color"]},
+        )
     if kind == "clothing_type":
         c = p["clothing_color"]
-        return QA(f"What is {subj} wearing?", _clothing_answer(c, p["clothing_type"]),
-                  "generic_vqa", meta={**meta, "value": p["clothing_type"], "color": c})
+        return QA(
+            f"What is {subj} wearing?",
+            _clothing_answer(c, p["clothing_type"]),
+            "generic_vqa",
+            meta={**meta, "value": p["clothing_type"], "color": c},
+        )
     if kind == "expression":
-        return QA(f"What is the facial expression of {subj}?", f"{p['expression'].capitalize()}.", "generic_vqa",
-                  meta={**meta, "value": p["expression"]})
+        return QA(
+            f"What is the facial expression of {subj}?",
+            f"{p['expression'].capitalize()}.",
+            "generic_vqa",
+            meta={**meta, "value": p["expression"]},
+        )
     if kind == "hair_color":
         v = p["attributes"]["hair_color"]
         return QA(f"What color is the hair of {subj}?", f"{v.capitalize()}.", "generic_vqa", meta={**meta, "value": v})
     if kind == "glasses":
         ans = "Yes." if p["glasses_worn"] else "No."
-        return QA(f"Is {subj} wearing glasses?", ans, "generic_vqa",
-                  meta={**meta, "value": bool(p["glasses_worn"]), "answer_word": ans[:-1]})
+        return QA(
+            f"Is {subj} wearing glasses?",
+            ans,
+            "generic_vqa",
+            meta={**meta, "value": bool(p["glasses_worn"]), "answer_word": ans[:-1]},
+        )
     if kind == "age":
         v = p["attributes"]["age"]
         return QA(f"Is {subj} young or old?", f"{v.capitalize()}.", "generic_vqa", meta={**meta, "value": v})
@@ -654,9 +844,14 @@ def _redescribe(p: Mapping[str, Any], changes: Sequence[str], rng: np.random.Gen
     return {**p, "attributes": a, "glasses_worn": glasses}
 
 
-def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, positive: bool | None = None,
-                         n_changed: int | None = None, properties: Sequence[str] = DESCRIBED_PROPERTIES) -> QA:
-    """"Is there a young woman with long red hair and glasses in this image?" about a person description.
+def described_person_vqa(
+    graph: Mapping[str, Any],
+    rng: np.random.Generator,
+    positive: bool | None = None,
+    n_changed: int | None = None,
+    properties: Sequence[str] = DESCRIBED_PROPERTIES,
+) -> QA:
+    """ "Is there a young woman with long red hair and glasses in this image?" about a person description.
 
     Yes: the description (:func:`person_phrase`) of someone in the photo. No: that description with
     ``n_changed`` (random 1 to min(3, len(properties))) of ``properties`` (default
@@ -690,11 +885,21 @@ def described_person_vqa(graph: Mapping[str, Any], rng: np.random.Generator, pos
         else:
             raise ValueError("could not find a description that fits nobody in the photo")
     ans = "No." if changed else "Yes."
-    return QA(f"Is there {phrase} in this image?", ans, "generic_vqa",
-              meta={"visual": "described_person", "identity": p["identity"], "value": phrase,
-                    "n_changed": changed, "answer_word": ans[:-1],
-                    "changed": [q for q in props if q != "facial_hair" or p["attributes"]["gender"] == "man"]
-                    if changed else []})
+    return QA(
+        f"Is there {phrase} in this image?",
+        ans,
+        "generic_vqa",
+        meta={
+            "visual": "described_person",
+            "identity": p["identity"],
+            "value": phrase,
+            "n_changed": changed,
+            "answer_word": ans[:-1],
+            "changed": [q for q in props if q != "facial_hair" or p["attributes"]["gender"] == "man"]
+            if changed
+            else [],
+        },
+    )
 
 
 def _clothing_answer(color: str, kind: str) -> str:
@@ -736,5 +941,6 @@ def generic_vqa_candidates(item: QA) -> tuple[str, ...]:
 
 def caption_prompt(rng: np.random.Generator) -> str:
     """A caption request (the paper's neutral caption prompt or a short variant)."""
-    return _choice(rng, (load_templates().caption_prompt_neutral, "Describe this image.",
-                         "Write a short caption for this photo."))
+    return _choice(
+        rng, (load_templates().caption_prompt_neutral, "Describe this image.", "Write a short caption for this photo.")
+    )

@@ -70,13 +70,18 @@ class PersonalSample:
     query_identities: tuple[str, ...] = ()
 
 
-def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: str = "train",
-                         weights: Sequence[float] = (0.4, 0.4, 0.2),
-                         hard_negative_distance: int = 2,
-                         same_portrait_share: float = 0.5, described_share: float = 0.0,
-                         open_kinds: Mapping[str, float] | None = None,
-                         described_properties: Sequence[str] | None = None,
-                         image_prompt_pairs: bool = False) -> Iterator[GenericSample]:
+def iter_generic_samples(
+    world: AvatarWorld,
+    rng: np.random.Generator,
+    split: str = "train",
+    weights: Sequence[float] = (0.4, 0.4, 0.2),
+    hard_negative_distance: int = 2,
+    same_portrait_share: float = 0.5,
+    described_share: float = 0.0,
+    open_kinds: Mapping[str, float] | None = None,
+    described_properties: Sequence[str] | None = None,
+    image_prompt_pairs: bool = False,
+) -> Iterator[GenericSample]:
     """Endless non-personalised samples: scene captions, generic VQA, and same-person questions.
 
     ``weights`` are the proportions of ``caption``, ``vqa``, ``same_person`` and (optional fourth weight)
@@ -102,7 +107,7 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
     if len(weights) not in (3, 4):
         raise ValueError(f"weights: 3 or 4 proportions (caption, vqa, same_person[, image_prompt]), got {weights}")
     p = np.asarray(weights, dtype=float) / float(np.sum(weights))
-    kinds = ("caption", "vqa", "same_person", "image_prompt")[:len(p)]
+    kinds = ("caption", "vqa", "same_person", "image_prompt")[: len(p)]
     while True:
         kind = kinds[int(rng.choice(len(p), p=p))]
         if kind == "image_prompt":
@@ -113,14 +118,31 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
             continue
         if kind == "caption":
             scene = world.sample_scene(rng, split)
-            yield GenericSample([scene.image], qa.caption_prompt(rng), qa.scene_caption(scene.graph), kind,
-                                [scene.graph], {"identities": scene.identity_ids})
+            yield GenericSample(
+                [scene.image],
+                qa.caption_prompt(rng),
+                qa.scene_caption(scene.graph),
+                kind,
+                [scene.graph],
+                {"identities": scene.identity_ids},
+            )
         elif kind == "vqa":
             scene = world.sample_scene(rng, split)
-            item = qa.generic_vqa(scene.graph, rng, described_share=described_share, open_kinds=open_kinds,
-                                  described_properties=described_properties or qa.DESCRIBED_PROPERTIES)
-            yield GenericSample([scene.image], item.prompt, item.answer, kind, [scene.graph],
-                                {"identities": scene.identity_ids, "qa": item.to_dict()})
+            item = qa.generic_vqa(
+                scene.graph,
+                rng,
+                described_share=described_share,
+                open_kinds=open_kinds,
+                described_properties=described_properties or qa.DESCRIBED_PROPERTIES,
+            )
+            yield GenericSample(
+                [scene.image],
+                item.prompt,
+                item.answer,
+                kind,
+                [scene.graph],
+                {"identities": scene.identity_ids, "qa": item.to_dict()},
+            )
         else:
             a = pool[int(rng.integers(len(pool)))]
             ref = world.render_reference(a, rng_or_seed=rng)
@@ -128,8 +150,11 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
             other_id = None
             if r < same_portrait_share:  # second image is another portrait
                 same = r < same_portrait_share / 2
-                b = a if same else (world.look_alike(a, pool, hard_negative_distance, rng)
-                                    if rng.random() < 0.5 else None)
+                b = (
+                    a
+                    if same
+                    else (world.look_alike(a, pool, hard_negative_distance, rng) if rng.random() < 0.5 else None)
+                )
                 if b is None:
                     b = world.sample_scene_identity(rng, pool, exclude=a)
                 img, graph, other_id = world.render_reference(b, rng_or_seed=rng), None, b.id
@@ -142,14 +167,29 @@ def iter_generic_samples(world: AvatarWorld, rng: np.random.Generator, split: st
                     look = world.look_alike(a, pool, hard_negative_distance, rng) if rng.random() < 0.5 else None
                     scene = world.sample_scene(rng, split, include=[look] if look else [], exclude=[a])
                 img, graph, n_people = scene.image, scene.graph, scene.graph["n_people"]
-            question = ("Is the person in the first image the same person as in the second image?"
-                        if n_people == 1 else "Is the person in the first image also in the second image?")
-            yield GenericSample([ref, img], question, "Yes" if same else "No", kind, [None, graph],
-                                {"identity": a.id, "other": other_id, "same": same})
+            question = (
+                "Is the person in the first image the same person as in the second image?"
+                if n_people == 1
+                else "Is the person in the first image also in the second image?"
+            )
+            yield GenericSample(
+                [ref, img],
+                question,
+                "Yes" if same else "No",
+                kind,
+                [None, graph],
+                {"identity": a.id, "other": other_id, "same": same},
+            )
 
 
-def image_prompt_sample(world: AvatarWorld, rng: np.random.Generator, split: str, pool: Sequence[Identity],
-                        portrait_share: float, hard_negative_distance: int) -> GenericSample:
+def image_prompt_sample(
+    world: AvatarWorld,
+    rng: np.random.Generator,
+    split: str,
+    pool: Sequence[Identity],
+    portrait_share: float,
+    hard_negative_distance: int,
+) -> GenericSample:
     """One image-prompt recognition sample (see :func:`iter_generic_samples`); ``images`` = [reference, query]."""
     a = pool[int(rng.integers(len(pool)))]
     ref = world.render_reference(a, rng_or_seed=rng)
@@ -159,18 +199,32 @@ def image_prompt_sample(world: AvatarWorld, rng: np.random.Generator, split: str
         b = a if positive else (other or world.sample_scene_identity(rng, pool, exclude=a))
         query, graph = world.render_reference(b, rng_or_seed=rng), None
     else:
-        scene = (world.sample_scene(rng, split, include=[a]) if positive else
-                 world.sample_scene(rng, split, include=[other] if other else [], exclude=[a]))
+        scene = (
+            world.sample_scene(rng, split, include=[a])
+            if positive
+            else world.sample_scene(rng, split, include=[other] if other else [], exclude=[a])
+        )
         query, graph = scene.image, scene.graph
     name = qa.random_concept_name(rng)
     item = qa.recognition_qa(rng, positive, name=f"<{name}>")
-    return GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
-                         {"identity": a.id, "same": positive, "name": name,
-                          **({"portrait_of": b.id} if graph is None else {})})
+    return GenericSample(
+        [ref, query],
+        item.question,
+        item.answer,
+        "image_prompt",
+        [None, graph],
+        {"identity": a.id, "same": positive, "name": name, **({"portrait_of": b.id} if graph is None else {})},
+    )
 
 
-def image_prompt_pair(world: AvatarWorld, rng: np.random.Generator, split: str, pool: Sequence[Identity],
-                      portrait_share: float, hard_negative_distance: int) -> tuple[GenericSample, GenericSample]:
+def image_prompt_pair(
+    world: AvatarWorld,
+    rng: np.random.Generator,
+    split: str,
+    pool: Sequence[Identity],
+    portrait_share: float,
+    hard_negative_distance: int,
+) -> tuple[GenericSample, GenericSample]:
     """Twin image-prompt samples: the same reference portrait, made-up name and question
     (:func:`plvm.synth.qa.recognition_pair_qa`), with a query of the named person ("Yes") and a query
     without them ("No"; half the time a look-alike is in it). Both queries are portraits (share
@@ -183,21 +237,38 @@ def image_prompt_pair(world: AvatarWorld, rng: np.random.Generator, split: str, 
     pos_qa, neg_qa = qa.recognition_pair_qa(rng, name=f"<{name}>")
     if rng.random() < portrait_share:
         b = other or world.sample_scene_identity(rng, pool, exclude=a)
-        queries = [(world.render_reference(a, rng_or_seed=rng), None, {"portrait_of": a.id}),
-                   (world.render_reference(b, rng_or_seed=rng), None, {"portrait_of": b.id})]
+        queries = [
+            (world.render_reference(a, rng_or_seed=rng), None, {"portrait_of": a.id}),
+            (world.render_reference(b, rng_or_seed=rng), None, {"portrait_of": b.id}),
+        ]
     else:
         pos = world.sample_scene(rng, split, include=[a])
         neg = world.sample_scene(rng, split, include=[other] if other else [], exclude=[a])
         queries = [(pos.image, pos.graph, {}), (neg.image, neg.graph, {})]
-    return tuple(GenericSample([ref, query], item.question, item.answer, "image_prompt", [None, graph],
-                               {"identity": a.id, "same": same, "name": name, "pair": True, **extra})
-                 for (query, graph, extra), item, same in zip(queries, (pos_qa, neg_qa), (True, False)))
+    return tuple(
+        GenericSample(
+            [ref, query],
+            item.question,
+            item.answer,
+            "image_prompt",
+            [None, graph],
+            {"identity": a.id, "same": same, "name": name, "pair": True, **extra},
+        )
+        for (query, graph, extra), item, same in zip(queries, (pos_qa, neg_qa), (True, False))
+    )
 
 
-def iter_personal_samples(world: AvatarWorld, rng: np.random.Generator, split: str = "train",
-                          positive_ratio: float = 0.6, recog_to_attr: float = 1.0, hard_negative_share: float = 0.5,
-                          hard_negative_distance: int = 2, extra_questions: bool = True,
-                          portrait_query_share: float = 0.0) -> Iterator[PersonalSample]:
+def iter_personal_samples(
+    world: AvatarWorld,
+    rng: np.random.Generator,
+    split: str = "train",
+    positive_ratio: float = 0.6,
+    recog_to_attr: float = 1.0,
+    hard_negative_share: float = 0.5,
+    hard_negative_distance: int = 2,
+    extra_questions: bool = True,
+    portrait_query_share: float = 0.0,
+) -> Iterator[PersonalSample]:
     """Endless personalised samples (reference + query + question about ``<sks>``).
 
     Args:
@@ -233,12 +304,25 @@ def iter_personal_samples(world: AvatarWorld, rng: np.random.Generator, split: s
                 person = include[0] if include else world.sample_scene_identity(rng, pool, exclude=target)
                 image, graph, people = world.render_reference(person, rng_or_seed=rng), None, (person.id,)
             else:
-                scene = (world.sample_scene(rng, split, include=include) if positive
-                         else world.sample_scene(rng, split, include=include, exclude=[target]))
+                scene = (
+                    world.sample_scene(rng, split, include=include)
+                    if positive
+                    else world.sample_scene(rng, split, include=include, exclude=[target])
+                )
                 image, graph, people = scene.image, scene.graph, tuple(scene.identity_ids)
             item = qa.recognition_qa(rng, positive)
-            yield PersonalSample(ref, image, item.question, item.answer, item.kind, target.id,
-                                 "Yes" if positive else "No", graph, hard, people)
+            yield PersonalSample(
+                ref,
+                image,
+                item.question,
+                item.answer,
+                item.kind,
+                target.id,
+                "Yes" if positive else "No",
+                graph,
+                hard,
+                people,
+            )
         else:
             item = qa.attribute_qa(target, rng, extra=extra_questions)
             yield PersonalSample(ref, None, item.question, item.answer, "attribute", target.id, None)

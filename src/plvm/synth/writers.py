@@ -101,8 +101,11 @@ def write_plvm_format(eval_set: EvalSet, root: str | Path, progress: Progress | 
             graphs[rel] = q.graph
             if progress:
                 progress(1)
-        visual = [_qa_record(v, ref_rel, f"{iid}/query_img{v.query_index}.png")
-                  for v in eval_set.visual_qa if v.identity_id == iid]
+        visual = [
+            _qa_record(v, ref_rel, f"{iid}/query_img{v.query_index}.png")
+            for v in eval_set.visual_qa
+            if v.identity_id == iid
+        ]
         text = [_qa_record(t, ref_rel, None) for t in eval_set.text_qa if t.identity_id == iid]
         _dump(visual, root / iid / "query_ques.json")
         _dump(text, root / iid / "non_query_ques.json")
@@ -130,8 +133,11 @@ def write_yollava_format(eval_set: EvalSet, root: str | Path, progress: Progress
             graphs[rel] = q.graph
             if progress:
                 progress(1)
-        visual += [_qa_record(v, ref_rel, f"test/{iid}/{v.query_index}.png")
-                   for v in eval_set.visual_qa if v.identity_id == iid]
+        visual += [
+            _qa_record(v, ref_rel, f"test/{iid}/{v.query_index}.png")
+            for v in eval_set.visual_qa
+            if v.identity_id == iid
+        ]
         text += [_qa_record(t, ref_rel, None) for t in eval_set.text_qa if t.identity_id == iid]
     _dump(visual, root / "query_ques.json")
     _dump(text, root / "non_query_ques.json")
@@ -155,8 +161,15 @@ def write_multiconcept(eval_set: EvalSet, root: str | Path, progress: Progress |
         _save_png(m.image, base / rel)
         annotations[name] = list(m.concepts)
         graphs[rel] = m.graph
-        images.append({"file": rel, "concepts": list(m.concepts), "external": m.external,
-                       "n_concepts": len(m.concepts), "people": [p["identity"] for p in m.graph["people"]]})
+        images.append(
+            {
+                "file": rel,
+                "concepts": list(m.concepts),
+                "external": m.external,
+                "n_concepts": len(m.concepts),
+                "people": [p["identity"] for p in m.graph["people"]],
+            }
+        )
         if progress:
             progress(1)
     index = {

@@ -87,14 +87,17 @@ class AlignerTaskConfig:
         if self.bank_weight < 0:
             raise ValueError(f"bank_weight must be >= 0, got {self.bank_weight}")
         if self.bank_weight > 0 and self.answer_style != "name-first":
-            raise ValueError("the identity-bank loss scores the concept's output row, which decides only "
-                             "name-first answers: use answer_style='name-first'")
+            raise ValueError(
+                "the identity-bank loss scores the concept's output row, which decides only "
+                "name-first answers: use answer_style='name-first'"
+            )
         if self.bank_renders < 1:
             raise ValueError(f"bank_renders must be >= 1, got {self.bank_renders}")
 
 
-def bank_objective(h: torch.Tensor, no: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, with_auc: bool = True
-                   ) -> tuple[torch.Tensor, float | None]:
+def bank_objective(
+    h: torch.Tensor, no: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, with_auc: bool = True
+) -> tuple[torch.Tensor, float | None]:
     """The identity-bank loss and its mean per-query ROC AUC (module docstring).
 
     Args:
@@ -175,14 +178,17 @@ class AlignerTrainingTask:
         each identity → :attr:`bank_ids` and their global tokens :attr:`bank_tokens` ``[M, d_enc]``."""
         bank = getattr(self.data, "reference_bank", None)
         if bank is None:
-            raise ValueError(f"the identity-bank loss needs a data source with reference_bank(); "
-                             f"{type(self.data).__name__} has none")
+            raise ValueError(
+                f"the identity-bank loss needs a data source with reference_bank(); {type(self.data).__name__} has none"
+            )
         items = bank(self.config.bank_renders)
         if len({i for i, _ in items}) < 2:
             raise ValueError("the identity-bank loss needs references of at least two identities")
         self.bank_ids = [i for i, _ in items]
-        tokens = [self.aligner.encode_reference(self.reference_pixels([img for _, img in items[s:s + chunk]]))[:, 0]
-                  for s in range(0, len(items), chunk)]
+        tokens = [
+            self.aligner.encode_reference(self.reference_pixels([img for _, img in items[s : s + chunk]]))[:, 0]
+            for s in range(0, len(items), chunk)
+        ]
         self.bank_tokens = torch.cat(tokens).float().cpu()
 
     def _encode(self, ex: PersonalExample) -> Any:
@@ -195,8 +201,9 @@ class AlignerTrainingTask:
         return self.lvlm.encode(conv, answer_words=words)
 
     @torch.no_grad()
-    def answer_states(self, examples: list[PersonalExample], z_ref: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def answer_states(
+        self, examples: list[PersonalExample], z_ref: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen LM at the first answer position of each example's prompt (current Aligner): last hidden
         states ``[N, d]`` and the logit of "No" there ``[N]`` (for :meth:`Aligner.calibrate_output_row`).
         ``z_ref``: the references' encoder output ``[N, L, d_enc]``, if the caller has it already."""
@@ -233,14 +240,14 @@ class AlignerTrainingTask:
         with torch.autocast(device_type=device.type, enabled=False):
             return self.aligner.output_row(global_tokens.to(device)).float()
 
-    def bank_loss(self, examples: list[PersonalExample], h: torch.Tensor, no: torch.Tensor
-                  ) -> tuple[torch.Tensor, float] | None:
+    def bank_loss(
+        self, examples: list[PersonalExample], h: torch.Tensor, no: torch.Tensor
+    ) -> tuple[torch.Tensor, float] | None:
         """The identity-bank loss (module docstring) of the recognition examples among ``examples``, given
         their answer-position states ``h`` ``[N, d]`` and "No" logits ``[N]``, and the mean over those queries
         of the ROC AUC of ``z`` between the bank's identities in the photo and the others (to log);
         ``None`` if there is no recognition example."""
-        rows = [i for i, ex in enumerate(examples)
-                if ex.kind in RECOGNITION_KINDS and ex.query_identities is not None]
+        rows = [i for i, ex in enumerate(examples) if ex.kind in RECOGNITION_KINDS and ex.query_identities is not None]
         if not rows:
             return None
         y = self.bank_targets([examples[i].query_identities for i in rows])

@@ -68,8 +68,17 @@ class AvatarWorldPersonalSource:
         out = []
         for _ in range(n):
             s = next(stream)
-            out.append(PersonalExample(s.reference, s.query, s.question, s.answer, s.kind, s.identity_id,
-                                       s.query_identities if s.query is not None else None))
+            out.append(
+                PersonalExample(
+                    s.reference,
+                    s.query,
+                    s.question,
+                    s.answer,
+                    s.kind,
+                    s.identity_id,
+                    s.query_identities if s.query is not None else None,
+                )
+            )
         return out
 
     def reference_bank(self, renders: int) -> list[tuple[str, Image.Image]]:
@@ -77,12 +86,20 @@ class AvatarWorldPersonalSource:
         (deterministic in the source's seed; for the identity-bank loss of
         :class:`~plvm.training.aligner_task.AlignerTrainingTask`)."""
         rng = np.random.default_rng([self.seed, 7919])
-        return [(p.id, self.world.render_reference(p, rng_or_seed=rng))
-                for p in self.world.split(self.split) for _ in range(int(renders))]
+        return [
+            (p.id, self.world.render_reference(p, rng_or_seed=rng))
+            for p in self.world.split(self.split)
+            for _ in range(int(renders))
+        ]
 
     def describe(self) -> dict[str, Any]:
-        return {"source": "avatarworld", "seed": self.seed, "world_seed": self.world.seed, "split": self.split,
-                **self.kw}
+        return {
+            "source": "avatarworld",
+            "seed": self.seed,
+            "world_seed": self.world.seed,
+            "split": self.split,
+            **self.kw,
+        }
 
 
 def find_reference(concept_dir: Path) -> Path:
@@ -124,8 +141,11 @@ class FolderPersonalSource:
             item = self.items[int(i)]
             ref = find_reference(self.root / item["concept"]).relative_to(self.root)
             query = self._image(item["query_img"]) if item.get("query_img") else None
-            out.append(PersonalExample(self._image(str(ref)), query, item["question"], item["answer"],
-                                       item.get("kind", "unknown")))
+            out.append(
+                PersonalExample(
+                    self._image(str(ref)), query, item["question"], item["answer"], item.get("kind", "unknown")
+                )
+            )
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -74,13 +74,13 @@ class AlignerTrainingConfig(RecipeConfig):
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if self.row_fit_queries and self.answer_style != "name-first":
-            raise ConfigError("row_fit_queries (--row-fit-queries) fits the output row, which decides only "
-                              "name-first answers")
+            raise ConfigError(
+                "row_fit_queries (--row-fit-queries) fits the output row, which decides only name-first answers"
+            )
         if self.data != "avatarworld" and self.portrait_query_share:
             raise ConfigError("portrait_query_share (--portrait-query-share) needs data 'avatarworld'")
         if self.data != "avatarworld" and self.anchor_references:
-            raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity "
-                              "attributes)")
+            raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity attributes)")
         if self.init_aligner is not None and not self.init_aligner.exists():
             raise ConfigError(f"init_aligner (--init-aligner): no such file or checkpoint: {self.init_aligner}")
         if self.num_queries is not None and self.num_queries < 1:
@@ -89,8 +89,9 @@ class AlignerTrainingConfig(RecipeConfig):
     def task_config(self) -> Any:
         from plvm.training.aligner_task import AlignerTaskConfig
 
-        return AlignerTaskConfig(self.batch_size, self.word_weight, self.answer_style, self.bank_weight,
-                                 self.bank_renders)
+        return AlignerTaskConfig(
+            self.batch_size, self.word_weight, self.answer_style, self.bank_weight, self.bank_renders
+        )
 
     def row_fit_config(self) -> Any:
         """The output-row fit after training (:mod:`plvm.training.row_fit`), ``None`` when ``row_fit_queries`` is 0."""
@@ -98,15 +99,29 @@ class AlignerTrainingConfig(RecipeConfig):
 
         if not self.row_fit_queries:
             return None
-        return RowFitConfig(self.row_fit_queries, self.row_fit_epochs, self.row_fit_lr, self.row_fit_weight_decay,
-                            seed=self.seed, own_weight=self.row_fit_own_weight)
+        return RowFitConfig(
+            self.row_fit_queries,
+            self.row_fit_epochs,
+            self.row_fit_lr,
+            self.row_fit_weight_decay,
+            seed=self.seed,
+            own_weight=self.row_fit_own_weight,
+        )
 
     def loop_config(self) -> Any:
         from plvm.training.loop import LoopConfig
 
-        return LoopConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, save_every=self.save_every,
-                          log_every=self.log_every, seed=self.seed, grad_accum=self.grad_accum,
-                          mixed_precision=self.mixed_precision, threads=self.threads)
+        return LoopConfig(
+            steps=self.steps,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            save_every=self.save_every,
+            log_every=self.log_every,
+            seed=self.seed,
+            grad_accum=self.grad_accum,
+            mixed_precision=self.mixed_precision,
+            threads=self.threads,
+        )
 
 
 def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -136,9 +151,16 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
         from plvm.synth.avatarworld import AvatarWorld
 
         world = AvatarWorld(seed=c.world_seed, num_identities=c.num_identities)
-        source: Any = AvatarWorldPersonalSource(world, c.seed, "train", c.positive_ratio, c.recog_to_attr,
-                                                c.hard_negative_share, c.hard_negative_distance,
-                                                c.portrait_query_share)
+        source: Any = AvatarWorldPersonalSource(
+            world,
+            c.seed,
+            "train",
+            c.positive_ratio,
+            c.recog_to_attr,
+            c.hard_negative_share,
+            c.hard_negative_distance,
+            c.portrait_query_share,
+        )
     else:
         source = FolderPersonalSource(c.data, c.seed)
     model, processor = load_base("mini" if c.preset == "mini" else p.base_model)
@@ -166,7 +188,8 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
         factors = aligner.calibrate(
             task.reference_pixels(refs),
             word_norm=float(model.get_input_embeddings().weight.float().norm(dim=-1).mean()),
-            weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()))
+            weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()),
+        )
         log("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
     if fresh and c.anchor_references > 0 and world is not None:
         import numpy as np
@@ -177,18 +200,28 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
         pool = world.split("train")
         people = [pool[int(i)] for i in rng.integers(len(pool), size=c.anchor_references)]
         samples = [(world.render_reference(person, rng_or_seed=rng), dict(person.attributes)) for person in people]
-        stats = train_aligner_anchor(aligner, processor.tokenizer, model.get_input_embeddings().weight,
-                                     task.reference_pixels, samples, steps=c.anchor_steps, seed=c.seed, log=log)
+        stats = train_aligner_anchor(
+            aligner,
+            processor.tokenizer,
+            model.get_input_embeddings().weight,
+            task.reference_pixels,
+            samples,
+            steps=c.anchor_steps,
+            seed=c.seed,
+            log=log,
+        )
         (c.out / "anchor.json").write_text(json.dumps(stats, indent=2))
     if c.answer_style == "name-first" and previous is None and not bool(aligner.row_mean.any()):
         # the concept's output row decides a name-first answer: condition it on the LM's answer states
         probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
         if not probe:
-            raise ConfigError("answer_style 'name-first' needs recognition samples (kind recog_pos / recog_neg) "
-                              "in the data")
+            raise ConfigError(
+                "answer_style 'name-first' needs recognition samples (kind recog_pos / recog_neg) in the data"
+            )
         hidden, no_logit = task.answer_states(probe)
-        stats = aligner.calibrate_output_row(task.reference_pixels([ex.reference for ex in probe]), hidden,
-                                             float(no_logit.mean()))
+        stats = aligner.calibrate_output_row(
+            task.reference_pixels([ex.reference for ex in probe]), hidden, float(no_logit.mean())
+        )
         log("Aligner output row conditioned: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
     loop = c.loop_config()
     summary = run_training(task, loop, c.out, resume=not c.no_resume)
@@ -203,7 +236,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             raise ConfigError(f"row fit: {exc}") from None
         (c.out / "row-fit.json").write_text(json.dumps(report, indent=2))
         path = save_row_fit(c.out / "row-fit", task, summary["step"], loop.to_dict(), report)
-        log(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); "
-            f"wrote {path}")
+        log(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); wrote {path}")
         summary = {**summary, "row_fit": str(path)}
     return summary

@@ -75,9 +75,15 @@ class AnswerStates:
     def save(self, path: str | Path, tag: str) -> None:
         """Write to ``path`` (safetensors; identities and ``tag`` — what the states were computed with — in
         the header)."""
-        _atomic_save({"h": self.h, "no": self.no, "own_tokens": self.own_tokens, "own_labels": self.own_labels},
-                     Path(path), {"query_identities": json.dumps([list(q) for q in self.query_identities]),
-                                  "concept_ids": json.dumps(self.concept_ids), "tag": tag})
+        _atomic_save(
+            {"h": self.h, "no": self.no, "own_tokens": self.own_tokens, "own_labels": self.own_labels},
+            Path(path),
+            {
+                "query_identities": json.dumps([list(q) for q in self.query_identities]),
+                "concept_ids": json.dumps(self.concept_ids),
+                "tag": tag,
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path, tag: str) -> "AnswerStates | None":
@@ -86,18 +92,32 @@ class AnswerStates:
             meta = f.metadata() or {}
             if meta.get("tag") != tag or "concept_ids" not in meta:  # another run, or states of an older layout
                 return None
-            return cls(f.get_tensor("h"), f.get_tensor("no"), [tuple(q) for q in json.loads(meta["query_identities"])],
-                       f.get_tensor("own_tokens"), f.get_tensor("own_labels"), json.loads(meta["concept_ids"]))
+            return cls(
+                f.get_tensor("h"),
+                f.get_tensor("no"),
+                [tuple(q) for q in json.loads(meta["query_identities"])],
+                f.get_tensor("own_tokens"),
+                f.get_tensor("own_labels"),
+                json.loads(meta["concept_ids"]),
+            )
 
 
 def answer_states_tag(task: AlignerTrainingTask, config: RowFitConfig) -> str:
     """What the answer states depend on: the base LVLM (id and revision), the data source, the queries drawn
     from it, and the Aligner's word and context path (``f_word``, resampler; the output-row conditioning is
     excluded: ``h`` is read before the LM head) — not ``f_weight``, which the fit changes. A sha256 over those."""
-    digest = hashlib.sha256(json.dumps({"base": [task.lvlm.base_model_id, task.lvlm.base_revision],
-                                        "data": task.data.describe(), "queries": config.queries,
-                                        "batch": config.batch, "first_index": config.first_index},
-                                       sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "base": [task.lvlm.base_model_id, task.lvlm.base_revision],
+                "data": task.data.describe(),
+                "queries": config.queries,
+                "batch": config.batch,
+                "first_index": config.first_index,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for name, tensor in sorted(task.aligner.trainable_state_dict().items()):
         if not name.startswith("f_weight.") and name not in ("row_mean", "row_offset"):
             digest.update(name.encode())
@@ -105,8 +125,9 @@ def answer_states_tag(task: AlignerTrainingTask, config: RowFitConfig) -> str:
     return digest.hexdigest()[:32]
 
 
-def load_or_collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, cache: str | Path,
-                                  progress: bool = True) -> AnswerStates:
+def load_or_collect_answer_states(
+    task: AlignerTrainingTask, config: RowFitConfig, cache: str | Path, progress: bool = True
+) -> AnswerStates:
     """The answer states of :func:`collect_answer_states`, read from ``cache`` if it holds states computed with
     the same :func:`answer_states_tag`, else computed and written there (collecting is the slow part of a fit:
     an LM forward per query)."""
@@ -125,8 +146,11 @@ def collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, progr
     index = config.first_index
     with tqdm(total=config.queries, desc="answer states", disable=not progress, mininterval=5) as bar:
         while len(ids) < config.queries:
-            batch = [ex for ex in task.data.examples(index, config.batch)
-                     if ex.kind in RECOGNITION_KINDS and ex.query_identities is not None and ex.concept_id is not None]
+            batch = [
+                ex
+                for ex in task.data.examples(index, config.batch)
+                if ex.kind in RECOGNITION_KINDS and ex.query_identities is not None and ex.concept_id is not None
+            ]
             index += 1
             if index - config.first_index > 100 * config.queries:
                 raise ValueError("the data source gives no recognition samples with known concept and query identities")
@@ -145,8 +169,9 @@ def collect_answer_states(task: AlignerTrainingTask, config: RowFitConfig, progr
     return AnswerStates(torch.cat(hs), torch.cat(nos), ids, torch.cat(own), torch.tensor(labels), concepts)
 
 
-def own_pair_objective(states: AnswerStates, rows: torch.Tensor, select: torch.Tensor
-                       ) -> tuple[torch.Tensor, float | None]:
+def own_pair_objective(
+    states: AnswerStates, rows: torch.Tensor, select: torch.Tensor
+) -> tuple[torch.Tensor, float | None]:
     """The own-pair term: each selected query's decision ``z_i = h_i · e_weight(own ref_i) − logit_No`` against
     its label, a class-balanced logistic loss, and the ROC AUC of ``z`` pooled over those queries (what the
     evaluation harness measures; ``None`` without both classes).
@@ -158,8 +183,9 @@ def own_pair_objective(states: AnswerStates, rows: torch.Tensor, select: torch.T
     return balanced_logistic_loss(z, y), roc_auc(zd[yd].tolist(), zd[~yd].tolist())
 
 
-def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowFitConfig,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def fit_output_row(
+    task: AlignerTrainingTask, states: AnswerStates, config: RowFitConfig, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Fit ``task.aligner.f_weight`` on the identity-bank loss plus ``own_weight`` × the own-pair term over
     ``states``; keep the best held-out epoch.
 
@@ -197,8 +223,10 @@ def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowF
         with torch.no_grad():
             rows = task.bank_rows()[~keep]
             z = states.h[shows] @ rows.T.cpu() - states.no[shows][:, None]
-            return {"heldout_auc": own_pair_objective(states, task.output_rows(states.own_tokens), about)[1],
-                    "heldout_rank_auc": mean_query_auc(z, y[shows][:, ~keep])}
+            return {
+                "heldout_auc": own_pair_objective(states, task.output_rows(states.own_tokens), about)[1],
+                "heldout_rank_auc": mean_query_auc(z, y[shows][:, ~keep]),
+            }
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in task.aligner.f_weight.state_dict().items()}
@@ -218,20 +246,28 @@ def fit_output_row(task: AlignerTrainingTask, states: AnswerStates, config: RowF
             row = {"epoch": epoch, "loss": float(loss.detach()), "fit_auc": fit_auc, **heldout_aucs()}
             history.append(row)
             if log is not None:
-                log(f"row fit epoch {epoch}: loss {row['loss']:.4f}, fit rank AUC {fit_auc:.3f}, held-out AUC "
-                    f"{row['heldout_auc']:.3f} (own pairs), {row['heldout_rank_auc']:.3f} (rank)")
+                log(
+                    f"row fit epoch {epoch}: loss {row['loss']:.4f}, fit rank AUC {fit_auc:.3f}, held-out AUC "
+                    f"{row['heldout_auc']:.3f} (own pairs), {row['heldout_rank_auc']:.3f} (rank)"
+                )
             if row["heldout_auc"] > best[0]:
                 best = (row["heldout_auc"], epoch, snapshot())
     task.aligner.f_weight.load_state_dict(best[2])
     for p in params:
         p.requires_grad_(False)
-    return {"config": dataclasses.asdict(config), "queries": len(states.query_identities),
-            "heldout_identities": sorted(heldout), "history": history, "kept_epoch": best[1],
-            "kept_heldout_auc": best[0]}
+    return {
+        "config": dataclasses.asdict(config),
+        "queries": len(states.query_identities),
+        "heldout_identities": sorted(heldout),
+        "history": history,
+        "kept_epoch": best[1],
+        "kept_heldout_auc": best[0],
+    }
 
 
-def save_row_fit(out_dir: str | Path, task: AlignerTrainingTask, step: int, loop: dict[str, Any],
-                 report: dict[str, Any]) -> Path:
+def save_row_fit(
+    out_dir: str | Path, task: AlignerTrainingTask, step: int, loop: dict[str, Any], report: dict[str, Any]
+) -> Path:
     """``out_dir`` as a checkpoint directory (``trainable.safetensors`` + ``state.json``, no optimizer): what
     ``--aligner-weights`` and ``plvm export`` read; the task description records the fit."""
     out = Path(out_dir)

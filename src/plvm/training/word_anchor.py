@@ -48,9 +48,18 @@ def anchor_loss(projected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(projected.float(), targets, dim=-1)).mean()
 
 
-def fit_cosine(module: torch.nn.Module, last: torch.nn.Linear, inputs: torch.Tensor, targets: torch.Tensor,
-               steps: int, batch_size: int, lr: float, rng: np.random.Generator, target_norm: torch.Tensor,
-               desc: str) -> tuple[float, float, float]:
+def fit_cosine(
+    module: torch.nn.Module,
+    last: torch.nn.Linear,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    target_norm: torch.Tensor,
+    desc: str,
+) -> tuple[float, float, float]:
     """Train ``module`` (alone, AdamW) so that ``module(inputs)`` ``[N, P, d]`` points along ``targets``; the
     last 10 % of the rows are held out. The cosine loss leaves the length free, so afterwards ``last`` is
     rescaled to give held-out outputs the mean norm ``target_norm``. Restores ``requires_grad``.
@@ -87,9 +96,19 @@ def fit_cosine(module: torch.nn.Module, last: torch.nn.Linear, inputs: torch.Ten
 def attribute_words(name: str, value: str) -> list[str]:
     """Words for one identity attribute, e.g. ``("hair_color", "red") → ["red", "hair"]``,
     ``("glasses", "none") → ["no", "glasses"]``."""
-    noun = {"face_shape": "face", "skin_tone": "skin", "hair_color": "hair", "hair_style": "hair",
-            "eye_color": "eyes", "eyebrows": "eyebrows", "nose": "nose", "mouth": "mouth",
-            "facial_hair": "beard", "glasses": "glasses", "mark": "marks"}.get(name)
+    noun = {
+        "face_shape": "face",
+        "skin_tone": "skin",
+        "hair_color": "hair",
+        "hair_style": "hair",
+        "eye_color": "eyes",
+        "eyebrows": "eyebrows",
+        "nose": "nose",
+        "mouth": "mouth",
+        "facial_hair": "beard",
+        "glasses": "glasses",
+        "mark": "marks",
+    }.get(name)
     if value == "none":
         return ["no", noun or name]
     if name in ("facial_hair", "mark"):
@@ -136,13 +155,28 @@ def train_aligner_anchor(
     words = WordTargets(tokenizer, embeddings)
     z = []
     for i in tqdm(range(0, len(samples), 32), desc="anchor: reference features", mininterval=5):
-        z.append(aligner.encode_reference(reference_pixels([s[0] for s in samples[i:i + 32]])).to(torch.bfloat16))
+        z.append(aligner.encode_reference(reference_pixels([s[0] for s in samples[i : i + 32]])).to(torch.bfloat16))
     z_ref = torch.cat(z)
     targets = torch.stack([torch.stack([words(w) for w in context_word_lists(a, k)]) for _, a in samples])
-    before, after, factor = fit_cosine(aligner.resampler, aligner.resampler.proj_out, z_ref[:, 1:], targets, steps,
-                                       batch_size, lr, np.random.default_rng([seed, 4242]),
-                                        words.embeddings.norm(dim=-1).mean(), "anchor: resampler")
-    stats = {"val_loss_before": before, "val_loss_after": after, "output_scale": factor,
-             "n_references": len(samples), "steps": steps, "seconds": time.time() - t0}
+    before, after, factor = fit_cosine(
+        aligner.resampler,
+        aligner.resampler.proj_out,
+        z_ref[:, 1:],
+        targets,
+        steps,
+        batch_size,
+        lr,
+        np.random.default_rng([seed, 4242]),
+        words.embeddings.norm(dim=-1).mean(),
+        "anchor: resampler",
+    )
+    stats = {
+        "val_loss_before": before,
+        "val_loss_after": after,
+        "output_scale": factor,
+        "n_references": len(samples),
+        "steps": steps,
+        "seconds": time.time() - t0,
+    }
     log(f"anchor (Aligner context): held-out 1-cos {before:.3f} -> {after:.3f} ({stats['seconds']:.0f} s)")
     return stats

@@ -56,8 +56,11 @@ class PLVMMethod(EmbeddingMethod):
         self.concepts[concept_id] = self.plvm.make_concept(record.name, dataset.image(record.reference))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "preset": getattr(self.plvm, "preset", None),
-                "k": self.plvm.aligner.config.num_queries}
+        return {
+            **super().describe(),
+            "preset": getattr(self.plvm, "preset", None),
+            "k": self.plvm.aligner.config.num_queries,
+        }
 
 
 # ============================================================================ (4) Yo'LLaVA-style tuning
@@ -134,8 +137,9 @@ class YoLLaVA(EmbeddingMethod):
         e_word, e_weight, context = params
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         d = self.lvlm.hidden_size
-        placeholder = ConceptEmbedding(record.name, torch.zeros(d), torch.zeros(d), torch.zeros(cfg.k, d),
-                                       self.lvlm.base_model_id)
+        placeholder = ConceptEmbedding(
+            record.name, torch.zeros(d), torch.zeros(d), torch.zeros(cfg.k, d), self.lvlm.base_model_id
+        )
         losses: list[float] = []
         with torch.enable_grad():
             for _ in range(cfg.steps):
@@ -146,8 +150,14 @@ class YoLLaVA(EmbeddingMethod):
                     image = dataset.image(pool[int(rng.integers(len(pool)))])
                     question, answer = templates[int(rng.integers(len(templates)))]
                     name = f"<{record.name}>"
-                    convs.append(single_turn(question.replace("<sks>", name), [placeholder], image=image,
-                                             answer=answer.replace("<sks>", name)))
+                    convs.append(
+                        single_turn(
+                            question.replace("<sks>", name),
+                            [placeholder],
+                            image=image,
+                            answer=answer.replace("<sks>", name),
+                        )
+                    )
                 batch = self.lvlm.collate([self.lvlm.encode(c) for c in convs])
                 tensors = ConceptTensors.stack([[(e_word, e_weight, context)]] * len(convs), d)
                 hidden, _ = self.lvlm.hidden_states(batch, tensors)

@@ -68,12 +68,14 @@ class IdentifyIndex:
         threshold: image-feature cosine threshold; ``face_threshold``: ``None`` → the backend's own.
     """
 
-    def __init__(self, plvm: Any, face: Any = None, threshold: float = DEFAULT_THRESHOLD,
-                 face_threshold: float | None = None):
+    def __init__(
+        self, plvm: Any, face: Any = None, threshold: float = DEFAULT_THRESHOLD, face_threshold: float | None = None
+    ):
         self.encoder = ReferenceEncoder(plvm, face=face)
         self.table = FeatureTable()
-        self.identifier = Identifier(self.table, self.encoder, face=face, threshold=threshold,
-                                     face_threshold=face_threshold)
+        self.identifier = Identifier(
+            self.table, self.encoder, face=face, threshold=threshold, face_threshold=face_threshold
+        )
         self.references: dict[str, dict[str, Any]] = {}
         self._results: dict[str, IdentifyResult] = {}
 
@@ -170,8 +172,11 @@ class PLVMIdentifyPrompt(PLVMMethod):
     def hint(self, bindings: Sequence[Binding], image: Image.Image) -> str:
         result = self.index.identify(image)
         by_id = {m.name: m for m in result.matches}
-        renamed = [Match(b.name, m.score, m.source, m.box, m.present, m.reason, m.confidence)
-                   for b in bindings if (m := by_id.get(b.concept)) is not None]
+        renamed = [
+            Match(b.name, m.score, m.source, m.box, m.present, m.reason, m.confidence)
+            for b in bindings
+            if (m := by_id.get(b.concept)) is not None
+        ]
         return visual_prompt(IdentifyResult(renamed, result.threshold), image.width)
 
     def conversation(self, text: str, bindings: Sequence[Binding], images: Sequence[Image.Image] = ()) -> Conversation:
@@ -181,8 +186,12 @@ class PLVMIdentifyPrompt(PLVMMethod):
         return super().conversation(f"{hint}\n{text}" if hint else text, bindings, images)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "identify": self.index.describe(),
-                "questions_with_photo": self.questions, "questions_with_hint": self.hints_given}
+        return {
+            **super().describe(),
+            "identify": self.index.describe(),
+            "questions_with_photo": self.questions,
+            "questions_with_hint": self.hints_given,
+        }
 
 
 __all__ = ["FeatureTable", "IdentifyIndex", "IdentifyRecognition", "PLVMIdentifyPrompt"]

@@ -62,7 +62,7 @@ def _as_predicate(description: str) -> str:
 
 
 class TextPrompt(Method):
-    """"LLaVA + prompt": a short description of the concept, written by the base model from the reference.
+    """ "LLaVA + prompt": a short description of the concept, written by the base model from the reference.
 
     Args:
         lvlm: the LVLM (it writes the descriptions too).
@@ -148,8 +148,11 @@ class ImagePrompt(Method):
 
     def describe(self) -> dict[str, Any]:
         ref_tokens = list(self._image_tokens.values())
-        return {**super().describe(), "template": self.template,
-                "image_tokens_per_reference": float(np.mean(ref_tokens)) if ref_tokens else 0.0}
+        return {
+            **super().describe(),
+            "template": self.template,
+            "image_tokens_per_reference": float(np.mean(ref_tokens)) if ref_tokens else 0.0,
+        }
 
 
 __all__ = ["ImagePrompt", "NoPersonalization", "TextPrompt"]

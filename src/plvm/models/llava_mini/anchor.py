@@ -44,8 +44,15 @@ _NUMBER_WORD = ("zero", "one", "two", "three", "four", "five")
 def person_words(p: Mapping[str, Any]) -> list[str]:
     """The words a patch of person ``p`` (a scene-graph person) is anchored to."""
     a = p["attributes"]
-    words = [p["position"], p["clothing_color"], p["clothing_type"], p["expression"], a["hair_color"],
-             a["gender"], a["age"]]
+    words = [
+        p["position"],
+        p["clothing_color"],
+        p["clothing_type"],
+        p["expression"],
+        a["hair_color"],
+        a["gender"],
+        a["age"],
+    ]
     if p.get("glasses_worn"):
         words.append("glasses")
     return words
@@ -101,8 +108,9 @@ def patch_words(graph: Mapping[str, Any], grid: int, regions: str = "person") ->
     for r in range(grid):
         for c in range(grid):
             x, y = (c + 0.5) * width / grid, (r + 0.5) * height / grid
-            owner = next((p for p in people if p["bbox"][0] <= x < p["bbox"][2] and p["bbox"][1] <= y < p["bbox"][3]),
-                         None)
+            owner = next(
+                (p for p in people if p["bbox"][0] <= x < p["bbox"][2] and p["bbox"][1] <= y < p["bbox"][3]), None
+            )
             if owner is None:
                 out.append(background)
             elif regions == "person":
@@ -139,20 +147,39 @@ def train_anchor(
     t0 = time.time()
     rng = np.random.default_rng([seed, 424242])
     scenes = [sample_scene(rng) for _ in range(n_images)]
-    features = torch.cat([
-        vision_features(model,
-                        image_processor([s.image for s in scenes[i:i + 32]], return_tensors="pt")["pixel_values"])
-        .to(torch.bfloat16)
-        for i in tqdm(range(0, n_images, 32), desc="anchor: DINOv2 features", mininterval=5)
-    ])  # [N, P, d_vision]
+    features = torch.cat(
+        [
+            vision_features(
+                model, image_processor([s.image for s in scenes[i : i + 32]], return_tensors="pt")["pixel_values"]
+            ).to(torch.bfloat16)
+            for i in tqdm(range(0, n_images, 32), desc="anchor: DINOv2 features", mininterval=5)
+        ]
+    )  # [N, P, d_vision]
     grid = int(math.isqrt(features.shape[1]))
     words = WordTargets(tokenizer, model.get_input_embeddings().weight)
     targets = torch.stack([torch.stack([words(w) for w in patch_words(s.graph, grid, regions)]) for s in scenes])
     projector = model.model.multi_modal_projector
-    before, after, factor = fit_cosine(projector, projector.linear_2, features, targets, steps, batch_size, lr, rng,
-                                       words.embeddings.norm(dim=-1).mean(), "anchor: projector")
-    stats = {"val_loss_before": before, "val_loss_after": after, "val_cos_after": 1.0 - after,
-             "output_scale": factor, "n_images": n_images, "steps": steps, "regions": regions,
-             "seconds": time.time() - t0}
+    before, after, factor = fit_cosine(
+        projector,
+        projector.linear_2,
+        features,
+        targets,
+        steps,
+        batch_size,
+        lr,
+        rng,
+        words.embeddings.norm(dim=-1).mean(),
+        "anchor: projector",
+    )
+    stats = {
+        "val_loss_before": before,
+        "val_loss_after": after,
+        "val_cos_after": 1.0 - after,
+        "output_scale": factor,
+        "n_images": n_images,
+        "steps": steps,
+        "regions": regions,
+        "seconds": time.time() - t0,
+    }
     log(f"anchor: held-out 1-cos {before:.3f} -> {after:.3f} ({stats['seconds']:.0f} s)")
     return stats

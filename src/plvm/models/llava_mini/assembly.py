@@ -84,7 +84,8 @@ def parse_feature_layer(text: str) -> FeatureLayer:
         layers = [int(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(
-            f"vision feature layer must be an int or a comma-separated list of ints, got {text!r}") from None
+            f"vision feature layer must be an int or a comma-separated list of ints, got {text!r}"
+        ) from None
     if not layers or any(not -13 <= x <= 12 for x in layers) or len(set(x % 13 for x in layers)) < len(layers):
         raise ValueError(f"vision feature layers must be distinct hidden-state indices in -13..12, got {text!r}")
     return layers[0] if len(layers) == 1 and "," not in text else layers
@@ -104,10 +105,14 @@ PROJECTOR_PREFIX = "multi_modal_projector."
 #: Widths LLaVA-mini's projector maps between: DINOv2-S/14's hidden size → SmolLM2-135M's.
 VISION_HIDDEN_SIZE = 384
 TEXT_HIDDEN_SIZE = 576
-PROJECTOR_FILE = ("a LLaVA-mini projector file (safetensors with multi_modal_projector.linear_1/linear_2 weight and "
-                  "bias, as plvm export writes)")
-STAGE1_CHECKPOINT = ("a LLaVA-mini stage-1 checkpoint (plvm train-base) whose trainable.safetensors holds "
-                     "multi_modal_projector.* and optional lm_lora.* tensors")
+PROJECTOR_FILE = (
+    "a LLaVA-mini projector file (safetensors with multi_modal_projector.linear_1/linear_2 weight and "
+    "bias, as plvm export writes)"
+)
+STAGE1_CHECKPOINT = (
+    "a LLaVA-mini stage-1 checkpoint (plvm train-base) whose trainable.safetensors holds "
+    "multi_modal_projector.* and optional lm_lora.* tensors"
+)
 BASE_MODEL_ID = MINI_BASE_MODEL
 
 # SmolLM2's own default system prompt (its chat template inserts it when a conversation has none).
@@ -338,20 +343,30 @@ def recorded_feature_layer(path: str | Path, metadata: dict[str, str]) -> Featur
     try:
         return parse_feature_layer(text)
     except ValueError as exc:
-        raise WeightFileError(f"{path} records vision_feature_layer={text!r}, which is not valid ({exc}); "
-                              f"expected {PROJECTOR_FILE}") from None
+        raise WeightFileError(
+            f"{path} records vision_feature_layer={text!r}, which is not valid ({exc}); expected {PROJECTOR_FILE}"
+        ) from None
 
 
-def projector_shapes(text_hidden: int = TEXT_HIDDEN_SIZE, vision_hidden: int = VISION_HIDDEN_SIZE,
-                     n_layers: int = 1) -> dict[str, tuple[int, ...]]:
+def projector_shapes(
+    text_hidden: int = TEXT_HIDDEN_SIZE, vision_hidden: int = VISION_HIDDEN_SIZE, n_layers: int = 1
+) -> dict[str, tuple[int, ...]]:
     """The tensor shapes of LLaVA's projector ``Linear(vision × n_layers, text) → GELU → Linear(text, text)``."""
-    return {"linear_1.weight": (text_hidden, vision_hidden * n_layers), "linear_1.bias": (text_hidden,),
-            "linear_2.weight": (text_hidden, text_hidden), "linear_2.bias": (text_hidden,)}
+    return {
+        "linear_1.weight": (text_hidden, vision_hidden * n_layers),
+        "linear_1.bias": (text_hidden,),
+        "linear_2.weight": (text_hidden, text_hidden),
+        "linear_2.bias": (text_hidden,),
+    }
 
 
-def check_projector_tensors(path: str | Path, tensors: dict[str, torch.Tensor], layer: FeatureLayer | None,
-                            text_hidden: int | None = TEXT_HIDDEN_SIZE,
-                            vision_hidden: int | None = VISION_HIDDEN_SIZE) -> None:
+def check_projector_tensors(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    layer: FeatureLayer | None,
+    text_hidden: int | None = TEXT_HIDDEN_SIZE,
+    vision_hidden: int | None = VISION_HIDDEN_SIZE,
+) -> None:
     """Refuse projector tensors (names without the prefix) that are not LLaVA's projector for ``layer``
     (its width: ``vision_hidden × len(layer)``); ``None`` sizes are taken from the file (another base)."""
     n_layers = len(layer) if isinstance(layer, list) else 1
@@ -361,18 +376,20 @@ def check_projector_tensors(path: str | Path, tensors: dict[str, torch.Tensor], 
     if vision_hidden is None:
         width = int(first.shape[1]) if first is not None and first.dim() == 2 else 0
         vision_hidden = width // n_layers if width % n_layers == 0 else -1
-    problems = shape_problems({k: v.shape for k, v in tensors.items()},
-                              projector_shapes(text_hidden, vision_hidden, n_layers))
+    problems = shape_problems(
+        {k: v.shape for k, v in tensors.items()}, projector_shapes(text_hidden, vision_hidden, n_layers)
+    )
     if problems:
         reads = f"vision_feature_layer={feature_layer_str(layer)}, " if layer is not None else ""
         raise WeightFileError(
             f"projector file {path} does not fit LLaVA-mini's projector ({reads}vision hidden {vision_hidden} x "
-            f"{n_layers} → text hidden {text_hidden}): {join_problems(problems)}")
+            f"{n_layers} → text hidden {text_hidden}): {join_problems(problems)}"
+        )
 
 
-def check_projector_file(path: str | Path, lora: bool = True,
-                         vision_feature_layer: FeatureLayer | None = None
-                         ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def check_projector_file(
+    path: str | Path, lora: bool = True, vision_feature_layer: FeatureLayer | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Everything about a LLaVA-mini projector file that can be checked without building the model (so a bad
     ``--projector`` fails in a second, not after loading DINOv2 and SmolLM2): :func:`read_projector`, its
     recorded feature layer, its shapes for that layer (``"8,-1"`` → ``linear_1`` reads 768 features) and,
@@ -383,13 +400,21 @@ def check_projector_file(path: str | Path, lora: bool = True,
 
     tensors, metadata = read_projector(path)
     recorded = recorded_feature_layer(path, metadata)
-    if (recorded is not None and vision_feature_layer is not None
-            and feature_layer_str(recorded) != feature_layer_str(vision_feature_layer)):
-        raise WeightFileError(f"projector file {path} was trained on vision_feature_layer="
-                              f"{feature_layer_str(recorded)}, the model uses "
-                              f"{feature_layer_str(vision_feature_layer)}")
-    layer = recorded if recorded is not None else (vision_feature_layer if vision_feature_layer is not None
-                                                   else VISION_FEATURE_LAYER)
+    if (
+        recorded is not None
+        and vision_feature_layer is not None
+        and feature_layer_str(recorded) != feature_layer_str(vision_feature_layer)
+    ):
+        raise WeightFileError(
+            f"projector file {path} was trained on vision_feature_layer="
+            f"{feature_layer_str(recorded)}, the model uses "
+            f"{feature_layer_str(vision_feature_layer)}"
+        )
+    layer = (
+        recorded
+        if recorded is not None
+        else (vision_feature_layer if vision_feature_layer is not None else VISION_FEATURE_LAYER)
+    )
     check_projector_tensors(path, tensors, layer)
     if lora:
         lora_path = projector_lora(path, metadata)
@@ -459,16 +484,20 @@ def projector_lora(projector: str | Path, metadata: dict[str, str] | None = None
         raise WeightFileError(f"{projector} names its LM LoRA {name!r}; expected a file name beside the projector")
     path = projector.with_name(name)
     if not path.is_file():
-        raise MissingWeightFileError(f"{projector} was trained together with the LM LoRA {path}, which is missing; "
-                                     "keep the two files together (plvm export writes both)")
+        raise MissingWeightFileError(
+            f"{projector} was trained together with the LM LoRA {path}, which is missing; "
+            "keep the two files together (plvm export writes both)"
+        )
     if meta.get(LORA_SHA_KEY) and _sha256(path) != meta[LORA_SHA_KEY]:
-        raise WeightFileError(f"{path} is not the LoRA {projector} was trained with (sha256 differs); "
-                              "keep the pair plvm export wrote")
+        raise WeightFileError(
+            f"{path} is not the LoRA {projector} was trained with (sha256 differs); keep the pair plvm export wrote"
+        )
     return path
 
 
-def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, str] | None = None
-                  ) -> tuple[Path, Path | None]:
+def export_stage1(
+    checkpoint: str | Path, out: str | Path, metadata: dict[str, str] | None = None
+) -> tuple[Path, Path | None]:
     """Split a stage-1 training checkpoint into ``out`` (projector) and, if LoRA trained, ``lm_lora.safetensors``
     beside it; the projector's metadata names the LoRA file and its sha256, so they load as a pair.
 
@@ -484,28 +513,39 @@ def export_stage1(checkpoint: str | Path, out: str | Path, metadata: dict[str, s
     trainable = checkpoint / "trainable.safetensors"
     task = state["task"]
     if task.get("kind") != "projector":
-        raise WeightFileError(f"{checkpoint} is a checkpoint of a {task.get('kind', 'unknown')!r} task, not of "
-                              f"plvm train-base; expected {STAGE1_CHECKPOINT}")
+        raise WeightFileError(
+            f"{checkpoint} is a checkpoint of a {task.get('kind', 'unknown')!r} task, not of "
+            f"plvm train-base; expected {STAGE1_CHECKPOINT}"
+        )
     layer = task.get("vision_feature_layer", feature_layer_str(VISION_FEATURE_LAYER))  # older runs: -1
     if not isinstance(layer, str):
-        raise WeightFileError(f"{checkpoint / 'state.json'} records vision_feature_layer={layer!r}; expected a "
-                              "string such as '-1' or '8,-1'")
+        raise WeightFileError(
+            f"{checkpoint / 'state.json'} records vision_feature_layer={layer!r}; expected a "
+            "string such as '-1' or '8,-1'"
+        )
     parsed = recorded_feature_layer(checkpoint / "state.json", {"vision_feature_layer": layer})
     strangers = sorted(k for k in tensors if not k.startswith((PROJECTOR_KEY, LORA_KEY)))
     if strangers:
-        raise WeightFileError(f"{trainable}: tensor {strangers[0]!r} is neither a projector nor an LM LoRA tensor; "
-                              f"expected {STAGE1_CHECKPOINT}")
+        raise WeightFileError(
+            f"{trainable}: tensor {strangers[0]!r} is neither a projector nor an LM LoRA tensor; "
+            f"expected {STAGE1_CHECKPOINT}"
+        )
     mini = task.get("base_model", BASE_MODEL_ID) == BASE_MODEL_ID  # other bases (tests' tiny LLaVA): own sizes
-    check_projector_tensors(trainable, {k[len(PROJECTOR_KEY):]: v for k, v in tensors.items()
-                                        if k.startswith(PROJECTOR_KEY)}, parsed,
-                            *((TEXT_HIDDEN_SIZE, VISION_HIDDEN_SIZE) if mini else (None, None)))
+    check_projector_tensors(
+        trainable,
+        {k[len(PROJECTOR_KEY) :]: v for k, v in tensors.items() if k.startswith(PROJECTOR_KEY)},
+        parsed,
+        *((TEXT_HIDDEN_SIZE, VISION_HIDDEN_SIZE) if mini else (None, None)),
+    )
     meta = {"vision_feature_layer": layer, **(metadata or {})}
-    lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
+    lora = {k[len(LORA_KEY) :]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
     lora_path = None
     if lora:
         if not isinstance(task.get("lora"), dict):
-            raise WeightFileError(f"{trainable} holds LM LoRA tensors but {checkpoint / 'state.json'} records no "
-                                  "LoRA configuration (task.lora); expected the state plvm train-base writes")
+            raise WeightFileError(
+                f"{trainable} holds LM LoRA tensors but {checkpoint / 'state.json'} records no "
+                "LoRA configuration (task.lora); expected the state plvm train-base writes"
+            )
         config = lora_config_from_metadata(checkpoint / "state.json", task["lora"])
         check_lora_tensors(trainable, lora, config, prefix=LORA_KEY)
         lora_path = save_lora(lora, config, out.with_name("lm_lora.safetensors"), meta)

@@ -94,8 +94,9 @@ def _first_token_logits(lvlm: PersonalizedLVLM, example: GenericExample) -> torc
 def candidate_logprobs(lvlm: PersonalizedLVLM, example: GenericExample, candidates: list[str]) -> torch.Tensor:
     """``[K]`` log-likelihood of each candidate answer (its tokens + the end of turn) after ``example``'s
     question and images, from one batched forward pass."""
-    batch = lvlm.collate([lvlm.encode(generic_conversation(
-        GenericExample(example.images, example.question, c))) for c in candidates])
+    batch = lvlm.collate(
+        [lvlm.encode(generic_conversation(GenericExample(example.images, example.question, c))) for c in candidates]
+    )
     none = ConceptTensors.stack([[] for _ in candidates], lvlm.hidden_size)
     with torch.no_grad():
         hidden, _ = lvlm.hidden_states(batch, none)
@@ -116,8 +117,9 @@ def _auc(positive_scores: list[float], negative_scores: list[float]) -> float:
     return float("nan") if value is None else value
 
 
-def _same_pair_kinds(world: Any, meta: dict[str, Any], graph: dict[str, Any] | None, same: bool,
-                     hard_negative_distance: int) -> tuple[str, str | None]:
+def _same_pair_kinds(
+    world: Any, meta: dict[str, Any], graph: dict[str, Any] | None, same: bool, hard_negative_distance: int
+) -> tuple[str, str | None]:
     """``(second image kind, negative kind)`` of a same-person sample: ``portrait``/``scene`` and, for a
     negative, ``look-alike`` (someone within ``hard_negative_distance`` attributes of the reference) or ``other``."""
     image_kind = "portrait" if graph is None else "scene"
@@ -135,8 +137,9 @@ def _yes_no_log_odds(lvlm: PersonalizedLVLM, example: GenericExample) -> float:
     return float(torch.logsumexp(logits[lvlm.yes_ids], 0) - torch.logsumexp(logits[lvlm.no_ids], 0))
 
 
-def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1234
-                       ) -> tuple[float, float, dict[str, dict[str, float]], int]:
+def evaluate_described(
+    lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1234
+) -> tuple[float, float, dict[str, dict[str, float]], int]:
     """``n`` described-person questions on test scenes: ``(accuracy, AUC, breakdown, n)``; the breakdown
     has the negatives with 1, 2, 3 changed properties and the negatives in which each property was changed
     (each against all positives), and the photos with 1–4 people."""
@@ -159,13 +162,14 @@ def evaluate_described(lvlm: PersonalizedLVLM, world: Any, n: int, seed: int = 1
         breakdown[f"changes: {c}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
     for prop in DESCRIBED_PROPERTIES:
         neg = [x for (_, _, x), props in zip(rows, changed) if prop in props]
-        breakdown[f"changed: {prop}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg),
-                                         "auc": _auc(pos, neg)}
+        breakdown[f"changed: {prop}"] = {"accuracy": _mean([x <= 0 for x in neg]), "n": len(neg), "auc": _auc(pos, neg)}
     for people in (1, 2, 3, 4):
         sub = [(c, x) for c, k, x in rows if k == people]
         breakdown[f"people: {people}"] = {
-            "accuracy": _mean([(x > 0) == (c == 0) for c, x in sub]), "n": len(sub),
-            "auc": _auc([x for c, x in sub if c == 0], [x for c, x in sub if c])}
+            "accuracy": _mean([(x > 0) == (c == 0) for c, x in sub]),
+            "n": len(sub),
+            "auc": _auc([x for c, x in sub if c == 0], [x for c, x in sub if c]),
+        }
     accuracy = _mean([(x > 0) == (c == 0) for c, _, x in rows])
     return accuracy, _auc(pos, [x for c, _, x in rows if c]), breakdown, len(rows)
 
@@ -175,8 +179,14 @@ def letter_ids(lvlm: PersonalizedLVLM, letters: list[str]) -> list[list[int]]:
 
 
 def evaluate_base(
-    lvlm: PersonalizedLVLM, world: Any, n_vqa: int = 200, n_same: int = 200, seed: int = 1234,
-    n_open: int | None = None, hard_negative_distance: int = 2, n_described: int = 0,
+    lvlm: PersonalizedLVLM,
+    world: Any,
+    n_vqa: int = 200,
+    n_same: int = 200,
+    seed: int = 1234,
+    n_open: int | None = None,
+    hard_negative_distance: int = 2,
+    n_described: int = 0,
     open_kinds: Mapping[str, float] | None = None,
 ) -> BaseEvalResult:
     """Score ``n_open`` open (default ``n_vqa``) and ``n_vqa`` multiple-choice visual questions,
@@ -190,8 +200,14 @@ def evaluate_base(
     t0 = time.time()
     n_open = n_vqa if n_open is None else n_open
     rng = np.random.default_rng(seed)
-    stream = iter_generic_samples(world, rng, split="test", weights=(0.0, 0.5, 0.5),
-                                  hard_negative_distance=hard_negative_distance, open_kinds=open_kinds)
+    stream = iter_generic_samples(
+        world,
+        rng,
+        split="test",
+        weights=(0.0, 0.5, 0.5),
+        hard_negative_distance=hard_negative_distance,
+        open_kinds=open_kinds,
+    )
     vqa_hits: dict[str, list[bool]] = defaultdict(list)
     open_hits: dict[str, list[bool]] = defaultdict(list)
     open_truths: dict[str, list[str]] = defaultdict(list)
@@ -224,8 +240,9 @@ def evaluate_base(
             score = _yes_no_log_odds(lvlm, ex)
             truth = s.answer == "Yes"
             same_hits.append((truth, bool(score > 0) == truth))
-            same_scores.append((truth, float(score), *_same_pair_kinds(world, s.meta, s.graphs[1], truth,
-                                                                       hard_negative_distance)))
+            same_scores.append(
+                (truth, float(score), *_same_pair_kinds(world, s.meta, s.graphs[1], truth, hard_negative_distance))
+            )
             bar.update(1)
     bar.close()
     described = evaluate_described(lvlm, world, n_described, seed)
@@ -239,19 +256,28 @@ def evaluate_base(
     for image_kind in ("portrait", "scene"):
         rows = [(truth, x) for truth, x, kind, _ in same_scores if kind == image_kind]
         same_by_kind[image_kind] = {
-            "accuracy": _mean([(x > 0) == truth for truth, x in rows]), "n": len(rows),
-            "auc": _auc([x for truth, x in rows if truth], [x for truth, x in rows if not truth])}
+            "accuracy": _mean([(x > 0) == truth for truth, x in rows]),
+            "n": len(rows),
+            "auc": _auc([x for truth, x in rows if truth], [x for truth, x in rows if not truth]),
+        }
     for neg_kind in ("look-alike", "other"):
         neg_scores = [x for truth, x, _, kind in same_scores if kind == neg_kind]
         same_by_kind["negatives: " + neg_kind] = {
-            "accuracy": _mean([x <= 0 for x in neg_scores]), "n": len(neg_scores),
-            "auc": _auc(pos_scores, neg_scores)}
+            "accuracy": _mean([x <= 0 for x in neg_scores]),
+            "n": len(neg_scores),
+            "auc": _auc(pos_scores, neg_scores),
+        }
     return BaseEvalResult(
         open_accuracy=_mean(all_open),
         open_chance=_mean(open_chance),
-        open_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v),
-                          "majority": Counter(open_truths[k]).most_common(1)[0][1] / len(v)}
-                      for k, v in sorted(open_hits.items())},
+        open_by_kind={
+            k: {
+                "accuracy": float(np.mean(v)),
+                "n": len(v),
+                "majority": Counter(open_truths[k]).most_common(1)[0][1] / len(v),
+            }
+            for k, v in sorted(open_hits.items())
+        },
         vqa_accuracy=_mean(all_vqa),
         vqa_chance=_mean(chance),
         vqa_by_kind={k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(vqa_hits.items())},
@@ -269,7 +295,11 @@ def evaluate_base(
         described_by_kind=described[2],
         n_described=described[3],
         seconds=time.time() - t0,
-        config={"seed": seed, "world_seed": getattr(world, "seed", None), "split": "test",
-                "hard_negative_distance": hard_negative_distance,
-                **({"open_kinds": open_kind_weights(open_kinds)} if open_kinds is not None else {})},
+        config={
+            "seed": seed,
+            "world_seed": getattr(world, "seed", None),
+            "split": "test",
+            "hard_negative_distance": hard_negative_distance,
+            **({"open_kinds": open_kind_weights(open_kinds)} if open_kinds is not None else {}),
+        },
     )

@@ -37,8 +37,15 @@ from plvm.models.llava_mini.assembly import parse_feature_layer, widens
 from plvm.synth.avatarworld.attributes import ATTRIBUTES
 
 #: Attributes whose linear read-out shaping keeps (``glasses`` = worn in this image).
-SHAPED_ATTRIBUTES: tuple[str, ...] = ("hair_color", "hair_style", "age", "gender", "skin_tone", "facial_hair",
-                                      "glasses")
+SHAPED_ATTRIBUTES: tuple[str, ...] = (
+    "hair_color",
+    "hair_style",
+    "age",
+    "gender",
+    "skin_tone",
+    "facial_hair",
+    "glasses",
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,9 @@ class IdentityShapingConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.identities < 2 or self.scenes_per_id < 2 or self.ids_per_batch < 2:
-            raise ValueError("identity shaping needs steps >= 1, identities >= 2, scenes_per_id >= 2, "
-                             "ids_per_batch >= 2")
+            raise ValueError(
+                "identity shaping needs steps >= 1, identities >= 2, scenes_per_id >= 2, ids_per_batch >= 2"
+            )
         if not (self.identity_weight >= 0 and self.attribute_weight >= 0 and self.temperature > 0):
             raise ValueError("identity/attribute weights must be >= 0 and the temperature > 0")
 
@@ -93,8 +101,14 @@ def attribute_labels(items: RegionItems, attributes: Sequence[dict[str, str]]) -
 
 
 @torch.no_grad()
-def collect_tower_features(model: Any, image_processor: Any, world: Any, config: IdentityShapingConfig,
-                           batch_size: int = 16, log: Callable[[str], None] = print) -> TowerFeatures:
+def collect_tower_features(
+    model: Any,
+    image_processor: Any,
+    world: Any,
+    config: IdentityShapingConfig,
+    batch_size: int = 16,
+    log: Callable[[str], None] = print,
+) -> TowerFeatures:
     """Render ``config.identities`` training identities and cache the tower features the projector reads."""
     from plvm.models.llava_mini.assembly import vision_features
 
@@ -102,11 +116,11 @@ def collect_tower_features(model: Any, image_processor: Any, world: Any, config:
     if config.identities > len(pool):
         raise ValueError(f"the world has {len(pool)} training identities, asked for {config.identities}")
     rng = np.random.default_rng([config.seed, 17])
-    chosen = pool[:config.identities]
+    chosen = pool[: config.identities]
     items = render_regions(world, chosen, config.scenes_per_id, rng, pool=pool)
     feats = []
     for start in range(0, len(items.images), batch_size):
-        pixels = image_processor(items.images[start:start + batch_size], return_tensors="pt")["pixel_values"]
+        pixels = image_processor(items.images[start : start + batch_size], return_tensors="pt")["pixel_values"]
         feats.append(vision_features(model, pixels).half())
         if start // batch_size % 20 == 0:
             log(f"identity shaping: tower features {start + len(pixels)}/{len(items.images)} images")
@@ -118,8 +132,9 @@ def collect_tower_features(model: Any, image_processor: Any, world: Any, config:
     return TowerFeatures(features, weights, torch.tensor(items.image_of), items.identity, items.is_reference, labels)
 
 
-def widen_projector(state: dict[str, torch.Tensor], d_vision: int, old_layer: int, new_layers: Sequence[int],
-                    n_states: int = 13) -> dict[str, torch.Tensor]:
+def widen_projector(
+    state: dict[str, torch.Tensor], d_vision: int, old_layer: int, new_layers: Sequence[int], n_states: int = 13
+) -> dict[str, torch.Tensor]:
     """A projector trained on tower layer ``old_layer`` as one reading ``new_layers`` (concatenated), same map:
     ``linear_1``'s columns for the other layers are zero. ``state`` keys without the projector prefix;
     ``n_states``: the tower's hidden states (layers + embeddings), so that ``-1`` and ``12`` are one layer."""
@@ -132,7 +147,7 @@ def widen_projector(state: dict[str, torch.Tensor], d_vision: int, old_layer: in
         raise ValueError(f"linear_1 reads {w.shape[1]} features, not one layer of {d_vision}")
     wide = torch.zeros(w.shape[0], d_vision * len(layers), dtype=w.dtype)
     k = layers.index(old_layer)
-    wide[:, k * d_vision:(k + 1) * d_vision] = w
+    wide[:, k * d_vision : (k + 1) * d_vision] = w
     return {**state, "linear_1.weight": wide}
 
 
@@ -168,8 +183,13 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
     return (-(log_p * positive).sum(1) / positive.sum(1)).mean()
 
 
-def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingConfig,
-                    log: Callable[[str], None] = print, log_every: int = 100) -> dict[str, Any]:
+def shape_projector(
+    model: Any,
+    cache: TowerFeatures,
+    config: IdentityShapingConfig,
+    log: Callable[[str], None] = print,
+    log_every: int = 100,
+) -> dict[str, Any]:
     """Train ``model``'s projector in place by the loss of the module docstring; returns the final losses.
 
     The distillation target is the projector's map at the start (the widened v1 map), computed once."""
@@ -179,7 +199,7 @@ def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingCon
     torch.manual_seed(config.seed)
     x = cache.features
     with torch.no_grad():
-        target = torch.cat([projector(x[i:i + 64].to(dtype)).half() for i in range(0, len(x), 64)])
+        target = torch.cat([projector(x[i : i + 64].to(dtype)).half() for i in range(0, len(x), 64)])
         # train on standardised inputs (the widened layers' raw features share a large common component),
         # with linear_1 re-expressed to compute the same map on them; folded back at the end
         mu, sd = channel_statistics(x.reshape(-1, x.shape[-1]))
@@ -197,7 +217,7 @@ def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingCon
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     stats: dict[str, float] = {}
     for step in range(1, config.steps + 1):
-        pick = torch.randperm(len(names), generator=gen)[:config.ids_per_batch].tolist()
+        pick = torch.randperm(len(names), generator=gen)[: config.ids_per_batch].tolist()
         rows, ident = [], []
         for k in pick:
             own = scenes[names[k]]
@@ -215,8 +235,12 @@ def shape_projector(model: Any, cache: TowerFeatures, config: IdentityShapingCon
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        stats = {"step": step, "distill": distill.item(), "contrast": contrast.item(),
-                 "attributes": attr.item() / len(SHAPED_ATTRIBUTES)}
+        stats = {
+            "step": step,
+            "distill": distill.item(),
+            "contrast": contrast.item(),
+            "attributes": attr.item() / len(SHAPED_ATTRIBUTES),
+        }
         if step % log_every == 0 or step == config.steps:
             log("identity shaping: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     projector.requires_grad_(False)

@@ -31,8 +31,10 @@ LORA_KEY = "lm_lora."
 
 LORA_KIND = "llava-mini lm lora"
 ADAPTER = "default"
-LORA_FILE = ("a LLaVA-mini LM LoRA file (safetensors with *.lora_A.weight / *.lora_B.weight tensors and "
-             "r, lora_alpha, target_modules metadata, as plvm export writes)")
+LORA_FILE = (
+    "a LLaVA-mini LM LoRA file (safetensors with *.lora_A.weight / *.lora_B.weight tensors and "
+    "r, lora_alpha, target_modules metadata, as plvm export writes)"
+)
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,21 @@ class MiniLoraConfig:
     )
 
     def peft(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, target_modules=list(self.target_modules),
-                          lora_dropout=0.0, bias="none")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            target_modules=list(self.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+        )
 
     def metadata(self) -> dict[str, str]:
-        return {"plvm": LORA_KIND, "r": str(self.r), "lora_alpha": str(self.lora_alpha),
-                "target_modules": json.dumps(list(self.target_modules))}
+        return {
+            "plvm": LORA_KIND,
+            "r": str(self.r),
+            "lora_alpha": str(self.lora_alpha),
+            "target_modules": json.dumps(list(self.target_modules)),
+        }
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> MiniLoraConfig:
@@ -85,25 +96,35 @@ def lora_config_from_metadata(path: str | Path, meta: dict[str, str]) -> MiniLor
     """:meth:`MiniLoraConfig.from_metadata`, refused with a one-line :class:`~plvm.validation.WeightFileError`
     naming ``path`` (the LoRA file, or the state.json recording the configuration) when malformed."""
     if meta.get("plvm") != LORA_KIND:
-        raise WeightFileError(f"{path} is not a LLaVA-mini LoRA (metadata plvm={meta.get('plvm')!r}, expected "
-                              f"{LORA_KIND!r}); expected {LORA_FILE}")
+        raise WeightFileError(
+            f"{path} is not a LLaVA-mini LoRA (metadata plvm={meta.get('plvm')!r}, expected "
+            f"{LORA_KIND!r}); expected {LORA_FILE}"
+        )
     try:
         config = MiniLoraConfig.from_metadata(meta)
         modules = config.target_modules
-        valid = (config.r > 0 and config.lora_alpha > 0 and modules
-                 and all(isinstance(m, str) and m.isidentifier() for m in modules))
+        valid = (
+            config.r > 0
+            and config.lora_alpha > 0
+            and modules
+            and all(isinstance(m, str) and m.isidentifier() for m in modules)
+        )
     except (KeyError, TypeError, ValueError) as exc:  # a missing key, int('x'), target_modules not JSON
-        raise WeightFileError(f"{path} has malformed LoRA metadata ({type(exc).__name__}: {exc}); expected "
-                              "r and lora_alpha (positive whole numbers) and target_modules (a JSON list of names)"
-                              ) from None
+        raise WeightFileError(
+            f"{path} has malformed LoRA metadata ({type(exc).__name__}: {exc}); expected "
+            "r and lora_alpha (positive whole numbers) and target_modules (a JSON list of names)"
+        ) from None
     if not valid:
-        raise WeightFileError(f"{path} has invalid LoRA metadata (r={config.r}, lora_alpha={config.lora_alpha}, "
-                              f"target_modules={list(modules)}); expected positive r and lora_alpha and module names")
+        raise WeightFileError(
+            f"{path} has invalid LoRA metadata (r={config.r}, lora_alpha={config.lora_alpha}, "
+            f"target_modules={list(modules)}); expected positive r and lora_alpha and module names"
+        )
     return config
 
 
-def check_lora_tensors(path: str | Path, tensors: dict[str, torch.Tensor], config: MiniLoraConfig,
-                       prefix: str = "") -> None:
+def check_lora_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], config: MiniLoraConfig, prefix: str = ""
+) -> None:
     """Every tensor a 2-D ``…<target>.lora_A.weight`` ``[r, d_in]`` or ``…<target>.lora_B.weight`` ``[d_out, r]``
     of a target module, each A with its B (``prefix``: how the names are written in ``path``, for messages)."""
     problems: list[str] = []
@@ -119,21 +140,27 @@ def check_lora_tensors(path: str | Path, tensors: dict[str, torch.Tensor], confi
         if tensor.dim() != 2 or tensor.shape[rank_dim] != config.r:
             want = f"[{config.r}, d_in]" if part[0] == "A" else f"[d_out, {config.r}]"
             problems.append(f"{prefix}{key} has shape {tuple(tensor.shape)}, rank r={config.r} needs {want}")
-    problems += [f"{prefix}{stem}.lora_{'AB'[sides == {'A'}]}.weight is missing" for stem, sides in pairs.items()
-                 if sides != {"A", "B"}]
+    problems += [
+        f"{prefix}{stem}.lora_{'AB'[sides == {'A'}]}.weight is missing"
+        for stem, sides in pairs.items()
+        if sides != {"A", "B"}
+    ]
     if problems:
         more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
-        raise WeightFileError(f"LoRA tensors of {path} do not fit their configuration: "
-                              + "; ".join(problems[:4]) + more)
+        raise WeightFileError(
+            f"LoRA tensors of {path} do not fit their configuration: " + "; ".join(problems[:4]) + more
+        )
 
 
-def save_lora(tensors: dict[str, torch.Tensor], config: MiniLoraConfig, path: str | Path,
-              metadata: dict[str, str] | None = None) -> Path:
+def save_lora(
+    tensors: dict[str, torch.Tensor], config: MiniLoraConfig, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={**config.metadata(), **(metadata or {})})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={**config.metadata(), **(metadata or {})}
+    )
     tmp.replace(path)
     return path
 
@@ -157,8 +184,10 @@ def merge_lora(model: LlavaForConditionalGeneration, path: str | Path) -> MiniLo
         load_lora_state_dict(tuner, tensors)
     except (RuntimeError, ValueError) as exc:  # names or shapes of another LM (torch: "size mismatch for …")
         detail = " ".join(str(exc).split())
-        raise WeightFileError(f"LoRA file {path} does not fit this language model: "
-                              f"{detail[:300] + '...' if len(detail) > 300 else detail}") from None
+        raise WeightFileError(
+            f"LoRA file {path} does not fit this language model: "
+            f"{detail[:300] + '...' if len(detail) > 300 else detail}"
+        ) from None
     with torch.no_grad():
         model.model.language_model = tuner.merge_and_unload()
     return config

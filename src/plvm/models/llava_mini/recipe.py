@@ -81,8 +81,10 @@ class BaseTrainingConfig(RecipeConfig):
         except ValueError:
             weights = ()
         if len(weights) not in (3, 4) or min(weights) < 0 or sum(weights) <= 0:
-            raise ConfigError(f"mix (--mix) needs three or four non-negative numbers, e.g. 0.2,0.5,0.3 or "
-                              f"0.1,0.4,0.1,0.4; got {self.mix!r}")
+            raise ConfigError(
+                f"mix (--mix) needs three or four non-negative numbers, e.g. 0.2,0.5,0.3 or "
+                f"0.1,0.4,0.1,0.4; got {self.mix!r}"
+            )
         return weights
 
     def open_kinds(self) -> dict[str, float] | None:
@@ -126,10 +128,11 @@ def resolve_feature_layer(text: str | None, init_projector: Path | None, resumed
     if recorded is None:
         return wanted
     if resumed is None and widens(parse_feature_layer(recorded), wanted):  # an init projector read as one of
-        return wanted                                                       # several layers (identity_shaping)
+        return wanted  # several layers (identity_shaping)
     if wanted is not None and feature_layer_str(wanted) != recorded:
-        raise ConfigError(f"vision_feature_layer (--vision-feature-layer): {source} reads vision feature layer "
-                          f"{recorded}, not {text}")
+        raise ConfigError(
+            f"vision_feature_layer (--vision-feature-layer): {source} reads vision feature layer {recorded}, not {text}"
+        )
     return parse_feature_layer(recorded)
 
 
@@ -157,14 +160,18 @@ def train_base(config: BaseTrainingConfig, log: Callable[[str], None] = print) -
     if init_lora is not None:  # continue that LoRA (not stack a new one on it): checked before the model loads
         lora_tensors, trained_with = read_lora(init_lora)
         if trained_with != lora:
-            raise ConfigError(f"{init_lora} was trained with LoRA r={trained_with.r}, alpha={trained_with.lora_alpha}:"
-                              " pass the same lora_r/lora_alpha (--lora-r/--lora-alpha)")
+            raise ConfigError(
+                f"{init_lora} was trained with LoRA r={trained_with.r}, alpha={trained_with.lora_alpha}:"
+                " pass the same lora_r/lora_alpha (--lora-r/--lora-alpha)"
+            )
     resumed = None if c.no_resume else latest_checkpoint(c.out)
     layer = resolve_feature_layer(c.vision_feature_layer, c.init_projector, resumed)
     widen = c.init_projector is not None and widens(
-        parse_feature_layer(projector_metadata(c.init_projector).get("vision_feature_layer", "-1")), layer)
-    model, processor = build_llava_mini(projector=None if widen else c.init_projector, lora=False,
-                                        vision_feature_layer=layer)
+        parse_feature_layer(projector_metadata(c.init_projector).get("vision_feature_layer", "-1")), layer
+    )
+    model, processor = build_llava_mini(
+        projector=None if widen else c.init_projector, lora=False, vision_feature_layer=layer
+    )
     if widen:
         from plvm.models.llava_mini.identity_shaping import load_widened_projector
 
@@ -185,9 +192,17 @@ def train_base(config: BaseTrainingConfig, log: Callable[[str], None] = print) -
     if fresh and c.anchor_images > 0:
         from plvm.models.llava_mini.anchor import train_anchor
 
-        stats = train_anchor(model, processor.tokenizer, processor.image_processor,
-                             lambda r: world.sample_scene(r, "train"), n_images=c.anchor_images, steps=c.anchor_steps,
-                             seed=c.seed, log=log, regions=c.anchor_regions)
+        stats = train_anchor(
+            model,
+            processor.tokenizer,
+            processor.image_processor,
+            lambda r: world.sample_scene(r, "train"),
+            n_images=c.anchor_images,
+            steps=c.anchor_steps,
+            seed=c.seed,
+            log=log,
+            regions=c.anchor_regions,
+        )
         (c.out / "anchor.json").write_text(json.dumps(stats, indent=2))
     if c.shape_identity_steps > 0 and resumed is None:  # a resumed run's checkpoint holds the shaped projector
         from plvm.models.llava_mini.identity_shaping import (
@@ -196,22 +211,39 @@ def train_base(config: BaseTrainingConfig, log: Callable[[str], None] = print) -
             shape_projector,
         )
 
-        shaping = IdentityShapingConfig(steps=c.shape_identity_steps, identity_weight=c.shape_identity_weight,
-                                        seed=c.seed)
+        shaping = IdentityShapingConfig(
+            steps=c.shape_identity_steps, identity_weight=c.shape_identity_weight, seed=c.seed
+        )
         cache = collect_tower_features(model, processor.image_processor, world, shaping, log=log)
         stats = shape_projector(model, cache, shaping, log=log)
         del cache
         (c.out / "identity_shaping.json").write_text(json.dumps({"config": asdict(shaping), "final": stats}, indent=2))
-    source = AvatarWorldGenericSource(world, c.seed, mix=c.mix_weights(), turns=c.turns,
-                                      same_portrait_share=c.same_portrait_share, described_share=c.described_share,
-                                      open_kinds=c.open_kinds(), described_properties=c.properties(),
-                                      image_prompt_pairs=c.image_prompt_pairs)
-    task = ProjectorTrainingTask(lvlm, source, c.batch_size, lora, train_projector=not c.freeze_projector,
-                                 word_weight=c.word_weight)
+    source = AvatarWorldGenericSource(
+        world,
+        c.seed,
+        mix=c.mix_weights(),
+        turns=c.turns,
+        same_portrait_share=c.same_portrait_share,
+        described_share=c.described_share,
+        open_kinds=c.open_kinds(),
+        described_properties=c.properties(),
+        image_prompt_pairs=c.image_prompt_pairs,
+    )
+    task = ProjectorTrainingTask(
+        lvlm, source, c.batch_size, lora, train_projector=not c.freeze_projector, word_weight=c.word_weight
+    )
     if lora_tensors is not None:
         load_lora_state_dict(task.tuner, lora_tensors)
-    loop = LoopConfig(steps=c.steps, lr=c.lr, warmup_steps=c.warmup_steps, save_every=c.save_every,
-                      log_every=c.log_every, seed=c.seed, threads=c.threads, mixed_precision=c.mixed_precision)
+    loop = LoopConfig(
+        steps=c.steps,
+        lr=c.lr,
+        warmup_steps=c.warmup_steps,
+        save_every=c.save_every,
+        log_every=c.log_every,
+        seed=c.seed,
+        threads=c.threads,
+        mixed_precision=c.mixed_precision,
+    )
     summary = run_training(task, loop, c.out, resume=not c.no_resume)
     log(json.dumps(summary, indent=2))
     return summary

@@ -21,11 +21,19 @@ class AvatarWorldGenericSource:
     CPU training affordable. (Captions stay single-turn: a caption states the answers to the questions.)
     """
 
-    def __init__(self, world: Any, seed: int = 0, split: str = "train",
-                 mix: Sequence[float] = (0.4, 0.4, 0.2), turns: int = 1,
-                 same_portrait_share: float = 0.5, described_share: float = 0.0,
-                 open_kinds: Mapping[str, float] | str | None = None,
-                 described_properties: Sequence[str] | None = None, image_prompt_pairs: bool = False):
+    def __init__(
+        self,
+        world: Any,
+        seed: int = 0,
+        split: str = "train",
+        mix: Sequence[float] = (0.4, 0.4, 0.2),
+        turns: int = 1,
+        same_portrait_share: float = 0.5,
+        described_share: float = 0.0,
+        open_kinds: Mapping[str, float] | str | None = None,
+        described_properties: Sequence[str] | None = None,
+        image_prompt_pairs: bool = False,
+    ):
         """``mix``: proportions of caption, generic visual QA and same-person samples;
         ``same_portrait_share``: share of same-person questions whose second image is a portrait (not a scene);
         ``described_share``: share of visual questions that ask whether a described person is in the photo;
@@ -44,8 +52,9 @@ class AvatarWorldGenericSource:
         self.same_portrait_share = float(same_portrait_share)
         self.described_share = float(described_share)
         self.open_kinds = qa.open_kind_weights(open_kinds) if open_kinds is not None else None
-        self.described_properties = (qa.check_described_properties(described_properties)
-                                     if described_properties is not None else None)
+        self.described_properties = (
+            qa.check_described_properties(described_properties) if described_properties is not None else None
+        )
         self.world = world
         self.seed = seed
         self.split = split
@@ -55,12 +64,17 @@ class AvatarWorldGenericSource:
 
     def examples(self, index: int, n: int) -> list[GenericExample]:
         rng = np.random.default_rng([self.seed, index])
-        stream = iter_generic_samples(self.world, rng, split=self.split, weights=self.mix,
-                                      same_portrait_share=self.same_portrait_share,
-                                      described_share=self.described_share,
-                                      open_kinds=self.open_kinds,
-                                      described_properties=self.described_properties,
-                                      image_prompt_pairs=self.image_prompt_pairs)
+        stream = iter_generic_samples(
+            self.world,
+            rng,
+            split=self.split,
+            weights=self.mix,
+            same_portrait_share=self.same_portrait_share,
+            described_share=self.described_share,
+            open_kinds=self.open_kinds,
+            described_properties=self.described_properties,
+            image_prompt_pairs=self.image_prompt_pairs,
+        )
         out = []
         for _ in range(n):
             s = next(stream)
@@ -71,16 +85,22 @@ class AvatarWorldGenericSource:
             out.append(ex)
         return out
 
-    def _follow_up(self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
-                   ) -> list[tuple[str, str]]:
+    def _follow_up(
+        self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
+    ) -> list[tuple[str, str]]:
         """Up to ``turns - 1`` more questions, each about a property (kind, person) not asked yet — an
         open and a multiple-choice question about the same property would let one answer copy the other."""
         turns: list[tuple[str, str]] = []
         for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
             if len(turns) == self.turns - 1:
                 break
-            item = qa.generic_vqa(graph, rng, described_share=self.described_share, open_kinds=self.open_kinds,
-                                  described_properties=self.described_properties or qa.DESCRIBED_PROPERTIES)
+            item = qa.generic_vqa(
+                graph,
+                rng,
+                described_share=self.described_share,
+                open_kinds=self.open_kinds,
+                described_properties=self.described_properties or qa.DESCRIBED_PROPERTIES,
+            )
             key = (item.meta.get("visual"), item.meta.get("identity"))
             if key not in asked:
                 asked.add(key)
@@ -88,11 +108,20 @@ class AvatarWorldGenericSource:
         return turns
 
     def describe(self) -> dict[str, Any]:
-        return {"source": "avatarworld-generic", "seed": self.seed, "world_seed": self.world.seed,
-                "split": self.split, "mix": list(self.mix), "turns": self.turns,
-                **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
-                **({"described_share": self.described_share} if self.described_share else {}),
-                **({"image_prompt_pairs": True} if self.image_prompt_pairs else {}),
-                **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {}),
-                **({"described_properties": list(self.described_properties)}
-                   if self.described_properties is not None else {})}
+        return {
+            "source": "avatarworld-generic",
+            "seed": self.seed,
+            "world_seed": self.world.seed,
+            "split": self.split,
+            "mix": list(self.mix),
+            "turns": self.turns,
+            **({"same_portrait_share": self.same_portrait_share} if self.same_portrait_share != 0.5 else {}),
+            **({"described_share": self.described_share} if self.described_share else {}),
+            **({"image_prompt_pairs": True} if self.image_prompt_pairs else {}),
+            **({"open_kinds": self.open_kinds} if self.open_kinds is not None else {}),
+            **(
+                {"described_properties": list(self.described_properties)}
+                if self.described_properties is not None
+                else {}
+            ),
+        }

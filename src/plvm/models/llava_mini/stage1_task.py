@@ -84,8 +84,15 @@ class ProjectorTrainingTask:
     Checkpoint tensors: ``multi_modal_projector.*`` and, with LoRA, ``lm_lora.*`` (peft adapter keys).
     """
 
-    def __init__(self, lvlm: PersonalizedLVLM, data: GenericDataSource, batch_size: int = 2,
-                 lora: MiniLoraConfig | None = None, train_projector: bool = True, word_weight: float = 1.0):
+    def __init__(
+        self,
+        lvlm: PersonalizedLVLM,
+        data: GenericDataSource,
+        batch_size: int = 2,
+        lora: MiniLoraConfig | None = None,
+        train_projector: bool = True,
+        word_weight: float = 1.0,
+    ):
         if not train_projector and lora is None:
             raise ValueError("nothing to train: the projector is frozen and there is no LoRA")
         if not word_weight > 0:
@@ -118,8 +125,8 @@ class ProjectorTrainingTask:
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        proj = {k[len(PROJECTOR_KEY):]: v for k, v in state.items() if k.startswith(PROJECTOR_KEY)}
-        lora = {k[len(LORA_KEY):]: v for k, v in state.items() if k.startswith(LORA_KEY)}
+        proj = {k[len(PROJECTOR_KEY) :]: v for k, v in state.items() if k.startswith(PROJECTOR_KEY)}
+        lora = {k[len(LORA_KEY) :]: v for k, v in state.items() if k.startswith(LORA_KEY)}
         if bool(lora) != (self.tuner is not None) or len(proj) + len(lora) != len(state):
             raise ValueError("checkpoint and task disagree on what trains (projector only vs projector + LoRA)")
         self.projector.load_state_dict(proj, strict=True)
@@ -127,11 +134,16 @@ class ProjectorTrainingTask:
             load_lora_state_dict(self.tuner, lora)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "projector", "base_model": self.lvlm.base_model_id, "data": self.data.describe(),
-                "batch_size": self.batch_size, "train_projector": self.train_projector,
-                "lora": None if self.lora is None else self.lora.metadata(),
-                **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {}),
-                **self._feature_layer()}
+        return {
+            "kind": "projector",
+            "base_model": self.lvlm.base_model_id,
+            "data": self.data.describe(),
+            "batch_size": self.batch_size,
+            "train_projector": self.train_projector,
+            "lora": None if self.lora is None else self.lora.metadata(),
+            **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {}),
+            **self._feature_layer(),
+        }
 
     def _feature_layer(self) -> dict[str, str]:
         """The tower layer(s) the projector reads, when not LLaVA-mini's default (so old records stay as they were)."""
@@ -144,8 +156,7 @@ class ProjectorTrainingTask:
         return self.data.examples(step, self.batch_size)
 
     def loss(self, examples: list[GenericExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True)
-                                   for ex in examples])
+        batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
         hidden, _ = self.lvlm.hidden_states(batch, none)
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)

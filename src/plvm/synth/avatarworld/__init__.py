@@ -19,6 +19,16 @@ from .sheet import contact_sheet
 from .world import AvatarWorld
 
 __all__ = [
-    "ATTRIBUTES", "ATTRIBUTE_NAMES", "AvatarWorld", "CLOTHING_COLORS", "CLOTHING_TYPES", "EXPRESSIONS",
-    "Identity", "Look", "Scene", "SceneOptions", "attribute_distance", "contact_sheet",
+    "ATTRIBUTES",
+    "ATTRIBUTE_NAMES",
+    "AvatarWorld",
+    "CLOTHING_COLORS",
+    "CLOTHING_TYPES",
+    "EXPRESSIONS",
+    "Identity",
+    "Look",
+    "Scene",
+    "SceneOptions",
+    "attribute_distance",
+    "contact_sheet",
 ]

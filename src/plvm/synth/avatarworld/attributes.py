@@ -50,10 +50,26 @@ _WEIGHTS: Mapping[str, Mapping[str, Mapping[str, float]]] = MappingProxyType(
         "age": {"*": {"young": 0.4, "middle-aged": 0.35, "old": 0.25}},
         "hair_color": {"*": {"black": 1.5, "brown": 1.5, "blonde": 1.1, "red": 0.9, "grey": 0.4, "white": 0.3}},
         "hair_style": {
-            "man": {"short": 3.0, "long": 0.6, "curly": 1.5, "bald": 1.5, "ponytail": 0.3, "bun": 0.3,
-                    "spiky": 1.5, "bob": 0.3},
-            "woman": {"short": 1.0, "long": 2.5, "curly": 1.5, "bald": 0.1, "ponytail": 1.5, "bun": 1.3,
-                      "spiky": 0.3, "bob": 1.5},
+            "man": {
+                "short": 3.0,
+                "long": 0.6,
+                "curly": 1.5,
+                "bald": 1.5,
+                "ponytail": 0.3,
+                "bun": 0.3,
+                "spiky": 1.5,
+                "bob": 0.3,
+            },
+            "woman": {
+                "short": 1.0,
+                "long": 2.5,
+                "curly": 1.5,
+                "bald": 0.1,
+                "ponytail": 1.5,
+                "bun": 1.3,
+                "spiky": 0.3,
+                "bob": 1.5,
+            },
         },
         "facial_hair": {"man": {"none": 2.0, "mustache": 1.0, "beard": 1.0, "goatee": 1.0, "stubble": 1.0}},
         "glasses": {"*": {"none": 3.0, "round": 1.0, "square": 1.0}},
@@ -100,8 +116,14 @@ class Identity:
     def describe(self) -> str:
         """Short English description, e.g. ``"a young woman with long red hair, green eyes, ..."``."""
         a = self.attributes
-        parts = [f"{a['eye_color']} eyes", f"{a['skin_tone']} skin", f"a {a['face_shape']} face",
-                 f"a {a['nose']} nose", f"a {a['mouth']} mouth", f"{a['eyebrows']} eyebrows"]
+        parts = [
+            f"{a['eye_color']} eyes",
+            f"{a['skin_tone']} skin",
+            f"a {a['face_shape']} face",
+            f"a {a['nose']} nose",
+            f"a {a['mouth']} mouth",
+            f"{a['eyebrows']} eyebrows",
+        ]
         if a["facial_hair"] != "none":
             parts.append(FACIAL_HAIR_PHRASE[a["facial_hair"]])
         if a["glasses"] != "none":
@@ -115,8 +137,12 @@ class Identity:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Identity":
-        return cls(id=data["id"], attributes=dict(data["attributes"]), split=data.get("split", "train"),
-                   family=data.get("family"))
+        return cls(
+            id=data["id"],
+            attributes=dict(data["attributes"]),
+            split=data.get("split", "train"),
+            family=data.get("family"),
+        )
 
     def with_attributes(self, **changes: str) -> "Identity":
         """A copy with some attributes replaced (values are validated). Useful for tests and probes."""
@@ -130,11 +156,17 @@ class Identity:
 
 # ----------------------------------------------------------------------------------------------- phrases
 FACIAL_HAIR_PHRASE: Mapping[str, str] = MappingProxyType(
-    {"none": "no facial hair", "mustache": "a mustache", "beard": "a beard", "goatee": "a goatee",
-     "stubble": "stubble"})
+    {"none": "no facial hair", "mustache": "a mustache", "beard": "a beard", "goatee": "a goatee", "stubble": "stubble"}
+)
 MARK_PHRASE: Mapping[str, str] = MappingProxyType(
-    {"none": "no marks", "freckles": "freckles", "mole": "a mole on the cheek", "scar": "a scar on the cheek",
-     "birthmark": "a birthmark on the cheek"})
+    {
+        "none": "no marks",
+        "freckles": "freckles",
+        "mole": "a mole on the cheek",
+        "scar": "a scar on the cheek",
+        "birthmark": "a birthmark on the cheek",
+    }
+)
 
 
 def join_words(items: Sequence[str]) -> str:

@@ -18,14 +18,27 @@ BACKGROUND_KINDS: tuple[str, ...] = ("indoor", "outdoor", "gradient", "noise", "
 INDOOR_STYLES: tuple[str, ...] = ("plain wall", "striped wallpaper", "brick wall", "tiled wall")
 OUTDOOR_STYLES: tuple[str, ...] = ("park", "beach", "city", "snow")
 
-WALL_COLORS: Mapping[str, RGB] = MappingProxyType({
-    "beige": (232, 218, 190), "light blue": (196, 216, 236), "light green": (204, 228, 196),
-    "lavender": (220, 206, 236), "peach": (246, 212, 188), "light grey": (214, 214, 216),
-})
-SOFT_COLORS: Mapping[str, RGB] = MappingProxyType({
-    **dict(WALL_COLORS), "teal": (70, 160, 160), "navy": (40, 56, 110), "orange": (240, 150, 70),
-    "pink": (236, 150, 186), "yellow": (240, 220, 110), "purple": (140, 100, 190),
-})
+WALL_COLORS: Mapping[str, RGB] = MappingProxyType(
+    {
+        "beige": (232, 218, 190),
+        "light blue": (196, 216, 236),
+        "light green": (204, 228, 196),
+        "lavender": (220, 206, 236),
+        "peach": (246, 212, 188),
+        "light grey": (214, 214, 216),
+    }
+)
+SOFT_COLORS: Mapping[str, RGB] = MappingProxyType(
+    {
+        **dict(WALL_COLORS),
+        "teal": (70, 160, 160),
+        "navy": (40, 56, 110),
+        "orange": (240, 150, 70),
+        "pink": (236, 150, 186),
+        "yellow": (240, 220, 110),
+        "purple": (140, 100, 190),
+    }
+)
 
 
 #: Backgrounds are computed at a quarter of the canvas size and enlarged with this filter (nearest is
@@ -88,20 +101,25 @@ def draw_background(canvas: Image.Image, rng: np.random.Generator, kind: str | N
             x0 = int(rng.uniform(0.05, 0.7) * W)
             ww, wh = int(W * 0.22), int(H * 0.26)
             y0 = int(H * 0.08)
-            d.rectangle((x0, y0, x0 + ww, y0 + wh), fill=(180, 220, 250), outline=(250, 250, 250),
-                        width=max(2, W // 90))
+            d.rectangle(
+                (x0, y0, x0 + ww, y0 + wh), fill=(180, 220, 250), outline=(250, 250, 250), width=max(2, W // 90)
+            )
             d.line([(x0 + ww // 2, y0), (x0 + ww // 2, y0 + wh)], fill=(250, 250, 250), width=max(2, W // 120))
             d.line([(x0, y0 + wh // 2), (x0 + ww, y0 + wh // 2)], fill=(250, 250, 250), width=max(2, W // 120))
             info["window"] = True
     elif kind == "outdoor":
         style = _pick(rng, OUTDOOR_STYLES)
-        sky = _vertical_gradient(h, w, (90, 150, 230), (200, 226, 250)) if style != "snow" else \
-            _vertical_gradient(h, w, (170, 190, 210), (226, 232, 240))
+        sky = (
+            _vertical_gradient(h, w, (90, 150, 230), (200, 226, 250))
+            if style != "snow"
+            else _vertical_gradient(h, w, (170, 190, 210), (226, 232, 240))
+        )
         arr = np.array(sky)
         horizon = float(rng.uniform(0.55, 0.7))
         hy = int(h * horizon)
-        ground = {"park": (90, 168, 70), "beach": (236, 214, 160), "city": (150, 150, 150),
-                  "snow": (246, 248, 252)}[style]
+        ground = {"park": (90, 168, 70), "beach": (236, 214, 160), "city": (150, 150, 150), "snow": (246, 248, 252)}[
+            style
+        ]
         noise = rng.normal(0, 8, (h - hy, w, 1)).astype(np.float32)
         arr[hy:] = np.asarray(ground, np.float32) + noise
         if style == "beach":
@@ -175,8 +193,12 @@ def background_phrase(info: Mapping[str, Any]) -> str:
     if kind == "indoor":
         return f"indoors, in front of a {info.get('color', '')} {style}".replace("  ", " ")
     if kind == "outdoor":
-        return {"park": "outdoors in a park", "beach": "outdoors on a beach", "city": "outdoors in a city",
-                "snow": "outdoors in the snow"}.get(style, "outdoors")
+        return {
+            "park": "outdoors in a park",
+            "beach": "outdoors on a beach",
+            "city": "outdoors in a city",
+            "snow": "outdoors in the snow",
+        }.get(style, "outdoors")
     if kind == "gradient":
         a, b = info.get("colors", ["", ""])
         return f"in front of a {a} to {b} gradient background"

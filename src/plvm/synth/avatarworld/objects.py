@@ -16,24 +16,48 @@ from .palette import OBJECT, RGB, mix, outline_of, shade
 
 OBJECT_NAMES: tuple[str, ...] = ("plant", "lamp", "ball", "clock", "balloon", "chair", "box", "picture")
 #: Where an object sits: on the floor, on the wall, or in the air.
-OBJECT_PLACE: Mapping[str, str] = MappingProxyType({
-    "plant": "floor", "lamp": "floor", "ball": "floor", "chair": "floor", "box": "floor",
-    "clock": "wall", "picture": "wall", "balloon": "air",
-})
+OBJECT_PLACE: Mapping[str, str] = MappingProxyType(
+    {
+        "plant": "floor",
+        "lamp": "floor",
+        "ball": "floor",
+        "chair": "floor",
+        "box": "floor",
+        "clock": "wall",
+        "picture": "wall",
+        "balloon": "air",
+    }
+)
 #: Height range of each object as a fraction of the image height.
-OBJECT_HEIGHT: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "plant": (0.24, 0.38), "lamp": (0.42, 0.6), "ball": (0.08, 0.14), "chair": (0.28, 0.38),
-    "box": (0.14, 0.22), "clock": (0.12, 0.17), "picture": (0.16, 0.24), "balloon": (0.2, 0.3),
-})
+OBJECT_HEIGHT: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "plant": (0.24, 0.38),
+        "lamp": (0.42, 0.6),
+        "ball": (0.08, 0.14),
+        "chair": (0.28, 0.38),
+        "box": (0.14, 0.22),
+        "clock": (0.12, 0.17),
+        "picture": (0.16, 0.24),
+        "balloon": (0.2, 0.3),
+    }
+)
 OBJECT_COLORS: tuple[str, ...] = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "teal", "white")
 #: Objects whose colour is fixed (the drawn colour name is always this one).
 FIXED_COLOR: Mapping[str, str] = MappingProxyType({"box": "brown"})
 
 #: Half width of each object as a fraction of its height.
-OBJECT_HALF_WIDTH: Mapping[str, float] = MappingProxyType({
-    "plant": 0.45, "lamp": 0.22, "ball": 0.5, "clock": 0.5, "balloon": 0.34, "chair": 0.3, "box": 0.65,
-    "picture": 0.65,
-})
+OBJECT_HALF_WIDTH: Mapping[str, float] = MappingProxyType(
+    {
+        "plant": 0.45,
+        "lamp": 0.22,
+        "ball": 0.5,
+        "clock": 0.5,
+        "balloon": 0.34,
+        "chair": 0.3,
+        "box": 0.65,
+        "picture": 0.65,
+    }
+)
 
 Box = tuple[float, float, float, float]
 
@@ -51,8 +75,7 @@ def draw_object(draw: ImageDraw.ImageDraw, name: str, x: float, yb: float, h: fl
     lw = max(1, int(round(h * 0.025)))
     if name == "plant":
         ph, tw, bw = 0.36 * h, 0.26 * h, 0.19 * h
-        draw.polygon([(x - tw, yb - ph), (x + tw, yb - ph), (x + bw, yb), (x - bw, yb)], fill=c, outline=ol,
-                     width=lw)
+        draw.polygon([(x - tw, yb - ph), (x + tw, yb - ph), (x + bw, yb), (x - bw, yb)], fill=c, outline=ol, width=lw)
         draw.rectangle((x - tw * 1.08, yb - ph, x + tw * 1.08, yb - ph * 0.85), fill=shade(c, 0.85))
         leaf, leaf_ol = (58, 150, 64), (30, 90, 36)
         for ang, ln in ((-60, 0.55), (-25, 0.62), (0, 0.66), (25, 0.62), (60, 0.55), (-42, 0.45), (42, 0.45)):
@@ -64,8 +87,17 @@ def draw_object(draw: ImageDraw.ImageDraw, name: str, x: float, yb: float, h: fl
     if name == "lamp":
         draw.ellipse((x - 0.16 * h, yb - 0.05 * h, x + 0.16 * h, yb + 0.01 * h), fill=(60, 60, 60))
         draw.line([(x, yb - 0.03 * h), (x, yb - 0.72 * h)], fill=(70, 70, 70), width=max(1, int(0.035 * h)))
-        draw.polygon([(x - 0.11 * h, yb - h), (x + 0.11 * h, yb - h), (x + 0.22 * h, yb - 0.7 * h),
-                      (x - 0.22 * h, yb - 0.7 * h)], fill=c, outline=ol, width=lw)
+        draw.polygon(
+            [
+                (x - 0.11 * h, yb - h),
+                (x + 0.11 * h, yb - h),
+                (x + 0.22 * h, yb - 0.7 * h),
+                (x - 0.22 * h, yb - 0.7 * h),
+            ],
+            fill=c,
+            outline=ol,
+            width=lw,
+        )
         return object_box(name, x, yb, h)
     if name == "ball":
         r = h / 2
@@ -91,8 +123,9 @@ def draw_object(draw: ImageDraw.ImageDraw, name: str, x: float, yb: float, h: fl
         w = 0.5 * h
         leg = max(1, int(0.05 * h))
         draw.rectangle((x - w * 0.5, yb - h, x + w * 0.5, yb - 0.5 * h), fill=c, outline=ol, width=lw)
-        draw.rectangle((x - w * 0.6, yb - 0.52 * h, x + w * 0.6, yb - 0.42 * h), fill=shade(c, 0.85), outline=ol,
-                       width=lw)
+        draw.rectangle(
+            (x - w * 0.6, yb - 0.52 * h, x + w * 0.6, yb - 0.42 * h), fill=shade(c, 0.85), outline=ol, width=lw
+        )
         for dx in (-0.5, 0.5):
             draw.line([(x + dx * w, yb - 0.42 * h), (x + dx * w, yb)], fill=shade(c, 0.6), width=leg)
         return object_box(name, x, yb, h)
@@ -104,8 +137,10 @@ def draw_object(draw: ImageDraw.ImageDraw, name: str, x: float, yb: float, h: fl
     if name == "picture":
         w = 0.65 * h
         draw.rectangle((x - w, yb - h, x + w, yb), fill=(200, 230, 250), outline=c, width=max(2, int(h * 0.09)))
-        draw.polygon([(x - w * 0.8, yb - h * 0.12), (x - w * 0.2, yb - h * 0.6), (x + w * 0.3, yb - h * 0.12)],
-                     fill=(80, 150, 80))
+        draw.polygon(
+            [(x - w * 0.8, yb - h * 0.12), (x - w * 0.2, yb - h * 0.6), (x + w * 0.3, yb - h * 0.12)],
+            fill=(80, 150, 80),
+        )
         draw.ellipse((x + w * 0.3, yb - h * 0.78, x + w * 0.55, yb - h * 0.55), fill=(250, 210, 80))
         return object_box(name, x, yb, h)
     raise ValueError(f"unknown object {name!r}")

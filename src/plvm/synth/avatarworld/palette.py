@@ -11,57 +11,71 @@ from typing import Mapping
 
 RGB = tuple[int, int, int]
 
-SKIN: Mapping[str, RGB] = MappingProxyType({
-    "pale": (252, 226, 210),
-    "fair": (240, 196, 160),
-    "medium": (214, 160, 112),
-    "olive": (184, 140, 84),
-    "brown": (142, 94, 60),
-    "dark": (88, 56, 36),
-})
+SKIN: Mapping[str, RGB] = MappingProxyType(
+    {
+        "pale": (252, 226, 210),
+        "fair": (240, 196, 160),
+        "medium": (214, 160, 112),
+        "olive": (184, 140, 84),
+        "brown": (142, 94, 60),
+        "dark": (88, 56, 36),
+    }
+)
 
-HAIR: Mapping[str, RGB] = MappingProxyType({
-    "black": (28, 26, 30),
-    "brown": (112, 64, 28),
-    "blonde": (238, 204, 100),
-    "red": (204, 72, 28),
-    "grey": (146, 146, 150),
-    "white": (244, 244, 238),
-})
+HAIR: Mapping[str, RGB] = MappingProxyType(
+    {
+        "black": (28, 26, 30),
+        "brown": (112, 64, 28),
+        "blonde": (238, 204, 100),
+        "red": (204, 72, 28),
+        "grey": (146, 146, 150),
+        "white": (244, 244, 238),
+    }
+)
 
-EYE: Mapping[str, RGB] = MappingProxyType({
-    "brown": (110, 62, 22),
-    "blue": (36, 116, 236),
-    "green": (30, 168, 64),
-    "grey": (140, 148, 160),
-})
+EYE: Mapping[str, RGB] = MappingProxyType(
+    {
+        "brown": (110, 62, 22),
+        "blue": (36, 116, 236),
+        "green": (30, 168, 64),
+        "grey": (140, 148, 160),
+    }
+)
 
-CLOTHING: Mapping[str, RGB] = MappingProxyType({
-    "red": (214, 36, 40),
-    "blue": (36, 78, 206),
-    "green": (36, 150, 60),
-    "yellow": (246, 206, 36),
-    "purple": (128, 56, 172),
-    "orange": (246, 128, 26),
-    "black": (34, 34, 38),
-    "white": (244, 244, 244),
-    "pink": (244, 132, 178),
-})
+CLOTHING: Mapping[str, RGB] = MappingProxyType(
+    {
+        "red": (214, 36, 40),
+        "blue": (36, 78, 206),
+        "green": (36, 150, 60),
+        "yellow": (246, 206, 36),
+        "purple": (128, 56, 172),
+        "orange": (246, 128, 26),
+        "black": (34, 34, 38),
+        "white": (244, 244, 244),
+        "pink": (244, 132, 178),
+    }
+)
 
 #: Frame colour of glasses (dark, so that "dark pixels around the eyes" means glasses).
 GLASSES_FRAME: RGB = (22, 22, 28)
 LIPSTICK: RGB = (200, 40, 70)
 
 #: Named colours for objects and backgrounds (a subset of the clothing names plus a few more).
-OBJECT: Mapping[str, RGB] = MappingProxyType({
-    **dict(CLOTHING),
-    "brown": (130, 80, 40),
-    "grey": (150, 150, 150),
-    "teal": (30, 150, 150),
-})
+OBJECT: Mapping[str, RGB] = MappingProxyType(
+    {
+        **dict(CLOTHING),
+        "brown": (130, 80, 40),
+        "grey": (150, 150, 150),
+        "teal": (30, 150, 150),
+    }
+)
 
 REFERENCE_BACKGROUNDS: tuple[RGB, ...] = (
-    (236, 236, 236), (222, 230, 240), (240, 232, 220), (226, 238, 226), (236, 226, 236),
+    (236, 236, 236),
+    (222, 230, 240),
+    (240, 232, 220),
+    (226, 238, 226),
+    (236, 226, 236),
 )
 
 

@@ -25,8 +25,9 @@ def _unit_arc(n: int, a0: float, a1: float) -> tuple[tuple[float, ...], tuple[fl
     return tuple(np.cos(t).tolist()), tuple(np.sin(t).tolist())
 
 
-def ellipse_points(cu: float, cv: float, ru: float, rv: float, n: int = 28,
-                   a0: float = 0.0, a1: float = 2 * math.pi) -> tuple[list[float], list[float]]:
+def ellipse_points(
+    cu: float, cv: float, ru: float, rv: float, n: int = 28, a0: float = 0.0, a1: float = 2 * math.pi
+) -> tuple[list[float], list[float]]:
     """``n`` points on an ellipse arc from angle ``a0`` to ``a1`` (radians, ``v`` down)."""
     cos, sin = _unit_arc(int(n), float(a0), float(a1))
     return [cu + ru * c for c in cos], [cv + rv * s for s in sin]
@@ -79,8 +80,10 @@ class Pen:
             return [(cx + s * a, cy + s * b) for a, b in zip(us, vs)]
         c, sn = self._c, self._s
         pu, pv = self.pivot
-        return [(cx + s * (pu + c * (a - pu) - sn * (b - pv)), cy + s * (pv + sn * (a - pu) + c * (b - pv)))
-                for a, b in zip(us, vs)]
+        return [
+            (cx + s * (pu + c * (a - pu) - sn * (b - pv)), cy + s * (pv + sn * (a - pu) + c * (b - pv)))
+            for a, b in zip(us, vs)
+        ]
 
     def px(self, w: float) -> int:
         """A line width in units -> integer pixels (at least 1)."""
@@ -94,15 +97,25 @@ class Pen:
         else:
             self.draw.polygon(pts, fill=fill)
 
-    def ellipse(self, cu: float, cv: float, ru: float, rv: float, fill: RGB | None,
-                outline: RGB | None = None, width: float = 0.0, n: int = 28) -> None:
+    def ellipse(
+        self,
+        cu: float,
+        cv: float,
+        ru: float,
+        rv: float,
+        fill: RGB | None,
+        outline: RGB | None = None,
+        width: float = 0.0,
+        n: int = 28,
+    ) -> None:
         u, v = ellipse_points(cu, cv, ru, rv, n)
         self.poly(u, v, fill, outline, width)
 
-    def circle(self, cu: float, cv: float, r: float, fill: RGB | None, outline: RGB | None = None,
-               width: float = 0.0) -> None:
+    def circle(
+        self, cu: float, cv: float, r: float, fill: RGB | None, outline: RGB | None = None, width: float = 0.0
+    ) -> None:
         """A circle (rotation-invariant, so drawn with ``ImageDraw.ellipse``)."""
-        (x, y), = self.xy(cu, cv)
+        ((x, y),) = self.xy(cu, cv)
         rr = max(0.5, r * self.s)
         box = (x - rr, y - rr, x + rr, y + rr)
         if outline is not None and width > 0:
@@ -114,7 +127,8 @@ class Pen:
         pts = self.xy(u, v)
         self.draw.line(pts, fill=fill, width=self.px(width), joint="curve" if curve and len(pts) > 2 else None)
 
-    def arc(self, cu: float, cv: float, ru: float, rv: float, a0: float, a1: float, fill: RGB, width: float,
-            n: int = 12) -> None:
+    def arc(
+        self, cu: float, cv: float, ru: float, rv: float, a0: float, a1: float, fill: RGB, width: float, n: int = 12
+    ) -> None:
         u, v = ellipse_points(cu, cv, ru, rv, n, a0, a1)
         self.line(u, v, fill, width)

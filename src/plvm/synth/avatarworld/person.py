@@ -25,13 +25,15 @@ CLOTHING_COLORS: tuple[str, ...] = tuple(CLOTHING)
 EXPRESSIONS: tuple[str, ...] = ("smiling", "serious", "surprised", "sad", "angry")
 
 # face shape -> (half width, half height, superellipse exponent, chin taper)
-_FACE: Mapping[str, tuple[float, float, float, float]] = MappingProxyType({
-    "round": (1.0, 1.0, 2.0, 0.0),
-    "oval": (0.86, 1.12, 2.0, 0.14),
-    "square": (0.96, 1.04, 4.5, 0.0),
-    "long": (0.78, 1.24, 2.4, 0.06),
-    "heart": (1.0, 1.08, 2.0, 0.5),
-})
+_FACE: Mapping[str, tuple[float, float, float, float]] = MappingProxyType(
+    {
+        "round": (1.0, 1.0, 2.0, 0.0),
+        "oval": (0.86, 1.12, 2.0, 0.14),
+        "square": (0.96, 1.04, 4.5, 0.0),
+        "long": (0.78, 1.24, 2.4, 0.06),
+        "heart": (1.0, 1.08, 2.0, 0.5),
+    }
+)
 
 EYE_U = 0.36  # |u| of the eye centres
 EYE_V = -0.05  # v of the eye centres
@@ -81,7 +83,7 @@ def face_geometry(shape: str, n: int = 44) -> FaceGeometry:
     u = rx * np.sign(c) * np.abs(c) ** e
     v = ry * np.sign(s) * np.abs(s) ** e
     lower = np.clip(s, 0, None)
-    u = u * (1 - taper * lower ** 2)
+    u = u * (1 - taper * lower**2)
     u.setflags(write=False)
     v.setflags(write=False)
     return FaceGeometry(rx=rx, ry=ry, u=u, v=v, mouth_v=0.30 + 0.25 * ry, nose_v=0.26 + 0.06 * (ry - 1))
@@ -130,8 +132,15 @@ def landmarks(attrs: Mapping[str, str]) -> dict[str, tuple[float, float]]:
 
 
 # ==================================================================================== drawing
-def draw_person(draw: ImageDraw.ImageDraw, attrs: Mapping[str, str], look: Look, cx: float, cy: float,
-                s: float, bottom_v: float = 3.6) -> None:
+def draw_person(
+    draw: ImageDraw.ImageDraw,
+    attrs: Mapping[str, str],
+    look: Look,
+    cx: float,
+    cy: float,
+    s: float,
+    bottom_v: float = 3.6,
+) -> None:
     """Draw one avatar with head centre at canvas ``(cx, cy)`` and ``s`` pixels per unit.
 
     ``bottom_v`` is how far (in units) the torso extends down; callers pass enough to reach the
@@ -156,8 +165,7 @@ def draw_person(draw: ImageDraw.ImageDraw, attrs: Mapping[str, str], look: Look,
     # ears
     ew = half_width(face, 0.05)
     for side in (-1, 1):
-        head.ellipse(side * (ew + 0.02) - 0.05 * yaw, 0.06, 0.14, 0.22, shade(skin, 0.93), shade(skin, 0.7), 0.03,
-                     n=16)
+        head.ellipse(side * (ew + 0.02) - 0.05 * yaw, 0.06, 0.14, 0.22, shade(skin, 0.93), shade(skin, 0.7), 0.03, n=16)
     _hair_locks(head, attrs, face, hair)
     # face
     head.poly(face.u, face.v, skin, shade(skin, 0.72), 0.035)
@@ -176,8 +184,9 @@ def draw_person(draw: ImageDraw.ImageDraw, attrs: Mapping[str, str], look: Look,
 
 
 # ------------------------------------------------------------------------------------ hair
-def _cap(face: FaceGeometry, hairline: list[tuple[float, float]], side_v: float = -0.05,
-         grow: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def _cap(
+    face: FaceGeometry, hairline: list[tuple[float, float]], side_v: float = -0.05, grow: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """Polygon of a hair cap: the top of an enlarged head outline closed by ``hairline`` (right->left)."""
     rx, ry = face.rx + grow, face.ry + 0.06
     t = np.linspace(math.pi, 2 * math.pi, 19)
@@ -190,8 +199,15 @@ def _cap(face: FaceGeometry, hairline: list[tuple[float, float]], side_v: float 
 
 def _default_hairline(face: FaceGeometry, top: float = -0.5) -> list[tuple[float, float]]:
     rx = face.rx
-    return [(rx * 0.86, -0.05), (rx * 0.8, -0.36), (0.35, top - 0.02), (0.0, top), (-0.35, top - 0.06),
-            (-rx * 0.8, -0.36), (-rx * 0.86, -0.05)]
+    return [
+        (rx * 0.86, -0.05),
+        (rx * 0.8, -0.36),
+        (0.35, top - 0.02),
+        (0.0, top),
+        (-0.35, top - 0.06),
+        (-rx * 0.8, -0.36),
+        (-rx * 0.86, -0.05),
+    ]
 
 
 def _hair_back(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, hair: RGB) -> None:
@@ -212,8 +228,13 @@ def _hair_back(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, hair: RGB
         for a in np.linspace(0.15 * math.pi, 0.85 * math.pi, 7):
             pen.circle((rx + 0.3) * math.cos(a), -0.2 + 0.75 * math.sin(a) * 0.9, 0.22, hair, ol, 0.025)
     elif style == "ponytail":
-        pen.poly([0.45, 1.15, 1.5, 1.56, 1.34, 1.2, 1.0, 0.7], [-0.95, -0.95, -0.45, 0.45, 1.0, 0.35, -0.3, -0.6],
-                 hair, ol, 0.03)
+        pen.poly(
+            [0.45, 1.15, 1.5, 1.56, 1.34, 1.2, 1.0, 0.7],
+            [-0.95, -0.95, -0.45, 0.45, 1.0, 0.35, -0.3, -0.6],
+            hair,
+            ol,
+            0.03,
+        )
         pen.circle(0.95, -0.82, 0.13, (210, 40, 120), (120, 20, 60), 0.03)
     elif style == "bun":
         pen.circle(0, -(ry + 0.3), 0.4, hair, ol, 0.035)
@@ -227,8 +248,13 @@ def _hair_locks(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, hair: RG
     ol = outline_of(hair)
     rx = face.rx
     for sd in (-1, 1):
-        pen.poly([sd * rx * 0.82, sd * (rx + 0.3), sd * (rx + 0.42), sd * (rx + 0.3), sd * (rx * 0.55)],
-                 [-0.3, -0.3, 1.0, 1.85, 1.7], hair, ol, 0.03)
+        pen.poly(
+            [sd * rx * 0.82, sd * (rx + 0.3), sd * (rx + 0.42), sd * (rx + 0.3), sd * (rx * 0.55)],
+            [-0.3, -0.3, 1.0, 1.85, 1.7],
+            hair,
+            ol,
+            0.03,
+        )
 
 
 def _hair_front(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, hair: RGB, skin: RGB) -> None:
@@ -242,12 +268,21 @@ def _hair_front(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, hair: RG
         rr_u, rr_v = rx + 0.1, ry - 0.06
         for a in np.linspace(math.pi + 0.45, 2 * math.pi - 0.45, 6):
             bu = [rr_u * math.cos(a - 0.22), 1.45 * rr_u * math.cos(a), rr_u * math.cos(a + 0.22)]
-            bv = [-0.12 + rr_v * math.sin(a - 0.22), -0.12 + 1.4 * rr_v * math.sin(a),
-                  -0.12 + rr_v * math.sin(a + 0.22)]
+            bv = [
+                -0.12 + rr_v * math.sin(a - 0.22),
+                -0.12 + 1.4 * rr_v * math.sin(a),
+                -0.12 + rr_v * math.sin(a + 0.22),
+            ]
             pen.poly(bu, bv, hair, ol, 0.03)
     if style == "long":
-        line = [(rx * 0.9, 0.1), (rx * 0.84, -0.36), (0.25, -0.62), (-0.25, -0.46), (-rx * 0.84, -0.3),
-                (-rx * 0.9, 0.1)]
+        line = [
+            (rx * 0.9, 0.1),
+            (rx * 0.84, -0.36),
+            (0.25, -0.62),
+            (-0.25, -0.46),
+            (-rx * 0.84, -0.3),
+            (-rx * 0.9, 0.1),
+        ]
         u, v = _cap(face, line, side_v=0.1)
     elif style == "bob":
         line = [(rx * 0.92, 0.62), (rx * 0.86, -0.38), (-rx * 0.86, -0.38), (-rx * 0.92, 0.62)]
@@ -290,8 +325,13 @@ def _torso(pen: Pen, look: Look, skin: RGB, neck: RGB, bottom_v: float) -> None:
     body_v = [1.28, 1.4, 1.66, 2.3, bb, bb, 2.3, 1.66, 1.4, 1.28]
 
     def arm(sd: int, v0: float, v1: float, col: RGB, line: RGB) -> None:
-        pen.poly([sd * 1.3, sd * 1.6, sd * 1.72, sd * 1.74, sd * 1.38, sd * 1.34],
-                 [max(v0, 1.62), max(v0, 1.68), max(v0, 2.3), v1, v1, max(v0, 2.3)], col, line, 0.03)
+        pen.poly(
+            [sd * 1.3, sd * 1.6, sd * 1.72, sd * 1.74, sd * 1.38, sd * 1.34],
+            [max(v0, 1.62), max(v0, 1.68), max(v0, 2.3), v1, v1, max(v0, 2.3)],
+            col,
+            line,
+            0.03,
+        )
 
     if kind == "dress":
         pen.poly(body_u, body_v, skin, skin_ol, 0.03)
@@ -314,8 +354,9 @@ def _torso(pen: Pen, look: Look, skin: RGB, neck: RGB, bottom_v: float) -> None:
                 arm(sd, 1.6, ab, c, ol)
         if long:
             pen.poly([-1.38, 1.38, 1.44, -1.44], [WAIST_V, WAIST_V, b, b], TROUSERS, shade(TROUSERS, 0.6), 0.035)
-            pen.poly([-1.38, 1.38, 1.38, -1.38], [WAIST_V - 0.06, WAIST_V - 0.06, WAIST_V + 0.1, WAIST_V + 0.1],
-                     (40, 28, 20))
+            pen.poly(
+                [-1.38, 1.38, 1.38, -1.38], [WAIST_V - 0.06, WAIST_V - 0.06, WAIST_V + 0.1, WAIST_V + 0.1], (40, 28, 20)
+            )
             pen.line([0.0, 0.0], [WAIST_V + 0.6, b], shade(TROUSERS, 0.6), 0.04, curve=False)
     if long:
         for sd in (-1, 1):
@@ -387,7 +428,7 @@ def _brows(pen: Pen, attrs: Mapping[str, str], look: Look, hair: RGB, fx) -> Non
     x = np.linspace(-1, 1, 7)  # -1 inner, +1 outer
     for sd in (-1, 1):
         u = fx(sd * (EYE_U + 0.2 * x))
-        v = base - arch * (1 - x ** 2) + tilt * (-x) * 0.5
+        v = base - arch * (1 - x**2) + tilt * (-x) * 0.5
         pen.line(u, v, col, width)
 
 
@@ -417,8 +458,7 @@ def _nose(pen: Pen, kind: str, face: FaceGeometry, skin: RGB, fx) -> None:
 def _mouth(pen: Pen, attrs: Mapping[str, str], look: Look, face: FaceGeometry, skin: RGB, fx) -> None:
     kind = attrs["mouth"]
     w = {"small": 0.15, "wide": 0.37, "full": 0.26, "thin": 0.27}[kind]
-    t_up, t_lo = {"small": (0.045, 0.055), "wide": (0.04, 0.05), "full": (0.075, 0.095),
-                  "thin": (0.018, 0.022)}[kind]
+    t_up, t_lo = {"small": (0.045, 0.055), "wide": (0.04, 0.05), "full": (0.075, 0.095), "thin": (0.018, 0.022)}[kind]
     lip = mix(skin, LIPSTICK, 0.75) if attrs["gender"] == "woman" else mix(skin, (165, 60, 60), 0.4)
     dark = (70, 22, 26)
     vm = face.mouth_v
@@ -428,14 +468,18 @@ def _mouth(pen: Pen, attrs: Mapping[str, str], look: Look, face: FaceGeometry, s
         return
     k = {"smiling": 0.11, "serious": 0.0, "sad": -0.08, "angry": -0.05}[ex]
     x = np.linspace(-1, 1, 13)
-    mid = vm + k * (0.5 - x ** 2)
-    env = np.sqrt(np.clip(1 - x ** 2, 0, 1))
+    mid = vm + k * (0.5 - x**2)
+    env = np.sqrt(np.clip(1 - x**2, 0, 1))
     u = fx(w * x)
     if ex == "smiling":  # open smile with teeth
-        pen.poly(np.concatenate([u, u[::-1]]), np.concatenate([mid - 0.01, (mid + 0.09 * env + 0.01)[::-1]]),
-                 (250, 250, 250), lip, max(0.03, t_lo))
-        pen.poly(np.concatenate([u, u[::-1]]), np.concatenate([mid - t_up * env - 0.01, (mid - 0.01)[::-1]]),
-                 lip)
+        pen.poly(
+            np.concatenate([u, u[::-1]]),
+            np.concatenate([mid - 0.01, (mid + 0.09 * env + 0.01)[::-1]]),
+            (250, 250, 250),
+            lip,
+            max(0.03, t_lo),
+        )
+        pen.poly(np.concatenate([u, u[::-1]]), np.concatenate([mid - t_up * env - 0.01, (mid - 0.01)[::-1]]), lip)
         return
     pen.poly(np.concatenate([u, u[::-1]]), np.concatenate([mid - t_up * env, (mid + t_lo * env)[::-1]]), lip)
     pen.line(u, mid, dark, 0.028)
@@ -449,8 +493,13 @@ def _glasses(pen: Pen, kind: str, face: FaceGeometry, fx) -> None:
         if kind == "round":
             pen.ellipse(cu, EYE_V, 0.27, 0.25, None, col, w, n=24)
         else:
-            pen.poly([cu - 0.29, cu + 0.29, cu + 0.29, cu - 0.29], [EYE_V - 0.2, EYE_V - 0.2, EYE_V + 0.19,
-                                                                    EYE_V + 0.19], None, col, w)
+            pen.poly(
+                [cu - 0.29, cu + 0.29, cu + 0.29, cu - 0.29],
+                [EYE_V - 0.2, EYE_V - 0.2, EYE_V + 0.19, EYE_V + 0.19],
+                None,
+                col,
+                w,
+            )
         edge = cu + sd * (0.27 if kind == "round" else 0.29)
         pen.line([edge, sd * (half_width(face, -0.1) + 0.02)], [EYE_V - 0.05, EYE_V - 0.08], col, 0.05, curve=False)
     inner = 0.27 if kind == "round" else 0.29
@@ -475,8 +524,7 @@ def _age(pen: Pen, attrs: Mapping[str, str], face: FaceGeometry, skin: RGB, fx) 
             cu = fx(sd * EYE_U)
             pen.arc(cu, EYE_V + 0.08, 0.16, 0.1, 0.15 * math.pi, 0.85 * math.pi, ln, 0.03, n=8)  # eye bags
             for dv in (-0.06, 0.0, 0.06):  # crow's feet
-                pen.line([cu + sd * 0.25, cu + sd * 0.35], [EYE_V + dv * 0.5, EYE_V + dv * 1.6], ln, 0.025,
-                         curve=False)
+                pen.line([cu + sd * 0.25, cu + sd * 0.35], [EYE_V + dv * 0.5, EYE_V + dv * 1.6], ln, 0.025, curve=False)
         pen.line(fx(np.array([-0.12, 0.0, 0.12])), [face.ry - 0.2, face.ry - 0.17, face.ry - 0.2], ln, w)
 
 
@@ -485,8 +533,15 @@ def _marks(pen: Pen, attrs: Mapping[str, str], skin: RGB, fx, face: FaceGeometry
     if mark == "freckles":
         col = mix(skin, (110, 50, 20), 0.6)
         for sd in (-1, 1):
-            for du, dv in ((-0.11, -0.03), (0.0, 0.0), (0.11, -0.03), (-0.06, 0.07), (0.06, 0.08),
-                           (0.15, 0.05), (-0.15, 0.05)):
+            for du, dv in (
+                (-0.11, -0.03),
+                (0.0, 0.0),
+                (0.11, -0.03),
+                (-0.06, 0.07),
+                (0.06, 0.08),
+                (0.15, 0.05),
+                (-0.15, 0.05),
+            ):
                 pen.circle(fx(sd * (0.47 + du)), 0.22 + dv, 0.03, col)
         pen.circle(fx(-0.04), 0.08, 0.025, col)
         pen.circle(fx(0.05), 0.1, 0.025, col)
@@ -534,8 +589,13 @@ def _facial_hair_under(pen: Pen, kind: str, face: FaceGeometry, skin: RGB, hair:
                     pen.circle(fx(du), dv, 0.018, dot)
     elif kind == "goatee":
         chin = face.ry
-        pen.poly(fx(np.array([-0.2, 0.2, 0.17, 0.0, -0.17])), [vm + 0.07, vm + 0.07, chin + 0.02, chin + 0.08,
-                                                              chin + 0.02], hair, ol, 0.03)
+        pen.poly(
+            fx(np.array([-0.2, 0.2, 0.17, 0.0, -0.17])),
+            [vm + 0.07, vm + 0.07, chin + 0.02, chin + 0.08, chin + 0.02],
+            hair,
+            ol,
+            0.03,
+        )
 
 
 def _facial_hair_over(pen: Pen, kind: str, face: FaceGeometry, hair: RGB, fx) -> None:
@@ -545,6 +605,7 @@ def _facial_hair_over(pen: Pen, kind: str, face: FaceGeometry, hair: RGB, fx) ->
     vm = face.mouth_v
     thick = 0.05 if kind == "goatee" else 0.09
     u = np.array([-0.34, -0.24, 0.0, 0.24, 0.34, 0.2, 0.0, -0.2])
-    v = np.array([vm + 0.02, vm - 0.06 - thick, vm - 0.1 - thick, vm - 0.06 - thick, vm + 0.02, vm - 0.05,
-                  vm - 0.07, vm - 0.05])
+    v = np.array(
+        [vm + 0.02, vm - 0.06 - thick, vm - 0.1 - thick, vm - 0.06 - thick, vm + 0.02, vm - 0.05, vm - 0.07, vm - 0.05]
+    )
     pen.poly(fx(u), v, hair, ol, 0.03)

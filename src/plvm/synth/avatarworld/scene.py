@@ -82,19 +82,25 @@ class _Placed:
 
 
 # Head half-width (unit scale, px) as a fraction of the image width, by number of people.
-_SCALE: Mapping[int, tuple[float, float]] = MappingProxyType({1: (0.12, 0.17), 2: (0.095, 0.125), 3: (0.078, 0.098),
-                                              4: (0.064, 0.078)})
+_SCALE: Mapping[int, tuple[float, float]] = MappingProxyType(
+    {1: (0.12, 0.17), 2: (0.095, 0.125), 3: (0.078, 0.098), 4: (0.064, 0.078)}
+)
 
 
-_OCCLUDER_HEIGHT: Mapping[str, tuple[float, float]] = MappingProxyType({"plant": (0.3, 0.5), "box": (0.16, 0.28),
-                                                       "chair": (0.3, 0.42)})
+_OCCLUDER_HEIGHT: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {"plant": (0.3, 0.5), "box": (0.16, 0.28), "chair": (0.3, 0.42)}
+)
 
 
 def _rects(p: _Placed, H: float) -> None:
     face = face_geometry(p.identity.attributes["face_shape"])
     top = min(head_top(p.identity.attributes), -(face.ry + 0.1))
-    p.head = (p.cx - (face.rx + 0.15) * p.s, p.cy - (face.ry + 0.1) * p.s,
-              p.cx + (face.rx + 0.15) * p.s, p.cy + (face.ry + 0.05) * p.s)
+    p.head = (
+        p.cx - (face.rx + 0.15) * p.s,
+        p.cy - (face.ry + 0.1) * p.s,
+        p.cx + (face.rx + 0.15) * p.s,
+        p.cy + (face.ry + 0.05) * p.s,
+    )
     p.torso = (p.cx - 1.66 * p.s, p.cy + 1.28 * p.s, p.cx + 1.66 * p.s, H)
     p.full = (p.cx - 1.7 * p.s, p.cy + top * p.s, p.cx + 1.7 * p.s, H)
 
@@ -119,8 +125,12 @@ def _visible_fraction(rect: Rect, occluders: Sequence[Rect], ellipse: bool = Fal
     gx, gy = _grid(n, ellipse)
     px, py = x0 + gx * (x1 - x0), y0 + gy * (y1 - y0)
     occ = np.asarray(occluders, dtype=np.float64)
-    covered = ((px[None, :] >= occ[:, 0:1]) & (px[None, :] <= occ[:, 2:3]) & (py[None, :] >= occ[:, 1:2])
-               & (py[None, :] <= occ[:, 3:4])).any(axis=0)
+    covered = (
+        (px[None, :] >= occ[:, 0:1])
+        & (px[None, :] <= occ[:, 2:3])
+        & (py[None, :] >= occ[:, 1:2])
+        & (py[None, :] <= occ[:, 3:4])
+    ).any(axis=0)
     return float(1.0 - covered.mean())
 
 
@@ -138,8 +148,9 @@ def _sample_look(identity: Identity, rng: np.random.Generator, opts: SceneOption
     )
 
 
-def _layout(people: Sequence[Identity], looks: Sequence[Look], rng: np.random.Generator, W: float,
-            H: float) -> list[_Placed]:
+def _layout(
+    people: Sequence[Identity], looks: Sequence[Look], rng: np.random.Generator, W: float, H: float
+) -> list[_Placed]:
     n = len(people)
     lo, hi = _SCALE[min(max(n, 1), 4)]
     best: list[_Placed] | None = None
@@ -165,7 +176,7 @@ def _layout(people: Sequence[Identity], looks: Sequence[Look], rng: np.random.Ge
         order = sorted(range(n), key=lambda k: (placed[k].s, k))
         worst = 1.0
         for rank, k in enumerate(order):
-            later = [r for j in order[rank + 1:] for r in (placed[j].head, placed[j].torso)]
+            later = [r for j in order[rank + 1 :] for r in (placed[j].head, placed[j].torso)]
             worst = min(worst, _visible_fraction(placed[k].head, later, ellipse=True))
         ordered = [placed[k] for k in order]
         if worst >= 0.8:
@@ -185,12 +196,21 @@ def position_words(cx: float, cy: float, W: float, H: float) -> tuple[str, str]:
 
 def _round_box(r: Rect, f: float, W: float, H: float) -> list[int]:
     x0, y0, x1, y1 = r
-    return [int(round(max(0.0, x0) / f)), int(round(max(0.0, y0) / f)), int(round(min(W, x1) / f)),
-            int(round(min(H, y1) / f))]
+    return [
+        int(round(max(0.0, x0) / f)),
+        int(round(max(0.0, y0) / f)),
+        int(round(min(W, x1) / f)),
+        int(round(min(H, y1) / f)),
+    ]
 
 
-def render_people(people: Sequence[Identity], rng: np.random.Generator, size: int,
-                  opts: SceneOptions = SceneOptions(), background: str | None = None) -> Scene:
+def render_people(
+    people: Sequence[Identity],
+    rng: np.random.Generator,
+    size: int,
+    opts: SceneOptions = SceneOptions(),
+    background: str | None = None,
+) -> Scene:
     """Render a photo of ``people`` (1–4) in a random setting drawn from ``rng``."""
     if not 1 <= len(people) <= 4:
         raise ValueError("a scene holds 1 to 4 people")
@@ -207,9 +227,11 @@ def render_people(people: Sequence[Identity], rng: np.random.Generator, size: in
 
     # background objects, kept mostly visible
     objects: list[dict[str, Any]] = []
-    allowed = [o for o in OBJECT_NAMES
-               if not (OBJECT_PLACE[o] == "wall" and bg["kind"] != "indoor")
-               and not (o == "lamp" and bg["kind"] == "outdoor")]
+    allowed = [
+        o
+        for o in OBJECT_NAMES
+        if not (OBJECT_PLACE[o] == "wall" and bg["kind"] != "indoor") and not (o == "lamp" and bg["kind"] == "outdoor")
+    ]
     n_obj = int(rng.integers(0, opts.max_objects + 1))
     floor_y = bg.get("floor_y")
     for _ in range(n_obj):
@@ -242,7 +264,7 @@ def render_people(people: Sequence[Identity], rng: np.random.Generator, size: in
     if rng.random() < opts.occlusion_prob:
         rank = int(rng.integers(len(placed)))
         tgt = placed[rank]
-        nearer = [r for q in placed[rank + 1:] for r in (q.head, q.torso)]
+        nearer = [r for q in placed[rank + 1 :] for r in (q.head, q.torso)]
         name = ("plant", "box", "chair", "lamp")[int(rng.integers(4))]
         color = FIXED_COLOR.get(name, OBJECT_COLORS[int(rng.integers(len(OBJECT_COLORS)))])
         for _try in range(6):  # keep at least 60% of the face visible
@@ -264,33 +286,43 @@ def render_people(people: Sequence[Identity], rng: np.random.Generator, size: in
 
     people_graph = []
     for rank, p in enumerate(placed):
-        later = [r for q in placed[rank + 1:] for r in (q.head, q.torso)] + fg_rects
+        later = [r for q in placed[rank + 1 :] for r in (q.head, q.torso)] + fg_rects
         face_vis = _visible_fraction(p.head, later, ellipse=True)
         body_vis = _visible_fraction(p.torso, later)
         horiz, vert = position_words(p.cx, p.cy, W, H)
-        people_graph.append({
-            "identity": p.identity.id,
-            "bbox": _round_box(p.full, f, W, H),
-            "face_bbox": _round_box(p.head, f, W, H),
-            "center": [round(p.cx / f, 1), round(p.cy / f, 1)],
-            "position": horiz,
-            "vertical": vert,
-            "clothing_color": p.look.clothing_color,
-            "clothing_type": p.look.clothing_type,
-            "expression": p.look.expression,
-            "glasses_worn": bool(p.look.glasses_worn and p.identity.attributes["glasses"] != "none"),
-            "tilt": round(p.look.tilt, 2),
-            "yaw": round(p.look.yaw, 3),
-            "head_width": round(2 * p.s / f, 1),
-            "depth_rank": rank,
-            "face_visible": round(face_vis, 3),
-            "body_visible": round(body_vis, 3),
-            "occluded": bool(face_vis < 0.98 or body_vis < 0.8),
-            "attributes": dict(p.identity.attributes),
-        })
+        people_graph.append(
+            {
+                "identity": p.identity.id,
+                "bbox": _round_box(p.full, f, W, H),
+                "face_bbox": _round_box(p.head, f, W, H),
+                "center": [round(p.cx / f, 1), round(p.cy / f, 1)],
+                "position": horiz,
+                "vertical": vert,
+                "clothing_color": p.look.clothing_color,
+                "clothing_type": p.look.clothing_type,
+                "expression": p.look.expression,
+                "glasses_worn": bool(p.look.glasses_worn and p.identity.attributes["glasses"] != "none"),
+                "tilt": round(p.look.tilt, 2),
+                "yaw": round(p.look.yaw, 3),
+                "head_width": round(2 * p.s / f, 1),
+                "depth_rank": rank,
+                "face_visible": round(face_vis, 3),
+                "body_visible": round(body_vis, 3),
+                "occluded": bool(face_vis < 0.98 or body_vis < 0.8),
+                "attributes": dict(p.identity.attributes),
+            }
+        )
     people_graph.sort(key=lambda d: (d["center"][0], d["identity"]))
-    obj_graph = [{"name": o["name"], "color": o["color"], "bbox": _round_box(o["_rect"], f, W, H),
-                  "foreground": o["occludes"] is not None, "occludes": o["occludes"]} for o in objects]
+    obj_graph = [
+        {
+            "name": o["name"],
+            "color": o["color"],
+            "bbox": _round_box(o["_rect"], f, W, H),
+            "foreground": o["occludes"] is not None,
+            "occludes": o["occludes"],
+        }
+        for o in objects
+    ]
     graph = {
         "version": GRAPH_VERSION,
         "size": [out_w, out_h],
@@ -302,16 +334,20 @@ def render_people(people: Sequence[Identity], rng: np.random.Generator, size: in
     return Scene(image=image, graph=graph)
 
 
-def render_portrait(identity: Identity, size: int, rng: np.random.Generator, supersample: int = 2,
-                    look: Look | None = None) -> Image.Image:
+def render_portrait(
+    identity: Identity, size: int, rng: np.random.Generator, supersample: int = 2, look: Look | None = None
+) -> Image.Image:
     """A clean, centred, frontal head-and-shoulders image on a plain background (the reference photo)."""
     f = int(supersample)
     W = H = int(size) * f
     bg = REFERENCE_BACKGROUNDS[int(rng.integers(len(REFERENCE_BACKGROUNDS)))]
     if look is None:
-        look = Look(clothing_type=CLOTHING_TYPES[int(rng.integers(len(CLOTHING_TYPES)))],
-                    clothing_color=CLOTHING_COLORS[int(rng.integers(len(CLOTHING_COLORS)))],
-                    expression=("serious", "smiling")[int(rng.integers(2))], glasses_worn=True)
+        look = Look(
+            clothing_type=CLOTHING_TYPES[int(rng.integers(len(CLOTHING_TYPES)))],
+            clothing_color=CLOTHING_COLORS[int(rng.integers(len(CLOTHING_COLORS)))],
+            expression=("serious", "smiling")[int(rng.integers(2))],
+            glasses_worn=True,
+        )
     canvas = Image.new("RGB", (W, H), bg)
     draw = ImageDraw.Draw(canvas)
     s = PORTRAIT_SCALE * W

@@ -36,8 +36,14 @@ def _labelled_scene(image: Image.Image, graph: dict, target: str, font) -> Image
     return img
 
 
-def contact_sheet(world: AvatarWorld, n_identities: int = 6, scenes_per_identity: int = 3, seed: int = 0,
-                  size: int | None = None, split: str = "test") -> Image.Image:
+def contact_sheet(
+    world: AvatarWorld,
+    n_identities: int = 6,
+    scenes_per_identity: int = 3,
+    seed: int = 0,
+    size: int | None = None,
+    split: str = "test",
+) -> Image.Image:
     """A grid: per row, an identity's reference, ``scenes_per_identity`` photos containing it (yellow box;
     other people in white, all labelled by id) and the reference of its closest look-alike."""
     size = size or world.size
@@ -55,26 +61,37 @@ def contact_sheet(world: AvatarWorld, n_identities: int = 6, scenes_per_identity
     H = 30 + len(picks) * (size + label_h + pad) + pad
     sheet = Image.new("RGB", (W, H), (250, 250, 250))
     d = ImageDraw.Draw(sheet)
-    d.text((pad, 8), f"AvatarWorld (seed {world.seed}, split '{split}'): reference | photos with the identity "
-                     f"(yellow) among others (white) | closest look-alike", fill=(0, 0, 0), font=big)
+    d.text(
+        (pad, 8),
+        f"AvatarWorld (seed {world.seed}, split '{split}'): reference | photos with the identity "
+        f"(yellow) among others (white) | closest look-alike",
+        fill=(0, 0, 0),
+        font=big,
+    )
     for r, ident in enumerate(picks):
         y = 30 + r * (size + label_h + pad)
-        tiles: list[tuple[Image.Image, str]] = [(world.render_reference(ident, size=size),
-                                                 f"{ident.id} (reference): {ident.describe()}")]
+        tiles: list[tuple[Image.Image, str]] = [
+            (world.render_reference(ident, size=size), f"{ident.id} (reference): {ident.describe()}")
+        ]
         for _ in range(scenes_per_identity):
             scene = world.sample_scene(rng, split, include=[ident], size=size)
             g = scene.graph
             me = next(p for p in g["people"] if p["identity"] == ident.id)
             npl = f"{g['n_people']} people" if g["n_people"] > 1 else "1 person"
-            txt = (f"{npl}; {ident.id}: {me['position']}, {me['clothing_color']} "
-                   f"{me['clothing_type']}, {me['expression']}; {g['background']['kind']}")
+            txt = (
+                f"{npl}; {ident.id}: {me['position']}, {me['clothing_color']} "
+                f"{me['clothing_type']}, {me['expression']}; {g['background']['kind']}"
+            )
             tiles.append((_labelled_scene(scene.image, g, ident.id, small), txt))
         alike = world.nearest(ident, pool, 1)[0]
         dist = attribute_distance(ident, alike)
         diff = [k for k in ident.attributes if ident.attributes[k] != alike.attributes[k]]
-        tiles.append((world.render_reference(alike, size=size),
-                      f"look-alike {alike.id}, distance {dist}: " +
-                      ", ".join(f"{k}={alike.attributes[k]}" for k in diff)))
+        tiles.append(
+            (
+                world.render_reference(alike, size=size),
+                f"look-alike {alike.id}, distance {dist}: " + ", ".join(f"{k}={alike.attributes[k]}" for k in diff),
+            )
+        )
         for c, (img, text) in enumerate(tiles):
             x = pad + c * (size + pad)
             sheet.paste(img, (x, y))

@@ -28,15 +28,23 @@ class AvatarWorld:
         scene_options: Knobs of the scene sampler.
     """
 
-    def __init__(self, seed: int = 0, num_identities: int = 400, test_fraction: float = 0.2, size: int = 224,
-                 relative_prob: float = 0.5, scene_options: SceneOptions | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        num_identities: int = 400,
+        test_fraction: float = 0.2,
+        size: int = 224,
+        relative_prob: float = 0.5,
+        scene_options: SceneOptions | None = None,
+    ) -> None:
         self.seed = int(seed)
         self.size = int(size)
         self.num_identities = int(num_identities)
         self.test_fraction = float(test_fraction)
         self.scene_options = scene_options or SceneOptions()
-        self.identities: list[Identity] = IdentitySampler(num_identities=num_identities, test_fraction=test_fraction,
-                                                          relative_prob=relative_prob).sample(self.seed)
+        self.identities: list[Identity] = IdentitySampler(
+            num_identities=num_identities, test_fraction=test_fraction, relative_prob=relative_prob
+        ).sample(self.seed)
         self._by_id = {i.id: i for i in self.identities}
         self._splits = {s: [i for i in self.identities if i.split == s] for s in ("train", "test")}
 
@@ -55,20 +63,29 @@ class AvatarWorld:
         """Number of differing attributes between two identities."""
         return attribute_distance(a, b)
 
-    def hard_negatives(self, identity: Identity, pool: Sequence[Identity], max_distance: int, n: int,
-                       rng: np.random.Generator, min_distance: int = 1) -> list[Identity]:
+    def hard_negatives(
+        self,
+        identity: Identity,
+        pool: Sequence[Identity],
+        max_distance: int,
+        n: int,
+        rng: np.random.Generator,
+        min_distance: int = 1,
+    ) -> list[Identity]:
         """Up to ``n`` identities of ``pool`` whose distance to ``identity`` is within
         ``[min_distance, max_distance]`` (random order). May return fewer than ``n`` (or none)."""
-        cands = [p for p in pool if p.id != identity.id and min_distance <= attribute_distance(identity, p)
-                 <= max_distance]
+        cands = [
+            p for p in pool if p.id != identity.id and min_distance <= attribute_distance(identity, p) <= max_distance
+        ]
         return [cands[int(i)] for i in rng.permutation(len(cands))[:n]]
 
     def nearest(self, identity: Identity, pool: Sequence[Identity], n: int) -> list[Identity]:
         """The ``n`` closest identities of ``pool`` (ties broken by id)."""
         return nearest(identity, pool, n)
 
-    def look_alike(self, identity: Identity, pool: Sequence[Identity], max_distance: int,
-                   rng: np.random.Generator) -> Identity | None:
+    def look_alike(
+        self, identity: Identity, pool: Sequence[Identity], max_distance: int, rng: np.random.Generator
+    ) -> Identity | None:
         """One hard negative within ``max_distance``, else one of the 3 nearest identities."""
         hn = self.hard_negatives(identity, pool, max_distance, 1, rng)
         if hn:
@@ -84,8 +101,9 @@ class AvatarWorld:
             return np.random.default_rng([self.seed, 99, stable_hash(*salt)])
         return np.random.default_rng([int(rng_or_seed), stable_hash(*salt)])
 
-    def render_reference(self, identity: Identity, size: int | None = None,
-                         rng_or_seed: np.random.Generator | int | None = None) -> Image.Image:
+    def render_reference(
+        self, identity: Identity, size: int | None = None, rng_or_seed: np.random.Generator | int | None = None
+    ) -> Image.Image:
         """Clean, centred, frontal head-and-shoulders portrait on a plain background.
 
         With ``rng_or_seed=None`` the portrait is the identity's canonical reference (fixed clothing,
@@ -94,14 +112,26 @@ class AvatarWorld:
         rng = self._rng(rng_or_seed, "reference", identity.id)
         return render_portrait(identity, size or self.size, rng, self.scene_options.supersample)
 
-    def render_scene(self, people: Sequence[Identity], rng: np.random.Generator, size: int | None = None,
-                     background: str | None = None) -> Scene:
+    def render_scene(
+        self,
+        people: Sequence[Identity],
+        rng: np.random.Generator,
+        size: int | None = None,
+        background: str | None = None,
+    ) -> Scene:
         """Render ``people`` (1–4 identities) in a random photo drawn from ``rng``."""
         return render_people(list(people), rng, size or self.size, self.scene_options, background)
 
-    def sample_scene(self, rng: np.random.Generator, split: str = "train", include: Sequence[Identity] | None = None,
-                     n_people: int | None = None, exclude: Sequence[Identity | str] | None = None,
-                     pool: Sequence[Identity] | None = None, size: int | None = None) -> Scene:
+    def sample_scene(
+        self,
+        rng: np.random.Generator,
+        split: str = "train",
+        include: Sequence[Identity] | None = None,
+        n_people: int | None = None,
+        exclude: Sequence[Identity | str] | None = None,
+        pool: Sequence[Identity] | None = None,
+        size: int | None = None,
+    ) -> Scene:
         """A random photo: the identities in ``include`` plus random others of ``split`` (or ``pool``),
         never anyone in ``exclude``; ``n_people`` (1–4) is random if ``None``."""
         include = list(include or [])

@@ -10,18 +10,29 @@ Prompts live in :mod:`plvm.synth.prompts_bank`, filters in :mod:`plvm.synth.filt
 """
 
 from .qa import (
-                 CallableAnswerer,
-                 ConceptData,
-                 LVLMAnswerer,
-                 attribute_questions,
-                 build_items,
-                 to_concept_answer,
-                 to_this_person,
+    CallableAnswerer,
+    ConceptData,
+    LVLMAnswerer,
+    attribute_questions,
+    build_items,
+    to_concept_answer,
+    to_this_person,
 )
 from .run import Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
 
 __all__ = [
-    "CallableAnswerer", "ConceptData", "LVLMAnswerer", "Reference", "RunReport", "SettingsMismatch", "SynthConfig",
-    "attribute_questions", "build_items", "discover_references", "image_seed", "run_synthesis",
-    "to_concept_answer", "to_this_person",
+    "CallableAnswerer",
+    "ConceptData",
+    "LVLMAnswerer",
+    "Reference",
+    "RunReport",
+    "SettingsMismatch",
+    "SynthConfig",
+    "attribute_questions",
+    "build_items",
+    "discover_references",
+    "image_seed",
+    "run_synthesis",
+    "to_concept_answer",
+    "to_this_person",
 ]

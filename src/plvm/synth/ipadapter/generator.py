@@ -101,8 +101,14 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tor
         return dtype
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    return {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-            "fp32": torch.float32, "float32": torch.float32}[dtype]
+    return {
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }[dtype]
 
 
 class IPAdapterGenerator:
@@ -121,9 +127,16 @@ class IPAdapterGenerator:
         pipe.set_progress_bar_config(disable=True)
 
     @classmethod
-    def load(cls, spec: IPAdapterSpec, config: GenerationConfig = GenerationConfig(), device: str = "auto",
-             dtype: str | torch.dtype = "auto", safety_checker: bool = True, local_files_only: bool = False,
-             cpu_offload: bool = False) -> "IPAdapterGenerator":
+    def load(
+        cls,
+        spec: IPAdapterSpec,
+        config: GenerationConfig = GenerationConfig(),
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        safety_checker: bool = True,
+        local_files_only: bool = False,
+        cpu_offload: bool = False,
+    ) -> "IPAdapterGenerator":
         """Load the SD pipeline and the IP-Adapter (with its CLIP image encoder) from hub ids or directories."""
         from diffusers import StableDiffusionPipeline
 
@@ -133,8 +146,13 @@ class IPAdapterGenerator:
         if not safety_checker:
             kw.update(safety_checker=None, requires_safety_checker=False)
         pipe = StableDiffusionPipeline.from_pretrained(spec.model, dtype=torch_dtype, **kw)
-        pipe.load_ip_adapter(spec.ip_adapter, subfolder=spec.subfolder, weight_name=spec.weight_name,
-                             image_encoder_folder=spec.image_encoder_folder, local_files_only=local_files_only)
+        pipe.load_ip_adapter(
+            spec.ip_adapter,
+            subfolder=spec.subfolder,
+            weight_name=spec.weight_name,
+            image_encoder_folder=spec.image_encoder_folder,
+            local_files_only=local_files_only,
+        )
         if cpu_offload and device.startswith("cuda"):
             pipe.enable_model_cpu_offload()
         else:
@@ -210,16 +228,22 @@ class IPAdapterGenerator:
             generator=generators,
         )
         flags = result.nsfw_content_detected
-        return [GeneratedImage(job=j, image=img, nsfw=None if flags is None else bool(flags[i]))
-                for i, (j, img) in enumerate(zip(jobs, result.images))]
+        return [
+            GeneratedImage(job=j, image=img, nsfw=None if flags is None else bool(flags[i]))
+            for i, (j, img) in enumerate(zip(jobs, result.images))
+        ]
 
     def describe(self) -> dict[str, Any]:
         import diffusers
 
-        return {"spec": asdict(self.spec) if self.spec else None, "config": self.config.to_dict(),
-                "diffusers": diffusers.__version__, "device": str(self.device),
-                "dtype": str(self.pipe.unet.dtype),
-                "image_projection": type(self.pipe.unet.encoder_hid_proj.image_projection_layers[0]).__name__}
+        return {
+            "spec": asdict(self.spec) if self.spec else None,
+            "config": self.config.to_dict(),
+            "diffusers": diffusers.__version__,
+            "device": str(self.device),
+            "dtype": str(self.pipe.unet.dtype),
+            "image_projection": type(self.pipe.unet.encoder_hid_proj.image_projection_layers[0]).__name__,
+        }
 
     def close(self) -> None:
         """Drop the pipeline and free accelerator memory."""

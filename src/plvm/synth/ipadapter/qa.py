@@ -31,8 +31,9 @@ _REFERRING = re.compile(
     r"\b(?:this|the|that)\s+(?:person|man|woman|individual|lady|gentleman|guy|boy|girl|subject)\b('s)?",
     re.IGNORECASE,
 )
-_LEADING_PRONOUN = re.compile(r"^(?:he|she)\b(?=\s+(?:is|has|was|appears|looks|seems|does|doesn't|wears)\b)",
-                              re.IGNORECASE)
+_LEADING_PRONOUN = re.compile(
+    r"^(?:he|she)\b(?=\s+(?:is|has|was|appears|looks|seems|does|doesn't|wears)\b)", re.IGNORECASE
+)
 
 
 def to_this_person(question: str) -> str:
@@ -89,17 +90,24 @@ class LVLMAnswerer:
     with its own chat template.
     """
 
-    def __init__(self, lvlm: Any, instruction: str = DEFAULT_ATTRIBUTE_INSTRUCTION, max_new_tokens: int = 48,
-                 name: str = "lvlm"):
+    def __init__(
+        self, lvlm: Any, instruction: str = DEFAULT_ATTRIBUTE_INSTRUCTION, max_new_tokens: int = 48, name: str = "lvlm"
+    ):
         self.lvlm = lvlm
         self.instruction = instruction
         self.max_new_tokens = max_new_tokens
         self.name = name
 
     @classmethod
-    def load(cls, name_or_path: str, device: str = "auto", dtype: str = "auto",
-             instruction: str = DEFAULT_ATTRIBUTE_INSTRUCTION, max_new_tokens: int = 48,
-             **load_kw: Any) -> "LVLMAnswerer":
+    def load(
+        cls,
+        name_or_path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        instruction: str = DEFAULT_ATTRIBUTE_INSTRUCTION,
+        max_new_tokens: int = 48,
+        **load_kw: Any,
+    ) -> "LVLMAnswerer":
         """``"tiny"`` (random tiny LLaVA, tests), ``"mini"`` (LLaVA-mini) or a LLaVA / OneVision hub id / dir
         (``load_kw`` goes to :func:`plvm.models.base.load_base`, e.g. ``local_files_only=True``)."""
         from ...injection import PersonalizedLVLM
@@ -118,8 +126,12 @@ class LVLMAnswerer:
             model, processor = load_base(name_or_path, **load_kw)
             if dev != "cpu":
                 model = model.to(dev)
-        return cls(PersonalizedLVLM(model, processor, base_model=name_or_path), instruction=instruction,
-                   max_new_tokens=max_new_tokens, name=name_or_path)
+        return cls(
+            PersonalizedLVLM(model, processor, base_model=name_or_path),
+            instruction=instruction,
+            max_new_tokens=max_new_tokens,
+            name=name_or_path,
+        )
 
     def answer(self, image: Image.Image, question: str) -> str:
         from ...conversation import Conversation
@@ -138,8 +150,14 @@ def answer_attributes(answerer: AttributeAnswerer, reference: Image.Image, name:
     out = []
     for q_sks, q_asked in attribute_questions():
         raw = answerer.answer(reference, q_asked)
-        out.append({"question": q_sks.replace(SKS, name), "asked": q_asked, "raw_answer": raw,
-                    "answer": to_concept_answer(raw, name)})
+        out.append(
+            {
+                "question": q_sks.replace(SKS, name),
+                "asked": q_asked,
+                "raw_answer": raw,
+                "answer": to_concept_answer(raw, name),
+            }
+        )
     return out
 
 
@@ -153,8 +171,9 @@ class ConceptData:
     attributes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_items(concepts: Sequence[ConceptData], seed: int = 0, positive_ratio: float = 0.6,
-                name: str = SKS) -> list[dict[str, Any]]:
+def build_items(
+    concepts: Sequence[ConceptData], seed: int = 0, positive_ratio: float = 0.6, name: str = SKS
+) -> list[dict[str, Any]]:
     """All training items of a run: positives, negatives, attribute QA (deterministic in ``seed``)."""
     if not 0 < positive_ratio <= 1:
         raise ValueError("positive_ratio must be in (0, 1]")
@@ -164,8 +183,15 @@ def build_items(concepts: Sequence[ConceptData], seed: int = 0, positive_ratio: 
     for c in concepts:
         for rel in c.kept_images:
             q, a = t.recognition_positive[int(rng.integers(len(t.recognition_positive)))]
-            items.append({"concept": c.concept, "query_img": rel, "question": q.replace(SKS, name),
-                          "answer": a.replace(SKS, name), "kind": "recog_pos"})
+            items.append(
+                {
+                    "concept": c.concept,
+                    "query_img": rel,
+                    "question": q.replace(SKS, name),
+                    "answer": a.replace(SKS, name),
+                    "kind": "recog_pos",
+                }
+            )
     n_pos = len(items)
     with_images = [c for c in concepts if c.kept_images]
     n_neg = int(round(n_pos * (1 - positive_ratio) / positive_ratio))
@@ -175,13 +201,28 @@ def build_items(concepts: Sequence[ConceptData], seed: int = 0, positive_ratio: 
             concept, other = with_images[int(i)], with_images[int(j)]
             rel = other.kept_images[int(rng.integers(len(other.kept_images)))]
             q, a = t.recognition_negative[int(rng.integers(len(t.recognition_negative)))]
-            items.append({"concept": concept.concept, "query_img": rel, "question": q.replace(SKS, name),
-                          "answer": a.replace(SKS, name), "kind": "recog_neg", "query_concept": other.concept})
+            items.append(
+                {
+                    "concept": concept.concept,
+                    "query_img": rel,
+                    "question": q.replace(SKS, name),
+                    "answer": a.replace(SKS, name),
+                    "kind": "recog_neg",
+                    "query_concept": other.concept,
+                }
+            )
     for c in concepts:
         for rec in c.attributes:
             if rec.get("answer"):
-                items.append({"concept": c.concept, "query_img": None, "question": rec["question"],
-                              "answer": rec["answer"], "kind": "attribute"})
+                items.append(
+                    {
+                        "concept": c.concept,
+                        "query_img": None,
+                        "question": rec["question"],
+                        "answer": rec["answer"],
+                        "kind": "attribute",
+                    }
+                )
     return items
 
 

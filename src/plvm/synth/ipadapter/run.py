@@ -193,18 +193,32 @@ def run_synthesis(
     references = discover_references(refs_dir, config.limit)
     bank = build_prompt_bank(config.n_prompts, config.prompt_seed)
 
-    fingerprint = {"format_version": FORMAT_VERSION, "images_per_ref": config.images_per_ref,
-                   "n_prompts": config.n_prompts, "prompt_seed": config.prompt_seed, "seed": config.seed,
-                   **(settings or {})}
+    fingerprint = {
+        "format_version": FORMAT_VERSION,
+        "images_per_ref": config.images_per_ref,
+        "n_prompts": config.n_prompts,
+        "prompt_seed": config.prompt_seed,
+        "seed": config.seed,
+        **(settings or {}),
+    }
     meta_path = out / "synth.json"
     meta = _read_json(meta_path, {})
     if meta.get("settings") and meta["settings"] != fingerprint:
-        diff = sorted(k for k in set(meta["settings"]) | set(fingerprint)
-                      if meta["settings"].get(k) != fingerprint.get(k))
-        raise SettingsMismatch(f"{out} was made with other settings ({', '.join(diff)}); "
-                               "use a new --out (or restore the old settings) to resume")
-    meta.update({"generator": "plvm.synth.ipadapter", "settings": fingerprint, "describe": describe or {},
-                 "refs": str(refs_dir)})
+        diff = sorted(
+            k for k in set(meta["settings"]) | set(fingerprint) if meta["settings"].get(k) != fingerprint.get(k)
+        )
+        raise SettingsMismatch(
+            f"{out} was made with other settings ({', '.join(diff)}); "
+            "use a new --out (or restore the old settings) to resume"
+        )
+    meta.update(
+        {
+            "generator": "plvm.synth.ipadapter",
+            "settings": fingerprint,
+            "describe": describe or {},
+            "refs": str(refs_dir),
+        }
+    )
     _write_json(meta_path, meta)
     _write_json(out / "prompts.json", [p.to_dict() for p in bank])
 
@@ -235,16 +249,17 @@ def run_synthesis(
         refs_cache = _ReferenceCache(4)
         for i, ref in enumerate(pending_attr):
             recs = answer_attributes(answerer, refs_cache.get(ref.path))
-            _write_json(out / ref.id / "attributes.json", {"answerer": getattr(answerer, "name", "?"),
-                                                           "records": recs})
+            _write_json(out / ref.id / "attributes.json", {"answerer": getattr(answerer, "name", "?"), "records": recs})
             attributes_now += 1
             if progress:
                 progress("attributes", i + 1, len(pending_attr))
         if hasattr(answerer, "close"):
             answerer.close()
     elif pending_attr:
-        warnings.append(f"no attribute QA for {len(pending_attr)} references (no LVLM given): the paper's data "
-                        "mix has recognition and attribute QA 1:1")
+        warnings.append(
+            f"no attribute QA for {len(pending_attr)} references (no LVLM given): the paper's data "
+            "mix has recognition and attribute QA 1:1"
+        )
 
     # ------------------------------------------------------------------ train.json
     concepts: list[ConceptData] = []
@@ -266,19 +281,33 @@ def run_synthesis(
     if not items:
         warnings.append("no training items: every image was rejected and there is no attribute QA")
     _write_json(out / "train.json", items)
-    report = RunReport(out=out, references=len(references), generated_now=generated,
-                       images_total=sum(len(s["records"]) for s in state.values()), kept=kept, rejected=rejected,
-                       rejected_by=rejected_by, items=count_kinds(items), attributes_now=attributes_now,
-                       seconds=round(time.perf_counter() - t0, 2), warnings=warnings)
+    report = RunReport(
+        out=out,
+        references=len(references),
+        generated_now=generated,
+        images_total=sum(len(s["records"]) for s in state.values()),
+        kept=kept,
+        rejected=rejected,
+        rejected_by=rejected_by,
+        items=count_kinds(items),
+        attributes_now=attributes_now,
+        seconds=round(time.perf_counter() - t0, 2),
+        warnings=warnings,
+    )
     meta["last_run"] = report.to_dict()
     _write_json(meta_path, meta)
     return report
 
 
-def _generate_all(jobs: Sequence[tuple[Reference, int, ScenePrompt]], out: Path, state: dict[str, dict[str, Any]],
-                  config: SynthConfig, generator_factory: Callable[[], Any],
-                  filters_factory: Callable[[], FilterChain] | None,
-                  progress: Callable[[str, int, int], None] | None) -> tuple[int, tuple[Any, Any]]:
+def _generate_all(
+    jobs: Sequence[tuple[Reference, int, ScenePrompt]],
+    out: Path,
+    state: dict[str, dict[str, Any]],
+    config: SynthConfig,
+    generator_factory: Callable[[], Any],
+    filters_factory: Callable[[], FilterChain] | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[int, tuple[Any, Any]]:
     from .generator import GenerationJob
 
     generator = generator_factory()
@@ -294,13 +323,19 @@ def _generate_all(jobs: Sequence[tuple[Reference, int, ScenePrompt]], out: Path,
         else:
             batches.append([job])
     for batch in batches:
-        gjobs = [GenerationJob(cache.get(ref.path), p.sd_prompt(style), image_seed(config.seed, ref.id, k),
-                               {"ref": ref, "index": k, "scene": p})
-                 for ref, k, p in batch]
+        gjobs = [
+            GenerationJob(
+                cache.get(ref.path),
+                p.sd_prompt(style),
+                image_seed(config.seed, ref.id, k),
+                {"ref": ref, "index": k, "scene": p},
+            )
+            for ref, k, p in batch
+        ]
         results = generator.generate(gjobs)
-        decisions: list[Decision] = chain.evaluate([r.image for r in results],
-                                                   [r.job.meta["scene"].text for r in results],
-                                                   [r.job.reference for r in results])
+        decisions: list[Decision] = chain.evaluate(
+            [r.image for r in results], [r.job.meta["scene"].text for r in results], [r.job.reference for r in results]
+        )
         touched: set[str] = set()
         for res, dec in zip(results, decisions):
             ref: Reference = res.job.meta["ref"]
@@ -321,10 +356,19 @@ def _generate_all(jobs: Sequence[tuple[Reference, int, ScenePrompt]], out: Path,
                 path.parent.mkdir(parents=True, exist_ok=True)
                 res.image.save(path, format="PNG")
             scene: ScenePrompt = res.job.meta["scene"]
-            state[ref.id]["records"].append({
-                "index": k, "file": rel, "prompt": scene.text, "sd_prompt": res.job.prompt, "seed": res.job.seed,
-                "accepted": accepted, "scores": dec.scores, "reasons": reasons, "nsfw": res.nsfw,
-            })
+            state[ref.id]["records"].append(
+                {
+                    "index": k,
+                    "file": rel,
+                    "prompt": scene.text,
+                    "sd_prompt": res.job.prompt,
+                    "seed": res.job.seed,
+                    "accepted": accepted,
+                    "scores": dec.scores,
+                    "reasons": reasons,
+                    "nsfw": res.nsfw,
+                }
+            )
             touched.add(ref.id)
         for rid in touched:
             st = state[rid]

@@ -79,17 +79,32 @@ def tiny_clip_tokenizer():
 def _text_config(vocab_size: int, bos: int, eos: int):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=TINY_CROSS_DIM, intermediate_size=37,
-                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                          projection_dim=TINY_CROSS_DIM, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TINY_CROSS_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=TINY_CROSS_DIM,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
 
 
 def _vision_config():
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(hidden_size=TINY_VISION_HIDDEN, image_size=TINY_VISION_IMAGE, patch_size=8,
-                            projection_dim=TINY_CROSS_DIM, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37)
+    return CLIPVisionConfig(
+        hidden_size=TINY_VISION_HIDDEN,
+        image_size=TINY_VISION_IMAGE,
+        patch_size=8,
+        projection_dim=TINY_CROSS_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+    )
 
 
 def _image_processor(size: int):
@@ -105,23 +120,48 @@ def tiny_sd_pipeline(seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16), norm_num_groups=4,
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TINY_CROSS_DIM, attention_head_dim=4,
+        cross_attention_dim=TINY_CROSS_DIM,
+        attention_head_dim=4,
     )
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=TINY_IMAGE_SIZE)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=TINY_IMAGE_SIZE,
+    )
     tok = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(_text_config(len(tok), tok.bos_token_id, tok.eos_token_id)).eval()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                   scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=_image_processor(TINY_VISION_IMAGE),
-                                   image_encoder=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=_image_processor(TINY_VISION_IMAGE),
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
 
 
 def _cross_attention_hidden_sizes(unet) -> list[int]:
@@ -202,8 +242,11 @@ def tiny_clip_model(seed: int = 0):
 
     tok = tiny_clip_tokenizer()
     torch.manual_seed(seed + 2)
-    config = CLIPConfig(text_config=_text_config(len(tok), tok.bos_token_id, tok.eos_token_id).to_dict(),
-                        vision_config=_vision_config().to_dict(), projection_dim=TINY_CROSS_DIM)
+    config = CLIPConfig(
+        text_config=_text_config(len(tok), tok.bos_token_id, tok.eos_token_id).to_dict(),
+        vision_config=_vision_config().to_dict(),
+        projection_dim=TINY_CROSS_DIM,
+    )
     return CLIPModel(config).eval(), tok, _image_processor(TINY_VISION_IMAGE)
 
 
@@ -213,8 +256,15 @@ def build_tiny_components(root: str | Path, variant: str = "plus-face", seed: in
 
     root = Path(root)
     weight = f"ip-adapter-tiny-{variant}.safetensors"
-    out = TinyComponents(root=root, sd=root / "sd", ip_adapter=root / "ip-adapter", ip_subfolder="models",
-                         ip_weight=weight, clip=root / "clip", variant=variant)
+    out = TinyComponents(
+        root=root,
+        sd=root / "sd",
+        ip_adapter=root / "ip-adapter",
+        ip_subfolder="models",
+        ip_weight=weight,
+        clip=root / "clip",
+        variant=variant,
+    )
     stamp = root / "tiny.json"
     info = {"variant": variant, "seed": seed, "image_size": TINY_IMAGE_SIZE, "format": 1}
     if stamp.exists() and json.loads(stamp.read_text()) == info:
@@ -223,8 +273,10 @@ def build_tiny_components(root: str | Path, variant: str = "plus-face", seed: in
     pipe.save_pretrained(out.sd, safe_serialization=True)
     models = out.ip_adapter / out.ip_subfolder
     models.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tiny_ip_adapter_state_dict(pipe.unet, variant, seed).items()},
-              str(models / weight))
+    save_file(
+        {k: v.contiguous() for k, v in tiny_ip_adapter_state_dict(pipe.unet, variant, seed).items()},
+        str(models / weight),
+    )
     tiny_image_encoder(seed).save_pretrained(models / "image_encoder")
     model, tok, proc = tiny_clip_model(seed)
     model.save_pretrained(out.clip)
