@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from plvm.bench.face_real import SameForEveryPhoto
-from plvm.eval.methods.identify import FeatureTable
+from plvm.eval.methods.identification import FeatureTable
 from plvm.identify import REASONS, Identifier
 
 

@@ -20,7 +20,8 @@ from plvm.synth.filters import (
     make_filters,
     summarize,
 )
-from plvm.synth.ipadapter.qa import (
+from plvm.synth.ipadapter.run import SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
+from plvm.synth.ipadapter.training_items import (
     CallableAnswerer,
     ConceptData,
     answer_attributes,
@@ -29,7 +30,6 @@ from plvm.synth.ipadapter.qa import (
     count_kinds,
     to_concept_answer,
 )
-from plvm.synth.ipadapter.run import SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
 from plvm.synth.prompts_bank import CLOTHING, PLACES, build_prompt_bank, prompts_for_reference
 
 NO_DIFFUSERS = "diffusers is not installed (pip install 'plvm[synth]'): the tiny SD + IP-Adapter tests need it"

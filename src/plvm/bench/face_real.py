@@ -308,7 +308,7 @@ def score_regression(encoder: FaceEncoder, rs: RegressionSet, threshold: float |
         "reasons": {reason: count}, "ms_per_query", "threshold"}`` — ``errors`` lists each wrong answer
         (query, concept, score, reason).
     """
-    from ..eval.methods.identify import FeatureTable
+    from ..eval.methods.identification import FeatureTable
     from ..identify import Identifier, face_kind, main_face
 
     table = FeatureTable()

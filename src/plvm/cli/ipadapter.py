@@ -14,7 +14,7 @@ import typer
 
 from plvm.cli.common import fail
 from plvm.synth.filters import CLIP_THRESHOLD, DEFAULT_CLIP_MODEL, FACE_LICENCES, FACE_THRESHOLD
-from plvm.synth.ipadapter.qa import DEFAULT_ATTRIBUTE_INSTRUCTION
+from plvm.synth.ipadapter.training_items import DEFAULT_ATTRIBUTE_INSTRUCTION
 from plvm.synth.prompts_bank import DEFAULT_N_PROMPTS, DEFAULT_NEGATIVE, DEFAULT_PER_REFERENCE, DEFAULT_STYLE
 
 app = typer.Typer(
@@ -258,7 +258,7 @@ def ipadapter(
         return make_filters(clip, face, clip_threshold, face_threshold)
 
     def make_answerer():
-        from plvm.synth.ipadapter.qa import LVLMAnswerer
+        from plvm.synth.ipadapter.training_items import LVLMAnswerer
 
         console.print(f"loading the base LVLM {lvlm} for attribute answers")
         kw = {} if lvlm in ("tiny", "mini") else {"local_files_only": local_files_only}

@@ -2,7 +2,8 @@
 
 Entry points: :func:`read_dataset` → :func:`build_methods` → :func:`run_evaluation` (or ``plvm eval``).
 Modules: ``readers`` (dataset formats), ``metrics``, ``prompts``, ``scoring``, ``methods`` (one per method family),
-``recognition``, ``qa``, ``multiconcept``, ``captioning`` (tasks), ``report``, ``harness``, ``cli``.
+``recognition``, ``multiple_choice`` (text and visual QA), ``multiconcept``, ``captioning`` (tasks), ``report``,
+``harness``, ``cli``.
 """
 
 from .config import EvalConfig

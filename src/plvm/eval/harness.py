@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import captioning, multiconcept, qa, recognition
+from . import captioning, multiconcept, multiple_choice, recognition
 from .config import EvalConfig, TaskContext
 from .methods import Method, NoPersonalization
 from .readers import EvalDataset
@@ -121,7 +121,7 @@ def run_evaluation(
         if task == "recog":
             items[task], info[task] = recognition.build_items(dataset, config)
         elif task in QA_TASKS:
-            items[task], info[task] = qa.build_items(dataset, QA_TASKS[task], config)
+            items[task], info[task] = multiple_choice.build_items(dataset, QA_TASKS[task], config)
         elif task == "multi":
             items[task], info[task] = multiconcept.build_items(dataset, config)
         elif task == "caption":
@@ -176,10 +176,10 @@ def run_evaluation(
             if task == "recog":
                 metrics, records = recognition.evaluate(method, items[task], ctx)
             elif task in QA_TASKS:
-                own, records = qa.evaluate(method, items[task], ctx, task, "own")
+                own, records = multiple_choice.evaluate(method, items[task], ctx, task, "own")
                 wrong = None
                 if config.controls and method.personalized:
-                    wrong, wrong_records = qa.evaluate(method, items[task], ctx, task, "wrong")
+                    wrong, wrong_records = multiple_choice.evaluate(method, items[task], ctx, task, "wrong")
                     records += wrong_records
                 metrics = {**own, "wrong_concept": wrong}
             elif task == "multi":
@@ -199,7 +199,9 @@ def run_evaluation(
             if none_entry is not None and task in none_entry["results"]:
                 control = {k: v for k, v in none_entry["results"][task].items() if k != "wrong_concept"}
             else:
-                control, records = qa.evaluate(NoPersonalization(lvlm, config.phrase), items[task], ctx, task)
+                control, records = multiple_choice.evaluate(
+                    NoPersonalization(lvlm, config.phrase), items[task], ctx, task
+                )
                 for r in records:
                     r["method"] = "none (control)"
                 emit(records)

@@ -69,7 +69,7 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
     example_prompt_tokens = None
     recognize = getattr(method, "recognize", None)
     for chunk in chunks(items, cfg.batch_size):
-        if recognize is not None:  # a method that decides without the LVLM (plvm.eval.methods.identify)
+        if recognize is not None:  # a method that decides without the LVLM (plvm.eval.methods.identification)
             for it in chunk:
                 pred, score, source = recognize(it.concept, ds.image(it.image))
                 records.append(

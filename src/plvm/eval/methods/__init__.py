@@ -21,7 +21,7 @@ method (key)               what the LVLM sees about concept ``<bo>``            
 is`` are not counted); name tokens of the prompting baselines are ordinary text tokens (``<``, ``bo``, ``>``).
 
 One module per family: :mod:`.base` (:class:`Method`, :class:`Binding`), :mod:`.prompting` (``none``, ``text``,
-``image``), :mod:`.embedding` (``plvm``, ``yollava``), :mod:`.identify` (``identify``, ``plvm-idp``);
+``image``), :mod:`.embedding` (``plvm``, ``yollava``), :mod:`.identification` (``identify``, ``plvm-idp``);
 :func:`build_methods` makes them by key.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 from ...injection import PersonalizedLVLM
 from .base import Binding, Method
 from .embedding import EmbeddingMethod, PLVMMethod, YoLLaVA, YoLLaVAConfig
-from .identify import FeatureTable, IdentifyIndex, IdentifyRecognition, PLVMIdentifyPrompt
+from .identification import FeatureTable, IdentifyIndex, IdentifyRecognition, PLVMIdentifyPrompt
 from .prompting import ImagePrompt, NoPersonalization, TextPrompt
 
 # ============================================================================ factory

@@ -2,14 +2,15 @@
 
 * :mod:`.generator` — :class:`IPAdapterGenerator` (diffusers), per-image seeds, batching;
 * :mod:`.run` — :func:`run_synthesis`, the resumable run over a folder of reference faces;
-* :mod:`.qa` — recognition pairs from the paper's templates, attribute answers from the base LVLM;
+* :mod:`.training_items` — recognition pairs from the paper's templates, attribute answers from the base LVLM;
 * :mod:`.tiny` — tiny random components in the real layouts (tests, ``--tiny``).
 
 Prompts live in :mod:`plvm.synth.prompts_bank`, filters in :mod:`plvm.synth.filters`, the command line in
 :mod:`plvm.cli.ipadapter`. ``diffusers`` is imported only when a generator is built.
 """
 
-from .qa import (
+from .run import Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
+from .training_items import (
     CallableAnswerer,
     ConceptData,
     LVLMAnswerer,
@@ -18,7 +19,6 @@ from .qa import (
     to_concept_answer,
     to_this_person,
 )
-from .run import Reference, RunReport, SettingsMismatch, SynthConfig, discover_references, image_seed, run_synthesis
 
 __all__ = [
     "CallableAnswerer",

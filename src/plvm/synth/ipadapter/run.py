@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..filters import Decision, FilterChain
 from ..prompts_bank import ScenePrompt, build_prompt_bank, prompts_for_reference
-from .qa import ConceptData, answer_attributes, build_items, count_kinds
+from .training_items import ConceptData, answer_attributes, build_items, count_kinds
 
 logger = logging.getLogger(__name__)
 
