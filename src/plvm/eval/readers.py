@@ -78,8 +78,8 @@ class SkippedFile:
 
 
 @dataclass
-class ConceptRecord:
-    """One personalized concept of a dataset.
+class EvalConcept:
+    """One personalized concept of an evaluation dataset (the store's record is :class:`plvm.store.ConceptRecord`).
 
     Attributes:
         id: The dataset's identifier (folder name).
@@ -162,7 +162,7 @@ class EvalDataset:
     name: str
     root: Path
     format: str
-    concepts: dict[str, ConceptRecord]
+    concepts: dict[str, EvalConcept]
     text_qa: list[QAItem] = field(default_factory=list)
     visual_qa: list[QAItem] = field(default_factory=list)
     multi: list[MultiImage] = field(default_factory=list)
@@ -353,7 +353,7 @@ def read_plvm(root: str | Path, name: str | None = None) -> EvalDataset:
     """Read a PLVM-validation-style folder (see the module docstring)."""
     root = Path(root)
     reader = _Reader(root)
-    concepts: dict[str, ConceptRecord] = {}
+    concepts: dict[str, EvalConcept] = {}
     for folder in sorted((p for p in root.iterdir() if p.is_dir() and not is_litter(p)), key=natural_key):
         if folder.name == "multi":
             continue
@@ -370,7 +370,7 @@ def read_plvm(root: str | Path, name: str | None = None) -> EvalDataset:
         if not queries:
             queries = [p for p in files if p not in refs]
         queries = [p for p in queries if reader.readable(p)]
-        concepts[folder.name] = ConceptRecord(
+        concepts[folder.name] = EvalConcept(
             id=folder.name,
             name=sanitize_name(folder.name, (c.name for c in concepts.values())),
             reference=ref,
@@ -391,7 +391,7 @@ def read_yollava(
     """Read a Yo'LLaVA-style folder (``train/<id>/``, ``test/<id>/``; see the module docstring)."""
     root = Path(root)
     reader = _Reader(root)
-    concepts: dict[str, ConceptRecord] = {}
+    concepts: dict[str, EvalConcept] = {}
     train_root, test_root = root / "train", root / "test"
     for folder in sorted((p for p in train_root.iterdir() if p.is_dir() and not is_litter(p)), key=natural_key):
         train = reader.images_in(folder)
@@ -411,7 +411,7 @@ def read_yollava(
         neg_dir = folder / "negative_example"
         if negative_examples and neg_dir.is_dir():
             negatives = reader.images_in(neg_dir)
-        concepts[folder.name] = ConceptRecord(
+        concepts[folder.name] = EvalConcept(
             id=folder.name,
             name=sanitize_name(folder.name, (c.name for c in concepts.values())),
             reference=ref,
@@ -431,7 +431,7 @@ def read_yollava(
 
 
 # ============================================================================ QA files
-def _concept_of(rel: Any, concepts: dict[str, ConceptRecord]) -> str | None:
+def _concept_of(rel: Any, concepts: dict[str, EvalConcept]) -> str | None:
     if not rel:
         return None
     for part in reversed(Path(str(rel).replace("\\", "/")).parts[:-1]):
@@ -577,9 +577,9 @@ def _read_multi(reader: _Reader, dataset: EvalDataset) -> None:
 
 
 __all__ = [
-    "ConceptRecord",
     "DatasetFormatError",
     "DatasetWarning",
+    "EvalConcept",
     "EvalDataset",
     "ImageCache",
     "MultiImage",
