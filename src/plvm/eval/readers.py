@@ -51,7 +51,7 @@ from PIL import Image
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LITTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 PLACEHOLDER = "<sks>"
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJ"  # option letters a multiple-choice question may use; the scorer scores each of them
 QA_FILES = {"query_ques.json": "visual", "non_query_ques.json": "text"}
 YOLLAVA_QA_FILES = {"yollava-visual-qa.json": "visual", "yollava-text-qa.json": "text"}
 _NAME_SANITIZE = re.compile(r"[^A-Za-z0-9_-]")
@@ -582,6 +582,7 @@ __all__ = [
     "EvalConcept",
     "EvalDataset",
     "ImageCache",
+    "LETTERS",
     "MultiImage",
     "PLACEHOLDER",
     "QAItem",

@@ -14,8 +14,7 @@ import torch
 from ..conversation import Conversation
 from ..injection import PersonalizedLVLM
 from .prompts import parse_letter, parse_yes_no
-
-LETTERS = "ABCDEFGHIJ"
+from .readers import LETTERS
 
 
 @dataclass
@@ -152,4 +151,4 @@ class Scorer:
         return len(self.lvlm.encode(conversation))
 
 
-__all__ = ["Decision", "LETTERS", "Scorer"]
+__all__ = ["Decision", "Scorer"]

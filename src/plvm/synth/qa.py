@@ -33,7 +33,7 @@ from .avatarworld.objects import OBJECT_NAMES
 from .avatarworld.person import CLOTHING_COLORS, CLOTHING_TYPES, EXPRESSIONS
 
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
-LETTERS = "ABCD"
+CHOICE_LETTERS = "ABCD"  # letters of generated multiple-choice options: at most four options
 SKS = "<sks>"
 
 
@@ -124,12 +124,12 @@ def make_mc(
 ) -> QA:
     """A multiple-choice QA with the correct text at a random letter among ``n_options`` options."""
     pool = [d for d in dict.fromkeys(distractors) if d != correct_text]
-    k = max(2, min(int(n_options), len(pool) + 1, len(LETTERS)))
+    k = max(2, min(int(n_options), len(pool) + 1, len(CHOICE_LETTERS)))
     chosen = [pool[int(i)] for i in rng.permutation(len(pool))[: k - 1]]
     pos = int(rng.integers(k))
     texts = chosen[:pos] + [correct_text] + chosen[pos:]
-    options = {LETTERS[i]: t for i, t in enumerate(texts)}
-    letter = LETTERS[pos]
+    options = {CHOICE_LETTERS[i]: t for i, t in enumerate(texts)}
+    letter = CHOICE_LETTERS[pos]
     return QA(
         question=question,
         answer=letter,
