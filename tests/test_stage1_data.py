@@ -294,6 +294,12 @@ def test_image_prompt_pairs_are_twins_that_differ_only_in_who_is_in_the_query(wo
         s_pos, s_neg = drawn[k], drawn[k + 1]
         assert (s_pos.question, s_pos.answer) == (pos.question, pos.answer)  # the source is the stream
         target = s_pos.meta["identity"]
+        # AttentionMatch's targets: one reference head, the named person's head marked in the positive query only
+        assert pos.reference_head is not None and pos.reference_head == neg.reference_head
+        assert [named for _, named in pos.query_heads].count(True) == 1
+        assert not any(named for _, named in neg.query_heads)
+        people = 1 if portrait_share == 1.0 else len(s_pos.graphs[1]["people"])
+        assert len(pos.query_heads) == people
         assert s_neg.meta["identity"] == target and (s_pos.meta["same"], s_neg.meta["same"]) == (True, False)
         if portrait_share == 1.0:
             assert s_pos.graphs[1] is None and s_neg.graphs[1] is None

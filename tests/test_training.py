@@ -511,7 +511,11 @@ def test_train_base_rejects_bad_stage1_options_before_loading_anything(tmp_path)
 
     from plvm.cli import app
 
-    for args, message in ((["--anchor-regions", "face"], "--anchor-regions"), (["--mix", "1,2"], "--mix")):
+    for args, message in (
+        (["--anchor-regions", "face"], "--anchor-regions"),
+        (["--mix", "1,2"], "--mix"),
+        (["--attention-match", "17"], "--attention-match"),
+    ):
         result = CliRunner().invoke(app, ["train-base", "--out", str(tmp_path / "run"), *args])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "run").exists()  # nothing written

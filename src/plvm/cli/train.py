@@ -172,6 +172,12 @@ def train_base(
         "same reference and question, one query with the named person "
         "(Yes) and one without (No); use an even batch size",
     ),
+    attention_match: Optional[str] = typer.Option(
+        _B.attention_match,
+        help="'layer,head' of an LM attention head taught to compare the two people of an image-prompt question "
+        "(its attention from the query's head tokens onto the reference's head; e.g. 17,4)",
+    ),
+    attention_match_weight: float = typer.Option(_B.attention_match_weight, help="weight of that attention loss"),
     vqa_kinds: Optional[str] = typer.Option(
         _B.vqa_kinds,
         help="weights of the open visual-question kinds, e.g. "

@@ -52,6 +52,8 @@ class BaseTrainingConfig(RecipeConfig):
     same_portrait_share: float = 0.5
     described_share: float = 0.0
     image_prompt_pairs: bool = False  # image-prompt questions as twins differing only in the query
+    attention_match: str | None = None  # 'layer,head' of the LM head taught to compare people, e.g. '17,4'
+    attention_match_weight: float = 1.0
     vqa_kinds: str | None = None  # e.g. 'hair_color=3,glasses=2,age=1'
     described_properties: str | None = None  # e.g. 'hair_color,hair_style,glasses'
     vision_feature_layer: str | None = None  # e.g. '8' or '8,-1'
@@ -68,6 +70,7 @@ class BaseTrainingConfig(RecipeConfig):
         self.properties()
         if self.anchor_regions not in REGIONS:
             raise ConfigError(f"anchor_regions (--anchor-regions) must be one of {', '.join(REGIONS)}")
+        self.match_head()
         if self.shape_identity_steps < 0 or self.shape_identity_weight < 0:
             raise ConfigError("shape_identity_steps and shape_identity_weight must be >= 0")
         for name in ("init_projector", "init_lora"):
@@ -86,6 +89,22 @@ class BaseTrainingConfig(RecipeConfig):
                 f"0.1,0.4,0.1,0.4; got {self.mix!r}"
             )
         return weights
+
+    def match_head(self) -> Any:
+        """``attention_match`` as a validated :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch` (or
+        ``None``)."""
+        if self.attention_match is None:
+            return None
+        from plvm.models.llava_mini.stage1_task import AttentionMatch
+
+        try:
+            layer, head = (int(x) for x in self.attention_match.split(","))
+            return AttentionMatch(layer=layer, head=head, weight=self.attention_match_weight)
+        except ValueError as exc:
+            raise ConfigError(
+                f"attention_match (--attention-match) needs 'layer,head' of an LM attention head (e.g. 17,4) and "
+                f"attention_match_weight (--attention-match-weight) a positive weight: {exc}"
+            ) from None
 
     def open_kinds(self) -> dict[str, float] | None:
         """``vqa_kinds`` as validated weights (``None`` stays ``None``)."""
@@ -230,7 +249,13 @@ def train_base(config: BaseTrainingConfig, log: Callable[[str], None] = print) -
         image_prompt_pairs=c.image_prompt_pairs,
     )
     task = ProjectorTrainingTask(
-        lvlm, source, c.batch_size, lora, train_projector=not c.freeze_projector, word_weight=c.word_weight
+        lvlm,
+        source,
+        c.batch_size,
+        lora,
+        train_projector=not c.freeze_projector,
+        word_weight=c.word_weight,
+        attention_match=c.match_head(),
     )
     if lora_tensors is not None:
         load_lora_state_dict(task.tuner, lora_tensors)

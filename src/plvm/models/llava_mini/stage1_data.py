@@ -7,8 +7,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from plvm.models.llava_mini.stage1_task import GenericExample
+from plvm.models.llava_mini.anchor import head_box
+from plvm.models.llava_mini.stage1_task import Box, GenericExample
 from plvm.synth import qa
+from plvm.synth.avatarworld.scene import portrait_face_bbox
 from plvm.synth.samples import iter_generic_samples
 
 
@@ -79,11 +81,25 @@ class AvatarWorldGenericSource:
         for _ in range(n):
             s = next(stream)
             ex = GenericExample(list(s.images), s.question, s.answer, s.kind, name=s.meta.get("name"))
+            if s.kind == "image_prompt":
+                ex.reference_head, ex.query_heads = self._heads(s)
             if self.turns > 1 and s.kind == "vqa":
                 first = s.meta.get("qa", {}).get("meta", {})
                 ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
             out.append(ex)
         return out
+
+    def _heads(self, sample: Any) -> tuple[Box, list[tuple[Box, bool]]]:
+        """An image-prompt sample's reference head box, and every head box of its query image with "is it the
+        named person?" (ground truth; :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch`'s targets)."""
+        named = sample.meta["identity"]
+        reference = head_box({"face_bbox": portrait_face_bbox(self.world.identity(named), sample.images[0].width)})
+        graph = sample.graphs[-1]
+        if graph is None:  # the query is a portrait of ``portrait_of``
+            shown = self.world.identity(sample.meta["portrait_of"])
+            box = head_box({"face_bbox": portrait_face_bbox(shown, sample.images[-1].width)})
+            return reference, [(box, shown.id == named)]
+        return reference, [(head_box(p), p["identity"] == named) for p in graph["people"]]
 
     def _follow_up(
         self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator

@@ -11,11 +11,14 @@ the ~30 answer tokens of an 8-turn visual-QA dialogue in the same batch.
 Optionally (``lora=MiniLoraConfig(...)``) low-rank adapters on the LM train together with the projector
 (:mod:`plvm.models.mini_lora`); they are merged into the LM when LLaVA-mini is built, so the base the
 Aligner later sees is still a plain, frozen ``LlavaForConditionalGeneration``.
+
+Optionally (``attention_match=AttentionMatch(...)``) one attention head of the LM is taught, by a direct
+target on its attention pattern, to compare the two people of an image-prompt question (LLaVA-mini v2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -23,11 +26,15 @@ from PIL import Image
 from torch import nn
 
 from plvm.conversation import Conversation
+from plvm.diag.identity_probe import region_weights
 from plvm.eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversation
 from plvm.injection import ConceptTensors, PersonalizedLVLM
 from plvm.models.llava_mini.assembly import PROJECTOR_PREFIX
 from plvm.models.llava_mini.lora import LORA_KEY, MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
 from plvm.training.loss import shift_targets, weighted_answer_loss
+
+Box = tuple[float, float, float, float]
+"""A box in pixels: ``x0, y0, x1, y1``."""
 
 
 @dataclass
@@ -45,6 +52,11 @@ class GenericExample:
     follow_up: list[tuple[str, str]] = field(default_factory=list)
     name: str | None = None
     """``kind == "image_prompt"``: the concept name the first image introduces (the harness's image prompt)."""
+    reference_head: Box | None = None
+    """``kind == "image_prompt"``: the named person's head box in the reference (first) image, px."""
+    query_heads: list[tuple[Box, bool]] = field(default_factory=list)
+    """``kind == "image_prompt"``: every head box in the query (last) image, px, and whether it is the named
+    person's — the targets of :class:`AttentionMatch` (empty: none)."""
 
 
 class GenericDataSource(Protocol):
@@ -78,6 +90,61 @@ def generic_conversation(example: GenericExample, with_answer: bool = True) -> C
 PROJECTOR_KEY = PROJECTOR_PREFIX  # checkpoint keys of the projector's tensors
 
 
+@dataclass(frozen=True)
+class AttentionMatch:
+    """Teach attention head ``head`` of decoder layer ``layer`` to compare the two people of an image prompt.
+
+    "Is <name> in this photo?" after "Here is <name>: <reference>." needs the LM to compare the reference's
+    person with each person in the query image. On the identity-shaped tokens some heads already do this a
+    little: their attention from a query person's head tokens onto the reference's head is larger when it is
+    the same person (``plvm diag attention-match``). This makes one such head do it outright, with a target on
+    its attention pattern rather than on a read-out of hidden states: for each head box ``r`` of the query,
+
+    ``m_p = Σ_{j ∈ reference head} A[p, j]``  (the head's attention from query token ``p``),
+    ``Z_r = Σ_p w_rp · log(m_p / (1 − m_p))``  (``w_r``: the box's coverage weights over the query's patches),
+    ``L = weight · BCE(Z_r, [r is the named person])``.
+
+    There is no bias: a match must draw more than half of the head's attention onto the reference's head and a
+    non-match less. The rest of the LM learns to read that from the answer loss. Training only (eager
+    attention, which returns the attention weights); nothing is added to the base.
+    """
+
+    layer: int = 17
+    head: int = 4
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"attention-match weight must be positive, got {self.weight}")
+        if self.layer < 0 or self.head < 0:
+            raise ValueError(f"attention-match layer and head must be >= 0, got {self.layer}, {self.head}")
+
+
+def reference_attention_logodds(
+    attention: torch.Tensor, ids: torch.Tensor, example: GenericExample, image_token_id: int
+) -> torch.Tensor:
+    """Per query head box, the pooled attention log-odds onto the reference's head (:class:`AttentionMatch`).
+
+    ``attention`` ``[..., T, T]`` (one prompt: rows attend to columns; leading dims kept, e.g. heads),
+    ``ids`` ``[T]`` → ``[..., n_query_heads]`` (the order of ``example.query_heads``). The first image's
+    tokens are the reference's, the last image's the query's; each image is a square grid of patches.
+    """
+    if example.reference_head is None or not example.query_heads:
+        raise ValueError("the example has no reference head or no query heads")
+    positions = (ids == image_token_id).nonzero().squeeze(-1)  # [n_images · G²]
+    per_image = positions.numel() // len(example.images)
+    grid = round(per_image**0.5)
+    if grid * grid != per_image or per_image * len(example.images) != positions.numel():
+        raise ValueError(f"{positions.numel()} image tokens do not split into {len(example.images)} square grids")
+    reference, query = positions[:per_image], positions[-per_image:]
+    cells = reference[region_weights(example.reference_head, *example.images[0].size, grid) > 0]
+    mass = attention[..., query, :][..., cells].sum(-1).float().clamp(1e-6, 1 - 1e-6)  # [..., G²]
+    z = torch.log(mass) - torch.log1p(-mass)
+    width, height = example.images[-1].size
+    weights = torch.stack([region_weights(box, width, height, grid) for box, _ in example.query_heads])
+    return z @ weights.to(z.device).T  # [..., n_query_heads]
+
+
 class ProjectorTrainingTask:
     """:class:`~plvm.training.loop.TrainingTask` that trains ``multi_modal_projector`` (+ optional LM LoRA).
 
@@ -92,11 +159,21 @@ class ProjectorTrainingTask:
         lora: MiniLoraConfig | None = None,
         train_projector: bool = True,
         word_weight: float = 1.0,
+        attention_match: AttentionMatch | None = None,
     ):
         if not train_projector and lora is None:
             raise ValueError("nothing to train: the projector is frozen and there is no LoRA")
         if not word_weight > 0:
             raise ValueError(f"word_weight must be positive, got {word_weight}")
+        if attention_match is not None:
+            text = lvlm.model.config.text_config
+            if attention_match.layer >= text.num_hidden_layers or attention_match.head >= text.num_attention_heads:
+                raise ValueError(
+                    f"attention-match head ({attention_match.layer}, {attention_match.head}) is not in the LM's "
+                    f"{text.num_hidden_layers} layers × {text.num_attention_heads} heads"
+                )
+            lvlm.model.set_attn_implementation("eager")  # the only attention that returns its weights
+        self.attention_match = attention_match
         self.word_weight = float(word_weight)
         self.train_projector = train_projector
         self.lvlm = lvlm
@@ -142,6 +219,7 @@ class ProjectorTrainingTask:
             "train_projector": self.train_projector,
             "lora": None if self.lora is None else self.lora.metadata(),
             **({"word_weight": self.word_weight} if self.word_weight != 1.0 else {}),
+            **({"attention_match": asdict(self.attention_match)} if self.attention_match else {}),
             **self._feature_layer(),
         }
 
@@ -158,12 +236,48 @@ class ProjectorTrainingTask:
     def loss(self, examples: list[GenericExample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
-        hidden, _ = self.lvlm.hidden_states(batch, none)
+        captured: list[torch.Tensor] = []
+        hook = None
+        if self.attention_match is not None and any(ex.query_heads for ex in examples):
+            attention = self.lvlm.model.model.language_model.layers[self.attention_match.layer].self_attn
+            hook = attention.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
+        try:
+            hidden, _ = self.lvlm.hidden_states(batch, none)
+        finally:
+            if hook is not None:
+                hook.remove()
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
         logits = self.lvlm.logits_for_rows(h, rows, none)
         loss = weighted_answer_loss(logits, targets, is_word, word_weight=self.word_weight)
+        logs: dict[str, float] = {}
+        if captured:
+            match_loss, logs = self._attention_match_loss(captured[0], batch.ids, examples)
+            loss = loss + self.attention_match.weight * match_loss
         if not is_word.any():
-            return loss, {}
+            return loss, logs
         with torch.no_grad():  # the Yes/No words' own CE (mostly "same person?"), logged when the batch has one
             word_ce = torch.nn.functional.cross_entropy(logits[is_word].float(), targets[is_word])
-        return loss, {"loss_word": float(word_ce)}
+        return loss, {"loss_word": float(word_ce), **logs}
+
+    def _attention_match_loss(
+        self, weights: torch.Tensor, ids: torch.Tensor, examples: list[GenericExample]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """:class:`AttentionMatch`'s loss from the layer's attention ``weights`` ``[B, H, T, T]``, and logs."""
+        from plvm.eval.metrics import roc_auc
+
+        head = self.attention_match.head
+        scores, labels = [], []
+        for b, ex in enumerate(examples):
+            if ex.query_heads:
+                scores.append(reference_attention_logodds(weights[b, head], ids[b], ex, self.lvlm.image_token_id))
+                labels += [float(named) for _, named in ex.query_heads]
+        z = torch.cat(scores)
+        target = torch.tensor(labels, device=z.device)
+        loss = nn.functional.binary_cross_entropy_with_logits(z, target)
+        with torch.no_grad():
+            pos, neg = z[target > 0.5].tolist(), z[target < 0.5].tolist()
+            logs = {"loss_match": float(loss), "match_acc": float(((z > 0).float() == target).float().mean())}
+            auc = roc_auc(pos, neg) if pos and neg else None
+            if auc is not None:  # 0.5: the head does not tell the named person from the others
+                logs["match_auc"] = float(auc)
+        return loss, logs

@@ -1,0 +1,187 @@
+"""Stage-1 attention-match supervision (plvm.models.llava_mini.stage1_task.AttentionMatch): the pooled attention
+log-odds by hand, the loss read from the right layer and head, and training that lowers it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.models.llava_mini.lora import MiniLoraConfig
+from plvm.models.llava_mini.stage1_task import (
+    AttentionMatch,
+    GenericExample,
+    ProjectorTrainingTask,
+    generic_conversation,
+    reference_attention_logodds,
+)
+from plvm.models.tiny import tiny_llava
+from plvm.training.loop import LoopConfig, run_training
+
+LEFT = (0.0, 0.0, 14.0, 28.0)  # a 28-px image's left column of 14-px patches: cells 0 and 2 of a 2×2 grid
+TOP_LEFT = (0.0, 0.0, 14.0, 14.0)  # cell 0
+WHOLE = (0.0, 0.0, 28.0, 28.0)  # all four cells, a quarter each
+
+
+def blank(value: int) -> Image.Image:
+    return Image.fromarray(np.full((28, 28, 3), value, np.uint8))
+
+
+def test_reference_attention_logodds_by_hand():
+    # 3 text tokens, reference image (4 tokens, positions 3-6), 2 text tokens, query image (positions 9-12), 1 text
+    image = 99
+    ids = torch.tensor([1, 2, 3] + [image] * 4 + [4, 5] + [image] * 4 + [6])
+    example = GenericExample(
+        [blank(0), blank(255)],
+        "q",
+        "a",
+        "image_prompt",
+        name="bo",
+        reference_head=LEFT,
+        query_heads=[(TOP_LEFT, True), (WHOLE, False)],
+    )
+    gen = torch.Generator().manual_seed(0)
+    attention = torch.randn(2, 14, 14, generator=gen).tril().masked_fill(torch.ones(14, 14).triu(1).bool(), -1e9)
+    attention = attention.softmax(-1)  # two heads, causal rows
+    z = reference_attention_logodds(attention, ids, example, image)
+    assert z.shape == (2, 2)
+    for h in range(2):
+        mass = [float(attention[h, q, 3] + attention[h, q, 5]) for q in (9, 10, 11, 12)]  # ref cells 0 and 2
+        logit = [math.log(m / (1 - m)) for m in mass]
+        assert z[h, 0].item() == pytest.approx(logit[0], rel=1e-5)  # the top-left box: query cell 0 only
+        assert z[h, 1].item() == pytest.approx(sum(logit) / 4, rel=1e-5)  # the whole image: a quarter each
+    with pytest.raises(ValueError, match="square grids"):
+        reference_attention_logodds(attention[:, :12, :12], ids[:12], example, image)  # 7 image tokens
+
+
+class TwinPrompts:
+    """Image-prompt twins on flat-coloured images: a reference, then a query that is "the same" (Yes) or not."""
+
+    def examples(self, index: int, n: int) -> list[GenericExample]:
+        rng = np.random.default_rng([5, index])
+        out = []
+        for k in range(n):
+            same = k % 2 == 0
+            shade = int(rng.integers(0, 200))
+            query = blank(shade if same else 255 - shade)
+            out.append(
+                GenericExample(
+                    [blank(shade), query],
+                    "Is <bo> in this photo?",
+                    "Yes" if same else "No",
+                    "image_prompt",
+                    name="bo",
+                    reference_head=LEFT,
+                    query_heads=[(TOP_LEFT, same), (WHOLE, False)],
+                )
+            )
+        return out
+
+    def describe(self):
+        return {"source": "twin-prompts"}
+
+
+def test_attention_match_reads_its_layer_and_head_and_training_lowers_it(tmp_path):
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    match = AttentionMatch(layer=1, head=2, weight=1.0)
+    task = ProjectorTrainingTask(
+        lvlm, TwinPrompts(), batch_size=4, lora=MiniLoraConfig(r=4, lora_alpha=8), attention_match=match
+    )
+    assert task.describe()["attention_match"] == {"layer": 1, "head": 2, "weight": 1.0}
+    fixed = TwinPrompts().examples(999, 4)
+    with torch.no_grad():
+        loss, logs = task.loss(fixed)
+    assert {"loss_word", "loss_match", "match_acc", "match_auc"} <= set(logs)
+
+    # the same loss from an independent forward that returns every layer's attention
+    batch = lvlm.collate([lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in fixed])
+    none = ConceptTensors.stack([[] for _ in fixed], lvlm.hidden_size)
+    with torch.no_grad():
+        out = model.model(
+            inputs_embeds=lvlm.embed(batch, none),
+            attention_mask=batch.attention_mask,
+            output_attentions=True,
+            **batch.vision,
+        )
+    attention = out.attentions[1][:, 2]  # [B, T, T]
+    z = torch.cat(
+        [reference_attention_logodds(attention[b], batch.ids[b], ex, lvlm.image_token_id) for b, ex in enumerate(fixed)]
+    )
+    labels = torch.tensor([float(named) for ex in fixed for _, named in ex.query_heads])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(z, labels)
+    assert logs["loss_match"] == pytest.approx(expected.item(), rel=1e-4)
+    other_head = out.attentions[1][:, 1]
+    z_other = torch.cat(
+        [
+            reference_attention_logodds(other_head[b], batch.ids[b], ex, lvlm.image_token_id)
+            for b, ex in enumerate(fixed)
+        ]
+    )
+    assert not torch.allclose(z, z_other)  # the heads differ, so the match above is the named head's
+
+    run_training(task, LoopConfig(steps=30, lr=2e-2, save_every=30, log_every=10), tmp_path)
+    with torch.no_grad():
+        _, after = task.loss(fixed)
+    assert after["loss_match"] < logs["loss_match"] - 0.1, (logs["loss_match"], after["loss_match"])
+
+
+def test_attention_match_refuses_a_head_the_lm_does_not_have():
+    model, processor = tiny_llava(template="chatml")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    lora = MiniLoraConfig(r=4, lora_alpha=8)
+    for layer, head in ((2, 0), (0, 4)):  # 2 layers × 4 heads
+        with pytest.raises(ValueError, match="not in the LM"):
+            ProjectorTrainingTask(lvlm, TwinPrompts(), lora=lora, attention_match=AttentionMatch(layer, head))
+    with pytest.raises(ValueError, match="positive"):
+        AttentionMatch(weight=0.0)
+
+
+def test_attention_probe_answer_agrees_with_the_scorer_and_heads_flip_with_the_labels():
+    from plvm.diag.attention_match import run_attention_probe, top_heads
+
+    model, processor = tiny_llava(template="chatml")
+    model.set_attn_implementation("eager")
+    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
+    examples = TwinPrompts().examples(0, 8)
+    result = run_attention_probe(lvlm, examples)
+    assert result["n_prompts"] == 8 and result["n_query_heads"] == 16
+    assert len(result["heads"]) == 2 and all(len(row) == 4 for row in result["heads"])  # 2 layers × 4 heads
+
+    # the answer reading is the product's scorer on the same prompts
+    from plvm.eval.metrics import roc_auc
+
+    with torch.no_grad():
+        odds = lvlm.score_yes_no([generic_conversation(ex, with_answer=False) for ex in examples]).tolist()
+    yes = [o for o, ex in zip(odds, examples) if ex.answer == "Yes"]
+    no = [o for o, ex in zip(odds, examples) if ex.answer == "No"]
+    assert result["answer"]["auc"] == pytest.approx(roc_auc(yes, no))
+    assert result["answer"]["mean_pos"] == pytest.approx(float(np.mean(yes)), abs=1e-4)
+
+    # naming the other box of each query instead turns every head's ranking around (no ties: continuous scores)
+    flipped = [
+        GenericExample(
+            ex.images,
+            ex.question,
+            ex.answer,
+            ex.kind,
+            name=ex.name,
+            reference_head=ex.reference_head,
+            query_heads=[(box, not named) for box, named in ex.query_heads],
+        )
+        for ex in examples
+    ]
+    again = run_attention_probe(lvlm, flipped)
+    for row, row_flipped in zip(result["heads"], again["heads"]):
+        for auc, auc_flipped in zip(row, row_flipped):
+            assert auc + auc_flipped == pytest.approx(1.0)
+    best = top_heads(result["heads"], 3)
+    assert len(best) == 3 and best[0][2] == max(max(row) for row in result["heads"]) >= best[2][2]
+
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="eager"):
+        run_attention_probe(lvlm, examples)
