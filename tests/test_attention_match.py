@@ -162,23 +162,30 @@ def test_attention_probe_answer_agrees_with_the_scorer_and_heads_flip_with_the_l
     assert result["answer"]["auc"] == pytest.approx(roc_auc(yes, no))
     assert result["answer"]["mean_pos"] == pytest.approx(float(np.mean(yes)), abs=1e-4)
 
-    # naming the other box of each query instead turns every head's ranking around (no ties: continuous scores)
-    flipped = [
-        GenericExample(
-            ex.images,
-            ex.question,
-            ex.answer,
-            ex.kind,
-            name=ex.name,
-            reference_head=ex.reference_head,
-            query_heads=[(box, not named) for box, named in ex.query_heads],
-        )
-        for ex in examples
-    ]
-    again = run_attention_probe(lvlm, flipped)
-    for row, row_flipped in zip(result["heads"], again["heads"]):
-        for auc, auc_flipped in zip(row, row_flipped):
-            assert auc + auc_flipped == pytest.approx(1.0)
+    # each head's reading, by hand: per twin pair, the named head (top-left box of the Yes query) against the
+    # pair's other heads (the Yes query's whole box, both boxes of the No query), then the mean over pairs
+    z = []
+    for ex in examples:
+        batch = lvlm.collate([lvlm.encode(generic_conversation(ex, with_answer=False))])
+        none = ConceptTensors.stack([[]], lvlm.hidden_size)
+        with torch.no_grad():
+            out = model.model(
+                inputs_embeds=lvlm.embed(batch, none),
+                attention_mask=batch.attention_mask,
+                output_attentions=True,
+                **batch.vision,
+            )
+        attention = torch.stack([a[0] for a in out.attentions])
+        z.append(reference_attention_logodds(attention, batch.ids[0], ex, lvlm.image_token_id))  # [L, H, 2]
+    for layer, h in ((0, 0), (1, 3)):
+        shares = []
+        for k in range(0, 8, 2):
+            named = z[k][layer, h, 0]
+            others = [z[k][layer, h, 1], z[k + 1][layer, h, 0], z[k + 1][layer, h, 1]]
+            shares.append(sum(float(named > o) + 0.5 * float(named == o) for o in others) / 3)
+        assert result["heads"][layer][h] == pytest.approx(sum(shares) / 4)
+    with pytest.raises(ValueError, match="twin"):
+        run_attention_probe(lvlm, examples[1:7])  # a No prompt first
     best = top_heads(result["heads"], 3)
     assert len(best) == 3 and best[0][2] == max(max(row) for row in result["heads"]) >= best[2][2]
 

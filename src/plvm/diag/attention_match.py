@@ -7,10 +7,12 @@ and reports, in a few minutes:
 
 * **answer**: the AUC of the model's Yes/No log-odds, positive against negative prompts (what ``plvm eval``'s
   image-prompt row measures, on twins);
-* **heads**: for every attention head ``(layer, head)`` of the LM, the AUC with which its pooled attention
-  log-odds from a query person's head tokens onto the reference's head
-  (:func:`plvm.models.llava_mini.stage1_task.reference_attention_logodds`) tells the named person from
-  everyone else in the queries. A head near 1.0 compares people; 0.5 does not.
+* **heads**: for every attention head ``(layer, head)`` of the LM, how often its pooled attention log-odds from
+  a query person's head tokens onto the reference's head
+  (:func:`plvm.models.llava_mini.stage1_task.reference_attention_logodds`) is higher for the named person than
+  for another person *of the same twin pair* (the negative query's people and the positive query's others) —
+  an AUC stratified by pair, so that the size of a head (portrait or scene) does not count as identity. A head
+  near 1.0 compares people; 0.5 does not.
 
 The second reading chooses the head that :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch` teaches,
 and shows whether training made it compare; the first shows whether the rest of the LM reads it.
@@ -67,14 +69,24 @@ def twin_examples(config: AttentionProbeConfig) -> list[GenericExample]:
 def run_attention_probe(lvlm: PersonalizedLVLM, examples: list[GenericExample]) -> dict[str, Any]:
     """Answer and per-head readings (module docstring) over image-prompt ``examples`` with head boxes.
 
-    ``lvlm``'s model must run eager attention (the only kind that returns attention weights). Returns
-    ``{"answer": {"auc", "mean_pos", "mean_neg", "accuracy"}, "heads": [[AUC per head] per layer],
-    "n_prompts", "n_query_heads"}``; a prompt's label is whether its answer starts with "Yes".
+    ``examples`` come as twins: a positive prompt (answer "Yes…") then its negative (same name), as
+    :func:`twin_examples` makes them. ``lvlm``'s model must run eager attention (the only kind that returns
+    attention weights). Returns ``{"answer": {"auc", "mean_pos", "mean_neg", "accuracy"}, "heads": [[AUC per
+    head] per layer], "n_prompts", "n_query_heads"}``.
     """
+    if len(examples) % 2 or any(
+        not (p.answer.startswith("Yes") and n.answer.startswith("No") and p.name == n.name)
+        for p, n in zip(examples[::2], examples[1::2])
+    ):
+        raise ValueError("the probe needs twin examples: a Yes prompt, then its No prompt with the same name")
     none = ConceptTensors.stack([[]], lvlm.hidden_size)
     odds: dict[bool, list[float]] = {True: [], False: []}
-    named, others = [], []  # per query head box: [L, H] pooled log-odds
-    for ex in examples:
+    concordance = []  # per twin pair: [L, H] share of (named, other) head pairs ordered right
+    named: list[torch.Tensor] = []
+    others: list[torch.Tensor] = []
+    for k, ex in enumerate(examples):
+        if k % 2 == 0:
+            named, others = [], []  # this pair's query heads: [L, H] pooled log-odds each
         batch = lvlm.collate([lvlm.encode(generic_conversation(ex, with_answer=False))])
         out = lvlm.model.model(
             inputs_embeds=lvlm.embed(batch, none),
@@ -90,15 +102,14 @@ def run_attention_probe(lvlm: PersonalizedLVLM, examples: list[GenericExample]) 
         )
         attention = torch.stack([a[0] for a in out.attentions])  # [L, H, T, T]
         z = reference_attention_logodds(attention, batch.ids[0], ex, lvlm.image_token_id)  # [L, H, n_heads]
-        for k, (_, is_named) in enumerate(ex.query_heads):
-            (named if is_named else others).append(z[..., k])
-    if not (odds[True] and odds[False] and named and others):
-        raise ValueError("the probe needs positive and negative prompts, and named and other query heads")
-    pos, neg = torch.stack(named), torch.stack(others)  # [n, L, H]
-    heads = [
-        [float(roc_auc(pos[:, layer, h].tolist(), neg[:, layer, h].tolist())) for h in range(pos.shape[2])]
-        for layer in range(pos.shape[1])
-    ]
+        for j, (_, is_named) in enumerate(ex.query_heads):
+            (named if is_named else others).append(z[..., j])
+        if k % 2 == 1:
+            if len(named) != 1 or not others:
+                raise ValueError("each twin pair needs one named query head and at least one other")
+            diff = named[0] - torch.stack(others)  # [n_others, L, H]
+            concordance.append(((diff > 0).float() + 0.5 * (diff == 0).float()).mean(0))
+    heads = torch.stack(concordance).mean(0).tolist()  # [L, H]
     return {
         "answer": {
             "auc": float(roc_auc(odds[True], odds[False])),
@@ -108,7 +119,7 @@ def run_attention_probe(lvlm: PersonalizedLVLM, examples: list[GenericExample]) 
         },
         "heads": heads,
         "n_prompts": len(examples),
-        "n_query_heads": len(pos) + len(neg),
+        "n_query_heads": sum(len(ex.query_heads) for ex in examples),
     }
 
 
