@@ -16,6 +16,7 @@ from plvm.models.llava_mini.stage1_task import (
     AttentionMatch,
     GenericExample,
     ProjectorTrainingTask,
+    answer_attention_logodds,
     generic_conversation,
     reference_attention_logodds,
 )
@@ -85,20 +86,52 @@ class TwinPrompts:
         return {"source": "twin-prompts"}
 
 
-def test_attention_match_reads_its_layer_and_head_and_training_lowers_it(tmp_path):
+def test_answer_attention_logodds_by_hand():
+    image = 99
+    ids = torch.tensor([1, 2, 3] + [image] * 4 + [4, 5] + [image] * 4 + [6, 7])  # query at 9-12, answer row 14
+    gen = torch.Generator().manual_seed(1)
+    attention = torch.randn(3, 15, 15, generator=gen).masked_fill(torch.ones(15, 15).triu(1).bool(), -1e9)
+    attention = attention.softmax(-1)
+
+    def example(query_heads):
+        return GenericExample(
+            [blank(0), blank(9)], "q", "a", "image_prompt", name="bo", reference_head=LEFT, query_heads=query_heads
+        )
+
+    def logit(m):
+        return torch.log(m) - torch.log1p(-m)
+
+    # the named person shown: the mass on their head (query cell 0 = position 9) only
+    z, shown = answer_attention_logodds(attention, ids, 14, example([(TOP_LEFT, True), (WHOLE, False)]), image)
+    assert shown and z.shape == (3,)
+    torch.testing.assert_close(z, logit(attention[:, 14, 9]))
+    # not shown: the mass on every person's head (here the union: the top-left cell and the right column)
+    right = (14.0, 0.0, 28.0, 28.0)
+    z, shown = answer_attention_logodds(attention, ids, 14, example([(TOP_LEFT, False), (right, False)]), image)
+    assert not shown
+    torch.testing.assert_close(z, logit(attention[:, 14, [9, 10, 12]].sum(-1)))
+
+
+def test_attention_match_reads_its_layers_and_heads_and_training_lowers_it(tmp_path):
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
-    match = AttentionMatch(layer=1, head=2, weight=1.0)
+    match = AttentionMatch(layer=0, head=2, weight=1.0, answer_layer=1, answer_head=1)
     task = ProjectorTrainingTask(
         lvlm, TwinPrompts(), batch_size=4, lora=MiniLoraConfig(r=4, lora_alpha=8), attention_match=match
     )
-    assert task.describe()["attention_match"] == {"layer": 1, "head": 2, "weight": 1.0}
+    assert task.describe()["attention_match"] == {
+        "layer": 0,
+        "head": 2,
+        "weight": 1.0,
+        "answer_layer": 1,
+        "answer_head": 1,
+    }
     fixed = TwinPrompts().examples(999, 4)
     with torch.no_grad():
         loss, logs = task.loss(fixed)
-    assert {"loss_word", "loss_match", "match_acc", "match_auc"} <= set(logs)
+    assert {"loss_word", "loss_match", "match_acc", "match_auc", "loss_report", "report_acc", "report_auc"} <= set(logs)
 
-    # the same loss from an independent forward that returns every layer's attention
+    # the same losses from an independent forward that returns every layer's attention
     batch = lvlm.collate([lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in fixed])
     none = ConceptTensors.stack([[] for _ in fixed], lvlm.hidden_size)
     with torch.no_grad():
@@ -108,26 +141,36 @@ def test_attention_match_reads_its_layer_and_head_and_training_lowers_it(tmp_pat
             output_attentions=True,
             **batch.vision,
         )
-    attention = out.attentions[1][:, 2]  # [B, T, T]
-    z = torch.cat(
-        [reference_attention_logodds(attention[b], batch.ids[b], ex, lvlm.image_token_id) for b, ex in enumerate(fixed)]
-    )
+
+    def compare(layer, head):
+        return torch.cat(
+            [
+                reference_attention_logodds(out.attentions[layer][b, head], batch.ids[b], ex, lvlm.image_token_id)
+                for b, ex in enumerate(fixed)
+            ]
+        )
+
     labels = torch.tensor([float(named) for ex in fixed for _, named in ex.query_heads])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(z, labels)
-    assert logs["loss_match"] == pytest.approx(expected.item(), rel=1e-4)
-    other_head = out.attentions[1][:, 1]
-    z_other = torch.cat(
-        [
-            reference_attention_logodds(other_head[b], batch.ids[b], ex, lvlm.image_token_id)
-            for b, ex in enumerate(fixed)
-        ]
-    )
-    assert not torch.allclose(z, z_other)  # the heads differ, so the match above is the named head's
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert logs["loss_match"] == pytest.approx(bce(compare(0, 2), labels).item(), rel=1e-4)
+    assert not torch.allclose(compare(0, 2), compare(0, 1))  # heads differ: the loss above is the named head's
+    report, shown = [], []
+    for b, ex in enumerate(fixed):
+        answer_row = int(batch.answer_word[b].nonzero()[0]) - 1  # the position that predicts "Yes"/"No"
+        assert batch.ids[b, answer_row + 1] in lvlm.yes_ids + lvlm.no_ids
+        z, present = answer_attention_logodds(
+            out.attentions[1][b, 1], batch.ids[b], answer_row, ex, lvlm.image_token_id
+        )
+        report.append(z)
+        shown.append(float(present))
+    assert shown == [1.0, 0.0, 1.0, 0.0]
+    assert logs["loss_report"] == pytest.approx(bce(torch.stack(report), torch.tensor(shown)).item(), rel=1e-4)
 
     run_training(task, LoopConfig(steps=30, lr=2e-2, save_every=30, log_every=10), tmp_path)
     with torch.no_grad():
         _, after = task.loss(fixed)
     assert after["loss_match"] < logs["loss_match"] - 0.1, (logs["loss_match"], after["loss_match"])
+    assert after["loss_report"] < logs["loss_report"] - 0.1, (logs["loss_report"], after["loss_report"])
 
 
 def test_attention_match_refuses_a_head_the_lm_does_not_have():
@@ -137,11 +180,17 @@ def test_attention_match_refuses_a_head_the_lm_does_not_have():
     for layer, head in ((2, 0), (0, 4)):  # 2 layers × 4 heads
         with pytest.raises(ValueError, match="not in the LM"):
             ProjectorTrainingTask(lvlm, TwinPrompts(), lora=lora, attention_match=AttentionMatch(layer, head))
+    with pytest.raises(ValueError, match="not in the LM"):  # the report head (1, 4) is beyond 4 heads
+        ProjectorTrainingTask(
+            lvlm, TwinPrompts(), lora=lora, attention_match=AttentionMatch(0, 0, answer_layer=1, answer_head=4)
+        )
     with pytest.raises(ValueError, match="positive"):
         AttentionMatch(weight=0.0)
+    with pytest.raises(ValueError, match="after the compare head"):
+        AttentionMatch(layer=1, head=0, answer_layer=1)
 
 
-def test_attention_probe_answer_agrees_with_the_scorer_and_heads_flip_with_the_labels():
+def test_attention_probe_answer_agrees_with_the_scorer_and_heads_are_stratified_by_pair():
     from plvm.diag.attention_match import run_attention_probe, top_heads
 
     model, processor = tiny_llava(template="chatml")

@@ -177,7 +177,12 @@ def train_base(
         help="'layer,head' of an LM attention head taught to compare the two people of an image-prompt question "
         "(its attention from the query's head tokens onto the reference's head; e.g. 17,4)",
     ),
-    attention_match_weight: float = typer.Option(_B.attention_match_weight, help="weight of that attention loss"),
+    attention_report: Optional[str] = typer.Option(
+        _B.attention_report,
+        help="'layer,head' of an LM attention head (above --attention-match's) taught to report the comparison: "
+        "from the answer position onto the named person's head if shown, onto no person's head otherwise",
+    ),
+    attention_match_weight: float = typer.Option(_B.attention_match_weight, help="weight of the attention losses"),
     vqa_kinds: Optional[str] = typer.Option(
         _B.vqa_kinds,
         help="weights of the open visual-question kinds, e.g. "

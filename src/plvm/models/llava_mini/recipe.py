@@ -52,7 +52,8 @@ class BaseTrainingConfig(RecipeConfig):
     same_portrait_share: float = 0.5
     described_share: float = 0.0
     image_prompt_pairs: bool = False  # image-prompt questions as twins differing only in the query
-    attention_match: str | None = None  # 'layer,head' of the LM head taught to compare people, e.g. '17,4'
+    attention_match: str | None = None  # 'layer,head' of the LM head taught to compare people, e.g. '8,0'
+    attention_report: str | None = None  # 'layer,head' of the head taught to report it at the answer, e.g. '20,0'
     attention_match_weight: float = 1.0
     vqa_kinds: str | None = None  # e.g. 'hair_color=3,glasses=2,age=1'
     described_properties: str | None = None  # e.g. 'hair_color,hair_style,glasses'
@@ -91,18 +92,25 @@ class BaseTrainingConfig(RecipeConfig):
         return weights
 
     def match_head(self) -> Any:
-        """``attention_match`` as a validated :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch` (or
-        ``None``)."""
+        """``attention_match`` (+ ``attention_report``) as a validated
+        :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch` (or ``None``)."""
         if self.attention_match is None:
+            if self.attention_report is not None:
+                raise ConfigError("attention_report (--attention-report) needs attention_match (--attention-match)")
             return None
         from plvm.models.llava_mini.stage1_task import AttentionMatch
 
         try:
             layer, head = (int(x) for x in self.attention_match.split(","))
-            return AttentionMatch(layer=layer, head=head, weight=self.attention_match_weight)
+            report = {}
+            if self.attention_report is not None:
+                answer_layer, answer_head = (int(x) for x in self.attention_report.split(","))
+                report = {"answer_layer": answer_layer, "answer_head": answer_head}
+            return AttentionMatch(layer=layer, head=head, weight=self.attention_match_weight, **report)
         except ValueError as exc:
             raise ConfigError(
-                f"attention_match (--attention-match) needs 'layer,head' of an LM attention head (e.g. 17,4) and "
+                "attention_match / attention_report (--attention-match / --attention-report) need 'layer,head' of LM "
+                "attention heads (e.g. 8,0 and 20,0; the report head's layer above the compare head's) and "
                 f"attention_match_weight (--attention-match-weight) a positive weight: {exc}"
             ) from None
 

@@ -92,43 +92,62 @@ PROJECTOR_KEY = PROJECTOR_PREFIX  # checkpoint keys of the projector's tensors
 
 @dataclass(frozen=True)
 class AttentionMatch:
-    """Teach attention head ``head`` of decoder layer ``layer`` to compare the two people of an image prompt.
+    """Teach the LM, by targets on two attention heads, to compare the two people of an image prompt and to
+    report it.
 
     "Is <name> in this photo?" after "Here is <name>: <reference>." needs the LM to compare the reference's
-    person with each person in the query image. On the identity-shaped tokens some heads already do this a
-    little: their attention from a query person's head tokens onto the reference's head is larger when it is
-    the same person (``plvm diag attention-match``). This makes one such head do it outright, with a target on
-    its attention pattern rather than on a read-out of hidden states: for each head box ``r`` of the query,
+    person with each person in the query image, then to carry the result to the answer. One Yes/No word per
+    example did not teach either (experiments/llava-mini-v2-identity.md). Each step here gets a direct target
+    on an attention pattern, a bilinear form in the LoRA's weights rather than a read-out of hidden states:
 
-    ``m_p = Σ_{j ∈ reference head} A[p, j]``  (the head's attention from query token ``p``),
-    ``Z_r = Σ_p w_rp · log(m_p / (1 − m_p))``  (``w_r``: the box's coverage weights over the query's patches),
-    ``L = weight · BCE(Z_r, [r is the named person])``.
+    1. **compare** — head ``head`` of layer ``layer``: for each head box ``r`` of the query,
+       ``m_p = Σ_{j ∈ reference head} A[p, j]`` (the head's attention from query token ``p``),
+       ``Z_r = Σ_p w_rp · log(m_p / (1 − m_p))`` (``w_r``: the box's coverage weights over the query's patches),
+       ``BCE(Z_r, [r is the named person])``. On the identity-shaped tokens some heads already do this a little
+       (``plvm diag attention-match``); the target makes one do it outright.
+    2. **report** (``answer_layer`` set, above ``layer``) — head ``answer_head`` of layer ``answer_layer``, from the
+       position that predicts the answer's Yes/No word: its attention log-odds onto the named person's head when
+       the query shows them (target 1), onto every person's head when it does not (target 0). It looks at the
+       named person if they are there and at no one otherwise — a difference the answer word can read.
 
-    There is no bias: a match must draw more than half of the head's attention onto the reference's head and a
-    non-match less. The rest of the LM learns to read that from the answer loss. Training only (eager
-    attention, which returns the attention weights); nothing is added to the base.
+    ``L = weight · (compare + report)``. There is no bias: a target 1 needs more than half of the head's
+    attention on the region, a target 0 less. Training only (eager attention, which returns the attention
+    weights); nothing is added to the base.
     """
 
-    layer: int = 17
-    head: int = 4
+    layer: int = 8
+    head: int = 0
     weight: float = 1.0
+    answer_layer: int | None = None
+    answer_head: int = 0
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"attention-match weight must be positive, got {self.weight}")
-        if self.layer < 0 or self.head < 0:
-            raise ValueError(f"attention-match layer and head must be >= 0, got {self.layer}, {self.head}")
+        if self.layer < 0 or self.head < 0 or self.answer_head < 0:
+            raise ValueError(f"attention-match layers and heads must be >= 0, got {self.layer}, {self.head}")
+        if self.answer_layer is not None and self.answer_layer <= self.layer:
+            raise ValueError(
+                f"the report head's layer ({self.answer_layer}) must come after the compare head's ({self.layer})"
+            )
+
+    def heads(self) -> list[tuple[int, int]]:
+        """``(layer, head)`` of the compare head, then of the report head if any."""
+        report = [] if self.answer_layer is None else [(self.answer_layer, self.answer_head)]
+        return [(self.layer, self.head), *report]
 
 
-def reference_attention_logodds(
-    attention: torch.Tensor, ids: torch.Tensor, example: GenericExample, image_token_id: int
+def pooled_attention_logodds(
+    attention: torch.Tensor, rows: torch.Tensor, cells: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Per query head box, the pooled attention log-odds onto the reference's head (:class:`AttentionMatch`).
+    """``Σ_r w_kr · log(m_r / (1 − m_r))`` with ``m_r = Σ_{c ∈ cells} A[r, c]``: attention ``[..., T, T]`` (rows
+    attend to columns), positions ``rows`` ``[R]`` and ``cells`` ``[C]``, ``weights`` ``[K, R]`` → ``[..., K]``."""
+    mass = attention[..., rows, :][..., cells].sum(-1).float().clamp(1e-6, 1 - 1e-6)  # [..., R]
+    return (torch.log(mass) - torch.log1p(-mass)) @ weights.to(mass.device).T
 
-    ``attention`` ``[..., T, T]`` (one prompt: rows attend to columns; leading dims kept, e.g. heads),
-    ``ids`` ``[T]`` → ``[..., n_query_heads]`` (the order of ``example.query_heads``). The first image's
-    tokens are the reference's, the last image's the query's; each image is a square grid of patches.
-    """
+
+def _image_grids(ids: torch.Tensor, example: GenericExample, image_token_id: int) -> tuple[Any, Any, int]:
+    """Positions of the reference's (first) and the query's (last) image tokens in ``ids`` ``[T]``, and the grid."""
     if example.reference_head is None or not example.query_heads:
         raise ValueError("the example has no reference head or no query heads")
     positions = (ids == image_token_id).nonzero().squeeze(-1)  # [n_images · G²]
@@ -136,13 +155,39 @@ def reference_attention_logodds(
     grid = round(per_image**0.5)
     if grid * grid != per_image or per_image * len(example.images) != positions.numel():
         raise ValueError(f"{positions.numel()} image tokens do not split into {len(example.images)} square grids")
-    reference, query = positions[:per_image], positions[-per_image:]
+    return positions[:per_image], positions[-per_image:], grid
+
+
+def reference_attention_logodds(
+    attention: torch.Tensor, ids: torch.Tensor, example: GenericExample, image_token_id: int
+) -> torch.Tensor:
+    """Per query head box, the pooled attention log-odds onto the reference's head (:class:`AttentionMatch`'s
+    compare target).
+
+    ``attention`` ``[..., T, T]`` (one prompt: rows attend to columns; leading dims kept, e.g. heads),
+    ``ids`` ``[T]`` → ``[..., n_query_heads]`` (the order of ``example.query_heads``). The first image's
+    tokens are the reference's, the last image's the query's; each image is a square grid of patches.
+    """
+    reference, query, grid = _image_grids(ids, example, image_token_id)
     cells = reference[region_weights(example.reference_head, *example.images[0].size, grid) > 0]
-    mass = attention[..., query, :][..., cells].sum(-1).float().clamp(1e-6, 1 - 1e-6)  # [..., G²]
-    z = torch.log(mass) - torch.log1p(-mass)
     width, height = example.images[-1].size
     weights = torch.stack([region_weights(box, width, height, grid) for box, _ in example.query_heads])
-    return z @ weights.to(z.device).T  # [..., n_query_heads]
+    return pooled_attention_logodds(attention, query, cells, weights)
+
+
+def answer_attention_logodds(
+    attention: torch.Tensor, ids: torch.Tensor, answer_position: int, example: GenericExample, image_token_id: int
+) -> tuple[torch.Tensor, bool]:
+    """:class:`AttentionMatch`'s report target: the attention log-odds ``[...]`` from ``answer_position`` onto the
+    named person's head in the query if they are there, else onto every person's head; and whether they are."""
+    _, query, grid = _image_grids(ids, example, image_token_id)
+    width, height = example.images[-1].size
+    present = any(named for _, named in example.query_heads)
+    shown = [box for box, named in example.query_heads if named or not present]
+    covered = torch.stack([region_weights(box, width, height, grid) > 0 for box in shown]).any(0)
+    rows = torch.tensor([answer_position], device=query.device)
+    z = pooled_attention_logodds(attention, rows, query[covered], torch.ones(1, 1))
+    return z[..., 0], present
 
 
 class ProjectorTrainingTask:
@@ -167,11 +212,12 @@ class ProjectorTrainingTask:
             raise ValueError(f"word_weight must be positive, got {word_weight}")
         if attention_match is not None:
             text = lvlm.model.config.text_config
-            if attention_match.layer >= text.num_hidden_layers or attention_match.head >= text.num_attention_heads:
-                raise ValueError(
-                    f"attention-match head ({attention_match.layer}, {attention_match.head}) is not in the LM's "
-                    f"{text.num_hidden_layers} layers × {text.num_attention_heads} heads"
-                )
+            for layer, head in attention_match.heads():
+                if layer >= text.num_hidden_layers or head >= text.num_attention_heads:
+                    raise ValueError(
+                        f"attention-match head ({layer}, {head}) is not in the LM's "
+                        f"{text.num_hidden_layers} layers × {text.num_attention_heads} heads"
+                    )
             lvlm.model.set_attn_implementation("eager")  # the only attention that returns its weights
         self.attention_match = attention_match
         self.word_weight = float(word_weight)
@@ -236,22 +282,27 @@ class ProjectorTrainingTask:
     def loss(self, examples: list[GenericExample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
-        captured: list[torch.Tensor] = []
-        hook = None
+        captured: dict[int, torch.Tensor] = {}
+        hooks = []
         if self.attention_match is not None and any(ex.query_heads for ex in examples):
-            attention = self.lvlm.model.model.language_model.layers[self.attention_match.layer].self_attn
-            hook = attention.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
+            layers = self.lvlm.model.model.language_model.layers
+            for layer, _ in self.attention_match.heads():
+
+                def keep(_m: Any, _i: Any, out: Any, layer: int = layer) -> None:
+                    captured[layer] = out[1]
+
+                hooks.append(layers[layer].self_attn.register_forward_hook(keep))
         try:
             hidden, _ = self.lvlm.hidden_states(batch, none)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
         logits = self.lvlm.logits_for_rows(h, rows, none)
         loss = weighted_answer_loss(logits, targets, is_word, word_weight=self.word_weight)
         logs: dict[str, float] = {}
         if captured:
-            match_loss, logs = self._attention_match_loss(captured[0], batch.ids, examples)
+            match_loss, logs = self._attention_match_loss(captured, batch, examples)
             loss = loss + self.attention_match.weight * match_loss
         if not is_word.any():
             return loss, logs
@@ -260,24 +311,43 @@ class ProjectorTrainingTask:
         return loss, {"loss_word": float(word_ce), **logs}
 
     def _attention_match_loss(
-        self, weights: torch.Tensor, ids: torch.Tensor, examples: list[GenericExample]
+        self, attention: dict[int, torch.Tensor], batch: Any, examples: list[GenericExample]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """:class:`AttentionMatch`'s loss from the layer's attention ``weights`` ``[B, H, T, T]``, and logs."""
-        from plvm.eval.metrics import roc_auc
-
-        head = self.attention_match.head
-        scores, labels = [], []
+        """:class:`AttentionMatch`'s loss from the hooked layers' attention ``[B, H, T, T]`` (by layer), and logs."""
+        match = self.attention_match
+        image = self.lvlm.image_token_id
+        compare, labels, report, present = [], [], [], []
         for b, ex in enumerate(examples):
-            if ex.query_heads:
-                scores.append(reference_attention_logodds(weights[b, head], ids[b], ex, self.lvlm.image_token_id))
-                labels += [float(named) for _, named in ex.query_heads]
-        z = torch.cat(scores)
-        target = torch.tensor(labels, device=z.device)
-        loss = nn.functional.binary_cross_entropy_with_logits(z, target)
-        with torch.no_grad():
-            pos, neg = z[target > 0.5].tolist(), z[target < 0.5].tolist()
-            logs = {"loss_match": float(loss), "match_acc": float(((z > 0).float() == target).float().mean())}
-            auc = roc_auc(pos, neg) if pos and neg else None
-            if auc is not None:  # 0.5: the head does not tell the named person from the others
-                logs["match_auc"] = float(auc)
+            if not ex.query_heads:
+                continue
+            compare.append(reference_attention_logodds(attention[match.layer][b, match.head], batch.ids[b], ex, image))
+            labels += [float(named) for _, named in ex.query_heads]
+            if match.answer_layer is not None:
+                word = batch.answer_word[b].nonzero()
+                if len(word) == 0:
+                    raise ValueError("an image-prompt example without a Yes/No answer word has no report target")
+                z, shown = answer_attention_logodds(
+                    attention[match.answer_layer][b, match.answer_head], batch.ids[b], int(word[0]) - 1, ex, image
+                )
+                report.append(z)
+                present.append(float(shown))
+        loss, logs = _bce_with_logs(torch.cat(compare), labels, "match")
+        if report:
+            report_loss, report_logs = _bce_with_logs(torch.stack(report), present, "report")
+            loss = loss + report_loss
+            logs.update(report_logs)
         return loss, logs
+
+
+def _bce_with_logs(z: torch.Tensor, labels: list[float], name: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE of logits ``z`` ``[N]`` against 0/1 ``labels``, with its loss, accuracy and (both classes) AUC logged."""
+    from plvm.eval.metrics import roc_auc
+
+    target = torch.tensor(labels, device=z.device)
+    loss = nn.functional.binary_cross_entropy_with_logits(z, target)
+    with torch.no_grad():
+        logs = {f"loss_{name}": float(loss), f"{name}_acc": float(((z > 0).float() == target).float().mean())}
+        pos, neg = z[target > 0.5].tolist(), z[target < 0.5].tolist()
+        if pos and neg:  # 0.5: the head does not tell the two apart
+            logs[f"{name}_auc"] = float(roc_auc(pos, neg))
+    return loss, logs
