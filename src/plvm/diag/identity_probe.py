@@ -27,9 +27,8 @@ import torch
 from PIL import Image
 
 from ..eval.metrics import roc_auc
-from ..models.llava_mini.anchor import head_box
+from ..models.llava_mini.anchor import head_box, portrait_head_box
 from ..synth.avatarworld import AvatarWorld
-from ..synth.avatarworld.scene import portrait_face_bbox
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def render_regions(
         portrait = world.render_reference(ident)
         items.images.append(portrait)
         items.image_of.append(len(items.images) - 1)
-        items.box.append(head_box({"face_bbox": portrait_face_bbox(ident, portrait.width)}))
+        items.box.append(portrait_head_box(ident, portrait.width))
         items.identity.append(ident.id)
         items.is_reference.append(True)
         items.glasses_worn.append(ident.attributes["glasses"] != "none")  # portraits always show them

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from plvm.models.llava_mini.assembly import vision_features
+from plvm.synth.avatarworld.scene import portrait_face_bbox
 from plvm.training.word_anchor import WordTargets, fit_cosine
 
 _NUMBER_WORD = ("zero", "one", "two", "three", "four", "five")
@@ -77,6 +78,11 @@ def head_box(p: Mapping[str, Any]) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = p["face_bbox"]
     w, h = x1 - x0, y1 - y0
     return x0 - 0.15 * w, y0 - 0.6 * h, x1 + 0.15 * w, y1
+
+
+def portrait_head_box(identity: Any, width: int) -> tuple[float, float, float, float]:
+    """:func:`head_box` of ``identity``'s AvatarWorld reference portrait, ``width`` px wide."""
+    return head_box({"face_bbox": portrait_face_bbox(identity, width)})
 
 
 REGIONS = ("person", "parts")

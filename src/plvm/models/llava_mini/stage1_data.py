@@ -7,10 +7,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from plvm.models.llava_mini.anchor import head_box
+from plvm.models.llava_mini.anchor import head_box, portrait_head_box
 from plvm.models.llava_mini.stage1_task import Box, GenericExample
 from plvm.synth import qa
-from plvm.synth.avatarworld.scene import portrait_face_bbox
 from plvm.synth.samples import iter_generic_samples
 
 
@@ -93,12 +92,11 @@ class AvatarWorldGenericSource:
         """An image-prompt sample's reference head box, and every head box of its query image with "is it the
         named person?" (ground truth; :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch`'s targets)."""
         named = sample.meta["identity"]
-        reference = head_box({"face_bbox": portrait_face_bbox(self.world.identity(named), sample.images[0].width)})
+        reference = portrait_head_box(self.world.identity(named), sample.images[0].width)
         graph = sample.graphs[-1]
         if graph is None:  # the query is a portrait of ``portrait_of``
             shown = self.world.identity(sample.meta["portrait_of"])
-            box = head_box({"face_bbox": portrait_face_bbox(shown, sample.images[-1].width)})
-            return reference, [(box, shown.id == named)]
+            return reference, [(portrait_head_box(shown, sample.images[-1].width), shown.id == named)]
         return reference, [(head_box(p), p["identity"] == named) for p in graph["people"]]
 
     def _follow_up(
