@@ -175,7 +175,7 @@ def train_base(
     attention_match: Optional[str] = typer.Option(
         _B.attention_match,
         help="'layer,head' of an LM attention head taught to compare the two people of an image-prompt question "
-        "(its attention from the query's head tokens onto the reference's head; e.g. 17,4)",
+        "(its attention from the query's head tokens onto the reference's head; e.g. 8,0)",
     ),
     attention_report: Optional[str] = typer.Option(
         _B.attention_report,

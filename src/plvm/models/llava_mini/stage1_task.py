@@ -12,8 +12,9 @@ Optionally (``lora=MiniLoraConfig(...)``) low-rank adapters on the LM train toge
 (:mod:`plvm.models.mini_lora`); they are merged into the LM when LLaVA-mini is built, so the base the
 Aligner later sees is still a plain, frozen ``LlavaForConditionalGeneration``.
 
-Optionally (``attention_match=AttentionMatch(...)``) one attention head of the LM is taught, by a direct
-target on its attention pattern, to compare the two people of an image-prompt question (LLaVA-mini v2).
+Optionally (``attention_match=AttentionMatch(...)``) two attention heads of the LM are taught, by direct
+targets on their attention patterns, to compare the two people of an image-prompt question and to report the
+comparison at the answer (LLaVA-mini v2).
 """
 
 from __future__ import annotations
