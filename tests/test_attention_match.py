@@ -241,3 +241,17 @@ def test_attention_probe_answer_agrees_with_the_scorer_and_heads_are_stratified_
     model.set_attn_implementation("sdpa")
     with pytest.raises(ValueError, match="eager"):
         run_attention_probe(lvlm, examples)
+
+
+def test_diag_attention_match_refuses_bad_arguments_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from plvm.cli import app
+
+    for args, message in (
+        (["--head", "8"], "--head needs 'layer,head'"),
+        (["--head", "a,b"], "--head needs 'layer,head'"),
+        (["--projector", str(tmp_path / "missing.safetensors")], "no projector file"),
+    ):
+        result = CliRunner().invoke(app, ["diag", "attention-match", *args])
+        assert result.exit_code != 0 and message in result.output, result.output

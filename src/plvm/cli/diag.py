@@ -13,6 +13,16 @@ from plvm.cli.common import fail
 app = typer.Typer(no_args_is_help=True)
 
 
+def _projector_file(projector: Optional[Path]) -> Path:
+    """``projector``, or the committed base's; a missing file is one ``error:`` line."""
+    from plvm.models.base import find_mini_projector
+
+    projector = projector or find_mini_projector()
+    if projector is None or not Path(projector).is_file():
+        fail(f"no projector file {projector or '(none committed)'}")
+    return Path(projector)
+
+
 @app.command("identity-probe")
 def identity_probe(
     projector: Optional[Path] = typer.Option(None, help="a LLaVA-mini projector file (default: the committed base)"),
@@ -29,14 +39,11 @@ def identity_probe(
     import torch
 
     from plvm.diag.identity_probe import ProbeConfig, run_identity_probe
-    from plvm.models.base import find_mini_projector
     from plvm.models.llava_mini.assembly import base_revision, build_llava_mini
 
     if threads:
         torch.set_num_threads(threads)
-    projector = projector or find_mini_projector()
-    if projector is None or not Path(projector).is_file():
-        fail(f"no projector file {projector or '(none committed)'}")
+    projector = _projector_file(projector)
     config = ProbeConfig(
         gallery_ids=gallery_ids,
         scenes_per_id=scenes_per_id,
@@ -83,21 +90,18 @@ def attention_match(
     from plvm.config import MINI_BASE_MODEL
     from plvm.diag.attention_match import AttentionProbeConfig, run_attention_probe, top_heads, twin_examples
     from plvm.injection import PersonalizedLVLM
-    from plvm.models.base import find_mini_projector
     from plvm.models.llava_mini.assembly import base_revision, build_llava_mini
 
     named = None
     if head is not None:
         try:
-            named = tuple(int(x) for x in head.split(","))
-            assert len(named) == 2
-        except (ValueError, AssertionError):
+            layer, h = (int(x) for x in head.split(","))
+        except ValueError:
             fail(f"--head needs 'layer,head', e.g. 8,0; got {head!r}")
+        named = (layer, h)
     if threads:
         torch.set_num_threads(threads)
-    projector = projector or find_mini_projector()
-    if projector is None or not Path(projector).is_file():
-        fail(f"no projector file {projector or '(none committed)'}")
+    projector = _projector_file(projector)
     config = AttentionProbeConfig(pairs=pairs, portrait_share=portrait_share, seed=seed)
     model, processor = build_llava_mini(projector)
     text = model.config.text_config
@@ -114,7 +118,7 @@ def attention_match(
         f"answer: Yes/No AUC {answer['auc']:.3f}, accuracy at 0 {answer['accuracy']:.3f}, "
         f"mean log-odds {answer['mean_pos']:+.2f} (Yes prompts) / {answer['mean_neg']:+.2f} (No prompts)"
     )
-    typer.echo("heads (layer, head): AUC of attention onto the reference's head, named person vs others")
+    typer.echo("heads (layer, head): AUC of attention onto the reference's head, named person vs the pair's others")
     typer.echo("  best: " + ", ".join(f"({layer}, {h}) {auc:.3f}" for layer, h, auc in top_heads(result["heads"], top)))
     typer.echo("  best per layer: " + " ".join(f"{max(row):.2f}" for row in result["heads"]))
     if named is not None:
