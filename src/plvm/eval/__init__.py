@@ -3,7 +3,7 @@
 Entry points: :func:`read_dataset` → :func:`build_methods` → :func:`run_evaluation` (or ``plvm eval``).
 Modules: ``readers`` (dataset formats), ``metrics``, ``prompts``, ``scoring``, ``methods`` (one per method family),
 ``recognition``, ``multiple_choice`` (text and visual QA), ``multiconcept``, ``captioning`` (tasks), ``report``,
-``harness``, ``cli``.
+``harness``; the command line is :mod:`plvm.cli.evaluate`.
 """
 
 from .config import EvalConfig
