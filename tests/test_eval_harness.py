@@ -20,13 +20,13 @@ import typer
 from typer.testing import CliRunner
 
 from plvm.cli.evaluate import app as eval_app
-from plvm.cli.evaluate import tiny_plvm
 from plvm.eval import EvalConfig, MethodOptions, YoLLaVAConfig, build_methods, read_dataset, run_evaluation
 from plvm.eval.methods import Binding, Method
 from plvm.eval.metrics import binary_metrics, choice_metrics
 from plvm.eval.prompts import extract_mentions, mc_prompt, parse_letter, parse_yes_no, with_name
 from plvm.eval.scoring import Decision
 from plvm.eval.toydata import write_toy_dataset
+from plvm.models.tiny_plvm import tiny_plvm
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +151,7 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
 # ============================================================================ 2. tiny model, all methods
 def test_tiny_model_end_to_end(toy, tmp_path):
     ds = read_dataset(toy)
-    plvm = tiny_plvm()
+    plvm = tiny_plvm(template="llava15")
     k = plvm.aligner.config.num_queries
     base_before = {n: p.clone() for n, p in plvm.lvlm.model.state_dict().items()}
     methods = build_methods(
@@ -274,7 +274,7 @@ class SquareFaces:
 
 def test_identify_methods_rows(toy, tmp_path):
     ds = read_dataset(toy)
-    plvm = tiny_plvm()
+    plvm = tiny_plvm(template="llava15")
     methods = build_methods(["identify", "plvm-idp", "plvm"], plvm.lvlm, plvm, MethodOptions(face=SquareFaces()))
     identify, idp, plain = methods
     assert identify.index is idp.index  # one index, one photo cache

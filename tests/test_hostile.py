@@ -313,10 +313,11 @@ def test_tiny_eval_loads_aligner_weights_it_is_given(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from plvm.cli.evaluate import load_plvm, tiny_plvm
+    from plvm.cli.evaluate import load_plvm
+    from plvm.models.tiny_plvm import tiny_plvm
     from plvm.validation import WeightFileError
 
-    state = tiny_plvm().aligner.trainable_state_dict()
+    state = tiny_plvm(template="llava15").aligner.trainable_state_dict()
     save_file({k: v.contiguous() + 1 for k, v in state.items()}, str(tmp_path / "a.safetensors"))
     loaded = load_plvm("tiny", tmp_path / "a.safetensors").aligner.trainable_state_dict()
     assert all(torch.equal(loaded[k], state[k] + 1) for k in state)  # no longer silently ignored

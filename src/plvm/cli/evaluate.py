@@ -24,36 +24,6 @@ from plvm.config import MINI_BASE_MODEL
 app = typer.Typer()
 
 
-def tiny_plvm(seed: int = 0) -> Any:
-    """A random tiny LLaVA + a random tiny Aligner (k = 4) — for smoke tests only, answers are noise."""
-    import torch
-    from transformers import Dinov2Model
-
-    from plvm.aligner import Aligner
-    from plvm.config import AlignerConfig
-    from plvm.injection import PersonalizedLVLM
-    from plvm.models.tiny import tiny_dinov2_config, tiny_llava
-    from plvm.pipeline import PLVM, reference_image_processor
-
-    model, processor = tiny_llava(seed=seed)
-    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
-    torch.manual_seed(seed + 1)
-    config = AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=lvlm.hidden_size,
-        mlp_hidden=64,
-        resampler_hidden=32,
-        resampler_blocks=1,
-        resampler_heads=2,
-        num_queries=4,
-        image_size=28,
-        base_model="tiny",
-    )
-    aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
-    return PLVM(lvlm, aligner, reference_image_processor(28), preset="tiny")
-
-
 def load_plvm(
     model: str,
     aligner_weights: Optional[Path] = None,
@@ -61,13 +31,15 @@ def load_plvm(
     allow_base_mismatch: bool = False,
     base_projector: Optional[Path] = None,
 ) -> Any:
-    """``"tiny"`` → :func:`tiny_plvm` (with ``aligner_weights`` loaded into its Aligner, if given); a preset name
-    (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``. Bad weights raise a one-line
-    :class:`plvm.validation.WeightFileError`."""
+    """``"tiny"`` → :func:`plvm.models.tiny_plvm.tiny_plvm` on the llava-1.5 template (with ``aligner_weights``
+    loaded into its Aligner, if given); a preset name (``mini``, ``llava-1.5-7b``, …) → ``PLVM.from_preset``. Bad
+    weights raise a one-line :class:`plvm.validation.WeightFileError`."""
     if model == "tiny":
         if base_projector is not None:
             raise typer.BadParameter("--base-projector is for --model mini")
-        plvm = tiny_plvm()
+        from plvm.models.tiny_plvm import tiny_plvm
+
+        plvm = tiny_plvm(template="llava15")  # the tiny layout plvm eval has always used (USER:/ASSISTANT:)
         if aligner_weights is not None:
             from plvm.pipeline import load_aligner_weights
 
