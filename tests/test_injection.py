@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from plvm.concept import ConceptEmbedding
-from plvm.conversation import Conversation, UnknownConceptError, single_turn
+from plvm.conversation import Conversation, UnknownConceptError, context_marker, single_turn
 from plvm.injection import CONTEXT_SLOT, IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
 from plvm.models.tiny import tiny_llava, tiny_onevision
 
@@ -233,6 +233,25 @@ def test_concept_added_mid_dialogue_keeps_earlier_turns():
     assert after.concept.count(1) == 1 + K + 1  # mia: name in intro, K context slots, name in question
     with pytest.raises(UnknownConceptError, match="<bo>, <mia>"):
         conv.user("Is <zed> here?")
+
+
+def test_a_turns_concepts_are_introduced_before_its_photo():
+    lv_model, processor = tiny_llava(template="chatml")
+    lv = PersonalizedLVLM(lv_model, processor, base_model="tiny")
+    d = lv.hidden_size
+    conv = Conversation([make_concept("bo", d, 12)])
+    conv.user("Is <bo> here?", image=image(4))
+    conv.assistant("Yes.")
+    conv.add_concept(make_concept("mia", d, 13))
+    conv.user("And <mia>?")
+    messages = conv.to_messages()
+    assert [c["type"] for c in messages[0]["content"]] == ["text", "image", "text"]
+    assert messages[0]["content"][0]["text"] == f"<bo> is {context_marker('bo')}.\n"
+    assert messages[2]["content"] == [{"type": "text", "text": f"<mia> is {context_marker('mia')}. And <mia>?"}]
+    enc = lv.encode(conv)  # in the tokens: bo's name and context slots, then the image, then the question
+    image_at = enc.ids.index(lv.image_token_id)
+    assert enc.slot.index(K) < image_at  # bo's last context slot
+    assert enc.slot.index(0) < image_at < [i for i, s in enumerate(enc.slot) if s == 0][1]
 
 
 def test_answer_labels_and_answer_word():

@@ -1,8 +1,10 @@
 """A personalized dialogue: turns, images, and the concepts introduced in it.
 
-PLVM's prompt (§3.1) introduces every active concept as ``<name> is <t1>…<tk>.`` before the instruction.
-A :class:`Conversation` keeps that order: a concept added mid-dialogue is introduced at the start of the
-next user turn, so earlier turns (and their KV cache) stay exactly as they were.
+PLVM's prompt (§3.1) introduces every active concept as ``<name> is <t1>…<tk>.`` before the instruction,
+"prefixed to the conversation". A :class:`Conversation` keeps that order: the introductions open the user turn,
+before its photo and its question — so in a causal LM the photo's tokens can attend to the concept's tokens, as
+they attend to a reference image shown before them — and a concept added mid-dialogue is introduced at the start
+of the next user turn, so earlier turns (and their KV cache) stay exactly as they were.
 
 Messages are rendered as HF chat messages (``{"role", "content": [{"type": "image"}, {"type": "text"}]}``)
 so the *processor's own* chat template lays them out. Concept slots are written into the text with two
@@ -118,8 +120,12 @@ class Conversation:
         for turn in self.turns:
             if turn.role == "user":
                 intro = " ".join(concept_intro(n) for n in turn.introduces)
-                text = f"{intro} {turn.text}" if intro else turn.text
-                content = [{"type": "image"} for _ in turn.images] + [{"type": "text", "text": text}]
+                images = [{"type": "image"} for _ in turn.images]
+                if intro and images:  # the concepts first, then the photo they may be in, then the question
+                    content = [{"type": "text", "text": intro + "\n"}, *images, {"type": "text", "text": turn.text}]
+                else:
+                    text = f"{intro} {turn.text}" if intro else turn.text
+                    content = images + [{"type": "text", "text": text}]
             else:
                 content = [{"type": "text", "text": turn.text}]
             messages.append({"role": turn.role, "content": content})

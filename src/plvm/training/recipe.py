@@ -35,6 +35,8 @@ class AlignerTrainingConfig(RecipeConfig):
     answer_style: str = "paper"  # 'paper' or 'name-first'
     bank_weight: float = 0.0  # λ of the identity-bank loss (not in the paper; name-first only)
     bank_renders: int = 2
+    attention_match: str | None = None  # 'layer,head' of the base's compare head, e.g. '8,0' (not in the paper)
+    attention_match_weight: float = 1.0
     portrait_query_share: float = 0.0
     row_fit_queries: int = 0  # > 0: fit the output row after training (name-first)
     row_fit_epochs: int = 300
@@ -47,6 +49,7 @@ class AlignerTrainingConfig(RecipeConfig):
     hard_negative_share: float = 0.5
     hard_negative_distance: int = 2
     encoder: str | None = None  # reference encoder override (HF Dinov2 name/dir or 'mini')
+    base_projector: Path | None = None  # mini only: another trained LLaVA-mini projector (+ its LoRA) as the base
     world_seed: int = 0
     num_identities: int = 400
     seed: int = 0
@@ -83,14 +86,29 @@ class AlignerTrainingConfig(RecipeConfig):
             raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity attributes)")
         if self.init_aligner is not None and not self.init_aligner.exists():
             raise ConfigError(f"init_aligner (--init-aligner): no such file or checkpoint: {self.init_aligner}")
+        if self.base_projector is not None and self.preset != "mini":
+            raise ConfigError("base_projector (--base-projector) is for the mini preset")
+        if self.base_projector is not None and not self.base_projector.is_file():
+            raise ConfigError(f"base_projector (--base-projector): no such file: {self.base_projector}")
         if self.num_queries is not None and self.num_queries < 1:
             raise ConfigError(f"num_queries (--k) must be >= 1, got {self.num_queries}")
 
     def task_config(self) -> Any:
         from plvm.training.aligner_task import AlignerTaskConfig
+        from plvm.training.attention import parse_head
 
+        try:
+            head = None if self.attention_match is None else parse_head(self.attention_match)
+        except ValueError as exc:
+            raise ValueError(f"attention_match (--attention-match): {exc}") from None
         return AlignerTaskConfig(
-            self.batch_size, self.word_weight, self.answer_style, self.bank_weight, self.bank_renders
+            self.batch_size,
+            self.word_weight,
+            self.answer_style,
+            self.bank_weight,
+            self.bank_renders,
+            attention_match=head,
+            attention_match_weight=self.attention_match_weight,
         )
 
     def row_fit_config(self) -> Any:
@@ -163,8 +181,12 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
         )
     else:
         source = FolderPersonalSource(c.data, c.seed)
-    model, processor = load_base("mini" if c.preset == "mini" else p.base_model)
-    revision = mini_base_revision() if c.preset == "mini" else None
+    if c.preset == "mini":
+        model, processor = load_base("mini", projector=c.base_projector)
+        revision = mini_base_revision(c.base_projector)
+    else:
+        model, processor = load_base(p.base_model)
+        revision = None
     lvlm = PersonalizedLVLM(model, processor, base_model=p.base_model, base_revision=revision)
     previous = None if c.no_resume else latest_checkpoint(c.out)  # a resume loads its weights: no init steps
     if previous is not None:

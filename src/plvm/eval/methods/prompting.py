@@ -99,7 +99,8 @@ class TextPrompt(Method):
     def conversation(self, text: str, bindings: Sequence[Binding], images: Sequence[Image.Image] = ()) -> Conversation:
         conv = EvalConversation()
         intro = " ".join(self.intro(b) for b in bindings)
-        conv.raw_user(f"{intro}\n{text}" if intro else text, list(images))
+        slots = "".join(f"{IMAGE_SLOT}\n" for _ in images)  # as PLVM's prompt: the concepts, the photo, the question
+        conv.raw_user(f"{intro}\n{slots}{text}" if intro else text, list(images))
         return conv
 
     def concept_tokens(self, concept_id: str) -> int:

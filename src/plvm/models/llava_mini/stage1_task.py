@@ -32,10 +32,8 @@ from plvm.eval.prompts import IMAGE_PROMPT_TEMPLATE, IMAGE_SLOT, EvalConversatio
 from plvm.injection import ConceptTensors, PersonalizedLVLM
 from plvm.models.llava_mini.assembly import PROJECTOR_PREFIX
 from plvm.models.llava_mini.lora import LORA_KEY, MiniLoraConfig, add_lora, load_lora_state_dict, lora_state_dict
+from plvm.training.attention import Box, bce_with_logs, captured_attention, check_heads, pooled_attention_logodds
 from plvm.training.loss import shift_targets, weighted_answer_loss
-
-Box = tuple[float, float, float, float]
-"""A box in pixels: ``x0, y0, x1, y1``."""
 
 
 @dataclass
@@ -150,15 +148,6 @@ class AttentionMatch:
         return [(self.layer, self.head), *report]
 
 
-def pooled_attention_logodds(
-    attention: torch.Tensor, rows: torch.Tensor, cells: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """``Σ_r w_kr · log(m_r / (1 − m_r))`` with ``m_r = Σ_{c ∈ cells} A[r, c]``: attention ``[..., T, T]`` (rows
-    attend to columns), positions ``rows`` ``[R]`` and ``cells`` ``[C]``, ``weights`` ``[K, R]`` → ``[..., K]``."""
-    mass = attention[..., rows, :][..., cells].sum(-1).float().clamp(1e-6, 1 - 1e-6)  # [..., R]
-    return (torch.log(mass) - torch.log1p(-mass)) @ weights.to(mass.device).T
-
-
 def _image_grids(ids: torch.Tensor, example: GenericExample, image_token_id: int) -> tuple[Any, Any, int]:
     """Positions of the reference's (first) and the query's (last) image tokens in ``ids`` ``[T]``, and the grid."""
     if example.reference_head is None or not example.query_heads:
@@ -258,13 +247,7 @@ class ProjectorTrainingTask:
         if not word_weight > 0:
             raise ValueError(f"word_weight must be positive, got {word_weight}")
         if attention_match is not None:
-            text = lvlm.model.config.text_config
-            for layer, head in attention_match.heads():
-                if layer >= text.num_hidden_layers or head >= text.num_attention_heads:
-                    raise ValueError(
-                        f"attention-match head ({layer}, {head}) is not in the LM's "
-                        f"{text.num_hidden_layers} layers × {text.num_attention_heads} heads"
-                    )
+            check_heads(lvlm.model, attention_match.heads())
             lvlm.model.set_attn_implementation("eager")  # the only attention that returns its weights
         self.attention_match = attention_match
         self.word_weight = float(word_weight)
@@ -329,21 +312,11 @@ class ProjectorTrainingTask:
     def loss(self, examples: list[GenericExample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
-        captured: dict[int, torch.Tensor] = {}
-        hooks = []
+        layers = []
         if self.attention_match is not None and any(self._has_targets(ex) for ex in examples):
-            layers = self.lvlm.model.model.language_model.layers
-            for layer, _ in self.attention_match.heads():
-
-                def keep(_m: Any, _i: Any, out: Any, layer: int = layer) -> None:
-                    captured[layer] = out[1]
-
-                hooks.append(layers[layer].self_attn.register_forward_hook(keep))
-        try:
+            layers = [layer for layer, _ in self.attention_match.heads()]
+        with captured_attention(self.lvlm.model, layers) as captured:
             hidden, _ = self.lvlm.hidden_states(batch, none)
-        finally:
-            for hook in hooks:
-                hook.remove()
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
         logits = self.lvlm.logits_for_rows(h, rows, none)
         loss = weighted_answer_loss(logits, targets, is_word, word_weight=self.word_weight)
@@ -388,27 +361,13 @@ class ProjectorTrainingTask:
                 present.append(float(shown))
         loss, logs = torch.zeros(()), {}
         if compare:
-            loss, logs = _bce_with_logs(torch.cat(compare), labels, "match")
+            loss, logs = bce_with_logs(torch.cat(compare), labels, "match")
         if look:
-            look_loss, look_logs = _bce_with_logs(torch.cat(look), [1.0] * sum(len(z) for z in look), "look")
+            look_loss, look_logs = bce_with_logs(torch.cat(look), [1.0] * sum(len(z) for z in look), "look")
             loss = loss + look_loss
             logs.update(look_logs)
         if report:
-            report_loss, report_logs = _bce_with_logs(torch.stack(report), present, "report")
+            report_loss, report_logs = bce_with_logs(torch.stack(report), present, "report")
             loss = loss + report_loss
             logs.update(report_logs)
         return loss, logs
-
-
-def _bce_with_logs(z: torch.Tensor, labels: list[float], name: str) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE of logits ``z`` ``[N]`` against 0/1 ``labels``, with its loss, accuracy and (both classes) AUC logged."""
-    from plvm.eval.metrics import roc_auc
-
-    target = torch.tensor(labels, device=z.device)
-    loss = nn.functional.binary_cross_entropy_with_logits(z, target)
-    with torch.no_grad():
-        logs = {f"loss_{name}": float(loss), f"{name}_acc": float(((z > 0).float() == target).float().mean())}
-        pos, neg = z[target > 0.5].tolist(), z[target < 0.5].tolist()
-        if pos and neg:  # 0.5: the head does not tell the two apart
-            logs[f"{name}_auc"] = float(roc_auc(pos, neg))
-    return loss, logs
