@@ -17,9 +17,7 @@ from plvm.models.llava_mini.stage1_task import (
     GenericExample,
     ProjectorTrainingTask,
     answer_attention_logodds,
-    answer_starts,
     generic_conversation,
-    look_attention_logodds,
     reference_attention_logodds,
 )
 from plvm.models.tiny import tiny_llava
@@ -127,7 +125,6 @@ def test_attention_match_reads_its_layers_and_heads_and_training_lowers_it(tmp_p
         "weight": 1.0,
         "answer_layer": 1,
         "answer_head": 1,
-        "look": False,
     }
     fixed = TwinPrompts().examples(999, 4)
     with torch.no_grad():
@@ -176,82 +173,6 @@ def test_attention_match_reads_its_layers_and_heads_and_training_lowers_it(tmp_p
     assert after["loss_report"] < logs["loss_report"] - 0.1, (logs["loss_report"], after["loss_report"])
 
 
-def test_look_attention_logodds_by_hand():
-    # text 0-1, one image (positions 2-5), question 6, answer 7-8, question 9-10, answer 11, question 12, answer 13
-    image = 99
-    ids = torch.tensor([1, 2] + [image] * 4 + [3, 4, 5, 6, 7, 8, 9, 10, 11])
-    labels = torch.full((15,), -100)
-    labels[[7, 8, 11, 13]] = 1
-    assert answer_starts(labels) == [7, 11, 13]
-    gen = torch.Generator().manual_seed(2)
-    attention = torch.randn(2, 15, 15, generator=gen).masked_fill(torch.ones(15, 15).triu(1).bool(), -1e9)
-    attention = attention.softmax(-1)
-    example = GenericExample([blank(0)], "q", "a", "vqa", follow_up=[("q2", "a2"), ("q3", "a3")])
-    example.answer_heads = [TOP_LEFT, None, LEFT]  # cell 0 (position 2); cells 0 and 2 (positions 2 and 4)
-
-    def logit(m):
-        return torch.log(m) - torch.log1p(-m)
-
-    z = look_attention_logodds(attention, ids, labels, example, image)
-    assert z.shape == (2, 2)
-    torch.testing.assert_close(z[:, 0], logit(attention[:, 6, 2]))  # from the position before the first answer
-    torch.testing.assert_close(z[:, 1], logit(attention[:, 12, [2, 4]].sum(-1)))  # the third answer's row
-    example.answer_heads = [TOP_LEFT, None]
-    with pytest.raises(ValueError, match="3 answers"):
-        look_attention_logodds(attention, ids, labels, example, image)
-
-
-class HeadQuestions:
-    """One flat image, two questions; the second asks about the "head" in the image's top-left cell."""
-
-    def examples(self, index: int, n: int) -> list[GenericExample]:
-        rng = np.random.default_rng([6, index])
-        out = []
-        for _ in range(n):
-            ex = GenericExample([blank(int(rng.integers(0, 255)))], "How many?", "One.", "vqa")
-            ex.follow_up = [("Hair colour?", "Red.")]
-            ex.answer_heads = [None, TOP_LEFT]
-            out.append(ex)
-        return out
-
-    def describe(self):
-        return {"source": "head-questions"}
-
-
-def test_look_target_reads_the_report_head_and_training_lowers_it(tmp_path):
-    model, processor = tiny_llava(template="chatml")
-    lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
-    match = AttentionMatch(layer=0, head=2, answer_layer=1, answer_head=1, look=True)
-    task = ProjectorTrainingTask(
-        lvlm, HeadQuestions(), batch_size=2, lora=MiniLoraConfig(r=4, lora_alpha=8), attention_match=match
-    )
-    fixed = HeadQuestions().examples(999, 2)
-    with torch.no_grad():
-        _, logs = task.loss(fixed)
-    assert "loss_look" in logs and "loss_match" not in logs  # no image-prompt question: no compare target
-    batch = lvlm.collate([lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in fixed])
-    none = ConceptTensors.stack([[] for _ in fixed], lvlm.hidden_size)
-    with torch.no_grad():
-        out = model.model(
-            inputs_embeds=lvlm.embed(batch, none),
-            attention_mask=batch.attention_mask,
-            output_attentions=True,
-            **batch.vision,
-        )
-    z = torch.cat(
-        [
-            look_attention_logodds(out.attentions[1][b, 1], batch.ids[b], batch.labels[b], ex, lvlm.image_token_id)
-            for b, ex in enumerate(fixed)
-        ]
-    )
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    assert logs["loss_look"] == pytest.approx(bce(z, torch.ones_like(z)).item(), rel=1e-4)
-    run_training(task, LoopConfig(steps=20, lr=2e-2, save_every=20, log_every=10), tmp_path)
-    with torch.no_grad():
-        _, after = task.loss(fixed)
-    assert after["loss_look"] < logs["loss_look"] - 0.1, (logs["loss_look"], after["loss_look"])
-
-
 def test_attention_match_refuses_a_head_the_lm_does_not_have():
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
@@ -267,8 +188,6 @@ def test_attention_match_refuses_a_head_the_lm_does_not_have():
         AttentionMatch(weight=0.0)
     with pytest.raises(ValueError, match="after the compare head"):
         AttentionMatch(layer=1, head=0, answer_layer=1)
-    with pytest.raises(ValueError, match="needs answer_layer"):
-        AttentionMatch(look=True)
 
 
 def test_attention_probe_answer_agrees_with_the_scorer_and_heads_are_stratified_by_pair():

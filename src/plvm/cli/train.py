@@ -195,11 +195,6 @@ def train_base(
         "from the answer position onto the named person's head if shown, onto no person's head otherwise",
     ),
     attention_match_weight: float = typer.Option(_B.attention_match_weight, help="weight of the attention losses"),
-    attention_look: bool = typer.Option(
-        _B.attention_look,
-        help="the report head also looks, from the answer position, at the head of the person a visual question asks "
-        "about (hair colour, glasses, age, expression)",
-    ),
     vqa_kinds: Optional[str] = typer.Option(
         _B.vqa_kinds,
         help="weights of the open visual-question kinds, e.g. "

@@ -55,7 +55,6 @@ class BaseTrainingConfig(RecipeConfig):
     attention_match: str | None = None  # 'layer,head' of the LM head taught to compare people, e.g. '8,0'
     attention_report: str | None = None  # 'layer,head' of the head taught to report it at the answer, e.g. '20,0'
     attention_match_weight: float = 1.0
-    attention_look: bool = False  # the report head also looks at the person a head question asks about
     vqa_kinds: str | None = None  # e.g. 'hair_color=3,glasses=2,age=1'
     described_properties: str | None = None  # e.g. 'hair_color,hair_style,glasses'
     vision_feature_layer: str | None = None  # e.g. '8' or '8,-1'
@@ -96,11 +95,8 @@ class BaseTrainingConfig(RecipeConfig):
         """``attention_match`` (+ ``attention_report``) as a validated
         :class:`~plvm.models.llava_mini.stage1_task.AttentionMatch` (or ``None``)."""
         if self.attention_match is None:
-            if self.attention_report is not None or self.attention_look:
-                raise ConfigError(
-                    "attention_report / attention_look (--attention-report / --attention-look) need attention_match "
-                    "(--attention-match)"
-                )
+            if self.attention_report is not None:
+                raise ConfigError("attention_report (--attention-report) needs attention_match (--attention-match)")
             return None
         from plvm.models.llava_mini.stage1_task import AttentionMatch
 
@@ -109,15 +105,12 @@ class BaseTrainingConfig(RecipeConfig):
             report = {}
             if self.attention_report is not None:
                 answer_layer, answer_head = (int(x) for x in self.attention_report.split(","))
-                report = {"answer_layer": answer_layer, "answer_head": answer_head, "look": self.attention_look}
-            elif self.attention_look:
-                raise ValueError("attention_look needs the report head (attention_report)")
+                report = {"answer_layer": answer_layer, "answer_head": answer_head}
             return AttentionMatch(layer=layer, head=head, weight=self.attention_match_weight, **report)
         except ValueError as exc:
             raise ConfigError(
                 "attention_match / attention_report (--attention-match / --attention-report) need 'layer,head' of LM "
-                "attention heads (e.g. 8,0 and 20,0; the report head's layer above the compare head's; the look target "
-                "needs the report head) and "
+                "attention heads (e.g. 8,0 and 20,0; the report head's layer above the compare head's) and "
                 f"attention_match_weight (--attention-match-weight) a positive weight: {exc}"
             ) from None
 

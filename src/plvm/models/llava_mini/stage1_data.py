@@ -12,18 +12,6 @@ from plvm.models.llava_mini.stage1_task import Box, GenericExample
 from plvm.synth import qa
 from plvm.synth.samples import iter_generic_samples
 
-#: Visual-question kinds about one person's head: their answers carry a look target (the person's head box).
-HEAD_KINDS: tuple[str, ...] = ("hair_color", "glasses", "age", "expression")
-
-
-def _asked_head(graph: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> Box | None:
-    """The head box of the person a visual question (``meta`` of a :class:`plvm.synth.qa.QA`) asks about, when it
-    asks about their head; else ``None``."""
-    if graph is None or meta.get("visual") not in HEAD_KINDS:
-        return None
-    people = [p for p in graph["people"] if p["identity"] == meta.get("identity")]
-    return head_box(people[0]) if len(people) == 1 else None
-
 
 class AvatarWorldGenericSource:
     """Generic (non-personalized) AvatarWorld data for LLaVA-mini's stage 1.
@@ -94,13 +82,9 @@ class AvatarWorldGenericSource:
             ex = GenericExample(list(s.images), s.question, s.answer, s.kind, name=s.meta.get("name"))
             if s.kind == "image_prompt":
                 ex.reference_head, ex.query_heads = self._heads(s)
-            if s.kind == "vqa":
+            if self.turns > 1 and s.kind == "vqa":
                 first = s.meta.get("qa", {}).get("meta", {})
-                follow_up = []
-                if self.turns > 1:
-                    follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
-                ex.follow_up = [(item.prompt, item.answer) for item in follow_up]
-                ex.answer_heads = [_asked_head(s.graphs[0], m) for m in [first, *(item.meta for item in follow_up)]]
+                ex.follow_up = self._follow_up(s.graphs[0], {(first.get("visual"), first.get("identity"))}, rng)
             out.append(ex)
         return out
 
@@ -115,10 +99,12 @@ class AvatarWorldGenericSource:
             return reference, [(portrait_head_box(shown, sample.images[-1].width), shown.id == named)]
         return reference, [(head_box(p), p["identity"] == named) for p in graph["people"]]
 
-    def _follow_up(self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator) -> list[qa.QA]:
+    def _follow_up(
+        self, graph: dict[str, Any], asked: set[tuple[Any, Any]], rng: np.random.Generator
+    ) -> list[tuple[str, str]]:
         """Up to ``turns - 1`` more questions, each about a property (kind, person) not asked yet — an
         open and a multiple-choice question about the same property would let one answer copy the other."""
-        turns: list[qa.QA] = []
+        turns: list[tuple[str, str]] = []
         for _ in range(4 * self.turns):  # distinct questions only; a scene may offer fewer
             if len(turns) == self.turns - 1:
                 break
@@ -132,7 +118,7 @@ class AvatarWorldGenericSource:
             key = (item.meta.get("visual"), item.meta.get("identity"))
             if key not in asked:
                 asked.add(key)
-                turns.append(item)
+                turns.append((item.prompt, item.answer))
         return turns
 
     def describe(self) -> dict[str, Any]:

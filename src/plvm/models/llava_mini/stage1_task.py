@@ -56,10 +56,6 @@ class GenericExample:
     query_heads: list[tuple[Box, bool]] = field(default_factory=list)
     """``kind == "image_prompt"``: every head box in the query (last) image, px, and whether it is the named
     person's — the targets of :class:`AttentionMatch` (empty: none)."""
-    answer_heads: list[Box | None] = field(default_factory=list)
-    """Per answer (``question``, then each of ``follow_up``): the head box, px in the image, of the person the
-    question asks about when it asks about their head (hair colour, glasses, age, expression), else ``None`` — the
-    targets of :class:`AttentionMatch`'s ``look`` term (empty: none)."""
 
 
 class GenericDataSource(Protocol):
@@ -112,13 +108,8 @@ class AttentionMatch:
        position that predicts the answer's Yes/No word: its attention log-odds onto the named person's head when
        the query shows them (target 1), onto every person's head when it does not (target 0). It looks at the
        named person if they are there and at no one otherwise — a difference the answer word can read.
-    3. **look** (``look``, with the report head) — the same head, from the position that predicts the first word of
-       the answer to a question about one person's head ("What color is the hair of the person on the left?"):
-       its attention log-odds onto that person's head, target 1. The report head then always looks at the person
-       the answer is about, and the answer can read their head tokens, where identity shaping keeps hair colour,
-       glasses and age linearly readable.
 
-    ``L = weight · (compare + report + look)``. There is no bias: a target 1 needs more than half of the head's
+    ``L = weight · (compare + report)``. There is no bias: a target 1 needs more than half of the head's
     attention on the region, a target 0 less. Training only (eager attention, which returns the attention
     weights); nothing is added to the base.
     """
@@ -128,11 +119,8 @@ class AttentionMatch:
     weight: float = 1.0
     answer_layer: int | None = None
     answer_head: int = 0
-    look: bool = False
 
     def __post_init__(self) -> None:
-        if self.look and self.answer_layer is None:
-            raise ValueError("the look target is the report head's: it needs answer_layer")
         if not self.weight > 0:
             raise ValueError(f"attention-match weight must be positive, got {self.weight}")
         if self.layer < 0 or self.head < 0 or self.answer_head < 0:
@@ -190,40 +178,6 @@ def answer_attention_logodds(
     rows = torch.tensor([answer_position], device=query.device)
     z = pooled_attention_logodds(attention, rows, query[covered], torch.ones(1, 1))
     return z[..., 0], present
-
-
-def answer_starts(labels: torch.Tensor) -> list[int]:
-    """Positions of the first target token of each answer in one sequence's ``labels`` ``[T]`` (-100: no target)."""
-    target = labels != -100
-    before = torch.cat([target.new_zeros(1), target[:-1]])
-    return (target & ~before).nonzero().squeeze(-1).tolist()
-
-
-def look_attention_logodds(
-    attention: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, example: GenericExample, image_token_id: int
-) -> torch.Tensor:
-    """:class:`AttentionMatch`'s look target: for each answer of ``example`` with a head box in ``answer_heads``,
-    the attention log-odds ``[..., n_boxes]`` from the position that predicts the answer's first token onto that
-    head's patches of the (single) image. ``attention`` ``[..., T, T]``, ``ids`` and ``labels`` ``[T]``."""
-    starts = answer_starts(labels)
-    if len(starts) != len(example.answer_heads):
-        raise ValueError(f"{len(starts)} answers in the sequence but {len(example.answer_heads)} answer head boxes")
-    positions = (ids == image_token_id).nonzero().squeeze(-1)  # [G²]
-    grid = round(positions.numel() ** 0.5)
-    if len(example.images) != 1 or grid * grid != positions.numel():
-        raise ValueError("the look target needs one image whose tokens form a square grid")
-    width, height = example.images[0].size
-    z = [
-        pooled_attention_logodds(
-            attention,
-            torch.tensor([start - 1], device=positions.device),
-            positions[region_weights(box, width, height, grid) > 0],
-            torch.ones(1, 1),
-        )[..., 0]
-        for start, box in zip(starts, example.answer_heads)
-        if box is not None
-    ]
-    return torch.stack(z, -1) if z else attention.new_zeros((*attention.shape[:-2], 0))
 
 
 class ProjectorTrainingTask:
@@ -313,7 +267,7 @@ class ProjectorTrainingTask:
         batch = self.lvlm.collate([self.lvlm.encode(generic_conversation(ex), label_all_turns=True) for ex in examples])
         none = ConceptTensors.stack([[] for _ in examples], self.lvlm.hidden_size)
         layers = []
-        if self.attention_match is not None and any(self._has_targets(ex) for ex in examples):
+        if self.attention_match is not None and any(ex.query_heads for ex in examples):
             layers = [layer for layer, _ in self.attention_match.heads()]
         with captured_attention(self.lvlm.model, layers) as captured:
             hidden, _ = self.lvlm.hidden_states(batch, none)
@@ -330,22 +284,14 @@ class ProjectorTrainingTask:
             word_ce = torch.nn.functional.cross_entropy(logits[is_word].float(), targets[is_word])
         return loss, {"loss_word": float(word_ce), **logs}
 
-    def _has_targets(self, example: GenericExample) -> bool:
-        """Whether ``example`` gives :class:`AttentionMatch` something to learn."""
-        looks = self.attention_match.look and any(box is not None for box in example.answer_heads)
-        return bool(example.query_heads) or looks
-
     def _attention_match_loss(
         self, attention: dict[int, torch.Tensor], batch: Any, examples: list[GenericExample]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """:class:`AttentionMatch`'s loss from the hooked layers' attention ``[B, H, T, T]`` (by layer), and logs."""
         match = self.attention_match
         image = self.lvlm.image_token_id
-        compare, labels, report, present, look = [], [], [], [], []
+        compare, labels, report, present = [], [], [], []
         for b, ex in enumerate(examples):
-            if match.look and any(box is not None for box in ex.answer_heads):
-                attention_b = attention[match.answer_layer][b, match.answer_head]
-                look.append(look_attention_logodds(attention_b, batch.ids[b], batch.labels[b], ex, image))
             if not ex.query_heads:
                 continue
             compare.append(reference_attention_logodds(attention[match.layer][b, match.head], batch.ids[b], ex, image))
@@ -359,13 +305,7 @@ class ProjectorTrainingTask:
                 )
                 report.append(z)
                 present.append(float(shown))
-        loss, logs = torch.zeros(()), {}
-        if compare:
-            loss, logs = bce_with_logs(torch.cat(compare), labels, "match")
-        if look:
-            look_loss, look_logs = bce_with_logs(torch.cat(look), [1.0] * sum(len(z) for z in look), "look")
-            loss = loss + look_loss
-            logs.update(look_logs)
+        loss, logs = bce_with_logs(torch.cat(compare), labels, "match")
         if report:
             report_loss, report_logs = bce_with_logs(torch.stack(report), present, "report")
             loss = loss + report_loss
