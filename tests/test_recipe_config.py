@@ -132,6 +132,10 @@ def test_configs_check_what_needs_no_model():
         AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
     with pytest.raises(ConfigError, match="no such file"):
         AlignerTrainingConfig(init_aligner=Path("/nonexistent/aligner.safetensors"))
+    with pytest.raises(ConfigError, match="base_projector.*no such file"):
+        AlignerTrainingConfig(base_projector=Path("/nonexistent/projector.safetensors"))
+    with pytest.raises(ConfigError, match="base_projector.*mini preset"):
+        AlignerTrainingConfig(preset="llava-1.5-7b", base_projector=Path("/nonexistent/projector.safetensors"))
     with pytest.raises(ConfigError, match="no such file"):
         BaseTrainingConfig(init_lora=Path("/nonexistent/lm_lora.safetensors"))
     assert BaseTrainingConfig(mix="0.1,0.4,0.1,0.4").mix_weights() == (0.1, 0.4, 0.1, 0.4)

@@ -80,11 +80,7 @@ def colour_of(image: Image.Image) -> int:
 
 
 def make_task(
-    word_weight: float = 10.0,
-    answer_style: str = "paper",
-    data=None,
-    bank_weight: float = 0.0,
-    task_config: AlignerTaskConfig | None = None,
+    word_weight: float = 10.0, answer_style: str = "paper", data=None, bank_weight: float = 0.0
 ) -> AlignerTrainingTask:
     model, processor = tiny_llava(template="chatml")
     lvlm = PersonalizedLVLM(model, processor, base_model="tiny")
@@ -103,8 +99,9 @@ def make_task(
     )
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config()))
     ref_proc = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    task_config = task_config or AlignerTaskConfig(2, word_weight, answer_style, bank_weight)
-    return AlignerTrainingTask(lvlm, aligner, ref_proc, data or ColourSquares(), task_config)
+    return AlignerTrainingTask(
+        lvlm, aligner, ref_proc, data or ColourSquares(), AlignerTaskConfig(2, word_weight, answer_style, bank_weight)
+    )
 
 
 def condition_output_row(task: AlignerTrainingTask) -> None:
@@ -362,84 +359,6 @@ def test_identity_bank_loss_is_its_formula_and_trains_only_the_output_row():
         eq2, plain = task.loss(examples)
     assert "loss_bank" in extras and "loss_bank" not in plain
     assert float(total) == pytest.approx(float(eq2) + extras["loss_bank"], rel=1e-4)
-
-
-class FixedExamples:
-    """Every batch is the same examples."""
-
-    def __init__(self, examples: list[PersonalExample]):
-        self.fixed = examples
-
-    def examples(self, index: int, n: int) -> list[PersonalExample]:
-        return self.fixed
-
-    def describe(self):
-        return {"source": "fixed"}
-
-
-class HeadedSquares(ColourSquares):
-    """:class:`ColourSquares` whose recognition queries carry the square as the one "head" box."""
-
-    def examples(self, index: int, n: int) -> list[PersonalExample]:
-        out = super().examples(index, n)
-        for ex in out:
-            ink = np.argwhere((np.asarray(ex.query) != 245).any(-1))
-            (y0, x0), (y1, x1) = ink.min(0), ink.max(0) + 1
-            ex.query_heads = [((float(x0), float(y0), float(x1), float(y1)), ex.kind == "recog_pos")]
-        return out
-
-
-def test_compare_target_scores_the_heads_attention_onto_the_context_tokens_and_training_lowers_it(tmp_path):
-    from plvm.diag.identity_probe import region_weights
-
-    config = AlignerTaskConfig(2, 10.0, attention_match=(1, 1), attention_match_weight=0.5)
-    task = make_task(data=HeadedSquares(), task_config=config)
-    fixed = HeadedSquares().examples(10_000, 6)
-    assert {ex.kind for ex in fixed} == {"recog_pos", "recog_neg"}
-    with torch.no_grad():
-        total, logs = task.loss(fixed)
-        task.config = AlignerTaskConfig(2, 10.0)
-        eq2, plain = task.loss(fixed)
-        task.config = config
-    assert "loss_match" in logs and "loss_match" not in plain
-    assert float(total) == pytest.approx(float(eq2) + 0.5 * logs["loss_match"], rel=1e-4)
-    # by hand from an output_attentions forward: layer 1, head 1, each query box's patches onto the context slots
-    lvlm = task.lvlm
-    pixels = task.reference_pixels([ex.reference for ex in fixed])
-    with torch.no_grad():
-        e_word, e_weight, context = task.aligner(pixel_values=pixels)
-        batch = lvlm.collate([task._encode(ex) for ex in fixed])
-        tensors = ConceptTensors.stack([[(e_word[i], e_weight[i], context[i])] for i in range(6)], lvlm.hidden_size)
-        out = lvlm.model.model(
-            inputs_embeds=lvlm.embed(batch, tensors),
-            attention_mask=batch.attention_mask,
-            output_attentions=True,
-            **batch.vision,
-        )
-    z = []
-    for b, ex in enumerate(fixed):
-        image = (batch.ids[b] == lvlm.image_token_id).nonzero().squeeze(-1)
-        slots = (batch.slot[b] > 0).nonzero().squeeze(-1)
-        assert len(slots) == task.aligner.config.num_queries
-        w = region_weights(ex.query_heads[0][0], 28, 28, round(len(image) ** 0.5))
-        mass = out.attentions[1][b, 1][image][:, slots].sum(-1).double()
-        z.append(float((w.double() * (mass.log() - (-mass).log1p())).sum()))
-    y = torch.tensor([float(ex.kind == "recog_pos") for ex in fixed], dtype=torch.float64)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(z, dtype=torch.float64), y)
-    assert logs["loss_match"] == pytest.approx(float(bce), rel=1e-4)
-    task.config = dataclasses.replace(config, attention_match_weight=10.0)  # the compare term dominates Eq. 2
-    task.data = FixedExamples(fixed)  # a random 2-layer LM: fit these six, no generalization asked
-    run_training(task, LoopConfig(steps=30, lr=1e-2, save_every=30, log_every=10), tmp_path)
-    with torch.no_grad():
-        _, after = task.loss(fixed)
-    assert after["loss_match"] < logs["loss_match"] - 0.1, (logs["loss_match"], after["loss_match"])
-
-
-def test_compare_target_refuses_a_head_the_base_does_not_have():
-    with pytest.raises(ValueError, match="not in the LM"):
-        make_task(task_config=AlignerTaskConfig(2, 10.0, attention_match=(2, 0)))  # tiny LLaVA: 2 layers
-    with pytest.raises(ValueError, match="positive"):
-        AlignerTaskConfig(2, 10.0, attention_match=(0, 0), attention_match_weight=0.0)
 
 
 def test_identity_bank_loss_needs_name_first_answers_and_a_reference_bank():

@@ -47,13 +47,6 @@ def train(
         "identity's output row; 0 = off",
     ),
     bank_renders: int = typer.Option(_A.bank_renders, help="reference portraits per training identity in the bank"),
-    attention_match: Optional[str] = typer.Option(
-        _A.attention_match,
-        help="'layer,head' of the base's compare head (LLaVA-mini v2: 8,0): its attention from each person's head in "
-        "a recognition query onto the concept's context tokens is taught to say whether it is the concept "
-        "(not in the paper)",
-    ),
-    attention_match_weight: float = typer.Option(_A.attention_match_weight, help="weight of the compare term"),
     base_projector: Optional[Path] = typer.Option(
         _A.base_projector,
         help="--preset mini: train for this LLaVA-mini projector file (and the LoRA beside it) instead of the "

@@ -39,7 +39,6 @@ from ..conversation import single_turn
 from ..eval.metrics import roc_auc
 from ..injection import IGNORE_INDEX, ConceptTensors, PersonalizedLVLM
 from ..synth.qa import name_first_answer
-from .attention import Box, bce_with_logs, captured_attention, check_heads, region_attention_logodds
 from .loss import shift_targets, weighted_answer_loss
 
 TRAIN_NAME = "sks"
@@ -56,9 +55,6 @@ class PersonalExample:
     kind: str  # "recog_pos" | "recog_neg" | "attribute" | …
     concept_id: str | None = None  # the concept's identity, where the source knows it
     query_identities: tuple[str, ...] | None = None  # everyone in ``query``, where the source knows it
-    #: every head box in ``query`` (px) and whether it is the concept's, where the source knows them (the
-    #: targets of the compare term, :attr:`AlignerTaskConfig.attention_match`)
-    query_heads: list[tuple[Box, bool]] | None = None
 
 
 class PersonalDataSource(Protocol):
@@ -83,13 +79,6 @@ class AlignerTaskConfig:
     bank_weight: float = 0.0
     #: reference portraits per training identity in the bank
     bank_renders: int = 2
-    #: ``(layer, head)`` of the base's compare head (not in the paper; ``None`` = off): that head's attention from
-    #: each person's head in a recognition query onto the concept's context tokens is scored as a logit of "it is
-    #: the concept" (:func:`context_attention_logodds`), BCE weighted by ``attention_match_weight``. LLaVA-mini
-    #: v2's head (8, 0) was taught to compare people this way, from a query's head onto a reference image's head
-    #: (:class:`plvm.models.llava_mini.stage1_task.AttentionMatch`); here the context tokens play the reference.
-    attention_match: tuple[int, int] | None = None
-    attention_match_weight: float = 1.0
 
     def __post_init__(self) -> None:
         from ..synth.qa import check_answer_style
@@ -104,23 +93,6 @@ class AlignerTaskConfig:
             )
         if self.bank_renders < 1:
             raise ValueError(f"bank_renders must be >= 1, got {self.bank_renders}")
-        if not self.attention_match_weight > 0:
-            raise ValueError(f"attention_match_weight must be positive, got {self.attention_match_weight}")
-
-
-def context_attention_logodds(
-    attention: torch.Tensor, batch: Any, b: int, example: PersonalExample, image_token_id: int
-) -> torch.Tensor:
-    """The compare term's logits: for each head box of ``example.query_heads``, the pooled attention log-odds
-    (:func:`plvm.training.attention.pooled_attention_logodds`) of its query patches onto the concept's context
-    tokens (``slot > 0``) of row ``b`` of ``batch``. ``attention`` ``[..., T, T]`` → ``[..., n_heads]``."""
-    if not example.query_heads or example.query is None:
-        raise ValueError("the example has no query image or no query head boxes")
-    context = (batch.slot[b] > 0).nonzero().squeeze(-1)
-    if context.numel() == 0:
-        raise ValueError("the prompt has no context tokens")
-    boxes = [box for box, _ in example.query_heads]
-    return region_attention_logodds(attention, batch.ids[b], image_token_id, example.query.size, boxes, context)
 
 
 def bank_objective(
@@ -195,9 +167,6 @@ class AlignerTrainingTask:
         self._placeholder = ConceptEmbedding(
             TRAIN_NAME, torch.zeros(d), torch.zeros(d), torch.zeros(k, d), lvlm.base_model_id
         )
-        if config.attention_match is not None:
-            check_heads(lvlm.model, [config.attention_match])
-            lvlm.model.set_attn_implementation("eager")  # the only attention that returns its weights
         self.bank_ids: list[str] = []
         self.bank_tokens = torch.zeros(0, aligner.config.d_enc)  # [M, d_enc] global tokens of the bank
         if config.bank_weight > 0:
@@ -333,10 +302,7 @@ class AlignerTrainingTask:
         tensors = ConceptTensors.stack(
             [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size
         )
-        match = self.config.attention_match
-        compared = [b for b, ex in enumerate(examples) if match is not None and ex.query_heads]
-        with captured_attention(self.lvlm.model, [match[0]] if compared else []) as attention:
-            hidden, _ = self.lvlm.hidden_states(batch, tensors)
+        hidden, _ = self.lvlm.hidden_states(batch, tensors)
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
         logits = self.lvlm.logits_for_rows(h, rows, tensors)
         loss = weighted_answer_loss(logits, targets, is_word, self.config.word_weight)
@@ -344,16 +310,6 @@ class AlignerTrainingTask:
             ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
             word_ce = float(ce[is_word].mean()) if is_word.any() else 0.0
         extras = {"loss_word": word_ce, "loss_plain": float(ce.mean())}
-        if compared:
-            layer, head = match
-            image = self.lvlm.image_token_id
-            z = torch.cat(
-                [context_attention_logodds(attention[layer][b, head], batch, b, examples[b], image) for b in compared]
-            )
-            labels = [float(named) for b in compared for _, named in examples[b].query_heads]
-            match_loss, match_logs = bce_with_logs(z, labels, "match")
-            loss = loss + self.config.attention_match_weight * match_loss
-            extras.update(match_logs)
         if self.config.bank_weight > 0:
             scored = self.bank_loss(examples, *self._answer_position(hidden, batch.labels))
             if scored is not None:

@@ -2,9 +2,7 @@
 regions and score it with a logistic loss.
 
 LLaVA-mini v2's stage 1 (:class:`plvm.models.llava_mini.stage1_task.AttentionMatch`) teaches the base to compare
-two people this way, and the Aligner's compare target (:class:`plvm.training.aligner_task.AlignerTaskConfig`'s
-``attention_match``) asks the Aligner for context tokens that the same head matches to the concept's head in a
-query photo. Training only: the attention weights come from eager attention.
+two people this way. Training only: the attention weights come from eager attention.
 """
 
 from __future__ import annotations
@@ -17,17 +15,6 @@ from torch import nn
 
 Box = tuple[float, float, float, float]
 """A box in pixels: ``x0, y0, x1, y1``."""
-
-
-def parse_head(text: str) -> tuple[int, int]:
-    """``"8,0"`` → ``(8, 0)``, an LM attention head as ``layer,head``; ``ValueError`` otherwise."""
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise ValueError(f"an attention head is 'layer,head', e.g. 8,0; got {text!r}")
-    layer, head = (int(p) for p in parts)
-    if layer < 0 or head < 0:
-        raise ValueError(f"attention head layer and index must be >= 0, got {text!r}")
-    return layer, head
 
 
 def check_heads(model: Any, heads: Sequence[tuple[int, int]]) -> None:
@@ -70,29 +57,6 @@ def pooled_attention_logodds(
     attend to columns), positions ``rows`` ``[R]`` and ``cells`` ``[C]``, ``weights`` ``[K, R]`` → ``[..., K]``."""
     mass = attention[..., rows, :][..., cells].sum(-1).float().clamp(1e-6, 1 - 1e-6)  # [..., R]
     return (torch.log(mass) - torch.log1p(-mass)) @ weights.to(mass.device).T
-
-
-def region_attention_logodds(
-    attention: torch.Tensor,
-    ids: torch.Tensor,
-    image_token_id: int,
-    image_size: tuple[int, int],
-    boxes: Sequence[Box],
-    cells: torch.Tensor,
-) -> torch.Tensor:
-    """Per box of the prompt's one image, the pooled attention log-odds of its patches onto positions ``cells``
-    ``[C]``: attention ``[..., T, T]``, ``ids`` ``[T]``, the image ``(width, height)`` in px → ``[..., n_boxes]``.
-    The image's tokens (``image_token_id`` in ``ids``) form a square grid of patches."""
-    from plvm.diag.identity_probe import region_weights
-
-    query = (ids == image_token_id).nonzero().squeeze(-1)
-    grid = round(query.numel() ** 0.5)
-    if not boxes or grid == 0 or grid * grid != query.numel():
-        raise ValueError(
-            f"need boxes and one square grid of image tokens; got {len(boxes)} boxes, {query.numel()} tokens"
-        )
-    weights = torch.stack([region_weights(box, *image_size, grid) for box in boxes])
-    return pooled_attention_logodds(attention, query, cells, weights)
 
 
 def bce_with_logs(z: torch.Tensor, labels: Sequence[float], name: str) -> tuple[torch.Tensor, dict[str, float]]:

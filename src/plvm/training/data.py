@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..models.llava_mini.anchor import head_box
 from ..synth.samples import iter_personal_samples
 from .aligner_task import PersonalExample
-from .attention import Box
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -79,7 +77,6 @@ class AvatarWorldPersonalSource:
                     s.kind,
                     s.identity_id,
                     s.query_identities if s.query is not None else None,
-                    _query_heads(s),
                 )
             )
         return out
@@ -103,14 +100,6 @@ class AvatarWorldPersonalSource:
             "split": self.split,
             **self.kw,
         }
-
-
-def _query_heads(sample: Any) -> list[tuple[Box, bool]] | None:
-    """Every head box of a recognition sample's query scene and whether it is the concept's (``None`` without a
-    scene query)."""
-    if sample.query is None or sample.graph is None:
-        return None
-    return [(head_box(p), p["identity"] == sample.identity_id) for p in sample.graph["people"]]
 
 
 def find_reference(concept_dir: Path) -> Path:

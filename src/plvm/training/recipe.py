@@ -35,8 +35,6 @@ class AlignerTrainingConfig(RecipeConfig):
     answer_style: str = "paper"  # 'paper' or 'name-first'
     bank_weight: float = 0.0  # λ of the identity-bank loss (not in the paper; name-first only)
     bank_renders: int = 2
-    attention_match: str | None = None  # 'layer,head' of the base's compare head, e.g. '8,0' (not in the paper)
-    attention_match_weight: float = 1.0
     portrait_query_share: float = 0.0
     row_fit_queries: int = 0  # > 0: fit the output row after training (name-first)
     row_fit_epochs: int = 300
@@ -95,20 +93,9 @@ class AlignerTrainingConfig(RecipeConfig):
 
     def task_config(self) -> Any:
         from plvm.training.aligner_task import AlignerTaskConfig
-        from plvm.training.attention import parse_head
 
-        try:
-            head = None if self.attention_match is None else parse_head(self.attention_match)
-        except ValueError as exc:
-            raise ValueError(f"attention_match (--attention-match): {exc}") from None
         return AlignerTaskConfig(
-            self.batch_size,
-            self.word_weight,
-            self.answer_style,
-            self.bank_weight,
-            self.bank_renders,
-            attention_match=head,
-            attention_match_weight=self.attention_match_weight,
+            self.batch_size, self.word_weight, self.answer_style, self.bank_weight, self.bank_renders
         )
 
     def row_fit_config(self) -> Any:
