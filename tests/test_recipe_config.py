@@ -130,6 +130,8 @@ def test_configs_check_what_needs_no_model():
         AlignerTrainingConfig(preset="llava-99b")
     with pytest.raises(ConfigError, match="avatarworld"):
         AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
+    with pytest.raises(ConfigError, match="head_anchor_references.*avatarworld"):
+        AlignerTrainingConfig(data="/some/folder", head_anchor_references=100)
     with pytest.raises(ConfigError, match="no such file"):
         AlignerTrainingConfig(init_aligner=Path("/nonexistent/aligner.safetensors"))
     with pytest.raises(ConfigError, match="base_projector.*no such file"):

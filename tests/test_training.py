@@ -535,3 +535,20 @@ def test_train_rejects_bank_and_row_fit_options_without_name_first_answers_befor
         result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_head_grid_tokens_pool_the_patches_the_head_box_touches():
+    from plvm.training.head_anchor import head_grid_tokens
+
+    tokens = torch.arange(16 * 2, dtype=torch.float32).reshape(16, 2)  # a 4 × 4 grid of 14-px patches, d = 2
+    box = (15.0, 15.0, 41.0, 27.0)  # rows 1, cols 1-2 of a 56-px image
+    cells = tokens.reshape(4, 4, 2)[1:2, 1:3].reshape(-1, 2)
+    torch.testing.assert_close(head_grid_tokens(tokens, box, 56, 56, 1), cells.mean(0, keepdim=True))
+    box = (0.0, 14.0, 56.0, 42.0)  # rows 1-2, every column: 2 × 4 cells pooled to 2 × 2
+    grid = tokens.reshape(4, 4, 2)[1:3]
+    expected = torch.stack([grid[r, 2 * c : 2 * c + 2].mean(0) for r in range(2) for c in range(2)])
+    torch.testing.assert_close(head_grid_tokens(tokens, box, 56, 56, 4), expected)
+    with pytest.raises(ValueError, match="not a square"):
+        head_grid_tokens(tokens, box, 56, 56, 3)
+    with pytest.raises(ValueError, match="covers no patch"):
+        head_grid_tokens(tokens, (100.0, 100.0, 120.0, 120.0), 56, 56, 4)

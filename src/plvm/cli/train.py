@@ -105,6 +105,13 @@ def train(
         "many references (plvm.training.word_anchor; 0 = off)",
     ),
     anchor_steps: int = typer.Option(_A.anchor_steps),
+    head_anchor_references: int = typer.Option(
+        _A.head_anchor_references,
+        min=0,
+        help="fresh run: start the context tokens as the base's own image tokens of the reference's head, pooled "
+        "to a sqrt(k) x sqrt(k) grid, fitted on this many AvatarWorld references (plvm.training.head_anchor; 0 = off)",
+    ),
+    head_anchor_steps: int = typer.Option(_A.head_anchor_steps, min=1, help="steps of the head-anchor fit"),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from plvm.training.recipe import train_aligner

@@ -61,6 +61,8 @@ class AlignerTrainingConfig(RecipeConfig):
     calibrate: bool = True
     anchor_references: int = 0
     anchor_steps: int = 400
+    head_anchor_references: int = 0  # > 0: context tokens start as the base's pooled head tokens (mini, avatarworld)
+    head_anchor_steps: int = 400
 
     def __post_init__(self) -> None:
         """Every check that needs no model, so that a bad config fails before anything loads."""
@@ -80,6 +82,8 @@ class AlignerTrainingConfig(RecipeConfig):
             )
         if self.data != "avatarworld" and self.portrait_query_share:
             raise ConfigError("portrait_query_share (--portrait-query-share) needs data 'avatarworld'")
+        if self.data != "avatarworld" and self.head_anchor_references:
+            raise ConfigError("head_anchor_references (--head-anchor-references) needs data 'avatarworld' (head boxes)")
         if self.data != "avatarworld" and self.anchor_references:
             raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity attributes)")
         if self.init_aligner is not None and not self.init_aligner.exists():
@@ -220,6 +224,28 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             log=log,
         )
         (c.out / "anchor.json").write_text(json.dumps(stats, indent=2))
+    if fresh and c.head_anchor_references > 0 and world is not None:
+        import numpy as np
+
+        from plvm.models.llava_mini.anchor import portrait_head_box
+        from plvm.training.head_anchor import train_aligner_head_anchor
+
+        rng = np.random.default_rng([c.seed, 778])
+        pool = world.split("train")
+        people = [pool[int(i)] for i in rng.integers(len(pool), size=c.head_anchor_references)]
+        references = [world.render_reference(person, rng_or_seed=rng) for person in people]
+        samples = [(img, portrait_head_box(person, img.width)) for img, person in zip(references, people)]
+        stats = train_aligner_head_anchor(
+            aligner,
+            model,
+            processor.image_processor,
+            task.reference_pixels,
+            samples,
+            c.head_anchor_steps,
+            seed=c.seed,
+            log=log,
+        )
+        (c.out / "head_anchor.json").write_text(json.dumps(stats, indent=2))
     if c.answer_style == "name-first" and previous is None and not bool(aligner.row_mean.any()):
         # the concept's output row decides a name-first answer: condition it on the LM's answer states
         probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
