@@ -552,3 +552,14 @@ def test_head_grid_tokens_pool_the_patches_the_head_box_touches():
         head_grid_tokens(tokens, box, 56, 56, 3)
     with pytest.raises(ValueError, match="covers no patch"):
         head_grid_tokens(tokens, (100.0, 100.0, 120.0, 120.0), 56, 56, 4)
+
+
+def test_freeze_context_trains_the_name_heads_and_leaves_the_context_tokens(tmp_path):
+    task = make_task()
+    task.config = AlignerTaskConfig(2, 10.0, freeze_context=True)
+    resampler = {k: v.clone() for k, v in task.aligner.resampler.state_dict().items()}
+    f_word = {k: v.clone() for k, v in task.aligner.f_word.state_dict().items()}
+    run_training(task, LoopConfig(steps=5, lr=3e-3, save_every=5, log_every=5), tmp_path)
+    for k, v in task.aligner.resampler.state_dict().items():
+        assert torch.equal(v, resampler[k]), k
+    assert any(not torch.equal(v, f_word[k]) for k, v in task.aligner.f_word.state_dict().items())

@@ -112,6 +112,10 @@ def train(
         "to a sqrt(k) x sqrt(k) grid, fitted on this many AvatarWorld references (plvm.training.head_anchor; 0 = off)",
     ),
     head_anchor_steps: int = typer.Option(_A.head_anchor_steps, min=1, help="steps of the head-anchor fit"),
+    freeze_context: bool = typer.Option(
+        _A.freeze_context,
+        help="Eq. 2 trains f_word and f_weight only; the context tokens (the resampler) stay as initialised",
+    ),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from plvm.training.recipe import train_aligner

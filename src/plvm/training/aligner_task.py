@@ -79,6 +79,9 @@ class AlignerTaskConfig:
     bank_weight: float = 0.0
     #: reference portraits per training identity in the bank
     bank_renders: int = 2
+    #: train ``f_word`` and ``f_weight`` only: the context tokens stay as initialised (e.g. head-anchored,
+    #: :mod:`plvm.training.head_anchor`); not in the paper
+    freeze_context: bool = False
 
     def __post_init__(self) -> None:
         from ..synth.qa import check_answer_style
@@ -259,6 +262,8 @@ class AlignerTrainingTask:
             p.requires_grad_(False)
         for p in self.aligner.trainable_parameters():
             p.requires_grad_(True)
+        if self.config.freeze_context:
+            self.aligner.resampler.requires_grad_(False)
         self.aligner.train()
         return self.aligner
 

@@ -63,6 +63,7 @@ class AlignerTrainingConfig(RecipeConfig):
     anchor_steps: int = 400
     head_anchor_references: int = 0  # > 0: context tokens start as the base's pooled head tokens (mini, avatarworld)
     head_anchor_steps: int = 400
+    freeze_context: bool = False  # Eq. 2 trains f_word and f_weight only (context tokens as initialised)
 
     def __post_init__(self) -> None:
         """Every check that needs no model, so that a bad config fails before anything loads."""
@@ -99,7 +100,12 @@ class AlignerTrainingConfig(RecipeConfig):
         from plvm.training.aligner_task import AlignerTaskConfig
 
         return AlignerTaskConfig(
-            self.batch_size, self.word_weight, self.answer_style, self.bank_weight, self.bank_renders
+            self.batch_size,
+            self.word_weight,
+            self.answer_style,
+            self.bank_weight,
+            self.bank_renders,
+            freeze_context=self.freeze_context,
         )
 
     def row_fit_config(self) -> Any:

@@ -1,0 +1,70 @@
+"""What could an Aligner's context tokens give on a frozen LLaVA-mini base? PLVM's prompt ``<bo> is <t1>…<tk>.``
++ a held-out scene + "Is <bo> in this photo?", with ``<t1>…<tk>`` taken from the base's own image tokens of the
+reference portrait (no Aligner): ``top`` = the first k of the head box's patches, ``pool`` = the head box's patches
+average-pooled to √k × √k, ``mean`` = their mean repeated k times. Prints the Yes/No AUC over the twin pairs of
+``plvm diag attention-match`` (scene queries only). Used in experiments/aligner-v2-base.md.
+
+    python experiments/scripts/context_probe.py PROJECTOR K PAIRS [top|pool|mean]
+"""
+
+import sys
+
+import numpy as np
+import torch
+
+from plvm.concept import ConceptEmbedding
+from plvm.config import MINI_BASE_MODEL
+from plvm.conversation import single_turn
+from plvm.diag.attention_match import AttentionProbeConfig, twin_examples
+from plvm.diag.identity_probe import region_weights
+from plvm.eval.metrics import roc_auc
+from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.models.llava_mini.assembly import build_llava_mini
+
+torch.set_num_threads(1)
+proj, k, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+MODE = sys.argv[4] if len(sys.argv) > 4 else "top"
+model, processor = build_llava_mini(proj)
+lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
+ex = twin_examples(AttentionProbeConfig(pairs=pairs, portrait_share=0.0, seed=0))
+emb = model.get_input_embeddings()
+word = emb(torch.tensor(processor.tokenizer(" person")["input_ids"][-1:]))[0].detach()
+odds = {True: [], False: []}
+with torch.no_grad():
+    for e in ex:
+        ref = e.images[0]
+        pv = processor.image_processor([ref], return_tensors="pt")["pixel_values"]
+        feats = model.get_image_features(
+            pixel_values=pv,
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        )
+        feats = getattr(feats, "pooler_output", feats)
+        feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+        feats = feats.reshape(-1, feats.shape[-1])  # [G², d]
+        grid = round(feats.shape[0] ** 0.5)
+        w = region_weights(e.reference_head, *ref.size, grid)
+        if MODE == "pool":  # k = s*s adaptive average pool of the head box's cells
+            cells = (w > 0).reshape(grid, grid).nonzero()
+            (r0, c0), (r1, c1) = cells.min(0).values, cells.max(0).values + 1
+            sub = feats.reshape(grid, grid, -1)[r0:r1, c0:c1].permute(2, 0, 1)[None]
+            s_ = round(k**0.5)
+            ctx = torch.nn.functional.adaptive_avg_pool2d(sub, s_)[0].reshape(sub.shape[1], -1).T
+        elif MODE == "mean":
+            ctx = ((w[:, None] * feats).sum(0) / w.sum()).expand(k, -1)
+        else:
+            idx = torch.argsort(w, descending=True)[:k].sort().values
+            ctx = feats[idx]
+        c = ConceptEmbedding("bo", word, torch.zeros_like(word), ctx, MINI_BASE_MODEL)
+        conv = single_turn("Is <bo> in this photo?", [c], image=e.images[-1])
+        batch = lvlm.collate([lvlm.encode(conv)])
+        tensors = ConceptTensors.stack([[(c.e_word, c.e_weight, c.context)]], lvlm.hidden_size)
+        hidden, _ = lvlm.hidden_states(batch, tensors)
+        logp = torch.log_softmax(lvlm.logits_from_hidden(hidden[:, -1], tensors).float(), -1)[0]
+        odds[e.answer.startswith("Yes")].append(
+            float(torch.logsumexp(logp[lvlm.yes_ids], -1) - torch.logsumexp(logp[lvlm.no_ids], -1))
+        )
+print(
+    f"{MODE} k={k} cells(head)={int((w > 0).sum())} AUC {roc_auc(odds[True], odds[False]):.3f} "
+    f"mean pos {np.mean(odds[True]):+.2f} neg {np.mean(odds[False]):+.2f}"
+)
