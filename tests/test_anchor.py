@@ -158,3 +158,58 @@ def test_parts_regions_bind_hair_words_to_the_head_and_clothing_words_to_the_bod
     assert hy0 < fy0 and hx0 < fx0 and hx1 > fx1 and hy1 == fy1  # extended over the hair, not below the chin
     with pytest.raises(ValueError, match="regions"):
         patch_words(graph, grid, regions="face")
+
+
+def test_head_anchor_fits_only_the_resampler_to_the_bases_pooled_head_tokens():
+    from PIL import Image
+    from transformers import Dinov2Model
+
+    from plvm.aligner import Aligner
+    from plvm.config import AlignerConfig
+    from plvm.models.llava_mini.assembly import vision_features
+    from plvm.models.tiny import tiny_dinov2_config
+    from plvm.training.head_anchor import base_head_targets, head_grid_tokens, train_aligner_head_anchor
+
+    model, processor = tiny_llava(template="chatml")
+    torch.manual_seed(0)
+    config = AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=model.config.text_config.hidden_size,
+        mlp_hidden=48,
+        resampler_hidden=16,
+        resampler_blocks=2,
+        resampler_heads=2,
+        num_queries=4,
+        image_size=28,
+        base_model="tiny",
+    )
+    aligner = Aligner(config, Dinov2Model(tiny_dinov2_config(image_size=28)))
+    rng = np.random.default_rng(0)
+    samples = [
+        (Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)), (0.0, 0.0, 28.0, 14.0)) for _ in range(40)
+    ]
+    targets = base_head_targets(model, processor.image_processor, samples[:2], k=4)
+    pixels = processor.image_processor([samples[0][0]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tokens = model.model.multi_modal_projector(vision_features(model, pixels))[0]
+    torch.testing.assert_close(targets[0], head_grid_tokens(tokens, samples[0][1], 28, 28, 4))
+    before = {k: v.clone() for k, v in aligner.state_dict().items()}
+
+    def reference_pixels(images):
+        return torch.stack([torch.tensor(np.asarray(i), dtype=torch.float32).permute(2, 0, 1) / 255 for i in images])
+
+    stats = train_aligner_head_anchor(
+        aligner,
+        model,
+        processor.image_processor,
+        reference_pixels,
+        samples,
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        log=lambda s: None,
+    )
+    assert stats["loss_after"] < stats["loss_before"] - 0.05, stats
+    changed = {k for k, v in aligner.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("resampler.") for k in changed)

@@ -5,9 +5,9 @@ LLaVA-mini v2 was taught to compare a person in a photo with a reference image's
 (:class:`plvm.models.llava_mini.stage1_task.AttentionMatch`). On held-out twins the frozen v2 answers PLVM's
 ``<sks> is <t1>…<t16>.`` nearly as well as the image prompt (Yes/No AUC 0.73 against 0.79) when ``<t1>…<t16>`` *are*
 the reference's projected head tokens average-pooled to 4 × 4 (experiments/aligner-v2-base.md); Eq. 2 alone did not
-find such tokens. So context token
-``j`` is regressed (``1 - cos``, then rescaled to the targets' mean norm; :func:`~plvm.training.word_anchor.fit_cosine`)
-onto cell ``j`` of the √k × √k average pool of the base's image tokens over the reference's head box:
+find such tokens. So context token ``j`` is regressed (``1 - cos``, then rescaled to the targets' mean norm;
+:func:`~plvm.training.word_anchor.fit_resampler`) onto cell ``j`` of the √k × √k average pool of the base's image
+tokens over the reference's head box:
 
     target[j] = AdaptiveAvgPool_{√k×√k}( P(tower(reference))[head box rows, head box cols] )[j]     # [k, d_llm]
 
@@ -25,7 +25,7 @@ import torch
 
 from ..diag.identity_probe import region_weights
 from .attention import Box
-from .word_anchor import fit_cosine
+from .word_anchor import fit_resampler
 
 
 def head_grid_tokens(tokens: torch.Tensor, box: Box, width: int, height: int, k: int) -> torch.Tensor:
@@ -84,10 +84,9 @@ def train_aligner_head_anchor(
         for i in range(0, len(samples), 32)
     ]
     z_ref = torch.cat(z)
-    before, after, factor = fit_cosine(
-        aligner.resampler,
-        aligner.resampler.proj_out,
-        z_ref[:, 1:],
+    before, after, factor = fit_resampler(
+        aligner,
+        z_ref,
         targets,
         steps,
         batch_size,

@@ -93,6 +93,33 @@ def fit_cosine(
     return before, after, factor
 
 
+def fit_resampler(
+    aligner: Any,
+    z_ref: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    target_norm: torch.Tensor,
+    desc: str,
+) -> tuple[float, float, float]:
+    """:func:`fit_cosine` of the Aligner's resampler: its context tokens for references ``z_ref`` ``[N, L, d_enc]``
+    (encoder output, the global token first) along ``targets`` ``[N, k, d_llm]``; its output layer rescaled."""
+    return fit_cosine(
+        aligner.resampler,
+        aligner.resampler.proj_out,
+        z_ref[:, 1:],
+        targets,
+        steps,
+        batch_size,
+        lr,
+        rng,
+        target_norm,
+        desc,
+    )
+
+
 def attribute_words(name: str, value: str) -> list[str]:
     """Words for one identity attribute, e.g. ``("hair_color", "red") → ["red", "hair"]``,
     ``("glasses", "none") → ["no", "glasses"]``."""
@@ -158,10 +185,9 @@ def train_aligner_anchor(
         z.append(aligner.encode_reference(reference_pixels([s[0] for s in samples[i : i + 32]])).to(torch.bfloat16))
     z_ref = torch.cat(z)
     targets = torch.stack([torch.stack([words(w) for w in context_word_lists(a, k)]) for _, a in samples])
-    before, after, factor = fit_cosine(
-        aligner.resampler,
-        aligner.resampler.proj_out,
-        z_ref[:, 1:],
+    before, after, factor = fit_resampler(
+        aligner,
+        z_ref,
         targets,
         steps,
         batch_size,
