@@ -217,3 +217,24 @@ def test_unknown_layout_and_names(tmp_path: Path):
     assert sanitize_name("Mr. T") == "Mr__T"
     assert sanitize_name("image") == "image_"
     assert sanitize_name("bo", taken=["bo"]) == "bo_2"
+
+
+def test_a_concept_subset_is_seeded_and_keeps_only_its_concepts_items(tmp_path: Path):
+    from plvm.eval.readers import read_dataset
+    from plvm.eval.toydata import write_toy_dataset
+
+    full = read_dataset(write_toy_dataset(tmp_path / "toy", n_concepts=4), format="plvm")
+    sub = full.subset(2, seed=5)
+    assert len(sub.concepts) == 2 and set(sub.concepts) < set(full.concepts)
+    assert sub.subset(2, seed=5).concepts.keys() == sub.concepts.keys()  # same seed, same concepts
+    assert list(full.subset(2, seed=5).concepts) == list(sub.concepts)
+    others = {tuple(full.subset(2, seed=s).concepts) for s in range(8)}
+    assert len(others) > 1  # the seed decides which
+    assert sub.text_qa and all(q.concept in sub.concepts for q in sub.text_qa)
+    assert len(sub.text_qa) < len(full.text_qa) and len(sub.visual_qa) < len(full.visual_qa)
+    assert [m.path for m in sub.multi] == [m.path for m in full.multi]  # images stay; unknown people are unlisted
+    assert all(set(m.concepts) <= set(sub.concepts) for m in sub.multi)
+    assert any("2 of 4 concepts" in note for note in sub.notes)
+    assert full.subset(10).concepts.keys() == full.concepts.keys() and full.subset(10).notes == full.notes
+    with pytest.raises(ValueError, match="n >= 1"):
+        full.subset(0)

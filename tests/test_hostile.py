@@ -260,18 +260,22 @@ def test_broken_weight_files_and_checkpoints_are_one_line_errors(tmp_path):
 
 def test_committed_weights_pass_the_checks():
     from plvm.config import get_preset
+    from plvm.models.base import find_mini_projector
     from plvm.models.llava_mini.assembly import check_projector_file
     from plvm.models.llava_mini.lora import read_lora
-    from plvm.pipeline import MINI_ALIGNER, aligner_answer_style, read_aligner_weights
+    from plvm.pipeline import MINI_ALIGNER, aligner_answer_style, aligner_shapes, read_aligner_weights
     from plvm.weight_files import REPO_ROOT
 
-    projector = REPO_ROOT / "models" / "llava-mini" / "projector.safetensors"
-    if not projector.is_file() or not MINI_ALIGNER.is_file():
+    projector = find_mini_projector()
+    if projector is None or not MINI_ALIGNER.is_file():
         pytest.skip("committed weights not present")
+    assert projector == REPO_ROOT / "models" / "llava-mini-v2" / "projector.safetensors"  # the default base is v2
     tensors, metadata = check_projector_file(projector)
-    assert tensors["linear_1.weight"].shape == (576, 384) and metadata["lm_lora"] == "lm_lora.safetensors"
+    # v2's projector reads DINOv2 blocks 8 and 12, concatenated (2 x 384)
+    assert tensors["linear_1.weight"].shape == (576, 768) and metadata["lm_lora"] == "lm_lora.safetensors"
     assert read_lora(projector.with_name("lm_lora.safetensors"))[1].r == 16
-    assert len(read_aligner_weights(MINI_ALIGNER, get_preset("mini").aligner)) == 47
+    config = get_preset("mini").aligner
+    assert read_aligner_weights(MINI_ALIGNER, config).keys() == aligner_shapes(config).keys()
     assert aligner_answer_style(MINI_ALIGNER) == "paper"
 
 

@@ -77,8 +77,8 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# LLaVA-mini's base-model id (concepts and Aligners record it; another base is refused). Change it whenever the
-# committed stage-1 weights change what the base computes (e.g. a merged LM LoRA, models/llava-mini/README.md).
+# LLaVA-mini's base-model id (concepts and Aligners record it; another base is refused). Which trained LLaVA-mini
+# (projector + LM LoRA) they were made on is recorded beside it as the base revision (the projector file's hash).
 MINI_BASE_MODEL = "plvm/llava-mini"
 
 # §3.1 / §4.1: DINOv2-base reference encoder, MLP hidden 4096, 4-block resampler of width 1024, k = 16.

@@ -1,6 +1,6 @@
 """Where the weight files the product loads are found — the one resolver for packaged weights.
 
-A weight file is named relative to its model folder, e.g. ``llava-mini/projector.safetensors`` (LLaVA-mini's
+A weight file is named relative to its model folder, e.g. ``llava-mini-v2/projector.safetensors`` (LLaVA-mini's
 trained projector) or ``plvm-mini/aligner.safetensors`` (the mini Aligner), and looked for, in order, in
 
 1. ``models/<name>`` of the repository checkout (src layout: two levels above the ``plvm`` package), then
@@ -17,7 +17,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent  # src/plvm (or site-packages/plvm)
 REPO_ROOT = PACKAGE_DIR.parents[1]  # the checkout root (src layout)
 
-LLAVA_MINI_PROJECTOR = "llava-mini/projector.safetensors"
+# LLaVA-mini v2 (identity-shaped projector + LM LoRA); v1 (``llava-mini/``) is where v2's recipe starts.
+LLAVA_MINI_PROJECTOR = "llava-mini-v2/projector.safetensors"
 MINI_ALIGNER = "plvm-mini/aligner.safetensors"
 
 

@@ -78,14 +78,16 @@ def demo(
         conv.user("Is <bo> in this photo?", image=scene.image)
         plvm.lvlm.generate(conv, max_new_tokens=24, on_text=lambda t: typer.echo(t, nl=False))
         typer.echo(f"  ({time.time() - t1:.1f} s)")
-    t1 = time.time()
-    typer.echo("[scene_with_bo.png] Can you see <bo> in the image? ... Your caption:\n  ", nl=False)
-    conv = Conversation([bo])
-    conv.user(
-        "Can you see <bo> in the image? Don't answer the question, but remember it, and only respond with a "
-        "detailed caption for the image. Your caption:",
-        image=with_bo.image,
-    )
-    plvm.lvlm.generate(conv, max_new_tokens=60, on_text=lambda t: typer.echo(t, nl=False))
-    typer.echo(f"  ({time.time() - t1:.1f} s)")
+    for label, scene in (("scene_with_bo.png", with_bo), ("scene_without_bo.png", without_bo)):
+        # the caption should name <bo> in the first scene only
+        t1 = time.time()
+        typer.echo(f"[{label}] Can you see <bo> in the image? ... Your caption:\n  ", nl=False)
+        conv = Conversation([bo])
+        conv.user(
+            "Can you see <bo> in the image? Don't answer the question, but remember it, and only respond with a "
+            "detailed caption for the image. Your caption:",
+            image=scene.image,
+        )
+        caption = plvm.lvlm.generate(conv, max_new_tokens=60, on_text=lambda t: typer.echo(t, nl=False)).text
+        typer.echo(f"  ({time.time() - t1:.1f} s; names <bo>: {'yes' if '<bo>' in caption else 'no'})")
     typer.echo(f"\ntotal {time.time() - t0:.1f} s")

@@ -75,6 +75,9 @@ def eval_command(
         "or NAME.md (NAME.json/.png/.predictions.jsonl beside it)",
     ),
     limit: Optional[int] = typer.Option(None, help="at most N items per task (seeded subset)"),
+    concepts: Optional[int] = typer.Option(
+        None, "--concepts", help="evaluate a seeded subset of N concepts (for costly methods such as yollava)"
+    ),
     caption_limit: Optional[int] = typer.Option(None, help="at most N caption items (default: --limit)"),
     scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),
     negatives: int = typer.Option(3, help="recognition negatives per query image"),
@@ -144,6 +147,8 @@ def eval_command(
         fmt = detect_format(data) if data_format == "auto" else data_format
         extra = {"reference_index": reference_index, "negative_examples": negative_examples} if fmt == "yollava" else {}
         dataset = read_dataset(data, format=fmt, **extra)
+        if concepts is not None:
+            dataset = dataset.subset(concepts, seed)
     except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     try:

@@ -181,6 +181,35 @@ class EvalDataset:
     def skipped_images(self) -> list[SkippedFile]:
         return [s for s in self.skipped if not s.reason.startswith("qa:") and not s.reason.startswith("multi:")]
 
+    def subset(self, n: int, seed: int = 0) -> "EvalDataset":
+        """The same dataset restricted to ``n`` concepts drawn by ``seed`` (all of them when ``n`` ≥ their
+        number): their QA items, and multi-concept images with only those concepts listed (the others' people
+        become unknown people; an image left with none is external). For methods too costly for every concept,
+        e.g. Yo'LLaVA-style tuning."""
+        import numpy as np
+
+        if n < 1:
+            raise ValueError(f"a concept subset needs n >= 1, got {n}")
+        ids = sorted(self.concepts)
+        if n < len(ids):
+            chosen = np.random.default_rng([seed, 4093]).choice(len(ids), size=n, replace=False)
+            ids = sorted(ids[int(i)] for i in chosen)
+        keep = set(ids)
+        return EvalDataset(
+            name=self.name,
+            root=self.root,
+            format=self.format,
+            concepts={cid: self.concepts[cid] for cid in ids},
+            text_qa=[q for q in self.text_qa if q.concept in keep],
+            visual_qa=[q for q in self.visual_qa if q.concept in keep],
+            multi=[MultiImage(m.path, [c for c in m.concepts if c in keep]) for m in self.multi],
+            skipped=list(self.skipped),
+            notes=[*self.notes, f"{len(ids)} of {len(self.concepts)} concepts (seeded subset, seed {seed})"]
+            if len(ids) < len(self.concepts)
+            else list(self.notes),
+            cache=self.cache,
+        )
+
     def summary(self) -> dict[str, Any]:
         splits: dict[str, int] = {}
         for m in self.multi:

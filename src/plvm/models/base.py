@@ -2,7 +2,7 @@
 
 * ``load_base("mini")`` (also ``"plvm/llava-mini"``, the ``mini`` preset's ``base_model``) →
   :func:`plvm.models.llava_mini.assembly.build_llava_mini` with the trained projector
-  ``llava-mini/projector.safetensors`` found by :func:`plvm.weight_files.find` (committed under ``models/`` of a
+  ``llava-mini-v2/projector.safetensors`` found by :func:`plvm.weight_files.find` (committed under ``models/`` of a
   checkout, or shipped under ``plvm/data/`` of an installed package); without one, a random projector and
   a loud warning. A projector trained together with LM LoRA names its ``lm_lora.safetensors`` (beside it)
   in its metadata; the LoRA is merged into the LM at load.

@@ -144,6 +144,8 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
 
     Raises :class:`~plvm.recipe.ConfigError` for what the config or its files get wrong (a resume on another
     base, a data folder without what an option needs)."""
+    import torch
+
     from plvm.aligner import Aligner
     from plvm.config import get_preset
     from plvm.injection import PersonalizedLVLM
@@ -192,6 +194,7 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
         except IncompatibleAlignerError as exc:
             raise ConfigError(f"cannot resume {c.out}: {exc}") from None
     enc, ref_proc = load_reference_encoder(cfg)
+    torch.manual_seed(c.seed)  # a fresh Aligner's initial weights are a function of the seed
     aligner = Aligner(cfg, enc)
     if c.init_aligner is not None:
         check_aligner_base(c.init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
