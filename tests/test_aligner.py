@@ -181,34 +181,6 @@ def test_calibrate_standardises_inputs_and_sets_the_mean_output_norms():
 
 
 # ----------------------------------------------------------------------------- base revisions
-def test_output_row_conditioning_makes_the_constant_logit_part_as_steep_as_the_rest():
-    aligner = tiny_aligner()
-    pixels = torch.randn(6, 3, 28, 28)
-    before = aligner(pixel_values=pixels)[1].detach()
-    old_file = {k: v for k, v in aligner.trainable_state_dict().items() if not k.startswith("row_")}
-    g = torch.Generator().manual_seed(0)
-    m = torch.randn(24, generator=g) * 0.2
-    m[3] = 40.0  # an LM's answer states: a large constant part + small differences
-    hidden = m + 0.1 * torch.randn(50, 24, generator=g)
-    stats = aligner.calibrate_output_row(pixels, hidden, level=35.0)
-    mean = hidden.mean(0)
-    assert stats["row_mean_norm"] == pytest.approx(float(mean.norm()), rel=1e-5)
-    e_weight = aligner(pixel_values=pixels)[1].detach()
-    assert float((e_weight @ mean).mean()) == pytest.approx(35.0, abs=1e-3)  # logits start at the level
-    n = mean / mean.norm()
-    delta = torch.randn(24, generator=g)
-    delta -= (delta @ n) * n  # a difference between photos, orthogonal to the constant part
-    torch.testing.assert_close(e_weight @ delta, before @ delta, atol=1e-4, rtol=1e-4)  # untouched
-    u = before.detach().clone().requires_grad_(True)
-    (aligner.condition_row(u) @ mean).sum().backward()
-    torch.testing.assert_close(u.grad, n.expand_as(u), atol=1e-5, rtol=1e-5)  # slope 1, not |m| ≈ 40
-    fresh = tiny_aligner()
-    fresh.load_trainable_state_dict(aligner.trainable_state_dict())  # the conditioning is saved with the weights
-    torch.testing.assert_close(fresh(pixel_values=pixels)[1], e_weight)
-    fresh.load_trainable_state_dict(old_file)  # weights from before it existed: it stays off
-    torch.testing.assert_close(fresh(pixel_values=pixels)[1], before)
-
-
 def test_concept_made_on_another_base_revision_is_refused_and_unrecorded_revisions_pass(tmp_path):
     c = make()
     c.metadata["base_revision"] = "projector-sha256:aaaa"
@@ -290,31 +262,6 @@ def test_aligner_weights_record_their_base_revision_and_a_mismatch_is_refused(tm
         check_aligner_base(ckpt, plvm.lvlm, allow_mismatch=True)
         check_aligner_base(old, plvm.lvlm)
     assert "BASE MISMATCH (allowed)" in caplog.text and "do not record" in caplog.text
-
-
-def test_aligner_answer_style_is_read_from_its_weights_and_stamped_on_its_concepts(tmp_path):
-    import json
-
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from plvm.models.tiny_plvm import tiny_plvm
-    from plvm.pipeline import PLVM, aligner_answer_style
-
-    plvm = tiny_plvm()
-    state = plvm.aligner.trainable_state_dict()
-    task = {"kind": "aligner", "base_model": "tiny", "task": {"batch_size": 2, "answer_style": "name-first"}}
-    exported, ckpt = write_aligner_records(tmp_path, state, task)
-    old = tmp_path / "old.safetensors"
-    save_file(state, str(old), metadata={"task": json.dumps({"kind": "aligner", "task": {"batch_size": 2}})})
-    assert aligner_answer_style(exported) == aligner_answer_style(ckpt) == "name-first"
-    assert aligner_answer_style(old) == "paper"
-    image = Image.new("RGB", (40, 40), (200, 30, 30))
-    assert "answer_style" not in plvm.make_concept("bo", image).metadata  # paper style: nothing recorded
-    name_first = PLVM(plvm.lvlm, plvm.aligner, plvm.reference_processor, answer_style="name-first")
-    assert name_first.make_concept("bo", image).metadata["answer_style"] == "name-first"
-    with pytest.raises(ValueError, match="answer_style"):
-        PLVM(plvm.lvlm, plvm.aligner, plvm.reference_processor, answer_style="name_first")
 
 
 def test_committed_mini_aligner_records_the_committed_base_revision():

@@ -71,67 +71,6 @@ def test_train_anchor_lowers_the_held_out_loss_and_changes_only_the_projector():
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_context_words_follow_the_attribute_order():
-    from plvm.synth.avatarworld import ATTRIBUTES
-    from plvm.training.word_anchor import attribute_words, context_word_lists
-
-    attrs = {n: v[0] for n, v in ATTRIBUTES.items()}
-    lists = context_word_lists(attrs, 16)
-    assert len(lists) == 16
-    assert lists[0] == ["man"] and lists[4] == ["black", "hair"]
-    assert lists[13] == [w for n, v in attrs.items() for w in attribute_words(n, v)]
-    assert attribute_words("glasses", "none") == ["no", "glasses"] and attribute_words("mark", "mole") == ["mole"]
-
-
-def test_aligner_anchor_lowers_the_held_out_loss_and_trains_only_the_resampler():
-    from transformers import Dinov2Model
-
-    from plvm.aligner import Aligner
-    from plvm.config import AlignerConfig
-    from plvm.models.tiny import tiny_dinov2_config
-    from plvm.synth.avatarworld import ATTRIBUTES
-    from plvm.training.word_anchor import train_aligner_anchor
-
-    torch.manual_seed(0)
-    config = AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=24,
-        mlp_hidden=48,
-        resampler_hidden=16,
-        resampler_blocks=2,
-        resampler_heads=2,
-        num_queries=16,
-        image_size=28,
-        base_model="tiny",
-    )
-    aligner = Aligner(config, Dinov2Model(tiny_dinov2_config(image_size=28)))
-    _, processor = tiny_llava(template="chatml")
-    emb = torch.randn(len(processor.tokenizer), aligner.config.d_llm, generator=torch.Generator().manual_seed(1))
-    rng = np.random.default_rng(0)
-    samples = []
-    for _ in range(80):  # "images" whose first channel mean encodes the hair colour
-        attrs = {n: v[int(rng.integers(len(v)))] for n, v in ATTRIBUTES.items()}
-        img = torch.randn(3, 28, 28) * 0.1
-        img[0] += ATTRIBUTES["hair_color"].index(attrs["hair_color"])
-        samples.append((img, attrs))
-    before = {k: v.clone() for k, v in aligner.state_dict().items()}
-    stats = train_aligner_anchor(
-        aligner,
-        processor.tokenizer,
-        emb,
-        lambda imgs: torch.stack(imgs),
-        samples,
-        steps=80,
-        batch_size=16,
-        lr=3e-3,
-        log=lambda s: None,
-    )
-    assert stats["val_loss_after"] < stats["val_loss_before"] - 0.05, stats
-    changed = {k for k, v in aligner.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(k.startswith("resampler.") for k in changed)
-
-
 def test_parts_regions_bind_hair_words_to_the_head_and_clothing_words_to_the_body():
     from plvm.models.llava_mini.anchor import body_words, head_box, head_words
 

@@ -337,31 +337,6 @@ def test_personal_samples_match_their_ground_truth(world):
     assert kinds == {"recog_pos", "recog_neg", "attribute"}
 
 
-def test_portrait_queries_show_one_person_the_concept_exactly_when_positive(world):
-    it = iter_personal_samples(
-        world,
-        np.random.default_rng(5),
-        positive_ratio=0.5,
-        recog_to_attr=1e9,
-        hard_negative_share=0.5,
-        portrait_query_share=1.0,
-    )
-    samples = [next(it) for _ in range(24)]
-    train_ids = {i.id for i in world.split("train")}
-    kinds = Counter(s.kind for s in samples)
-    assert kinds["recog_pos"] > 0 and kinds["recog_neg"] > 0
-    for s in samples:
-        assert s.graph is None and s.query.size == (SIZE, SIZE) and len(s.query_identities) == 1
-        (person,) = s.query_identities
-        assert person in train_ids and (person == s.identity_id) == (s.kind == "recog_pos")
-        if s.hard_negative is not None:
-            assert person == s.hard_negative
-    positive = next(s for s in samples if s.kind == "recog_pos")  # another photo of the concept, not a copy
-    assert np.abs(np.asarray(positive.query, float) - np.asarray(positive.reference, float)).mean() > 1.0
-    with pytest.raises(ValueError, match="portrait_query_share"):
-        next(iter_personal_samples(world, np.random.default_rng(0), portrait_query_share=1.5))
-
-
 def test_generic_samples_match_their_ground_truth(world):
     rng = np.random.default_rng(8)
     it = iter_generic_samples(world, rng, weights=(1, 1, 2))

@@ -39,7 +39,7 @@ def test_parse_yes_no():
     assert parse_yes_no("I can see that, yes") is True
     assert parse_yes_no("Nope, not there") is None  # "nope" is not the word "no"
     assert parse_yes_no("") is None
-    assert parse_yes_no("<bo> is in this photo.") is True  # a name-first answer
+    assert parse_yes_no("<bo> is in this photo.") is None  # no "yes"/"no": a concept first is not an answer
     assert parse_yes_no("<bo> isn't here") is None and parse_yes_no("The <bo> cup") is None
 
 

@@ -190,7 +190,9 @@ def test_score_yes_no_reads_first_answer_token(lvlm):
     assert not torch.allclose(scores[0], scores[1])  # the image matters
 
 
-def test_an_answer_starting_with_the_named_concept_counts_as_yes_and_only_that_concept(lvlm):
+def test_a_concepts_output_row_does_not_count_as_yes(lvlm):
+    """Recognition is "Yes" against "No": a concept whose logit row wins the first answer token scores as one with
+    an ordinary row, also when its file records the retired ``answer_style`` metadata (ignored)."""
     d = lvlm.hidden_size
     bo, al = make_concept("bo", d, 12), make_concept("al", d, 13)
     probe = single_turn("Is <bo> in this photo?", [bo, al], image=image(4))
@@ -198,22 +200,18 @@ def test_an_answer_starting_with_the_named_concept_counts_as_yes_and_only_that_c
     with torch.no_grad():
         h = lvlm.hidden_states(batch, tensors)[0][0, -1]
         base_max = lvlm.model.get_output_embeddings()(h).max()
-    # <bo>'s output row wins the first answer token by a margin (what a name-first Aligner learns for a match)
-    strong = ConceptEmbedding("bo", bo.e_word, h * (base_max.abs() + 20) / h.dot(h), bo.context, "tiny")
-    bo = ConceptEmbedding(
-        "bo", strong.e_word, strong.e_weight, strong.context, "tiny", metadata={"answer_style": "name-first"}
+    strong = ConceptEmbedding(
+        "bo",
+        bo.e_word,
+        h * (base_max.abs() + 20) / h.dot(h),
+        bo.context,
+        "tiny",
+        metadata={"answer_style": "name-first"},
     )
-    about_bo = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [bo, al], image=image(4)))
-    about_al = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [bo, al], image=image(4)))
-    both = lvlm.score_yes_no(single_turn("Are <bo> and <al> in this photo?", [bo, al], image=image(4)))
-    paper = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [strong, al], image=image(4)))
-    weak = make_concept("bo", d, 12)  # same e_word and context: the same hidden states, an ordinary output row
-    plain_al = lvlm.score_yes_no(single_turn("Is <al> in this photo?", [weak, al], image=image(4)))
-    plain_bo = lvlm.score_yes_no(single_turn("Is <bo> in this photo?", [weak, al], image=image(4)))
-    assert about_bo.item() > 10  # saying <bo> first affirms
-    torch.testing.assert_close(about_al, plain_al, atol=1e-4, rtol=1e-4)  # not when the question is about <al>
-    torch.testing.assert_close(paper, plain_bo, atol=1e-4, rtol=1e-4)  # nor for a paper-style concept
-    assert both.item() < 10  # nor in a question about two concepts (a Yes needs both)
+    legacy = single_turn("Is <bo> in this photo?", [strong, al], image=image(4))
+    with torch.no_grad():
+        assert int(lvlm(*lvlm.prepare([legacy]))[0, -1].argmax()) == lvlm.vocab_size  # <bo>'s row wins
+    torch.testing.assert_close(lvlm.score_yes_no(legacy), lvlm.score_yes_no(probe), atol=1e-4, rtol=1e-4)
 
 
 def test_concept_added_mid_dialogue_keeps_earlier_turns():

@@ -75,14 +75,13 @@ def test_without_a_file_the_flags_are_the_config(tmp_path, captured):
             "4",
             "--steps",
             "3",
-            "--answer-style",
-            "name-first",
+            "--freeze-context",
             "--no-calibrate",
         ],
     )
     assert result.exit_code == 0, result.output
     assert captured == [
-        AlignerTrainingConfig(out=tmp_path / "a", num_queries=4, steps=3, answer_style="name-first", calibrate=False)
+        AlignerTrainingConfig(out=tmp_path / "a", num_queries=4, steps=3, freeze_context=True, calibrate=False)
     ]
 
 
@@ -122,14 +121,8 @@ def test_malformed_missing_or_foreign_files_are_refused(tmp_path):
 
 
 def test_configs_check_what_needs_no_model():
-    with pytest.raises(ConfigError, match="answer_style"):
-        AlignerTrainingConfig(answer_style="shouty")
-    with pytest.raises(ConfigError, match="name-first"):
-        AlignerTrainingConfig(row_fit_queries=100)
     with pytest.raises(ConfigError, match="unknown preset"):
         AlignerTrainingConfig(preset="llava-99b")
-    with pytest.raises(ConfigError, match="avatarworld"):
-        AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
     with pytest.raises(ConfigError, match="head_anchor_references.*avatarworld"):
         AlignerTrainingConfig(data="/some/folder", head_anchor_references=100)
     with pytest.raises(ConfigError, match="no such file"):

@@ -223,6 +223,17 @@ def test_export_import_round_trip_into_a_new_store(tmp_path):
         c.import_file(path)
 
 
+def test_concept_files_with_the_retired_answer_style_metadata_still_import_and_load(tmp_path):
+    """Concepts made by name-first Aligners (a removed option) record ``answer_style`` in their metadata: ignored."""
+    old = fake_concept("bo", 5)
+    old.metadata["answer_style"] = "name-first"
+    path = old.save(tmp_path / "bo.safetensors")
+    assert ConceptEmbedding.load(path).metadata["answer_style"] == "name-first"
+    store = ConceptStore(tmp_path / "store", TINY)
+    assert store.import_file(path).name == "bo"
+    assert torch.equal(store.load("bo").e_weight, old.e_weight)
+
+
 # ---------------------------------------------------------------------- identify
 def test_add_from_image_and_identify_ranks_the_reference_first(tmp_path, plvm):
     store = ConceptStore(tmp_path, StoreIdentity.of(plvm))

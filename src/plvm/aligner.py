@@ -123,9 +123,6 @@ class Aligner(nn.Module):
             num_blocks=config.resampler_blocks,
             heads=config.resampler_heads,
         )
-        # output-row conditioning (off while zero; see :meth:`calibrate_output_row`); stored with the weights
-        self.register_buffer("row_mean", torch.zeros(config.d_llm))
-        self.register_buffer("row_offset", torch.zeros(()))
 
     # ------------------------------------------------------------------ encoder
     def train(self, mode: bool = True) -> "Aligner":
@@ -197,42 +194,7 @@ class Aligner(nn.Module):
         dtype = self.f_word.net[0].weight.dtype
         z_ref = z_ref.to(dtype)
         global_token, patches = z_ref[:, 0], z_ref[:, 1:]
-        return self.f_word(global_token), self.output_row(global_token), self.resampler(patches)
-
-    def output_row(self, global_token: torch.Tensor) -> torch.Tensor:
-        """``e_weight`` ``[B, d_llm]`` from the reference's global token ``z_ref[:, 0]`` ``[B, d_enc]``."""
-        return self.condition_row(self.f_weight(global_token.to(self.f_weight.net[0].weight.dtype)))
-
-    def condition_row(self, u: torch.Tensor) -> torch.Tensor:
-        """``f_weight``'s output ``u`` ``[B, d_llm]`` → ``e_weight`` ``[B, d_llm]`` (identity until calibrated).
-
-        The frozen LM's last hidden state ``h = m + δ`` at an answer position is almost all a constant ``m``
-        (LLaVA-mini: ‖m‖ ≈ 53, ‖δ‖ ≈ 1.4), so the concept logit ``h · e_weight`` is ~40× more sensitive to
-        ``e_weight`` along ``m`` than along what tells photos apart, and training it diverges. With
-        ``n = m / ‖m‖`` and ``a = u · n`` this returns ``e = u − a n + (a + b) m / ‖m‖²``, so that
-        ``m · e = a + b`` (the logit's constant part moves like any other coordinate of ``u``, from the offset
-        ``b``) and ``δ · e ≈ δ · u`` (the comparison with the photo is untouched).
-        """
-        m = self.row_mean.float()
-        norm2 = m.pow(2).sum()
-        if not bool(norm2 > 0):
-            return u
-        with torch.autocast(device_type=u.device.type, enabled=False):  # fp32: ‖m‖² overflows fp16, b ≈ 35 in bf16
-            x, n = u.float(), m / norm2.sqrt()
-            a = x @ n  # [B]
-            e = x - a[:, None] * n + (a + self.row_offset.float())[:, None] * (m / norm2)
-        return e.to(u.dtype)
-
-    @torch.no_grad()
-    def calibrate_output_row(self, pixel_values: torch.Tensor, hidden: torch.Tensor, level: float) -> dict[str, float]:
-        """Turn on :meth:`condition_row` (not in the paper): ``m`` ← the mean of ``hidden`` ``[N, d_llm]`` (the
-        frozen LM's states where the concept may be said), and the offset so that the mean concept logit over
-        the references ``pixel_values`` ``[B, 3, S, S]`` starts at ``level`` (e.g. the mean logit of "No")."""
-        self.row_mean.copy_(hidden.float().mean(0))
-        self.row_offset.zero_()
-        e_weight = self(pixel_values=pixel_values)[1].float()
-        self.row_offset.copy_(torch.tensor(level) - (e_weight @ self.row_mean.float()).mean())
-        return {"row_mean_norm": float(self.row_mean.norm()), "row_offset": float(self.row_offset)}
+        return self.f_word(global_token), self.f_weight(global_token), self.resampler(patches)
 
     @torch.no_grad()
     def make_concepts(
@@ -277,8 +239,6 @@ class Aligner(nn.Module):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a :meth:`trainable_state_dict`; shapes must match exactly."""
         own = self.trainable_state_dict()
-        # weights saved before output-row conditioning existed: it stays off
-        state = {**{k: torch.zeros_like(own[k]) for k in ("row_mean", "row_offset") if k not in state}, **state}
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:

@@ -1,7 +1,8 @@
 """Data-dependent initialisation of the linear maps that feed a frozen LM (not in the paper).
 
 Two steps shared by LLaVA-mini's projector (:func:`plvm.models.llava_mini.assembly.calibrate_projector`), the
-Aligner (:meth:`plvm.aligner.Aligner.calibrate`) and stage 0 (:func:`plvm.training.word_anchor.fit_cosine`):
+Aligner (:meth:`plvm.aligner.Aligner.calibrate`) and the cosine fits of stage 0 and head anchoring
+(:func:`plvm.training.word_anchor.fit_cosine`):
 
 * :func:`fold_standardisation` — make a first ``nn.Linear`` read per-channel standardised inputs, folded
   exactly into its weights (DINOv2 tokens share a large common component);

@@ -35,9 +35,6 @@ class ConceptError(ValueError):
 #: ``metadata`` key of the base revision a concept was made on
 #: (see :func:`plvm.models.llava_mini.assembly.base_revision`).
 BASE_REVISION_KEY = "base_revision"
-#: ``metadata`` key set to ``"name-first"`` on concepts made by an Aligner trained with name-first recognition
-#: answers (:func:`plvm.synth.qa.name_first_answer`): for them, answering with the concept affirms.
-ANSWER_STYLE_KEY = "answer_style"
 
 
 class IncompatibleConceptError(ConceptError):

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from .concept import ConceptEmbedding
-from .conversation import CONTEXT_CLOSE, CONTEXT_OPEN, Conversation, referenced_names
+from .conversation import CONTEXT_CLOSE, CONTEXT_OPEN, Conversation
 
 IGNORE_INDEX = -100
 CONTEXT_SLOT = -1
@@ -520,35 +520,17 @@ class PersonalizedLVLM(nn.Module):
         """One forward: log-odds ``log p(Yes) − log p(No)`` of the first answer token, ``[B]``.
 
         Each conversation must end with a user turn (the question). Both "Yes" and " Yes" spellings count
-        (log-sum-exp), likewise for "No". When the question names exactly one concept and that concept was made
-        by an Aligner trained with name-first answers (``metadata["answer_style"] == "name-first"``,
-        :func:`plvm.synth.qa.name_first_answer`), an answer that starts with it ("<bo> is in this photo.")
-        affirms too: its logit row counts as Yes. ``> 0`` means the model answers Yes.
+        (log-sum-exp), likewise for "No". ``> 0`` means the model answers Yes.
         """
         convs = [conversations] if isinstance(conversations, Conversation) else list(conversations)
         batch, tensors = self.prepare(convs)
         hidden, _ = self.hidden_states(batch, tensors)
         last = torch.tensor(batch.lengths, device=hidden.device) - 1
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, d]
-        logp = torch.log_softmax(self.logits_from_hidden(h, tensors).float(), dim=-1)  # [B, V + C]
-        yes = torch.stack(
-            [torch.logsumexp(logp[b, self.yes_ids + self._named_columns(conv)], dim=-1) for b, conv in enumerate(convs)]
-        )
+        logp = torch.log_softmax(self.logits_from_hidden(h, tensors).float(), dim=-1)
+        yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
         no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
         return (yes - no).cpu()
-
-    def _named_columns(self, conversation: Conversation) -> list[int]:
-        """The logit column (``V + j``) of the one concept the last user turn names, if it is a name-first
-        concept; none otherwise (a question about several concepts is a Yes only if all are there, which
-        saying one of them does not affirm)."""
-        from .concept import ANSWER_STYLE_KEY
-
-        concepts = conversation.concepts
-        question = next((t.text for t in reversed(conversation.turns) if t.role == "user"), "")
-        named = [i for i, c in enumerate(concepts) if c.name in set(referenced_names(question))]
-        if len(named) != 1 or concepts[named[0]].metadata.get(ANSWER_STYLE_KEY) != "name-first":
-            return []
-        return [self.vocab_size + named[0]]
 
     # ------------------------------------------------------------------ generation
     def decode(self, ids: Sequence[int], concept_names: Sequence[str]) -> str:

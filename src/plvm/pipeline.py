@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import weight_files
 from .aligner import Aligner
-from .concept import ANSWER_STYLE_KEY, BASE_REVISION_KEY, ConceptEmbedding
+from .concept import BASE_REVISION_KEY, ConceptEmbedding
 from .config import AlignerConfig, Preset, get_preset
 from .conversation import Conversation, single_turn
 from .injection import PersonalizedLVLM
@@ -124,10 +124,7 @@ def read_aligner_weights(path: str | Path, config: AlignerConfig) -> dict[str, t
             raise MissingWeightFileError(f"{path}: no such file or directory; expected {ALIGNER_FILE}")
         tensors, _ = read_weights(path, ALIGNER_FILE)
         source = path
-    # weights saved before output-row conditioning existed have no row_mean / row_offset: it stays off
-    problems = shape_problems(
-        {k: v.shape for k, v in tensors.items()}, aligner_shapes(config), optional=("row_mean", "row_offset")
-    )
+    problems = shape_problems({k: v.shape for k, v in tensors.items()}, aligner_shapes(config))
     if problems:
         raise WeightFileError(
             f"Aligner weights {source} do not fit the {config.base_model} Aligner (d_enc {config.d_enc}, d_llm "
@@ -140,17 +137,6 @@ def read_aligner_weights(path: str | Path, config: AlignerConfig) -> dict[str, t
 def aligner_base_revision(path: str | Path) -> str | None:
     """The base revision an Aligner was trained on, as its training recorded it (``None``: not recorded)."""
     return _aligner_task(path).get(BASE_REVISION_KEY)
-
-
-def aligner_answer_style(path: str | Path) -> str:
-    """The recognition answer style an Aligner was trained with (``"paper"`` when not recorded)."""
-    from .synth.qa import check_answer_style
-
-    style = _aligner_task(path).get("task", {}).get("answer_style", "paper")
-    try:
-        return check_answer_style(style)
-    except ValueError as exc:
-        raise WeightFileError(f"{path} records an unknown answer style ({' '.join(str(exc).split())})") from None
 
 
 def load_aligner_weights(aligner: Aligner, path: str | Path) -> None:
@@ -197,7 +183,6 @@ class PLVM:
         aligner: Aligner,
         reference_processor: Any,
         preset: str = "custom",
-        answer_style: str = "paper",
     ):
         if aligner.config.d_llm != lvlm.hidden_size:
             raise ValueError(
@@ -210,10 +195,6 @@ class PLVM:
         self.aligner = aligner.eval()
         self.reference_processor = reference_processor
         self.preset = preset
-        from .synth.qa import check_answer_style
-
-        # how the Aligner was trained to answer recognition questions
-        self.answer_style = check_answer_style(answer_style)
 
     @classmethod
     def from_preset(
@@ -240,12 +221,11 @@ class PLVM:
         if base_projector is not None and name != "mini":
             raise ValueError(f"base_projector is for the mini preset, not {name!r}")
         weights = aligner_weights or (MINI_ALIGNER if name == "mini" else None)
-        trained, style = None, "paper"
+        trained = None
         if aligner_weights is not None or (weights is not None and Path(weights).exists()):
             # checked before the base loads: a bad file fails in a second, with a one-line WeightFileError
             trained = read_aligner_weights(weights, preset.aligner)
             aligner_base_revision(weights)
-            style = aligner_answer_style(weights)
         if name == "mini":
             model, processor = load_base("mini", projector=base_projector)
         else:
@@ -264,7 +244,7 @@ class PLVM:
             )
         else:
             logger.warning("Aligner for preset %s is UNTRAINED (random weights): answers are meaningless", name)
-        return cls(lvlm, aligner, ref_proc, preset=name, answer_style=style)
+        return cls(lvlm, aligner, ref_proc, preset=name)
 
     # ------------------------------------------------------------------ concepts
     @torch.no_grad()
@@ -273,15 +253,13 @@ class PLVM:
         return self.stamp(self.aligner.make_concepts(list(names), pixel_values=pixels["pixel_values"]))
 
     def stamp(self, concepts: list[ConceptEmbedding]) -> list[ConceptEmbedding]:
-        """Record the base revision (if the base tracks one) and a name-first answer style in freshly made
-        concepts (in place, returned). Refuses names whose ``<name>`` this model's tokenizer treats as a
-        special token (:func:`plvm.validation.check_name_for_tokenizer`)."""
+        """Record the base revision (if the base tracks one) in freshly made concepts (in place, returned).
+        Refuses names whose ``<name>`` this model's tokenizer treats as a special token
+        (:func:`plvm.validation.check_name_for_tokenizer`)."""
         for concept in concepts:
             check_name_for_tokenizer(concept.name, self.lvlm.tokenizer)
             if self.lvlm.base_revision is not None:
                 concept.metadata[BASE_REVISION_KEY] = self.lvlm.base_revision
-            if self.answer_style != "paper":
-                concept.metadata[ANSWER_STYLE_KEY] = self.answer_style
         return concepts
 
     def make_concept(self, name: str, image: Image.Image) -> ConceptEmbedding:

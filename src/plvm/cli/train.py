@@ -34,42 +34,10 @@ def train(
     lr: float = typer.Option(_A.lr),
     warmup_steps: int = typer.Option(_A.warmup_steps),
     word_weight: float = typer.Option(_A.word_weight, help="w of Eq. 2 (Yes/No answer word weight)"),
-    answer_style: str = typer.Option(
-        _A.answer_style,
-        help="positive recognition answers: 'paper' (\"Yes, <sks> is "
-        "in this photo.\") or 'name-first' (\"<sks> is in this photo.\": the concept's "
-        "output row makes the decision)",
-    ),
-    bank_weight: float = typer.Option(
-        _A.bank_weight,
-        help="λ of the identity-bank loss (not in the paper; "
-        "name-first only): each query's answer state against every training "
-        "identity's output row; 0 = off",
-    ),
-    bank_renders: int = typer.Option(_A.bank_renders, help="reference portraits per training identity in the bank"),
     base_projector: Optional[Path] = typer.Option(
         _A.base_projector,
         help="--preset mini: train for this LLaVA-mini projector file (and the LoRA beside it) instead of the "
         "committed base",
-    ),
-    portrait_query_share: float = typer.Option(
-        _A.portrait_query_share,
-        help="AvatarWorld: share of recognition queries that are a one-person portrait instead of a scene",
-    ),
-    row_fit_queries: int = typer.Option(
-        _A.row_fit_queries,
-        help="after training: fit the output row f_weight on "
-        "the cached answer states of this many recognition queries "
-        "(plvm.training.row_fit; name-first; written to OUT/row-fit; 0 = off)",
-    ),
-    row_fit_epochs: int = typer.Option(_A.row_fit_epochs),
-    row_fit_lr: float = typer.Option(_A.row_fit_lr),
-    row_fit_weight_decay: float = typer.Option(_A.row_fit_weight_decay, help="AdamW weight decay of the row fit"),
-    row_fit_own_weight: float = typer.Option(
-        _A.row_fit_own_weight,
-        help="row fit: weight of the own-pair term "
-        "(each query against its own concept's row; 0 = the identity bank "
-        "alone)",
     ),
     num_queries: Optional[int] = typer.Option(
         _A.num_queries, "--k", help="number of context tokens k (preset default)"
@@ -98,13 +66,6 @@ def train(
         help="fresh Aligner: standardise its inputs and start its "
         "outputs at the LM's embedding norms (on 32 training references)",
     ),
-    anchor_references: int = typer.Option(
-        _A.anchor_references,
-        help="fresh Aligner, AvatarWorld data: first "
-        "anchor its context tokens to the identity's attribute words on this "
-        "many references (plvm.training.word_anchor; 0 = off)",
-    ),
-    anchor_steps: int = typer.Option(_A.anchor_steps),
     head_anchor_references: int = typer.Option(
         _A.head_anchor_references,
         min=0,

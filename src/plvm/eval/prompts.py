@@ -139,14 +139,9 @@ def neutralize(text: str, names: Sequence[str], phrase: str = "the person") -> s
 
 # ============================================================================ parsers
 def parse_yes_no(text: str) -> Optional[bool]:
-    """``True`` / ``False`` from the first standalone "yes"/"no" in ``text``; ``None`` if there is none.
-
-    A name-first answer (:func:`plvm.synth.qa.name_first_answer`) — one that starts with a concept, such as
-    ``"<bo> is in this photo."`` — is a yes unless it says "not"."""
+    """``True`` / ``False`` from the first standalone "yes"/"no" in ``text``; ``None`` if there is none."""
     m = re.search(r"\b(yes|no)\b", text.lower())
     if m is None:
-        if re.match(r"\s*<[^<>\s]+>", text) and not re.search(r"\bnot\b|n't\b", text.lower()):
-            return True
         return None
     return m.group(1) == "yes"
 

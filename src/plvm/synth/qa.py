@@ -187,32 +187,6 @@ def random_concept_name(rng: np.random.Generator) -> str:
     return syllables + (_choice(rng, ("l", "n", "m", "x", "")) if rng.random() < 0.4 else "")
 
 
-#: Recognition answer styles: the paper's ("Yes, <sks> is in this photo.") or name-first ("<sks> is in this
-#: photo.", see :func:`name_first_answer`).
-ANSWER_STYLES = ("paper", "name-first")
-
-
-def check_answer_style(style: str) -> str:
-    """``style`` if it is one of :data:`ANSWER_STYLES`, else ``ValueError``."""
-    if style not in ANSWER_STYLES:
-        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {style!r}")
-    return style
-
-
-def name_first_answer(answer: str, name: str = SKS) -> str:
-    """A positive recognition answer that starts with the concept instead of "Yes".
-
-    ``"Yes, <sks> is in this photo."`` → ``"<sks> is in this photo."``; answers whose "Yes, " is not followed by
-    the name (``"Yes, I can see <sks> in the photo."``) become ``"<sks> is in this photo."``. With a frozen LM
-    the first answer token then decides between the concept's own output row (``e_weight``, §3.1) and "No":
-    the comparison of the photo with the reference is the bilinear ``h · e_weight``, which the Aligner learns,
-    instead of a comparison the LM would have to make before saying "Yes". Negative answers keep their "No".
-    Any other positive answer (hand-written data: "Yes. <sks> is there.") also becomes the canonical one.
-    """
-    head = "Yes, " + name + " "
-    return answer[len("Yes, ") :] if answer.startswith(head) else f"{name} is in this photo."
-
-
 # ================================================================================ attributes
 #: The paper's text-only questions -> the attribute each one asks about.
 PAPER_QUESTION_ATTRIBUTE: Mapping[str, str] = MappingProxyType(

@@ -48,7 +48,6 @@ class AvatarWorldPersonalSource:
         recog_to_attr: float = 1.0,
         hard_negative_share: float = 0.5,
         hard_negative_distance: int = 2,
-        portrait_query_share: float = 0.0,
     ):
         self.world = world
         self.seed = seed
@@ -59,8 +58,6 @@ class AvatarWorldPersonalSource:
             hard_negative_share=hard_negative_share,
             hard_negative_distance=hard_negative_distance,
         )
-        if portrait_query_share:  # absent from the description of runs that never used it
-            self.kw["portrait_query_share"] = float(portrait_query_share)
 
     def examples(self, index: int, n: int) -> list[PersonalExample]:
         rng = np.random.default_rng([self.seed, index])
@@ -68,29 +65,8 @@ class AvatarWorldPersonalSource:
         out = []
         for _ in range(n):
             s = next(stream)
-            out.append(
-                PersonalExample(
-                    s.reference,
-                    s.query,
-                    s.question,
-                    s.answer,
-                    s.kind,
-                    s.identity_id,
-                    s.query_identities if s.query is not None else None,
-                )
-            )
+            out.append(PersonalExample(s.reference, s.query, s.question, s.answer, s.kind))
         return out
-
-    def reference_bank(self, renders: int) -> list[tuple[str, Image.Image]]:
-        """``renders`` reference portraits of every identity of the split, as ``(identity id, image)``
-        (deterministic in the source's seed; for the identity-bank loss of
-        :class:`~plvm.training.aligner_task.AlignerTrainingTask`)."""
-        rng = np.random.default_rng([self.seed, 7919])
-        return [
-            (p.id, self.world.render_reference(p, rng_or_seed=rng))
-            for p in self.world.split(self.split)
-            for _ in range(int(renders))
-        ]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,5 +1,5 @@
 """Head anchoring: the Aligner's context tokens start as the base's own image tokens of the reference's head (not in
-the paper; an initialisation before Eq. 2 training, like :func:`plvm.training.word_anchor.train_aligner_anchor`).
+the paper; an initialisation before Eq. 2 training).
 
 LLaVA-mini v2 was taught to compare a person in a photo with a reference image's head shown before it
 (:class:`plvm.models.llava_mini.stage1_task.AttentionMatch`). On held-out twins the frozen v2 answers PLVM's

@@ -155,10 +155,9 @@ def plot_loss(log_path: Path, png_path: Path, title: str = "training loss") -> N
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], label="loss (window mean)")
-    for key, label in (("loss_word", "Yes/No word CE"), ("loss_bank", "identity-bank loss")):
-        have = [r for r in rows if key in r]  # a window may lack a measure (no recognition sample)
-        if have:
-            ax.plot([r["step"] for r in have], [r[key] for r in have], label=label, alpha=0.7)
+    have = [r for r in rows if "loss_word" in r]  # a task may not log the answer word's CE
+    if have:
+        ax.plot([r["step"] for r in have], [r["loss_word"] for r in have], label="Yes/No word CE", alpha=0.7)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

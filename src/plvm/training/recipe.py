@@ -5,9 +5,8 @@
 
 Steps: build the frozen base and the reference encoder, the data source (AvatarWorld or a training folder)
 and :class:`~plvm.training.aligner_task.AlignerTrainingTask`; on a fresh run optionally calibrate the
-Aligner's outputs, anchor its context tokens (:mod:`plvm.training.word_anchor`) and condition its output row;
-then :func:`~plvm.training.loop.run_training` (resumable) and, optionally, the output-row fit
-(:mod:`plvm.training.row_fit`). The resolved config is written to ``OUT/recipe.json``.
+Aligner's outputs and anchor its context tokens to the base's head tokens (:mod:`plvm.training.head_anchor`);
+then :func:`~plvm.training.loop.run_training` (resumable). The resolved config is written to ``OUT/recipe.json``.
 """
 
 from __future__ import annotations
@@ -32,15 +31,6 @@ class AlignerTrainingConfig(RecipeConfig):
     lr: float = 1e-4
     warmup_steps: int = 0
     word_weight: float = 10.0  # w of Eq. 2
-    answer_style: str = "paper"  # 'paper' or 'name-first'
-    bank_weight: float = 0.0  # λ of the identity-bank loss (not in the paper; name-first only)
-    bank_renders: int = 2
-    portrait_query_share: float = 0.0
-    row_fit_queries: int = 0  # > 0: fit the output row after training (name-first)
-    row_fit_epochs: int = 300
-    row_fit_lr: float = 1e-3
-    row_fit_weight_decay: float = 0.0
-    row_fit_own_weight: float = 1.0
     num_queries: int | None = None  # k context tokens (None: the preset's)
     positive_ratio: float = 0.6  # p
     recog_to_attr: float = 1.0
@@ -59,8 +49,6 @@ class AlignerTrainingConfig(RecipeConfig):
     no_resume: bool = False
     init_aligner: Path | None = None
     calibrate: bool = True
-    anchor_references: int = 0
-    anchor_steps: int = 400
     head_anchor_references: int = 0  # > 0: context tokens start as the base's pooled head tokens (mini, avatarworld)
     head_anchor_steps: int = 400
     freeze_context: bool = False  # Eq. 2 trains f_word and f_weight only (context tokens as initialised)
@@ -72,21 +60,12 @@ class AlignerTrainingConfig(RecipeConfig):
         try:
             get_preset(self.preset)
             self.task_config()
-            self.row_fit_config()
         except KeyError as exc:
             raise ConfigError(str(exc.args[0])) from None
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.row_fit_queries and self.answer_style != "name-first":
-            raise ConfigError(
-                "row_fit_queries (--row-fit-queries) fits the output row, which decides only name-first answers"
-            )
-        if self.data != "avatarworld" and self.portrait_query_share:
-            raise ConfigError("portrait_query_share (--portrait-query-share) needs data 'avatarworld'")
         if self.data != "avatarworld" and self.head_anchor_references:
             raise ConfigError("head_anchor_references (--head-anchor-references) needs data 'avatarworld' (head boxes)")
-        if self.data != "avatarworld" and self.anchor_references:
-            raise ConfigError("anchor_references (--anchor-references) needs data 'avatarworld' (identity attributes)")
         if self.init_aligner is not None and not self.init_aligner.exists():
             raise ConfigError(f"init_aligner (--init-aligner): no such file or checkpoint: {self.init_aligner}")
         if self.base_projector is not None and self.preset != "mini":
@@ -99,29 +78,7 @@ class AlignerTrainingConfig(RecipeConfig):
     def task_config(self) -> Any:
         from plvm.training.aligner_task import AlignerTaskConfig
 
-        return AlignerTaskConfig(
-            self.batch_size,
-            self.word_weight,
-            self.answer_style,
-            self.bank_weight,
-            self.bank_renders,
-            freeze_context=self.freeze_context,
-        )
-
-    def row_fit_config(self) -> Any:
-        """The output-row fit after training (:mod:`plvm.training.row_fit`), ``None`` when ``row_fit_queries`` is 0."""
-        from plvm.training.row_fit import RowFitConfig
-
-        if not self.row_fit_queries:
-            return None
-        return RowFitConfig(
-            self.row_fit_queries,
-            self.row_fit_epochs,
-            self.row_fit_lr,
-            self.row_fit_weight_decay,
-            seed=self.seed,
-            own_weight=self.row_fit_own_weight,
-        )
+        return AlignerTaskConfig(self.batch_size, self.word_weight, freeze_context=self.freeze_context)
 
     def loop_config(self) -> Any:
         from plvm.training.loop import LoopConfig
@@ -140,10 +97,10 @@ class AlignerTrainingConfig(RecipeConfig):
 
 
 def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the recipe; returns :func:`~plvm.training.loop.run_training`'s summary (+ ``"row_fit"`` if fitted).
+    """Run the recipe; returns :func:`~plvm.training.loop.run_training`'s summary.
 
-    Raises :class:`~plvm.recipe.ConfigError` for what the config or its files get wrong (a resume on another
-    base, a data folder without what an option needs)."""
+    Raises :class:`~plvm.recipe.ConfigError` for what the config or its files get wrong (e.g. a resume on another
+    base)."""
     import torch
 
     from plvm.aligner import Aligner
@@ -154,7 +111,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
     from plvm.training.aligner_task import AlignerTrainingTask
     from plvm.training.data import AvatarWorldPersonalSource, FolderPersonalSource
     from plvm.training.loop import latest_checkpoint, run_training
-    from plvm.training.row_fit import fit_output_row, load_or_collect_answer_states, save_row_fit
 
     c = config
     p = get_preset(c.preset)
@@ -176,7 +132,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             c.recog_to_attr,
             c.hard_negative_share,
             c.hard_negative_distance,
-            c.portrait_query_share,
         )
     else:
         source = FolderPersonalSource(c.data, c.seed)
@@ -199,7 +154,7 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
     if c.init_aligner is not None:
         check_aligner_base(c.init_aligner, lvlm, allow_mismatch=True)  # a warm start from another base: warn
         load_aligner_weights(aligner, c.init_aligner)
-    try:  # a folder source has no reference bank
+    try:  # e.g. an Aligner whose width does not fit the base
         task = AlignerTrainingTask(lvlm, aligner, ref_proc, source, c.task_config())
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -213,26 +168,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             weight_norm=float(model.get_output_embeddings().weight.float().norm(dim=-1).mean()),
         )
         log("Aligner outputs calibrated: " + ", ".join(f"{k} x{v:.3f}" for k, v in factors.items()))
-    if fresh and c.anchor_references > 0 and world is not None:
-        import numpy as np
-
-        from plvm.training.word_anchor import train_aligner_anchor
-
-        rng = np.random.default_rng([c.seed, 777])
-        pool = world.split("train")
-        people = [pool[int(i)] for i in rng.integers(len(pool), size=c.anchor_references)]
-        samples = [(world.render_reference(person, rng_or_seed=rng), dict(person.attributes)) for person in people]
-        stats = train_aligner_anchor(
-            aligner,
-            processor.tokenizer,
-            model.get_input_embeddings().weight,
-            task.reference_pixels,
-            samples,
-            steps=c.anchor_steps,
-            seed=c.seed,
-            log=log,
-        )
-        (c.out / "anchor.json").write_text(json.dumps(stats, indent=2))
     if fresh and c.head_anchor_references > 0 and world is not None:
         import numpy as np
 
@@ -255,31 +190,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             log=log,
         )
         (c.out / "head_anchor.json").write_text(json.dumps(stats, indent=2))
-    if c.answer_style == "name-first" and previous is None and not bool(aligner.row_mean.any()):
-        # the concept's output row decides a name-first answer: condition it on the LM's answer states
-        probe = [ex for ex in source.examples(10**6 + 1, 96) if ex.kind.startswith("recog")][:32]
-        if not probe:
-            raise ConfigError(
-                "answer_style 'name-first' needs recognition samples (kind recog_pos / recog_neg) in the data"
-            )
-        hidden, no_logit = task.answer_states(probe)
-        stats = aligner.calibrate_output_row(
-            task.reference_pixels([ex.reference for ex in probe]), hidden, float(no_logit.mean())
-        )
-        log("Aligner output row conditioned: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
-    loop = c.loop_config()
-    summary = run_training(task, loop, c.out, resume=not c.no_resume)
+    summary = run_training(task, c.loop_config(), c.out, resume=not c.no_resume)
     log(json.dumps(summary, indent=2))
-    row_fit = c.row_fit_config()
-    if row_fit is not None:
-        try:
-            cache = c.out / f"row-fit-states-{row_fit.queries}.safetensors"
-            states = load_or_collect_answer_states(task, row_fit, cache)
-            report = fit_output_row(task, states, row_fit, log=log)
-        except ValueError as exc:
-            raise ConfigError(f"row fit: {exc}") from None
-        (c.out / "row-fit.json").write_text(json.dumps(report, indent=2))
-        path = save_row_fit(c.out / "row-fit", task, summary["step"], loop.to_dict(), report)
-        log(f"row fit: kept epoch {report['kept_epoch']} (held-out AUC {report['kept_heldout_auc']:.3f}); wrote {path}")
-        summary = {**summary, "row_fit": str(path)}
     return summary

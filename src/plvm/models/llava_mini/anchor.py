@@ -21,8 +21,8 @@ this does not make the frozen 135M LM answer by itself — it copies a colour fr
 7 times in 12 — so stage 1 still has to teach it to read; see the LLaVA-mini model card.)
 
 The word targets and the cosine fit (:class:`~plvm.training.word_anchor.WordTargets`,
-:func:`~plvm.training.word_anchor.fit_cosine`) are shared with the Aligner's stage 0, in
-:mod:`plvm.training.word_anchor`.
+:func:`~plvm.training.word_anchor.fit_cosine`) live in :mod:`plvm.training.word_anchor`; the Aligner's head
+anchoring (:mod:`plvm.training.head_anchor`) uses the same fit.
 """
 
 from __future__ import annotations
