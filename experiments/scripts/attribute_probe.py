@@ -21,7 +21,7 @@ import torch
 
 from plvm.diag.identity_probe import region_weights
 from plvm.models.llava_mini.anchor import head_box
-from plvm.models.llava_mini.assembly import build_llava_mini, mini_image_processor
+from plvm.models.llava_mini.assembly import build_llava_mini, image_tokens, mini_image_processor
 from plvm.synth.avatarworld import AvatarWorld
 
 ATTRIBUTES = ("hair_color", "age", "glasses")
@@ -40,13 +40,7 @@ def features(model, processor, image, people, raw: int | None, crop: int) -> lis
         return out
     pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
     if raw is None:
-        f = model.get_image_features(
-            pixel_values=pixels,
-            vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        )
-        f = getattr(f, "pooler_output", f)
-        f = f[0] if isinstance(f, (list, tuple)) else f
+        f = image_tokens(model, pixels)[0]
     else:
         f = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[raw][:, 1:]
     f = f.reshape(-1, f.shape[-1])

@@ -19,7 +19,8 @@ from plvm.diag.attention_match import AttentionProbeConfig, twin_examples
 from plvm.diag.identity_probe import region_weights
 from plvm.eval.metrics import roc_auc
 from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.llava_mini.assembly import build_llava_mini
+from plvm.models.llava_mini.assembly import build_llava_mini, image_tokens
+from plvm.training.head_anchor import head_grid_tokens
 
 torch.set_num_threads(1)
 proj, k, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -34,22 +35,11 @@ with torch.no_grad():
     for e in ex:
         ref = e.images[0]
         pv = processor.image_processor([ref], return_tensors="pt")["pixel_values"]
-        feats = model.get_image_features(
-            pixel_values=pv,
-            vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        )
-        feats = getattr(feats, "pooler_output", feats)
-        feats = feats[0] if isinstance(feats, (list, tuple)) else feats
-        feats = feats.reshape(-1, feats.shape[-1])  # [G², d]
+        feats = image_tokens(model, pv)[0]  # [G², d]
         grid = round(feats.shape[0] ** 0.5)
         w = region_weights(e.reference_head, *ref.size, grid)
-        if MODE == "pool":  # k = s*s adaptive average pool of the head box's cells
-            cells = (w > 0).reshape(grid, grid).nonzero()
-            (r0, c0), (r1, c1) = cells.min(0).values, cells.max(0).values + 1
-            sub = feats.reshape(grid, grid, -1)[r0:r1, c0:c1].permute(2, 0, 1)[None]
-            s_ = round(k**0.5)
-            ctx = torch.nn.functional.adaptive_avg_pool2d(sub, s_)[0].reshape(sub.shape[1], -1).T
+        if MODE == "pool":  # k = s*s adaptive average pool of the head box's cells (what head anchoring fits)
+            ctx = head_grid_tokens(feats, e.reference_head, *ref.size, k)
         elif MODE == "mean":
             ctx = ((w[:, None] * feats).sum(0) / w.sum()).expand(k, -1)
         else:

@@ -124,10 +124,8 @@ def region_features(
     Returns ``(tower [N, d_vision × n_layers], tokens [N, d_text])`` (float32): the coverage-weighted mean over
     the head box's patches of the vision-tower features the projector reads, and of the image tokens it makes.
     """
-    from ..models.llava_mini.assembly import vision_features
+    from ..models.llava_mini.assembly import project_features, vision_features
 
-    projector = model.model.multi_modal_projector
-    dtype = projector.linear_1.weight.dtype
     per_image: dict[int, list[int]] = {}
     for i, j in enumerate(items.image_of):
         per_image.setdefault(j, []).append(i)
@@ -138,7 +136,7 @@ def region_features(
         chunk = order[start : start + batch_size]
         pixels = image_processor([items.images[j] for j in chunk], return_tensors="pt")["pixel_values"]
         feats = vision_features(model, pixels)  # [B, P, d_in]
-        projected = projector(feats.to(dtype)).float()  # [B, P, d_text]
+        projected = project_features(model, feats)  # [B, P, d_text]
         grid = int(round(feats.shape[1] ** 0.5))
         for b, j in enumerate(chunk):
             width, height = items.images[j].size

@@ -6,8 +6,8 @@ LLaVA-mini v2 was taught to compare a person in a photo with a reference image's
 ``<sks> is <t1>…<t16>.`` nearly as well as the image prompt (Yes/No AUC 0.73 against 0.79) when ``<t1>…<t16>`` *are*
 the reference's projected head tokens average-pooled to 4 × 4 (experiments/aligner-v2-base.md); Eq. 2 alone did not
 find such tokens. So context token ``j`` is regressed (``1 - cos``, then rescaled to the targets' mean norm;
-:func:`~plvm.training.word_anchor.fit_resampler`) onto cell ``j`` of the √k × √k average pool of the base's image
-tokens over the reference's head box:
+:func:`~plvm.training.word_anchor.fit_cosine` of the resampler) onto cell ``j`` of the √k × √k average pool of the
+base's image tokens over the reference's head box:
 
     target[j] = AdaptiveAvgPool_{√k×√k}( P(tower(reference))[head box rows, head box cols] )[j]     # [k, d_llm]
 
@@ -25,7 +25,7 @@ import torch
 
 from ..diag.identity_probe import region_weights
 from .attention import Box
-from .word_anchor import fit_resampler
+from .word_anchor import fit_cosine
 
 
 def head_grid_tokens(tokens: torch.Tensor, box: Box, width: int, height: int, k: int) -> torch.Tensor:
@@ -49,15 +49,13 @@ def base_head_targets(
 ) -> torch.Tensor:
     """``[N, k, d_llm]`` :func:`head_grid_tokens` of the base LLaVA ``model``'s image tokens for each
     ``(image, head box)``."""
-    from ..models.llava_mini.assembly import vision_features
+    from ..models.llava_mini.assembly import image_tokens
 
-    projector = model.model.multi_modal_projector
-    dtype = projector.linear_1.weight.dtype
     out = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         pixels = image_processor([image for image, _ in chunk], return_tensors="pt")["pixel_values"]
-        tokens = projector(vision_features(model, pixels).to(dtype)).float()  # [B, G², d_llm]
+        tokens = image_tokens(model, pixels)  # [B, G², d_llm]
         out += [head_grid_tokens(t, box, *image.size, k) for t, (image, box) in zip(tokens, chunk)]
     return torch.stack(out)
 
@@ -84,9 +82,10 @@ def train_aligner_head_anchor(
         for i in range(0, len(samples), 32)
     ]
     z_ref = torch.cat(z)
-    before, after, factor = fit_resampler(
-        aligner,
-        z_ref,
+    before, after, factor = fit_cosine(  # the resampler reads the patch tokens z_ref[:, 1:]
+        aligner.resampler,
+        aligner.resampler.proj_out,
+        z_ref[:, 1:],
         targets,
         steps,
         batch_size,

@@ -4,11 +4,9 @@ word embeddings (not in the paper).
 * :class:`WordTargets` — the normalised mean input embedding of a word list;
 * :func:`fit_cosine` — train one module alone so its outputs point along such targets, then rescale its last
   layer to the targets' mean norm;
-* :func:`fit_resampler` — :func:`fit_cosine` of the Aligner's resampler (its context tokens ``<t1>…<tk>``), used
-  by the head anchoring of :mod:`plvm.training.head_anchor`.
 
 LLaVA-mini's stage 0 (the projector's patches anchored to the words of what they show) uses the same fit:
-:mod:`plvm.models.llava_mini.anchor`.
+:mod:`plvm.models.llava_mini.anchor`; so does the Aligner's head anchoring (:mod:`plvm.training.head_anchor`).
 """
 
 from __future__ import annotations
@@ -90,30 +88,3 @@ def fit_cosine(
     with torch.no_grad():
         factor = rescale_output(last, module(inputs[val].to(dtype)), target_norm)
     return before, after, factor
-
-
-def fit_resampler(
-    aligner: Any,
-    z_ref: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    rng: np.random.Generator,
-    target_norm: torch.Tensor,
-    desc: str,
-) -> tuple[float, float, float]:
-    """:func:`fit_cosine` of the Aligner's resampler: its context tokens for references ``z_ref`` ``[N, L, d_enc]``
-    (encoder output, the global token first) along ``targets`` ``[N, k, d_llm]``; its output layer rescaled."""
-    return fit_cosine(
-        aligner.resampler,
-        aligner.resampler.proj_out,
-        z_ref[:, 1:],
-        targets,
-        steps,
-        batch_size,
-        lr,
-        rng,
-        target_norm,
-        desc,
-    )

@@ -273,6 +273,19 @@ def vision_features(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         return torch.cat(pool, dim=-1)
 
 
+def project_features(model: LlavaForConditionalGeneration, features: torch.Tensor) -> torch.Tensor:
+    """The projector on :func:`vision_features` ``[N, P, d_in]`` → image tokens ``[N, P, d_llm]`` (float32; the
+    caller's grad mode)."""
+    projector = model.model.multi_modal_projector
+    return projector(features.to(projector.linear_1.weight.dtype)).float()
+
+
+def image_tokens(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The image tokens the LM reads for ``pixel_values`` ``[N, 3, S, S]`` → ``[N, P, d_llm]`` (float32): the
+    projector on :func:`vision_features`."""
+    return project_features(model, vision_features(model, pixel_values))
+
+
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
     """The projector's tensors under ``multi_modal_projector.*`` (contiguous CPU copies)."""
     return {
