@@ -249,6 +249,55 @@ def test_tiny_model_end_to_end(toy, tmp_path):
     assert "Mean acc" in md and "## QA controls" in md and "## Multi-concept" in md and "## Captioning" in md
 
 
+def test_yollava_cache_reuses_a_tuning_only_when_it_would_be_the_same(toy, tmp_path, monkeypatch, caplog):
+    from plvm.eval.methods import YoLLaVA
+
+    ds = read_dataset(toy)
+    plvm = tiny_plvm(template="llava15")
+    cfg = YoLLaVAConfig(k=4, steps=2, batch_size=2)
+    first = YoLLaVA(plvm.lvlm, cfg, cache=tmp_path / "cache")
+    first.prepare(ds, list(ds.concepts))
+    assert sorted(p.stem for p in (tmp_path / "cache").glob("*.safetensors")) == sorted(ds.concepts)
+    assert first.reused == []
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("tuned although the cache holds this tuning")
+
+    again = YoLLaVA(plvm.lvlm, cfg, cache=tmp_path / "cache")
+    monkeypatch.setattr(again, "tune", no_tuning)
+    again.prepare(ds, list(ds.concepts))
+    assert sorted(again.reused) == sorted(ds.concepts)
+    for cid, concept in first.concepts.items():
+        loaded = again.concepts[cid]
+        assert loaded.name == concept.name
+        assert torch.equal(loaded.context, concept.context) and torch.equal(loaded.e_weight, concept.e_weight)
+    # a reused concept reports what its tuning cost and its tuning log
+    for cid in ds.concepts:
+        assert again.prepare_seconds[cid] == pytest.approx(first.prepare_seconds[cid], rel=0.5)
+        assert again.logs[cid] == first.logs[cid]
+    assert again.describe()["reused_from_cache"] == again.reused
+
+    # another config, or another set of concepts (other negatives), tunes again
+    other = YoLLaVA(plvm.lvlm, YoLLaVAConfig(k=4, steps=3, batch_size=2), cache=tmp_path / "cache")
+    other.prepare(ds, list(ds.concepts)[:1])
+    assert other.reused == [] and other.logs[list(ds.concepts)[0]]["steps"] == 3
+    fewer = ds.subset(2, seed=0)
+    cid = list(fewer.concepts)[0]
+    assert YoLLaVA(plvm.lvlm, cfg).cache_key(fewer, cid) != YoLLaVA(plvm.lvlm, cfg).cache_key(ds, cid)
+
+    # an unreadable cache file is tuned again (and replaced), with a warning
+    victim = list(ds.concepts)[1]
+    (tmp_path / "cache" / f"{victim}.safetensors").write_bytes(b"not a safetensors file")
+    repaired = YoLLaVA(plvm.lvlm, cfg, cache=tmp_path / "cache")
+    with caplog.at_level("WARNING"):
+        repaired.prepare(ds, [victim])
+    assert repaired.reused == [] and "unusable" in caplog.text
+    assert YoLLaVA(plvm.lvlm, cfg, cache=tmp_path / "cache").cache_key(ds, victim) == repaired.cache_key(ds, victim)
+    third = YoLLaVA(plvm.lvlm, cfg, cache=tmp_path / "cache")
+    third.prepare(ds, [victim])
+    assert third.reused == [victim]
+
+
 class SquareFaces:
     """Face-backend stand-in for the toy set: the coloured square is the 'face', its mean colour the embedding."""
 

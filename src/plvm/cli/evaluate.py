@@ -99,6 +99,11 @@ def eval_command(
     yollava_steps: int = typer.Option(100, help="Yo'LLaVA tuning steps per concept"),
     yollava_lr: float = typer.Option(5e-3),
     yollava_batch: int = typer.Option(4),
+    yollava_cache: Optional[Path] = typer.Option(
+        None,
+        help="save each Yo'LLaVA-tuned concept here and reuse it when a later run's tuning would be the same "
+        "(config, base, training photos): a table over many concepts can be built over several runs",
+    ),
     k: Optional[int] = typer.Option(None, "--k", help="Yo'LLaVA context tokens (default: PLVM's k)"),
     text_tokens: Optional[int] = typer.Option(None, help="text-prompt description length (default: PLVM's k)"),
     caption_tokens: int = typer.Option(48, help="caption length in tokens"),
@@ -201,6 +206,7 @@ def eval_command(
         describe_prompt=f"Describe the {subject} in this image in one short sentence.",
         yollava=YoLLaVAConfig(steps=yollava_steps, lr=yollava_lr, batch_size=yollava_batch, seed=seed),
         yollava_k=k,
+        yollava_cache=yollava_cache,
     )
     try:
         methods = build_methods(keys, plvm.lvlm, plvm, options)

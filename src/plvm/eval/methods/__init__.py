@@ -28,6 +28,7 @@ One module per family: :mod:`.base` (:class:`Method`, :class:`Binding`), :mod:`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...injection import PersonalizedLVLM
@@ -49,6 +50,7 @@ class MethodOptions:
     describe_prompt: str = "Describe the person in this image in one short sentence."
     yollava: YoLLaVAConfig = field(default_factory=YoLLaVAConfig)
     yollava_k: int | None = None  # default: PLVM's k
+    yollava_cache: Path | None = None  # folder of tuned concepts reused across runs (YoLLaVA's ``cache``)
     face: Any = None  # face backend of identify / plvm-idp (plvm.encoders.face.FaceEncoder); None: image features
     identify_threshold: float | None = None  # image-feature cosine threshold (None: plvm.identify's default)
 
@@ -74,7 +76,9 @@ def build_methods(
         "text": lambda: TextPrompt(lvlm, options.text_tokens or k or 16, options.describe_prompt),
         "image": lambda: ImagePrompt(lvlm),
         "yollava": lambda: YoLLaVA(
-            lvlm, YoLLaVAConfig(**{**asdict(options.yollava), "k": options.yollava_k or k or options.yollava.k})
+            lvlm,
+            YoLLaVAConfig(**{**asdict(options.yollava), "k": options.yollava_k or k or options.yollava.k}),
+            cache=options.yollava_cache,
         ),
         "plvm": lambda: _plvm_method(plvm, lvlm),
         "identify": lambda: IdentifyRecognition(lvlm, index()),

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ...concept import ConceptEmbedding
+from ...concept import ConceptEmbedding, ConceptError
 from ...conversation import Conversation, single_turn
 from ...injection import ConceptTensors, PersonalizedLVLM
 from ...training.loss import shift_targets, weighted_answer_loss
 from ..prompts import load_paper_templates
 from ..readers import EvalDataset
 from .base import Binding, Method
+
+logger = logging.getLogger(__name__)
 
 
 # ============================================================================ embedding methods
@@ -95,15 +102,25 @@ class YoLLaVA(EmbeddingMethod):
     Positives are the concept's training photos (the reference only, for PLVM-format data); negatives are
     the other identities' training photos (plus the concept's own retrieved negatives, if the dataset has
     them). Questions and answers are the paper's recognition templates. The LVLM stays frozen.
+
+    ``cache``: a folder where each tuned concept is saved (``<concept id>.safetensors``) and reused by a later
+    run whose tuning would be the same — same config, base model and revision, and the same training photos
+    (a fingerprint of their paths). Tuning costs minutes per concept on a CPU, so a table over many concepts
+    can be built over several runs. A reused concept reports the seconds its tuning took, not the load time.
     """
 
     key = "yollava"
     label = "Yo'LLaVA-style tuning"
 
-    def __init__(self, lvlm: PersonalizedLVLM, config: YoLLaVAConfig = YoLLaVAConfig()):
+    def __init__(
+        self, lvlm: PersonalizedLVLM, config: YoLLaVAConfig = YoLLaVAConfig(), cache: str | Path | None = None
+    ):
         super().__init__(lvlm)
         self.config = config
+        self.cache = Path(cache) if cache is not None else None
         self.logs: dict[str, dict[str, Any]] = {}
+        self.reused: list[str] = []
+        self._tuning_seconds: dict[str, float] = {}
         templates = load_paper_templates()
         self._pos = [(t["question"], t["answer"]) for t in templates["recognition_positive"]]
         self._neg = [(t["question"], t["answer"]) for t in templates["recognition_negative"]]
@@ -120,8 +137,59 @@ class YoLLaVA(EmbeddingMethod):
         noise = torch.randn(self.config.k, e_word.shape[0], generator=generator) * (0.1 * float(emb_in.std()))
         return e_word, e_weight, e_word.unsqueeze(0).repeat(self.config.k, 1) + noise
 
+    def prepare(self, dataset: EvalDataset, concept_ids: Sequence[str], progress: bool = False) -> None:
+        super().prepare(dataset, concept_ids, progress)
+        self.prepare_seconds.update(self._tuning_seconds)  # a reused concept costs what its tuning cost
+
     def prepare_concept(self, dataset: EvalDataset, concept_id: str) -> None:
-        self.concepts[concept_id] = self.tune(dataset, concept_id)
+        key = self.cache_key(dataset, concept_id)
+        path = self.cache / f"{concept_id}.safetensors" if self.cache is not None else None
+        if path is not None and path.is_file():
+            try:
+                cached = ConceptEmbedding.load(
+                    path, base_model=self.lvlm.base_model_id, hidden_size=self.lvlm.hidden_size
+                )
+            except ConceptError as exc:
+                logger.warning("Yo'LLaVA cache: %s unusable (%s); tuning again", path, exc)
+            else:
+                if cached.metadata.get("cache_key") == key:
+                    self.concepts[concept_id] = cached.renamed(dataset.concepts[concept_id].name)
+                    self.logs[concept_id] = dict(cached.metadata.get("tuning", {}))
+                    self._tuning_seconds[concept_id] = float(cached.metadata.get("tuning_seconds", 0.0))
+                    self.reused.append(concept_id)
+                    return
+        start = time.perf_counter()
+        concept = self.tune(dataset, concept_id)
+        if path is not None:
+            concept.metadata.update(
+                cache_key=key, tuning=self.logs[concept_id], tuning_seconds=time.perf_counter() - start
+            )
+            concept.save(path)
+        self.concepts[concept_id] = concept
+
+    def cache_key(self, dataset: EvalDataset, concept_id: str) -> str:
+        """What the tuning of ``concept_id`` depends on: config, base (model, revision) and training photos."""
+        record = dataset.concepts[concept_id]
+
+        def names(paths: Sequence[Path]) -> list[str]:  # relative to the dataset: a moved copy still matches
+            root = Path(dataset.root)
+            return [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in map(Path, paths)]
+
+        photos = {
+            cid: names(r.train_images) + (names(r.negative_images) if cid == concept_id else [])
+            for cid, r in dataset.concepts.items()
+        }
+        blob = json.dumps(
+            {
+                "config": asdict(self.config),
+                "base_model": self.lvlm.base_model_id,
+                "base_revision": self.lvlm.base_revision,
+                "name": record.name,
+                "photos": photos,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def tune(self, dataset: EvalDataset, concept_id: str) -> ConceptEmbedding:
         """Run :attr:`config.steps` steps of Eq. 2 on ``concept_id``'s data; return its embedding."""
@@ -185,7 +253,12 @@ class YoLLaVA(EmbeddingMethod):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "config": asdict(self.config), "tuning": dict(self.logs)}
+        return {
+            **super().describe(),
+            "config": asdict(self.config),
+            "tuning": dict(self.logs),
+            "reused_from_cache": list(self.reused),
+        }
 
 
 __all__ = ["EmbeddingMethod", "PLVMMethod", "YoLLaVA", "YoLLaVAConfig"]
