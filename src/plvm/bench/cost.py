@@ -399,29 +399,12 @@ def setup_mini(dtype: torch.dtype = torch.float32, seed: int = 0) -> Setup:
     )
 
 
-def tiny_aligner_config(d_llm: int, base_model: str = "tiny") -> Any:
-    from ..config import AlignerConfig
-
-    return AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=d_llm,
-        mlp_hidden=64,
-        resampler_hidden=32,
-        resampler_blocks=1,
-        resampler_heads=2,
-        num_queries=4,
-        image_size=28,
-        base_model=base_model,
-    )
-
-
 def setup_tiny(seed: int = 0) -> Setup:
     """``tiny_llava`` (LLaVA-1.5 layout) + a tiny Aligner on a 2-layer DINOv2 — the smoke-test setup."""
     from transformers import Dinov2Model
 
     from ..injection import PersonalizedLVLM
-    from ..models.tiny import tiny_dinov2_config, tiny_llava
+    from ..models.tiny import tiny_aligner_config, tiny_dinov2_config, tiny_llava
     from ..pipeline import reference_image_processor
 
     model, processor = tiny_llava(template="llava15", seed=seed)

@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..config import AlignerConfig
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|im_start|>", "<|im_end|>"]
 
 # The LLaVA-1.5 conversation layout ("USER: <image>\n… ASSISTANT: …</s>"), written for the tiny processor.
@@ -86,6 +88,22 @@ def tiny_dinov2_config(image_size: int = 28, patch_size: int = 14, hidden_size: 
         num_attention_heads=4,
         intermediate_size=2 * hidden_size,
         layerscale_value=1.0,
+    )
+
+
+def tiny_aligner_config(d_llm: int, base_model: str = "tiny") -> AlignerConfig:
+    """The Aligner of the tiny setups: on :func:`tiny_dinov2_config` (28 px, d_enc 32), k = 4, small MLPs."""
+    return AlignerConfig(
+        encoder="tiny",
+        d_enc=32,
+        d_llm=d_llm,
+        mlp_hidden=64,
+        resampler_hidden=32,
+        resampler_blocks=1,
+        resampler_heads=2,
+        num_queries=4,
+        image_size=28,
+        base_model=base_model,
     )
 
 

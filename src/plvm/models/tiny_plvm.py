@@ -17,25 +17,13 @@ def tiny_plvm(seed: int = 0, template: str = "chatml"):
     from transformers import Dinov2Model
 
     from ..aligner import Aligner
-    from ..config import AlignerConfig
     from ..injection import PersonalizedLVLM
     from ..pipeline import PLVM, reference_image_processor
-    from .tiny import tiny_dinov2_config, tiny_llava
+    from .tiny import tiny_aligner_config, tiny_dinov2_config, tiny_llava
 
     model, processor = tiny_llava(template=template, seed=seed)
     lvlm = PersonalizedLVLM(model, processor, base_model=TINY_BASE_MODEL)
-    config = AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=lvlm.hidden_size,
-        mlp_hidden=64,
-        resampler_hidden=32,
-        resampler_blocks=1,
-        resampler_heads=2,
-        num_queries=4,
-        image_size=28,
-        base_model=TINY_BASE_MODEL,
-    )
+    config = tiny_aligner_config(lvlm.hidden_size, TINY_BASE_MODEL)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed + 1)
