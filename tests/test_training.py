@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,13 +11,9 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, Dinov2Model
 
 from plvm.aligner import Aligner
-from plvm.conversation import single_turn
-from plvm.eval.methods.base import Binding
-from plvm.eval.methods.prompting import ImagePrompt
 from plvm.injection import PersonalizedLVLM
 from plvm.models.tiny import tiny_aligner_config, tiny_dinov2_config, tiny_llava
-from plvm.training.aligner_task import TRAIN_NAME, AlignerTaskConfig, AlignerTrainingTask, PersonalExample
-from plvm.training.distill import ImagePromptTeacher, answer_log_odds
+from plvm.training.aligner_task import AlignerTaskConfig, AlignerTrainingTask, PersonalExample
 from plvm.training.loop import LoopConfig, run_training
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30)]
@@ -294,75 +289,3 @@ def test_freeze_context_trains_the_name_heads_and_leaves_the_context_tokens(tmp_
     for k, v in task.aligner.resampler.state_dict().items():
         assert torch.equal(v, resampler[k]), k
     assert any(not torch.equal(v, f_word[k]) for k, v in task.aligner.f_word.state_dict().items())
-
-
-# ---------------------------------------------------------------- image-prompt distillation (training/distill.py)
-def test_answer_log_odds_reads_the_first_token_of_each_rows_answer_word():
-    torch.manual_seed(0)
-    logits = torch.randn(5, 7)
-    rows = torch.tensor([0, 0, 0, 1, 1])
-    is_word = torch.tensor([False, True, True, False, True])
-    yes, no = [2, 3], [5]
-    lo, lo_rows = answer_log_odds(logits, is_word, rows, yes, no)
-    logp = torch.log_softmax(logits, dim=-1)
-    expected = [torch.logsumexp(logp[i, yes], 0) - logp[i, 5] for i in (1, 4)]
-    assert lo_rows.tolist() == [0, 1]
-    assert torch.allclose(lo, torch.stack(expected))
-    empty, _ = answer_log_odds(logits, torch.zeros(5, dtype=torch.bool), rows, yes, no)
-    assert empty.numel() == 0
-
-
-def test_the_teacher_is_the_image_prompt_baseline():
-    task = make_task()
-    teacher = ImagePromptTeacher(task.lvlm, TRAIN_NAME)
-    examples = ColourSquares().examples(3, 4)
-    baseline = ImagePrompt(task.lvlm)
-    convs = []
-    for i, ex in enumerate(examples):
-        baseline._refs[str(i)] = ex.reference
-        convs.append(baseline.conversation(ex.question, [Binding(TRAIN_NAME, str(i))], [ex.query]))
-    assert torch.allclose(teacher.log_odds(examples), task.lvlm.score_yes_no(convs), atol=1e-5)
-
-
-def _with_distill(weight: float, offset: float = 0.0):
-    task = make_task()
-    config = dataclasses.replace(task.config, distill_weight=weight, distill_offset=offset)
-    task.__init__(task.lvlm, task.aligner, task.reference_processor, task.data, config)
-    return task
-
-
-@pytest.mark.parametrize("offset", [0.0, -1.5])
-def test_distill_term_is_the_squared_log_odds_gap_with_the_scoring_path(offset):
-    task = _with_distill(2.0, offset)
-    examples = ColourSquares().examples(5, 2)
-    with torch.no_grad():
-        loss, stats = task.loss(examples)
-        plain = dataclasses.replace(task.config, distill_weight=0.0)
-        eq2, _ = type(task)(task.lvlm, task.aligner, task.reference_processor, task.data, plain).loss(examples)
-        pixels = task.reference_pixels([ex.reference for ex in examples])
-        concepts = task.aligner.make_concepts([TRAIN_NAME] * 2, pixel_values=pixels)
-        convs = [single_turn(ex.question, [c], image=ex.query) for ex, c in zip(examples, concepts)]
-        student = task.lvlm.score_yes_no(convs)
-        teacher = task.teacher.log_odds(examples)
-    expected = ((student - (teacher - offset)) ** 2).mean()
-    assert stats["loss_distill"] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
-    assert float(loss) == pytest.approx(float(eq2) + 2.0 * float(expected), rel=1e-4)
-
-
-def test_attribute_examples_have_no_distill_term():
-    task = _with_distill(1.0)
-    examples = [dataclasses.replace(ex, query=None, kind="attribute") for ex in ColourSquares().examples(1, 2)]
-    with torch.no_grad():
-        _, stats = task.loss(examples)
-    assert "loss_distill" not in stats
-
-
-def test_training_with_the_distill_term_closes_the_gap(tmp_path):
-    task = _with_distill(5.0)
-    fixed = ColourSquares().examples(10_000, 8)
-    with torch.no_grad():
-        before = task.loss(fixed)[1]["loss_distill"]
-    run_training(task, LoopConfig(steps=15, lr=3e-3, save_every=15, log_every=5), tmp_path)
-    with torch.no_grad():
-        after = task.loss(fixed)[1]["loss_distill"]
-    assert after < 0.7 * before, (before, after)

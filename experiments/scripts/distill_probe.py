@@ -44,4 +44,5 @@ print(f"teacher AUC {roc_auc(t[y], t[~y]):.3f}  student AUC {roc_auc(s[y], s[~y]
 print(f"corr(teacher, student) {np.corrcoef(t, s)[0, 1]:.3f}")
 for name, v in (("teacher", t), ("student", s)):
     best = max(((v > th) == y).mean() for th in np.unique(v))
-    print(f"{name}: mean pos {v[y].mean():+.2f} neg {v[~y].mean():+.2f}; acc at 0 {((v > 0) == y).mean():.3f}, best {best:.3f}")
+    at_zero = ((v > 0) == y).mean()
+    print(f"{name}: mean pos {v[y].mean():+.2f} neg {v[~y].mean():+.2f}; acc at 0 {at_zero:.3f}, best {best:.3f}")

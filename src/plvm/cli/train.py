@@ -77,12 +77,6 @@ def train(
         _A.freeze_context,
         help="Eq. 2 trains f_word and f_weight only; the context tokens (the resampler) stay as initialised",
     ),
-    distill_weight: float = typer.Option(
-        _A.distill_weight,
-        min=0.0,
-        help="weight of the image-prompt distillation term on recognition examples (plvm.training.distill; 0 = off)",
-    ),
-    distill_offset: float = typer.Option(_A.distill_offset, help="subtracted from the teacher's log-odds"),
 ) -> None:
     """Train the Aligner (§3.2, Eq. 2) on a frozen base LVLM; resumable."""
     from plvm.training.recipe import train_aligner

@@ -24,7 +24,6 @@ from ..aligner import Aligner
 from ..concept import ConceptEmbedding
 from ..conversation import single_turn
 from ..injection import ConceptTensors, PersonalizedLVLM
-from .distill import RECOGNITION_KINDS, ImagePromptTeacher, answer_log_odds
 from .loss import shift_targets, weighted_answer_loss
 
 TRAIN_NAME = "sks"
@@ -55,10 +54,6 @@ class AlignerTaskConfig:
     #: train ``f_word`` and ``f_weight`` only: the context tokens stay as initialised (e.g. head-anchored,
     #: :mod:`plvm.training.head_anchor`); not in the paper
     freeze_context: bool = False
-    #: λ of the image-prompt distillation term (:mod:`plvm.training.distill`; 0: Eq. 2 alone); not in the paper
-    distill_weight: float = 0.0
-    #: τ: the teacher's log-odds are compared after subtracting it
-    distill_offset: float = 0.0
 
 
 class AlignerTrainingTask:
@@ -91,7 +86,6 @@ class AlignerTrainingTask:
         self._placeholder = ConceptEmbedding(
             TRAIN_NAME, torch.zeros(d), torch.zeros(d), torch.zeros(k, d), lvlm.base_model_id
         )
-        self.teacher = ImagePromptTeacher(lvlm, TRAIN_NAME) if config.distill_weight > 0 else None
 
     def _encode(self, ex: PersonalExample) -> Any:
         """The example's prompt + answer (its "Yes" / "No" flagged as Eq. 2's answer word)."""
@@ -155,23 +149,4 @@ class AlignerTrainingTask:
         with torch.no_grad():
             ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
             word_ce = float(ce[is_word].mean()) if is_word.any() else 0.0
-        stats = {"loss_word": word_ce, "loss_plain": float(ce.mean())}
-        if self.teacher is not None:
-            term = self._distill_term(examples, logits, is_word, rows)
-            if term is not None:
-                loss = loss + self.config.distill_weight * term
-                stats["loss_distill"] = float(term.detach())
-        return loss, stats
-
-    def _distill_term(
-        self, examples: list[PersonalExample], logits: torch.Tensor, is_word: torch.Tensor, rows: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Mean ``(s − (t − τ))²`` over the batch's recognition examples (None if there is none)."""
-        assert self.teacher is not None
-        student, student_rows = answer_log_odds(logits, is_word, rows, self.lvlm.yes_ids, self.lvlm.no_ids)
-        keep = [j for j, r in enumerate(student_rows.tolist()) if examples[r].kind in RECOGNITION_KINDS]
-        if not keep:
-            return None
-        picked = [examples[int(student_rows[j])] for j in keep]
-        teacher = self.teacher.log_odds(picked).to(student.device) - self.config.distill_offset
-        return ((student[keep] - teacher) ** 2).mean()
+        return loss, {"loss_word": word_ce, "loss_plain": float(ce.mean())}

@@ -52,8 +52,6 @@ class AlignerTrainingConfig(RecipeConfig):
     head_anchor_references: int = 0  # > 0: context tokens start as the base's pooled head tokens (mini, avatarworld)
     head_anchor_steps: int = 400
     freeze_context: bool = False  # Eq. 2 trains f_word and f_weight only (context tokens as initialised)
-    distill_weight: float = 0.0  # λ of the image-prompt distillation term (plvm.training.distill)
-    distill_offset: float = 0.0  # τ subtracted from the teacher's log-odds
 
     def __post_init__(self) -> None:
         """Every check that needs no model, so that a bad config fails before anything loads."""
@@ -80,13 +78,7 @@ class AlignerTrainingConfig(RecipeConfig):
     def task_config(self) -> Any:
         from plvm.training.aligner_task import AlignerTaskConfig
 
-        return AlignerTaskConfig(
-            self.batch_size,
-            self.word_weight,
-            freeze_context=self.freeze_context,
-            distill_weight=self.distill_weight,
-            distill_offset=self.distill_offset,
-        )
+        return AlignerTaskConfig(self.batch_size, self.word_weight, freeze_context=self.freeze_context)
 
     def loop_config(self) -> Any:
         from plvm.training.loop import LoopConfig
