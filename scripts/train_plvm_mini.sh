@@ -30,8 +30,9 @@ stage anchor 1 --head-anchor-references 600 --head-anchor-steps 600 --lr 1e-9 --
 stage rows 200 --init-aligner "$OUT/anchor/checkpoint-000001" --freeze-context --lr 3e-4 --warmup-steps 10 \
   --save-every 50 --seed 0
 # the zero point: Eq. 2 with p 0.5 on identities of another AvatarWorld (seed 1) that no stage has seen, so that
-# "Yes" / "No" at log-odds 0 holds for new people, not for the memorised training identities
+# "Yes" / "No" at log-odds 0 holds for new people, not for the memorised training identities; half of its
+# recognition queries are one-person portraits, so that it holds for them as well as for scenes
 stage zero 60 --init-aligner "$OUT/rows/checkpoint-000200" --freeze-context --world-seed 1 --positive-ratio 0.5 \
-  --lr 1e-4 --warmup-steps 5 --save-every 30 --seed 1
+  --portrait-query-share 0.5 --lr 1e-4 --warmup-steps 5 --save-every 30 --seed 1
 "$PLVM" export "$OUT/zero/checkpoint-000060" "$OUT/aligner.safetensors"
 echo "PLVM-mini: $OUT/aligner.safetensors (copy to models/plvm-mini/aligner.safetensors)"

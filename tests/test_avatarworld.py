@@ -337,6 +337,28 @@ def test_personal_samples_match_their_ground_truth(world):
     assert kinds == {"recog_pos", "recog_neg", "attribute"}
 
 
+def test_portrait_queries_show_one_person_with_the_right_answer(world):
+    rng = np.random.default_rng(5)
+    it = iter_personal_samples(world, rng, positive_ratio=0.5, recog_to_attr=10.0, portrait_query_share=1.0)
+    train_ids = {i.id for i in world.split("train")}
+    seen = set()
+    for _ in range(30):
+        s = next(it)
+        if s.kind == "attribute":
+            continue
+        seen.add(s.kind)
+        assert s.graph is None and len(s.query_identities) == 1 and s.query.size == s.reference.size
+        (person,) = s.query_identities
+        assert person in train_ids and (person == s.identity_id) == (s.kind == "recog_pos")
+        assert s.hard_negative in (None, person)
+    assert seen == {"recog_pos", "recog_neg"}
+    # share 0 draws scenes only; a share outside [0, 1] is refused
+    scenes = iter_personal_samples(world, np.random.default_rng(5), recog_to_attr=10.0)
+    assert all(s.query is None or s.graph is not None for s in (next(scenes) for _ in range(10)))
+    with pytest.raises(ValueError, match="portrait_query_share"):
+        next(iter_personal_samples(world, rng, portrait_query_share=1.5))
+
+
 def test_generic_samples_match_their_ground_truth(world):
     rng = np.random.default_rng(8)
     it = iter_generic_samples(world, rng, weights=(1, 1, 2))

@@ -125,6 +125,10 @@ def test_configs_check_what_needs_no_model():
         AlignerTrainingConfig(preset="llava-99b")
     with pytest.raises(ConfigError, match="head_anchor_references.*avatarworld"):
         AlignerTrainingConfig(data="/some/folder", head_anchor_references=100)
+    with pytest.raises(ConfigError, match="portrait_query_share.*avatarworld"):
+        AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
+    with pytest.raises(ConfigError, match=r"portrait_query_share must be in \[0, 1\]"):
+        AlignerTrainingConfig(portrait_query_share=1.5)
     with pytest.raises(ConfigError, match="no such file"):
         AlignerTrainingConfig(init_aligner=Path("/nonexistent/aligner.safetensors"))
     with pytest.raises(ConfigError, match="base_projector.*no such file"):

@@ -1,7 +1,7 @@
 """Is the image prompt a teacher worth distilling into PLVM? On AvatarWorld recognition samples (the training mix's
 questions, Table 10 phrasings), the image prompt's Yes/No log-odds (teacher: the reference's image tokens in the
 prompt) against the committed Aligner's (student: 1 + 16 tokens): AUC of each, their correlation, the teacher's
-best threshold. Used in experiments/aligner-distill.md.
+best threshold. Used in experiments/aligner-v2-base.md §9.
 
     python experiments/scripts/distill_probe.py N SPLIT [ALIGNER]   # e.g. 200 test
 """

@@ -73,6 +73,12 @@ def train(
         "to a sqrt(k) x sqrt(k) grid, fitted on this many AvatarWorld references (plvm.training.head_anchor; 0 = off)",
     ),
     head_anchor_steps: int = typer.Option(_A.head_anchor_steps, min=1, help="steps of the head-anchor fit"),
+    portrait_query_share: float = typer.Option(
+        _A.portrait_query_share,
+        min=0.0,
+        max=1.0,
+        help="AvatarWorld: share of recognition queries that are a one-person portrait instead of a scene",
+    ),
     freeze_context: bool = typer.Option(
         _A.freeze_context,
         help="Eq. 2 trains f_word and f_weight only; the context tokens (the resampler) stay as initialised",

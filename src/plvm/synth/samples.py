@@ -267,6 +267,7 @@ def iter_personal_samples(
     hard_negative_share: float = 0.5,
     hard_negative_distance: int = 2,
     extra_questions: bool = True,
+    portrait_query_share: float = 0.0,
 ) -> Iterator[PersonalSample]:
     """Endless personalised samples (reference + query + question about ``<sks>``).
 
@@ -276,7 +277,11 @@ def iter_personal_samples(
         hard_negative_share: Share of negative queries that contain a look-alike of the concept
             (an identity within ``hard_negative_distance`` attributes; the nearest ones if none).
         extra_questions: Also ask the extra attribute questions, beyond the paper's seven.
+        portrait_query_share: Share of recognition queries that are a portrait of one person (another photo of
+            the concept, a look-alike or anyone else) instead of a scene. 0 draws the stream of earlier versions.
     """
+    if not 0.0 <= portrait_query_share <= 1.0:
+        raise ValueError(f"portrait_query_share must be in [0, 1], got {portrait_query_share}")
     pool = world.split(split)
     if len(pool) < 2:
         raise ValueError(f"split {split!r} needs at least two identities")
@@ -286,29 +291,35 @@ def iter_personal_samples(
         ref = world.render_reference(target, rng_or_seed=rng)
         if rng.random() < p_recog:
             positive = bool(rng.random() < positive_ratio)
+            portrait = portrait_query_share > 0 and bool(rng.random() < portrait_query_share)
             hard = None
             include: list[Identity] = [target] if positive else []
             if not positive and rng.random() < hard_negative_share:
                 look = world.look_alike(target, pool, hard_negative_distance, rng)
                 if look is not None:
                     include, hard = [look], look.id
-            scene = (
-                world.sample_scene(rng, split, include=include)
-                if positive
-                else world.sample_scene(rng, split, include=include, exclude=[target])
-            )
+            if portrait:  # one person: the concept, the look-alike, or anyone else
+                person = include[0] if include else world.sample_scene_identity(rng, pool, exclude=target)
+                image, graph, people = world.render_reference(person, rng_or_seed=rng), None, (person.id,)
+            else:
+                scene = (
+                    world.sample_scene(rng, split, include=include)
+                    if positive
+                    else world.sample_scene(rng, split, include=include, exclude=[target])
+                )
+                image, graph, people = scene.image, scene.graph, tuple(scene.identity_ids)
             item = qa.recognition_qa(rng, positive)
             yield PersonalSample(
                 ref,
-                scene.image,
+                image,
                 item.question,
                 item.answer,
                 item.kind,
                 target.id,
                 "Yes" if positive else "No",
-                scene.graph,
+                graph,
                 hard,
-                tuple(scene.identity_ids),
+                people,
             )
         else:
             item = qa.attribute_qa(target, rng, extra=extra_questions)

@@ -37,6 +37,7 @@ class AvatarWorldPersonalSource:
         recog_to_attr: recognition : attribute-QA ratio (paper: 1:1 → 1.0).
         hard_negative_share: share of negatives drawn from identities at attribute distance
             ≤ ``hard_negative_distance`` from the concept.
+        portrait_query_share: share of recognition queries that are one person's portrait, not a scene.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class AvatarWorldPersonalSource:
         recog_to_attr: float = 1.0,
         hard_negative_share: float = 0.5,
         hard_negative_distance: int = 2,
+        portrait_query_share: float = 0.0,
     ):
         self.world = world
         self.seed = seed
@@ -58,6 +60,8 @@ class AvatarWorldPersonalSource:
             hard_negative_share=hard_negative_share,
             hard_negative_distance=hard_negative_distance,
         )
+        if portrait_query_share:  # absent from the description of runs that never used it
+            self.kw["portrait_query_share"] = float(portrait_query_share)
 
     def examples(self, index: int, n: int) -> list[PersonalExample]:
         rng = np.random.default_rng([self.seed, index])
