@@ -8,24 +8,15 @@ from transformers import Dinov2Model
 
 from plvm.aligner import Aligner
 from plvm.concept import ConceptEmbedding, ConceptError, IncompatibleConceptError, normalize_name
-from plvm.config import PRESETS, AlignerConfig, get_preset
-from plvm.models.tiny import tiny_dinov2_config
+from plvm.config import PRESETS, get_preset
+from plvm.models.tiny import tiny_aligner_config, tiny_dinov2_config
 
 
 def tiny_aligner(image_size: int = 28, k: int = 4) -> Aligner:
     torch.manual_seed(0)
     encoder = Dinov2Model(tiny_dinov2_config(image_size=image_size))
-    config = AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=24,
-        mlp_hidden=48,
-        resampler_hidden=16,
-        resampler_blocks=2,
-        resampler_heads=2,
-        num_queries=k,
-        image_size=image_size,
-        base_model="tiny",
+    config = tiny_aligner_config(24).replace(
+        mlp_hidden=48, resampler_hidden=16, resampler_blocks=2, num_queries=k, image_size=image_size
     )
     return Aligner(config, encoder)
 

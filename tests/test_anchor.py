@@ -104,24 +104,14 @@ def test_head_anchor_fits_only_the_resampler_to_the_bases_pooled_head_tokens():
     from transformers import Dinov2Model
 
     from plvm.aligner import Aligner
-    from plvm.config import AlignerConfig
     from plvm.models.llava_mini.assembly import vision_features
-    from plvm.models.tiny import tiny_dinov2_config
+    from plvm.models.tiny import tiny_aligner_config, tiny_dinov2_config
     from plvm.training.head_anchor import base_head_targets, head_grid_tokens, train_aligner_head_anchor
 
     model, processor = tiny_llava(template="chatml")
     torch.manual_seed(0)
-    config = AlignerConfig(
-        encoder="tiny",
-        d_enc=32,
-        d_llm=model.config.text_config.hidden_size,
-        mlp_hidden=48,
-        resampler_hidden=16,
-        resampler_blocks=2,
-        resampler_heads=2,
-        num_queries=4,
-        image_size=28,
-        base_model="tiny",
+    config = tiny_aligner_config(model.config.text_config.hidden_size).replace(
+        mlp_hidden=48, resampler_hidden=16, resampler_blocks=2
     )
     aligner = Aligner(config, Dinov2Model(tiny_dinov2_config(image_size=28)))
     rng = np.random.default_rng(0)
