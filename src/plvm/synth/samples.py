@@ -53,7 +53,7 @@ class PersonalSample:
         kind: ``"recog_pos"``, ``"recog_neg"`` or ``"attribute"``.
         identity_id: The concept's identity id.
         answer_word: ``"Yes"`` / ``"No"`` for recognition, ``None`` for attribute questions.
-        graph: Scene graph of ``query`` (``None`` when there is no query).
+        graph: Scene graph of ``query`` (``None`` when there is no query or it is a one-person portrait).
         hard_negative: Id of the look-alike placed in a negative query, if any.
         query_identities: Ids of everyone in ``query`` (empty when there is no query).
     """
