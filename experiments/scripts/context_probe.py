@@ -3,8 +3,8 @@ held-out scene + "Is <bo> in this photo?", with ``<t1>…<tk>`` taken from the b
 portrait (no Aligner): ``top`` = the first k of the head box's patches, ``pool`` = the head box's patches average-
 pooled to √k × √k, ``mean`` = their mean repeated k times, ``fit`` = the head cropped (square) and shrunk to exactly
 √k × √k patches of an otherwise empty image, whose √k × √k tokens are taken unpooled (MARGIN > 1 crops that much
-wider around the head). Prints the Yes/No AUC over the
-twin pairs of ``plvm diag attention-match`` (scene queries only). Used in experiments/aligner-v2-base.md.
+wider around the head). Prints the Yes/No AUC over the twin pairs of ``plvm diag attention-match`` (scene queries
+only). Used in experiments/aligner-v2-base.md.
 
     python experiments/scripts/context_probe.py PROJECTOR K PAIRS [top|pool|mean|fit] [MARGIN]
 """
@@ -41,8 +41,8 @@ size = processor.image_processor.crop_size["height"]
 
 def fitted(ref, box, side):
     """``ref``'s head (square crop around ``box``) shrunk to side × side patches in the middle of an empty image."""
-    grid = size // model.config.vision_config.patch_size
-    cell = size // grid
+    cell = model.config.vision_config.patch_size  # one image token per cell × cell pixels
+    grid = size // cell
     x0, y0, x1, y1 = box
     half = MARGIN * max(x1 - x0, y1 - y0) / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -3,7 +3,7 @@ word embeddings (not in the paper).
 
 * :class:`WordTargets` — the normalised mean input embedding of a word list;
 * :func:`fit_cosine` — train one module alone so its outputs point along such targets, then rescale its last
-  layer to the targets' mean norm;
+  layer to the targets' mean norm.
 
 LLaVA-mini's stage 0 (the projector's patches anchored to the words of what they show) uses the same fit:
 :mod:`plvm.models.llava_mini.anchor`; so does the Aligner's head anchoring (:mod:`plvm.training.head_anchor`).
