@@ -135,7 +135,8 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     assert set(oracle["multi"]) == {"all", "single", "multi", "external"}
     ext = yes["multi"]["external"]["all"]
     assert ext["n_pos"] == 0 and ext["precision"] == 0.0 and ext["recall"] == 0.0 and ext["neg_acc"] == 0.0
-    assert yes["multi"]["multi"]["set"]["n"] == 1  # one pair image, one full-set question
+    # sets: the pair image's own pair (Yes) and the pair with a member swapped (No)
+    assert yes["multi"]["multi"]["set"]["n"] == 2 and yes["multi"]["multi"]["set"]["n_pos"] == 1
     # captioning (1 distractor per caption): oracle perfect; naming everyone → precision 9 / 18
     for prompt in ("neutral", "primed"):
         assert oracle["caption"][prompt]["all"]["f1"] == 1.0
@@ -146,6 +147,31 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     assert "| oracle | 7 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in md
     assert "| yes | 7 | 1.000 | 0.000 | 0.500 | 0.333 | 1.000 | 0.500 |" in md
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["yes"]["results"]["recog"]["tp"] == 6
+
+
+def test_multi_concept_items_ask_each_image_its_own_concepts_and_absent_ones(tmp_path):
+    """A scenario larger than ``scenario_size``: each image gets its own concepts plus seeded absent ones, and
+    set questions come in pairs — its own set (Yes) and one with a member swapped (No)."""
+    from plvm.eval.multiconcept import build_items
+
+    ds = read_dataset(write_toy_dataset(tmp_path / "six", n_concepts=6))
+    present = {m.path: set(m.concepts) for m in ds.multi}
+    scenario = {c for m in ds.multi for c in m.concepts}
+    assert len(scenario) == 3  # the pair (concepts 0, 1) and the single image (concept 5)
+    items, info = build_items(ds, EvalConfig(scenario_size=2, seed=3))
+    assert info["scenario_size"] == 2 and info["items"] == len(items) == info["items_before_limit"]
+    assert info["positives"] == sum(it.label for it in items)
+    for path, own in present.items():
+        asked = [it.query[0] for it in items if it.image == path and it.kind == "concept"]
+        assert len(asked) == len(set(asked)) == max(2, len(own)) and own <= set(asked) <= scenario
+        sets = [it for it in items if it.image == path and it.kind == "set"]
+        assert all(it.label == set(it.query).issubset(own) and len(it.query) >= 2 for it in sets)
+        assert sum(it.label for it in sets) == (len(own) >= 2) and sum(not it.label for it in sets) == 1
+    for it in items:
+        assert it.label == set(it.query).issubset(present[it.image])
+    assert items == build_items(ds, EvalConfig(scenario_size=2, seed=3))[0]  # seeded
+    with pytest.raises(ValueError, match="scenario_size"):
+        EvalConfig(scenario_size=0)
 
 
 # ============================================================================ 2. tiny model, all methods

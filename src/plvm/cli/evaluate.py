@@ -118,6 +118,9 @@ def eval_command(
         "\"Answer with the option's letter from the given "
         'choices directly.")',
     ),
+    scenario_size: int = typer.Option(
+        4, help="multi-concept: concepts asked about per image (its own, then seeded absent ones), MC-LLaVA-sized"
+    ),
     max_set_size: int = typer.Option(4, help="multi-concept: largest concept set asked at once"),
     reference_index: int = typer.Option(0, help="Yo'LLaVA layout: which train image is the reference"),
     negative_examples: bool = typer.Option(
@@ -170,6 +173,7 @@ def eval_command(
             phrase=phrase,
             controls=not no_controls,
             recognition_question=recognition_question,
+            scenario_size=scenario_size,
             max_set_size=max_set_size,
             **({"mc_instruction": mc_instruction} if mc_instruction is not None else {}),
         )

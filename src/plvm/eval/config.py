@@ -40,6 +40,8 @@ class EvalConfig:
         recognition_question: the recognition question, ``<sks>`` = the concept.
         mc_instruction: appended after the options of multiple-choice questions.
         multi_question: multi-concept question; ``{names}`` becomes ``<a>``, ``<a> and <b>``, …
+        scenario_size: multi-concept: concepts asked about per image, one at a time (its own, then seeded absent
+            ones of the scenario), when the scenario has more.
         max_set_size: largest concept set asked in one multi-concept "set" question.
         caption_prompts: name → prompt; ``<sks>`` becomes the introduced concepts.
         caption_distractors: concepts introduced in addition to those in the image (captioning).
@@ -58,6 +60,7 @@ class EvalConfig:
     recognition_question: str = RECOGNITION_QUESTION
     mc_instruction: str = MC_INSTRUCTION
     multi_question: str = field(default_factory=_multi_question)
+    scenario_size: int = 4
     max_set_size: int = 4
     caption_prompts: dict[str, str] = field(default_factory=_caption_prompts)
     caption_distractors: int = 1
@@ -76,6 +79,10 @@ class EvalConfig:
             raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
         if self.scoring not in ("logits", "generate"):
             raise ValueError(f"scoring must be 'logits' or 'generate', not {self.scoring!r}")
+        if self.scenario_size < 1 or self.max_set_size < 2:
+            raise ValueError(
+                f"scenario_size must be ≥ 1 and max_set_size ≥ 2, got {self.scenario_size} and {self.max_set_size}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

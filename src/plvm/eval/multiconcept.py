@@ -1,13 +1,17 @@
 """Multi-concept recognition (MC-LLaVA protocol) on the ``multi/`` split.
 
-The *scenario* is the set ``S`` of concepts named in ``multi/annotations.json`` (in dataset order). Every
-image — single-concept, multi-concept, or external (none of ``S``) — is asked
+The *scenario* is the set ``S`` of concepts named in ``multi/annotations.json`` (in dataset order). As in
+MC-LLaVA, where a scenario is one film's few characters, every image — single-concept, multi-concept, or
+external (none of ``S``) — is asked
 
-* about each concept of ``S`` alone: "Can you see <a> in this photo? …" → Yes iff ``a`` is in the image
-  (``kind="concept"``);
-* about the full set: "Can you see <a> and <b> in this photo? …" → Yes iff *all* of them are in the image
-  (``kind="set"``; asked when ``|S| ≥ 2``). If ``|S| > max_set_size`` the set is the image's own concepts
-  first, then seeded other concepts of ``S``, up to ``max_set_size``.
+* about the concepts of its scenario one at a time: "Can you see <a> in this photo? …" → Yes iff ``a`` is in
+  the image (``kind="concept"``). If ``|S| ≤ scenario_size`` that is every concept of ``S``; otherwise the
+  image's own concepts and seeded absent ones of ``S``, ``scenario_size`` in all (so a 46-person ``S`` does
+  not turn the task into 44 negatives per image);
+* about sets (``kind="set"``): "Can you see <a> and <b> in this photo? …" → Yes iff *all* of them are in the
+  image. An image with ≥ 2 of ``S`` is asked its own set (Yes; the first ``max_set_size``) and the same set
+  with one seeded member swapped for an absent concept (No); a single-concept image is asked its concept
+  and an absent one (No); an external image two absent ones (No).
 
 If the annotations hold no single-concept image, the single split uses the query photos of the concepts
 in ``S`` (reported in ``info``). Metrics per split (single / multi / external) and per kind: accuracy,
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .config import EvalConfig, TaskContext, chunks, limit_items
@@ -48,6 +53,17 @@ def _split_of(present: tuple[str, ...]) -> str:
     return "external" if not present else ("single" if len(present) == 1 else "multi")
 
 
+def _absent(rng: np.random.Generator, scenario: list[str], present: tuple[str, ...], n: int) -> list[str]:
+    """``n`` seeded concepts of ``scenario`` not in ``present`` (fewer if there are not enough)."""
+    rest = [c for c in scenario if c not in present]
+    picks = rng.choice(len(rest), size=min(n, len(rest)), replace=False).tolist()
+    return [rest[i] for i in picks]
+
+
+def _in_order(scenario: list[str], chosen: set[str]) -> tuple[str, ...]:
+    return tuple(c for c in scenario if c in chosen)
+
+
 def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiItem], dict[str, Any]]:
     """The per-concept and set questions for every image of the multi split (then ``config.limit``)."""
     rng = config.rng("multi")
@@ -63,27 +79,34 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiIte
     for path, present in images:
         split = _split_of(present)
         counts[split] += 1
-        for c in scenario:
+        if len(scenario) <= config.scenario_size:
+            asked = list(scenario)
+        else:
+            own = [c for c in scenario if c in present]
+            absent = _absent(rng, scenario, present, config.scenario_size - len(own))
+            asked = list(_in_order(scenario, set(own) | set(absent)))
+        for c in asked:
             items.append(MultiItem(path, split, present, (c,), "concept", c in present))
-        if len(scenario) >= 2:
-            if len(scenario) <= config.max_set_size:
-                chosen = list(scenario)
-            else:
-                own = [c for c in scenario if c in present][: config.max_set_size]
-                rest = [c for c in scenario if c not in own]
-                extra = rng.choice(len(rest), size=config.max_set_size - len(own), replace=False).tolist()
-                chosen_set = set(own) | {rest[i] for i in extra}
-                chosen = [c for c in scenario if c in chosen_set]
-            items.append(MultiItem(path, split, present, tuple(chosen), "set", all(c in present for c in chosen)))
+        if len(scenario) < 2:
+            continue
+        own = [c for c in scenario if c in present][: config.max_set_size]
+        if len(own) >= 2:
+            items.append(MultiItem(path, split, present, tuple(own), "set", True))
+        absent = _absent(rng, scenario, present, max(1, 2 - len(own)))
+        if absent and len(own) + len(absent) >= 2:  # No: one member (if any was present) is absent
+            kept = set(own) - {own[int(rng.integers(len(own)))]} if len(own) >= 2 else set(own)
+            items.append(MultiItem(path, split, present, _in_order(scenario, kept | set(absent)), "set", False))
     total = len(items)
     items = limit_items(items, config.limit, config.rng("multi-limit"))
     info = {
         "scenario": scenario,
         "images": counts,
         "single_split_from_concept_folders": single_from_folders,
+        "scenario_size": config.scenario_size,
         "max_set_size": config.max_set_size,
         "items_before_limit": total,
         "items": len(items),
+        "positives": sum(it.label for it in items),
         "question": config.multi_question,
         "scoring": config.scoring,
     }

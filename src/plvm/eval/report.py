@@ -149,7 +149,10 @@ def markdown_report(data: dict[str, Any]) -> str:
             "## Multi-concept recognition (MC-LLaVA protocol)",
             "",
             f"Scenario concepts: {', '.join(info['scenario'])}; images per split: {info['images']}. "
-            "Per split: every concept alone and the full set (Yes iff all present).",
+            f"Each image is asked about {min(len(info['scenario']), info.get('scenario_size', 10**9))} concepts "
+            "of the scenario one at a time (its own, then absent ones) and about sets: its own (Yes) and one "
+            f"with a member swapped for an absent concept (No); {info.get('positives', '?')} of {info['items']} "
+            "questions are Yes.",
         ]
         header = ["Method", "Split", "Acc", "Mean acc", "Precision", "Recall", "F1", "Set acc", "n"]
         rows = []
