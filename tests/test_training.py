@@ -289,3 +289,43 @@ def test_freeze_context_trains_the_name_heads_and_leaves_the_context_tokens(tmp_
     for k, v in task.aligner.resampler.state_dict().items():
         assert torch.equal(v, resampler[k]), k
     assert any(not torch.equal(v, f_word[k]) for k, v in task.aligner.f_word.state_dict().items())
+
+
+def test_multi_concept_examples_bind_each_reference_to_its_own_name():
+    """A batch mixing a single-concept example and one with ``<sks2>`` active (introduced first): the task's
+    loss equals Eq. 2 computed on the inference path with the Aligner's concepts named and ordered by hand —
+    and differs when the two references' names are swapped (the binding matters)."""
+    from plvm.conversation import single_turn
+    from plvm.injection import ConceptTensors
+    from plvm.training.loss import shift_targets, weighted_answer_loss
+
+    task = make_task(word_weight=10.0)
+    with torch.no_grad():  # a random tiny LM barely notices which row is which: make the name rows count
+        task.aligner.f_weight.net[-1].weight.mul_(200.0)
+    rng = np.random.default_rng(4)
+    red, green, blue = (square(COLOURS[i], rng) for i in range(3))
+    question = "Can you see <sks> and <sks2> in this photo? Answer the question using a single word Yes or No."
+    single = PersonalExample(red, blue, "Is <sks> in this photo?", "No, <sks> is not in this photo.", "recog_neg")
+    answer = "Yes, I can see <sks2> and <sks>."  # the names as targets: their logit rows count too
+    multi = PersonalExample(red, square(COLOURS[0], rng), question, answer, "recog_pos", others=(green,), position=1)
+    with torch.no_grad():
+        loss, _ = task.loss([single, multi])
+        pixels = task.reference_pixels([red, red, green])
+
+        def by_hand(swap: bool = False) -> float:
+            a, b, c = task.aligner.make_concepts(["sks", "sks", "sks2"], pixels)
+            if swap:  # red's tensors named <sks2>, green's <sks>
+                b, c = c.renamed("sks"), b.renamed("sks2")
+            intro = [[a], [c, b]]  # the multi example introduces <sks2> first (position 1)
+            convs = [
+                single_turn(ex.question, cs, image=ex.query, answer=ex.answer) for ex, cs in zip([single, multi], intro)
+            ]
+            batch = task.lvlm.collate([task.lvlm.encode(conv) for conv in convs])
+            logits = task.lvlm.forward(batch, ConceptTensors.from_concepts(intro, task.lvlm.hidden_size))
+            lg, targets, is_word, _ = shift_targets(logits, batch.labels, batch.answer_word)
+            return float(weighted_answer_loss(lg, targets, is_word, 10.0))
+
+    assert float(loss) == pytest.approx(by_hand(), rel=1e-5)
+    assert abs(float(loss) - by_hand(swap=True)) > 1e-2  # > 40x the tolerance above
+    with pytest.raises(ValueError, match="further concepts"):
+        task.loss([PersonalExample(red, blue, "Is <sks> here?", "No", "recog_neg", others=(green,) * 3)])
