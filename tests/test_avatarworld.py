@@ -17,7 +17,7 @@ from plvm.synth.avatarworld.palette import CLOTHING, EYE, GLASSES_FRAME, HAIR, S
 from plvm.synth.avatarworld.person import EYE_U, EYE_V, face_geometry, landmarks
 from plvm.synth.avatarworld.scene import portrait_to_pixel
 from plvm.synth.evalset import build_eval_set
-from plvm.synth.samples import OTHER_NAMES, iter_generic_samples, iter_personal_samples
+from plvm.synth.samples import iter_generic_samples, iter_personal_samples
 from plvm.synth.writers import write_multiconcept, write_plvm_format, write_yollava_format
 
 SIZE = 224
@@ -357,33 +357,6 @@ def test_portrait_queries_show_one_person_with_the_right_answer(world):
     assert all(s.query is None or s.graph is not None for s in (next(scenes) for _ in range(10)))
     with pytest.raises(ValueError, match="portrait_query_share"):
         next(iter_personal_samples(world, rng, portrait_query_share=1.5))
-
-
-def test_multi_concept_samples_answer_for_every_active_concept(world):
-    rng = np.random.default_rng(11)
-    it = iter_personal_samples(world, rng, positive_ratio=0.5, recog_to_attr=10.0, multi_concept_share=1.0)
-    kinds = set()
-    for _ in range(40):
-        s = next(it)
-        if s.kind == "attribute":
-            continue
-        present = set(s.query_identities)
-        assert 1 <= len(s.others) == len(s.other_identities) <= len(OTHER_NAMES) and 0 <= s.position <= len(s.others)
-        assert s.identity_id not in s.other_identities and s.graph is not None
-        names = [OTHER_NAMES[i] for i in range(len(s.others))]
-        if s.answer in ("Yes", "No"):  # a set question (one-word answer): Yes iff everyone named is in the scene
-            assert s.question.startswith("Can you see") and all(n in s.question for n in [qa.SKS, *names])
-            truth = {s.identity_id, *s.other_identities} <= present
-            kinds.add(("set", truth))
-        else:  # about <sks> alone, the others only active
-            assert qa.SKS in s.question and not any(n in s.question for n in names)
-            truth = s.identity_id in present
-            kinds.add(("one", truth))
-        assert (s.answer_word == "Yes") == truth == (s.kind == "recog_pos")
-        assert s.hard_negative is None or s.hard_negative in present
-    assert kinds == {("set", True), ("set", False), ("one", True), ("one", False)}
-    with pytest.raises(ValueError, match="multi_concept_share"):
-        next(iter_personal_samples(world, rng, multi_concept_share=-0.1))
 
 
 def test_generic_samples_match_their_ground_truth(world):

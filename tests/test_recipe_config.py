@@ -129,10 +129,6 @@ def test_configs_check_what_needs_no_model():
         AlignerTrainingConfig(data="/some/folder", portrait_query_share=0.5)
     with pytest.raises(ConfigError, match=r"portrait_query_share must be in \[0, 1\]"):
         AlignerTrainingConfig(portrait_query_share=1.5)
-    with pytest.raises(ConfigError, match="multi_concept_share.*avatarworld"):
-        AlignerTrainingConfig(data="/some/folder", multi_concept_share=0.3)
-    with pytest.raises(ConfigError, match=r"multi_concept_share must be in \[0, 1\]"):
-        AlignerTrainingConfig(multi_concept_share=-0.5)
     with pytest.raises(ConfigError, match="no such file"):
         AlignerTrainingConfig(init_aligner=Path("/nonexistent/aligner.safetensors"))
     with pytest.raises(ConfigError, match="base_projector.*no such file"):

@@ -79,13 +79,6 @@ def train(
         max=1.0,
         help="AvatarWorld: share of recognition queries that are a one-person portrait instead of a scene",
     ),
-    multi_concept_share: float = typer.Option(
-        _A.multi_concept_share,
-        min=0.0,
-        max=1.0,
-        help="AvatarWorld: share of scene recognition samples asked with one or two further concepts active "
-        "(half set questions 'Can you see <sks> and <sks2> …', half about <sks> alone)",
-    ),
     freeze_context: bool = typer.Option(
         _A.freeze_context,
         help="Eq. 2 trains f_word and f_weight only; the context tokens (the resampler) stay as initialised",

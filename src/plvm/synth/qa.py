@@ -180,16 +180,6 @@ _NAME_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v",
 _NAME_VOWELS = ("a", "e", "i", "o", "u")
 
 
-def set_recognition_qa(names: Sequence[str], positive: bool) -> QA:
-    """MC-LLaVA's recognition query about several concepts at once (``"Can you see <a> and <b> in this photo?
-    Answer the question using a single word Yes or No."``), answered ``"Yes"`` iff all of them are in it."""
-    if len(names) < 2:
-        raise ValueError("a set question needs at least two concepts")
-    question = load_templates().mc_llava_recognition_query.replace(SKS, join_words(list(names)))
-    word = "Yes" if positive else "No"
-    return QA(question=question, answer=word, kind="recog_pos" if positive else "recog_neg", meta={"answer_word": word})
-
-
 def random_concept_name(rng: np.random.Generator) -> str:
     """A short made-up concept name (``"bo"``, ``"kel"``, ``"shimo"``): one or two consonant-vowel syllables,
     sometimes with a final consonant — the kind of name a user gives a concept, never a real word on purpose."""

@@ -56,9 +56,6 @@ class PersonalSample:
         graph: Scene graph of ``query`` (``None`` when there is no query or it is a one-person portrait).
         hard_negative: Id of the look-alike placed in a negative query, if any.
         query_identities: Ids of everyone in ``query`` (empty when there is no query).
-        others: Reference portraits of further concepts active in the prompt, named ``OTHER_NAMES[i]``
-            (multi-concept samples; empty otherwise); ``other_identities`` their identity ids.
-        position: Where ``<sks>`` is introduced among the active concepts (0 = first).
     """
 
     reference: Image.Image
@@ -71,9 +68,6 @@ class PersonalSample:
     graph: dict[str, Any] | None = None
     hard_negative: str | None = None
     query_identities: tuple[str, ...] = ()
-    others: tuple[Image.Image, ...] = ()
-    other_identities: tuple[str, ...] = ()
-    position: int = 0
 
 
 def iter_generic_samples(
@@ -274,7 +268,6 @@ def iter_personal_samples(
     hard_negative_distance: int = 2,
     extra_questions: bool = True,
     portrait_query_share: float = 0.0,
-    multi_concept_share: float = 0.0,
 ) -> Iterator[PersonalSample]:
     """Endless personalised samples (reference + query + question about ``<sks>``).
 
@@ -286,12 +279,9 @@ def iter_personal_samples(
         extra_questions: Also ask the extra attribute questions, beyond the paper's seven.
         portrait_query_share: Share of recognition queries that are a portrait of one person (another photo of
             the concept, a look-alike or anyone else) instead of a scene. 0 draws the stream of earlier versions.
-        multi_concept_share: Share of scene recognition samples asked with one or two further concepts active
-            (:func:`multi_concept_sample`, MC-LLaVA's joint setting). 0 draws the stream of earlier versions.
     """
-    for label, share in (("portrait_query_share", portrait_query_share), ("multi_concept_share", multi_concept_share)):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{label} must be in [0, 1], got {share}")
+    if not 0.0 <= portrait_query_share <= 1.0:
+        raise ValueError(f"portrait_query_share must be in [0, 1], got {portrait_query_share}")
     pool = world.split(split)
     if len(pool) < 2:
         raise ValueError(f"split {split!r} needs at least two identities")
@@ -302,11 +292,6 @@ def iter_personal_samples(
         if rng.random() < p_recog:
             positive = bool(rng.random() < positive_ratio)
             portrait = portrait_query_share > 0 and bool(rng.random() < portrait_query_share)
-            if not portrait and multi_concept_share > 0 and rng.random() < multi_concept_share:
-                yield multi_concept_sample(
-                    world, rng, split, target, ref, positive, hard_negative_share, hard_negative_distance
-                )
-                continue
             hard = None
             include: list[Identity] = [target] if positive else []
             if not positive and rng.random() < hard_negative_share:
@@ -341,72 +326,4 @@ def iter_personal_samples(
             yield PersonalSample(ref, None, item.question, item.answer, "attribute", target.id, None)
 
 
-OTHER_NAMES = ("<sks2>", "<sks3>")  # the further concepts of a multi-concept sample
-
-
-def multi_concept_sample(
-    world: AvatarWorld,
-    rng: np.random.Generator,
-    split: str,
-    target: Identity,
-    ref: Image.Image,
-    positive: bool,
-    hard_negative_share: float = 0.5,
-    hard_negative_distance: int = 2,
-) -> PersonalSample:
-    """A recognition sample with ``<sks>`` and one or two further concepts (``OTHER_NAMES``) active, introduced
-    in a random order. ``positive`` is the answer. Half are a *set* question (MC-LLaVA's "Can you see <sks> and
-    <sks2> in this photo? …", Yes iff all are in the scene; a No leaves one of them out — the target half the
-    time — and puts a look-alike of them in its place at ``hard_negative_share``); half ask about ``<sks>``
-    alone while the others are active, each in the scene half the time."""
-    pool = world.split(split)
-    candidates = [p for p in pool if p.id != target.id]
-    n_other = min(1 + int(rng.random() < 0.5), len(OTHER_NAMES), len(candidates))
-    others = [candidates[int(i)] for i in rng.choice(len(candidates), size=n_other, replace=False)]
-    hard = None
-    if rng.random() < 0.5:  # a set question
-        everyone = [target, *others]
-        missing = None if positive else (target if rng.random() < 0.5 else others[int(rng.integers(n_other))])
-        include = [p for p in everyone if p is not missing]
-        if missing is not None and rng.random() < hard_negative_share:
-            look = world.look_alike(missing, [p for p in pool if p not in everyone], hard_negative_distance, rng)
-            if look is not None:
-                include, hard = include + [look], look.id
-        scene = world.sample_scene(rng, split, include=include, exclude=[missing] if missing else [])
-        names = [qa.SKS, *OTHER_NAMES[:n_other]]
-        item = qa.set_recognition_qa([names[int(i)] for i in rng.permutation(len(names))], positive)
-    else:  # "Is <sks> in this photo?" with the others active
-        include = ([target] if positive else []) + [o for o in others if rng.random() < 0.5]
-        if not positive and rng.random() < hard_negative_share:
-            look = world.look_alike(target, [p for p in pool if p not in include], hard_negative_distance, rng)
-            if look is not None:
-                include, hard = include + [look], look.id
-        scene = world.sample_scene(rng, split, include=include, exclude=[] if positive else [target])
-        item = qa.recognition_qa(rng, positive)
-    refs = tuple(world.render_reference(o, rng_or_seed=rng) for o in others)
-    return PersonalSample(
-        ref,
-        scene.image,
-        item.question,
-        item.answer,
-        item.kind,
-        target.id,
-        "Yes" if positive else "No",
-        scene.graph,
-        hard,
-        tuple(scene.identity_ids),
-        others=refs,
-        other_identities=tuple(o.id for o in others),
-        position=int(rng.integers(n_other + 1)),
-    )
-
-
-__all__ = [
-    "GenericSample",
-    "OTHER_NAMES",
-    "PersonalSample",
-    "image_prompt_sample",
-    "iter_generic_samples",
-    "iter_personal_samples",
-    "multi_concept_sample",
-]
+__all__ = ["GenericSample", "PersonalSample", "image_prompt_sample", "iter_generic_samples", "iter_personal_samples"]

@@ -21,31 +21,23 @@ from PIL import Image
 from torch import nn
 
 from ..aligner import Aligner
-from ..concept import ConceptEmbedding, normalize_name
+from ..concept import ConceptEmbedding
 from ..conversation import single_turn
 from ..injection import ConceptTensors, PersonalizedLVLM
-from ..synth.samples import OTHER_NAMES as SAMPLE_OTHER_NAMES
 from .loss import shift_targets, weighted_answer_loss
 
 TRAIN_NAME = "sks"
-OTHER_NAMES = tuple(normalize_name(n) for n in SAMPLE_OTHER_NAMES)
 
 
 @dataclass
 class PersonalExample:
-    """One training example. ``question``/``answer`` use ``<sks>`` for the concept.
-
-    ``others``: reference images of further concepts active in the prompt (multi-concept examples), named
-    ``OTHER_NAMES[i]`` (``<sks2>``, ``<sks3>``); ``<sks>`` is introduced at ``position`` among them.
-    """
+    """One training example. ``question``/``answer`` use ``<sks>`` for the concept."""
 
     reference: Image.Image
     query: Image.Image | None
     question: str
     answer: str
     kind: str  # "recog_pos" | "recog_neg" | "attribute" | …
-    others: tuple[Image.Image, ...] = ()
-    position: int = 0
 
 
 class PersonalDataSource(Protocol):
@@ -90,25 +82,14 @@ class AlignerTrainingTask:
         self.data = data
         self.config = config
         k, d = aligner.config.num_queries, aligner.config.d_llm
-        # text-side stand-ins: only the names and k matter for tokenization; tensors come from the Aligner
-        self._placeholders = [
-            ConceptEmbedding(name, torch.zeros(d), torch.zeros(d), torch.zeros(k, d), lvlm.base_model_id)
-            for name in (TRAIN_NAME, *OTHER_NAMES)
-        ]
-
-    @staticmethod
-    def _order(ex: PersonalExample) -> list[int]:
-        """Indices (0 = ``<sks>``, i = ``others[i - 1]``) in the order the concepts are introduced."""
-        order = list(range(1, len(ex.others) + 1))
-        order.insert(ex.position, 0)
-        return order
+        # text-side stand-in: only the name and k matter for tokenization; tensors come from the Aligner
+        self._placeholder = ConceptEmbedding(
+            TRAIN_NAME, torch.zeros(d), torch.zeros(d), torch.zeros(k, d), lvlm.base_model_id
+        )
 
     def _encode(self, ex: PersonalExample) -> Any:
         """The example's prompt + answer (its "Yes" / "No" flagged as Eq. 2's answer word)."""
-        if len(ex.others) > len(OTHER_NAMES):
-            raise ValueError(f"at most {len(OTHER_NAMES)} further concepts per example, got {len(ex.others)}")
-        concepts = [self._placeholders[i] for i in self._order(ex)]
-        return self.lvlm.encode(single_turn(ex.question, concepts, image=ex.query, answer=ex.answer))
+        return self.lvlm.encode(single_turn(ex.question, [self._placeholder], image=ex.query, answer=ex.answer))
 
     # TrainingTask protocol -------------------------------------------------
     def trainable_module(self) -> nn.Module:
@@ -145,10 +126,8 @@ class AlignerTrainingTask:
         return self.reference_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def loss(self, examples: list[PersonalExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eq. 2 loss; every reference of the batch (each example's own, then its ``others``) in one encoder
-        forward."""
-        refs = [ex.reference for ex in examples] + [o for ex in examples for o in ex.others]
-        e_word, e_weight, context = self.aligner(pixel_values=self.reference_pixels(refs))
+        pixels = self.reference_pixels([ex.reference for ex in examples])
+        e_word, e_weight, context = self.aligner(pixel_values=pixels)
         return self.loss_from_embeddings(examples, e_word, e_weight, context)
 
     def loss_from_embeddings(
@@ -158,19 +137,10 @@ class AlignerTrainingTask:
         e_weight: torch.Tensor,
         context: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eq. 2 loss of ``examples`` given their concept embeddings ``[N, d]``, ``[N, d]``, ``[N, k, d]``: rows
-        ``0 … B-1`` are the examples' own concepts, the following rows their ``others`` in order (``N = B`` for
-        single-concept batches)."""
-        rows_of, nxt = [], len(examples)
-        for i, ex in enumerate(examples):
-            rows = [i, *range(nxt, nxt + len(ex.others))]
-            nxt += len(ex.others)
-            rows_of.append([rows[j] for j in self._order(ex)])
-        if nxt != e_word.shape[0]:
-            raise ValueError(f"{e_word.shape[0]} concept embeddings for {nxt} references")
+        """Eq. 2 loss of ``examples`` given their concept embeddings ``[B, d]``, ``[B, d]``, ``[B, k, d]``."""
         batch = self.lvlm.collate([self._encode(ex) for ex in examples])
         tensors = ConceptTensors.stack(
-            [[(e_word[r], e_weight[r], context[r]) for r in rows] for rows in rows_of], self.lvlm.hidden_size
+            [[(e_word[i], e_weight[i], context[i])] for i in range(len(examples))], self.lvlm.hidden_size
         )
         hidden, _ = self.lvlm.hidden_states(batch, tensors)
         h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)

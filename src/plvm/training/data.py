@@ -38,8 +38,6 @@ class AvatarWorldPersonalSource:
         hard_negative_share: share of negatives drawn from identities at attribute distance
             ≤ ``hard_negative_distance`` from the concept.
         portrait_query_share: share of recognition queries that are one person's portrait, not a scene.
-        multi_concept_share: share of scene recognition samples asked with one or two further concepts active
-            (:func:`plvm.synth.samples.multi_concept_sample`).
     """
 
     def __init__(
@@ -52,7 +50,6 @@ class AvatarWorldPersonalSource:
         hard_negative_share: float = 0.5,
         hard_negative_distance: int = 2,
         portrait_query_share: float = 0.0,
-        multi_concept_share: float = 0.0,
     ):
         self.world = world
         self.seed = seed
@@ -63,11 +60,8 @@ class AvatarWorldPersonalSource:
             hard_negative_share=hard_negative_share,
             hard_negative_distance=hard_negative_distance,
         )
-        # absent from the description of runs that never used them
-        if portrait_query_share:
+        if portrait_query_share:  # absent from the description of runs that never used it
             self.kw["portrait_query_share"] = float(portrait_query_share)
-        if multi_concept_share:
-            self.kw["multi_concept_share"] = float(multi_concept_share)
 
     def examples(self, index: int, n: int) -> list[PersonalExample]:
         rng = np.random.default_rng([self.seed, index])
@@ -75,7 +69,7 @@ class AvatarWorldPersonalSource:
         out = []
         for _ in range(n):
             s = next(stream)
-            out.append(PersonalExample(s.reference, s.query, s.question, s.answer, s.kind, s.others, s.position))
+            out.append(PersonalExample(s.reference, s.query, s.question, s.answer, s.kind))
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -37,7 +37,6 @@ class AlignerTrainingConfig(RecipeConfig):
     hard_negative_share: float = 0.5
     hard_negative_distance: int = 2
     portrait_query_share: float = 0.0  # AvatarWorld: share of recognition queries that are a portrait
-    multi_concept_share: float = 0.0  # AvatarWorld: share of scene recognition samples with 2-3 concepts active
     encoder: str | None = None  # reference encoder override (HF Dinov2 name/dir or 'mini')
     base_projector: Path | None = None  # mini only: another trained LLaVA-mini projector (+ its LoRA) as the base
     world_seed: int = 0
@@ -66,12 +65,10 @@ class AlignerTrainingConfig(RecipeConfig):
             raise ConfigError(str(exc.args[0])) from None
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        for name in ("portrait_query_share", "multi_concept_share"):
-            share, flag = getattr(self, name), "--" + name.replace("_", "-")
-            if self.data != "avatarworld" and share:
-                raise ConfigError(f"{name} ({flag}) needs data 'avatarworld'")
-            if not 0.0 <= share <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {share}")
+        if self.data != "avatarworld" and self.portrait_query_share:
+            raise ConfigError("portrait_query_share (--portrait-query-share) needs data 'avatarworld'")
+        if not 0.0 <= self.portrait_query_share <= 1.0:
+            raise ConfigError(f"portrait_query_share must be in [0, 1], got {self.portrait_query_share}")
         if self.data != "avatarworld" and self.head_anchor_references:
             raise ConfigError("head_anchor_references (--head-anchor-references) needs data 'avatarworld' (head boxes)")
         if self.init_aligner is not None and not self.init_aligner.exists():
@@ -141,7 +138,6 @@ def train_aligner(config: AlignerTrainingConfig, log: Callable[[str], None] = pr
             c.hard_negative_share,
             c.hard_negative_distance,
             c.portrait_query_share,
-            c.multi_concept_share,
         )
     else:
         source = FolderPersonalSource(c.data, c.seed)
