@@ -170,6 +170,11 @@ def test_multi_concept_items_ask_each_image_its_own_concepts_and_absent_ones(tmp
     for it in items:
         assert it.label == set(it.query).issubset(present[it.image])
     assert items == build_items(ds, EvalConfig(scenario_size=2, seed=3))[0]  # seeded
+    # an image with more concepts than scenario_size is asked its own (and nothing absent)
+    few, _ = build_items(ds, EvalConfig(scenario_size=1))
+    for path, own in present.items():
+        asked = {it.query[0] for it in few if it.image == path and it.kind == "concept"}
+        assert own <= asked and len(asked) == max(1, len(own))
     with pytest.raises(ValueError, match="scenario_size"):
         EvalConfig(scenario_size=0)
 

@@ -6,8 +6,8 @@ external (none of ``S``) — is asked
 
 * about the concepts of its scenario one at a time: "Can you see <a> in this photo? …" → Yes iff ``a`` is in
   the image (``kind="concept"``). If ``|S| ≤ scenario_size`` that is every concept of ``S``; otherwise the
-  image's own concepts and seeded absent ones of ``S``, ``scenario_size`` in all (so a 46-person ``S`` does
-  not turn the task into 44 negatives per image);
+  image's own concepts and seeded absent ones of ``S``, ``scenario_size`` in all (or just its own, if it has
+  more), so that a 46-person ``S`` does not turn the task into 44 negatives per image;
 * about sets (``kind="set"``): "Can you see <a> and <b> in this photo? …" → Yes iff *all* of them are in the
   image. An image with ≥ 2 of ``S`` is asked its own set (Yes; the first ``max_set_size``) and the same set
   with one seeded member swapped for an absent concept (No); a single-concept image is asked its concept
@@ -56,7 +56,7 @@ def _split_of(present: tuple[str, ...]) -> str:
 def _absent(rng: np.random.Generator, scenario: list[str], present: tuple[str, ...], n: int) -> list[str]:
     """``n`` seeded concepts of ``scenario`` not in ``present`` (fewer if there are not enough)."""
     rest = [c for c in scenario if c not in present]
-    picks = rng.choice(len(rest), size=min(n, len(rest)), replace=False).tolist()
+    picks = rng.choice(len(rest), size=max(0, min(n, len(rest))), replace=False).tolist()
     return [rest[i] for i in picks]
 
 
