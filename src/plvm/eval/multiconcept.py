@@ -79,17 +79,17 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiIte
     for path, present in images:
         split = _split_of(present)
         counts[split] += 1
+        own = [c for c in scenario if c in present]
         if len(scenario) <= config.scenario_size:
             asked = list(scenario)
         else:
-            own = [c for c in scenario if c in present]
             absent = _absent(rng, scenario, present, config.scenario_size - len(own))
             asked = list(_in_order(scenario, set(own) | set(absent)))
         for c in asked:
             items.append(MultiItem(path, split, present, (c,), "concept", c in present))
         if len(scenario) < 2:
             continue
-        own = [c for c in scenario if c in present][: config.max_set_size]
+        own = own[: config.max_set_size]
         if len(own) >= 2:
             items.append(MultiItem(path, split, present, tuple(own), "set", True))
         absent = _absent(rng, scenario, present, max(1, 2 - len(own)))
