@@ -137,6 +137,10 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     assert ext["n_pos"] == 0 and ext["precision"] == 0.0 and ext["recall"] == 0.0 and ext["neg_acc"] == 0.0
     # sets: the pair image's own pair (Yes) and the pair with a member swapped (No)
     assert yes["multi"]["multi"]["set"]["n"] == 2 and yes["multi"]["multi"]["set"]["n_pos"] == 1
+    # AUCs of the Yes/No score: the oracle ranks perfectly, a constant score at 0.5, one class → undefined
+    for kind in ("all", "concept", "set"):
+        assert oracle["multi"]["multi"][kind]["auc"] == 1.0 and yes["multi"]["multi"][kind]["auc"] == 0.5
+    assert oracle["multi"]["external"]["all"]["auc"] is None
     # captioning (1 distractor per caption): oracle perfect; naming everyone → precision 9 / 18
     for prompt in ("neutral", "primed"):
         assert oracle["caption"][prompt]["all"]["f1"] == 1.0
@@ -144,6 +148,8 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
         assert yes["caption"][prompt]["all"]["precision"] == pytest.approx(0.5)
     # the report shows the numbers
     md = (tmp_path / "results.md").read_text()
+    assert "| oracle | multi | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in md
+    assert "| yes | external | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | – | – |" in md
     assert "| oracle | 7 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in md
     assert "| yes | 7 | 1.000 | 0.000 | 0.500 | 0.333 | 1.000 | 0.500 |" in md
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["yes"]["results"]["recog"]["tp"] == 6
@@ -177,6 +183,12 @@ def test_multi_concept_items_ask_each_image_its_own_concepts_and_absent_ones(tmp
         assert own <= asked and len(asked) == max(1, len(own))
     with pytest.raises(ValueError, match="scenario_size"):
         EvalConfig(scenario_size=0)
+    # multi_limit overrides limit for this task only: a seeded subset of the same items, in order
+    cfg = EvalConfig(scenario_size=2, seed=3, limit=100, multi_limit=4)
+    assert cfg.limit_for("multi") == 4 and cfg.limit_for("recog") == 100 and cfg.limit_for("caption") == 100
+    subset, sub_info = build_items(ds, cfg)
+    assert len(subset) == sub_info["items"] == 4 and sub_info["items_before_limit"] == len(items)
+    assert [it for it in items if it in subset] == subset
 
 
 # ============================================================================ 2. tiny model, all methods

@@ -79,6 +79,9 @@ def eval_command(
         None, "--concepts", help="evaluate a seeded subset of N concepts (for costly methods such as yollava)"
     ),
     caption_limit: Optional[int] = typer.Option(None, help="at most N caption items (default: --limit)"),
+    multi_limit: Optional[int] = typer.Option(
+        None, help="at most N multi-concept questions (default: --limit; more items, smaller AUC standard errors)"
+    ),
     scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),
     negatives: int = typer.Option(3, help="recognition negatives per query image"),
     batch_size: int = typer.Option(8),
@@ -167,6 +170,7 @@ def eval_command(
             negatives_per_image=negatives,
             limit=limit,
             caption_limit=caption_limit,
+            multi_limit=multi_limit,
             batch_size=batch_size,
             caption_max_new_tokens=caption_tokens,
             caption_distractors=distractors,

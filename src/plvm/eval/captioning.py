@@ -49,9 +49,8 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[CaptionI
         context = list(present) + distractors
         context = [context[i] for i in rng.permutation(len(context)).tolist()]
         items.append(CaptionItem(path, split, present, tuple(context)))
-    limit = config.caption_limit if config.caption_limit is not None else config.limit
     total = len(items)
-    items = limit_items(items, limit, config.rng("caption-limit"))
+    items = limit_items(items, config.limit_for("caption"), config.rng("caption-limit"))
     info = {
         "items_before_limit": total,
         "items": len(items),

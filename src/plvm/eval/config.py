@@ -47,7 +47,8 @@ class EvalConfig:
         caption_distractors: concepts introduced in addition to those in the image (captioning).
         caption_max_new_tokens / answer_max_new_tokens: generation lengths.
         limit: at most this many items per task (a seeded subset); ``caption_limit`` overrides it for
-            captioning (the slow task).
+            captioning (the slow task), ``multi_limit`` for multi-concept recognition (a run can give it more
+            items so that its split and kind AUCs get a smaller standard error).
         batch_size: prompts per forward pass.
         phrase: neutral phrase of the no-personalization rewrite.
         controls: run the wrong-concept and no-personalization QA controls.
@@ -68,6 +69,7 @@ class EvalConfig:
     answer_max_new_tokens: int = 8
     limit: int | None = None
     caption_limit: int | None = None
+    multi_limit: int | None = None
     batch_size: int = 8
     phrase: str = "the person"
     controls: bool = True
@@ -86,6 +88,11 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def limit_for(self, task: str) -> int | None:
+        """The item limit of ``task``: its own override (``caption_limit``, ``multi_limit``) or ``limit``."""
+        own = {"caption": self.caption_limit, "multi": self.multi_limit}.get(task)
+        return own if own is not None else self.limit
 
     def rng(self, stream: str) -> np.random.Generator:
         """An independent, reproducible generator per named stream (``"recog"``, ``"qa-controls"``, …)."""

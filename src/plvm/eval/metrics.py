@@ -46,6 +46,14 @@ def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) 
     return wins / (len(positive_scores) * len(negative_scores))
 
 
+def score_auc(labels: Sequence[bool], scores: Sequence[Optional[float]]) -> Optional[float]:
+    """:func:`roc_auc` of per-question Yes/No scores split by their labels; ``None`` when any score is missing
+    (e.g. ``scoring="generate"``) or a class is empty."""
+    if any(s is None for s in scores):
+        return None
+    return roc_auc([s for s, y in zip(scores, labels) if y], [s for s, y in zip(scores, labels) if not y])
+
+
 @dataclass
 class BinaryMetrics:
     """Confusion counts and the ratios derived from them.

@@ -16,7 +16,8 @@ external (none of ``S``) — is asked
 If the annotations hold no single-concept image, the single split uses the query photos of the concepts
 in ``S`` (reported in ``info``). Metrics per split (single / multi / external) and per kind: accuracy,
 precision, recall, F1 (external images have no positive — their recall and precision are 0 by convention,
-read their ``neg_acc`` / ``acc``).
+read their ``neg_acc`` / ``acc``) and the ROC AUC of the Yes/No score (``None`` without scores or with one
+class, e.g. on external images).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, TaskContext, chunks, limit_items
 from .methods import Binding, Method
-from .metrics import binary_metrics
+from .metrics import binary_metrics, score_auc
 from .prompts import join_names
 from .readers import EvalDataset
 
@@ -65,7 +66,7 @@ def _in_order(scenario: list[str], chosen: set[str]) -> tuple[str, ...]:
 
 
 def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiItem], dict[str, Any]]:
-    """The per-concept and set questions for every image of the multi split (then ``config.limit``)."""
+    """The per-concept and set questions for every image of the multi split (then its item limit)."""
     rng = config.rng("multi")
     in_scenario = {c for m in dataset.multi for c in m.concepts}
     scenario = [c for c in dataset.concepts if c in in_scenario]
@@ -97,7 +98,7 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiIte
             kept = set(own) - {own[int(rng.integers(len(own)))]} if len(own) >= 2 else set(own)
             items.append(MultiItem(path, split, present, _in_order(scenario, kept | set(absent)), "set", False))
     total = len(items)
-    items = limit_items(items, config.limit, config.rng("multi-limit"))
+    items = limit_items(items, config.limit_for("multi"), config.rng("multi-limit"))
     info = {
         "scenario": scenario,
         "images": counts,
@@ -115,7 +116,11 @@ def build_items(dataset: EvalDataset, config: EvalConfig) -> tuple[list[MultiIte
 
 def _split_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     def m(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return binary_metrics([r["label"] for r in rows], [r["pred"] for r in rows]).to_dict()
+        labels = [r["label"] for r in rows]
+        return {
+            **binary_metrics(labels, [r["pred"] for r in rows]).to_dict(),
+            "auc": score_auc(labels, [r["score"] for r in rows]),
+        }
 
     out: dict[str, Any] = {"all": m(records)}
     for split in SPLITS:

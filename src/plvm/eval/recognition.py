@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, TaskContext, chunks, limit_items
 from .methods import Binding, Method
-from .metrics import binary_metrics, cross_fitted_metrics, roc_auc
+from .metrics import binary_metrics, cross_fitted_metrics, score_auc
 from .prompts import with_name
 from .readers import EvalDataset
 
@@ -117,13 +117,7 @@ def evaluate(method: Method, items: list[RecognitionItem], ctx: TaskContext) -> 
     bar.close()
     metrics = binary_metrics([r["label"] for r in records], [r["pred"] for r in records]).to_dict()
     scores = [r["score"] for r in records]
-    metrics["auc"] = (
-        None
-        if any(x is None for x in scores)
-        else roc_auc(  # Yes/No log-odds ranking, no threshold
-            [x for x, r in zip(scores, records) if r["label"]], [x for x, r in zip(scores, records) if not r["label"]]
-        )
-    )
+    metrics["auc"] = score_auc([r["label"] for r in records], scores)  # Yes/No log-odds ranking, no threshold
     if metrics["auc"] is not None and len({r["concept"] for r in records}) >= 2:
         # at a threshold calibrated on the other half of the concepts (2-fold cross-fitting)
         metrics["calibrated"] = cross_fitted_metrics(

@@ -38,6 +38,12 @@ def fmt_tokens(value: Any) -> str:
     return str(int(round(value))) if abs(value - round(value)) < 1e-6 else f"{value:.1f}"
 
 
+def _limits(cfg: dict[str, Any]) -> str:
+    """``limit`` and the per-task overrides a run set, e.g. ``400 (caption 30, multi 800)``."""
+    own = [f"{task} {cfg[f'{task}_limit']}" for task in ("caption", "multi") if cfg.get(f"{task}_limit") is not None]
+    return f"{cfg['limit'] or 'none'}" + (f" ({', '.join(own)})" if own else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -56,7 +62,7 @@ def markdown_report(data: dict[str, Any]) -> str:
         lines += [f"> **Warning:** {data['meta']['warning']}", ""]
     lines.append(
         f"Base model `{data.get('base_model')}`; dataset `{ds['name']}` ({ds['format']}, {ds['concepts']} concepts); "
-        f"scoring: **{cfg['scoring']}**; seed {cfg['seed']}; limit {cfg['limit'] or 'none'}; "
+        f"scoring: **{cfg['scoring']}**; seed {cfg['seed']}; limit {_limits(cfg)}; "
         f"created {data.get('created')}; {fmt(data.get('seconds'), 0)} s."
     )
     if "recog" in tasks:
@@ -158,7 +164,8 @@ def markdown_report(data: dict[str, Any]) -> str:
                 else "Per split: every concept alone and the full set (Yes iff all present)."  # runs before 80d23f7
             ),
         ]
-        header = ["Method", "Split", "Acc", "Mean acc", "Precision", "Recall", "F1", "Set acc", "n"]
+        header = ["Method", "Split", "Acc", "Mean acc", "Precision", "Recall", "F1", "AUC", "Concept AUC"]
+        header += ["Set acc", "Set AUC", "n"]
         rows = []
         for m in methods.values():
             res = _get(m, "results", "multi") or {}
@@ -174,15 +181,19 @@ def markdown_report(data: dict[str, Any]) -> str:
                             fmt(a["precision"]),
                             fmt(a["recall"]),
                             fmt(a["f1"]),
+                            fmt(a.get("auc")),
+                            fmt(res[split]["concept"].get("auc")),
                             fmt(res[split]["set"]["acc"]) if res[split]["set"]["n"] else DASH,
+                            fmt(res[split]["set"].get("auc")),
                             str(a["n"]),
                         ]
                     )
         lines += [""] + _table(header, rows)
         lines += [
             "",
-            "External images have no positive question: their precision / recall / F1 are 0 by "
-            "convention; read their accuracy.",
+            "AUC = ROC AUC of the Yes/No score over the split's questions; *Concept* = the one-concept "
+            "questions, *Set* = the `<a> and <b>` questions. External images have no positive question: their "
+            "precision / recall / F1 are 0 by convention and their AUCs undefined; read their accuracy.",
         ]
 
     if "caption" in tasks and "skipped" not in tasks["caption"]:
