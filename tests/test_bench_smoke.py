@@ -150,6 +150,12 @@ def test_bench_all_tiny_runs_and_writes_the_document(tmp_path, monkeypatch):
     assert "128,822,272" in doc and "7,063,427,072" in doc  # the 7B counts are computed even in --tiny
     rec = json.loads((tmp_path / "benchmarks" / "recognition.json").read_text())["data"]
     assert rec["agreement_b1_vs_batched"] == 1.0
+    add = json.loads((tmp_path / "benchmarks" / "concept_add.json").read_text())["data"]
+    for c in add["per_concept"]:  # tuning stopped on half of the items; the other half measures both methods
+        assert c["stop_items"] == c["held_out_items"] == 2  # the toy set: 2 queries per concept, as many negatives
+        assert c["yollava"]["target"] == c["plvm_accuracy"]["mean"]
+        assert all(0.0 <= c["held_out"][m]["mean"] <= 1.0 for m in ("plvm", "yollava"))
+    assert "stopped on these items" not in doc
 
 
 def test_report_without_results_says_not_measured(tmp_path):
@@ -468,3 +474,16 @@ def test_bench_base_cost_real_path_on_tiny_stand_ins(tmp_path, monkeypatch):
     assert a["revision"].startswith("projector-sha256:") and a["revision"] != b["revision"] and a["lora"] is None
     assert a["ratio_to_first"] == {"image_prompt": 1.0, "plain": 1.0}
     assert "`v2/projector.safetensors`" in result.tables[1].markdown
+
+
+def test_split_items_stops_on_every_other_positive_and_negative_and_holds_out_the_rest():
+    from plvm.bench.concept_add import split_items
+    from plvm.bench.data import Item
+
+    items = [Item("a", f"p{i}", True) for i in range(4)] + [Item("a", f"n{i}", False) for i in range(3)]
+    stop, held = split_items(items)
+    assert [it.image for it in stop] == ["p0", "p2", "n0", "n2"]
+    assert [it.image for it in held] == ["p1", "p3", "n1"]
+    assert not {id(it) for it in stop} & {id(it) for it in held} and len(stop) + len(held) == len(items)
+    with pytest.raises(ValueError, match="2 queries"):
+        split_items(items[:1] + items[4:5])

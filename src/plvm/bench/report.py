@@ -44,8 +44,9 @@ SECTIONS = {
         "command": "plvm bench concept-add",
         "about": (
             "PLVM's `make_concept` (one forward pass; p50/p95) against `YoLLaVA.tune` from `plvm.eval.methods`, "
-            "run on the same LLaVA-mini until its recognition accuracy on the concept's test items reaches PLVM's "
-            "accuracy on the same items, or the time cap. Tuning time excludes the periodic evaluations. Needs the "
+            "run on the same LLaVA-mini until its recognition accuracy on half of the concept's test items (the stop "
+            "items) reaches PLVM's accuracy on them, or the time cap; the other half, held out from that decision, "
+            "measures both. Tuning time excludes the periodic evaluations. Needs the "
             "trained mini Aligner (`models/plvm-mini/aligner.safetensors` or `--aligner PATH`)."
         ),
         "placeholder": lambda: concept_add_tables(None),
@@ -142,8 +143,8 @@ COMMANDS = """\
 | `plvm bench cost [--sizes 7b,mini] [--params-only]` | §1, Table 7 \
 | 1 warm-up + 3 repeats, 3 Aligner runs per repeat, 7B in bf16, mini in float32 |
 | `plvm bench concept-add [--aligner PATH] [--data DIR]` | §2, Table 6 \
-| 2 concepts of an 8-identity AvatarWorld set (4 query photos each), 20 encodes, 10 min cap per concept, \
-accuracy checked every 10 steps |
+| 2 concepts of an 8-identity AvatarWorld set (8 query photos each), 20 encodes, 10 min cap per concept, \
+accuracy checked every 10 steps on half of each concept's items, both methods measured on the other half |
 | `plvm bench recognition [--aligner PATH] [--data DIR]` | §3 \
 | 32 queries, batch 8, ≤ 8 new tokens, 1 warm-up + 3 repeats |
 | `plvm bench scaling [--only concepts,identify,memory]` | §4 \
@@ -182,8 +183,9 @@ CAVEATS = """\
   "incl. encoder" adds the frozen DINOv2. The trainable share is the one that matches the paper's ~1.8 %.
 * **Yo'LLaVA-style tuning** is this repository's re-implementation (Eq. 2 loss on `e_word`, `e_weight` and k
   context tokens) given the same single reference photo PLVM gets; the original uses several photos and
-  ~100 retrieved negatives per concept. Its stopping rule looks at the test items (oracle early stop), which
-  favours it. If it does not reach PLVM's accuracy within the cap, the cap and the accuracy reached are shown.
+  ~100 retrieved negatives per concept. It stops when it matches PLVM on half of the concept's items; the other
+  half, which took no part in that decision, is where both are compared. If it does not reach PLVM's accuracy
+  within the cap, the cap and the accuracy reached are shown.
 """
 
 

@@ -90,7 +90,9 @@ def concept_add_command(
     ),
     concepts: int = typer.Option(2, "--concepts", help="concepts to tune Yo'LLaVA-style"),
     identities: int = typer.Option(8, "--identities", help="identities in the rendered set"),
-    queries: int = typer.Option(4, "--queries", help="query photos per identity in the rendered set"),
+    queries: int = typer.Option(
+        8, "--queries", help="query photos per identity in the rendered set (half decide the stop, half measure)"
+    ),
     encode_repeats: int = typer.Option(20, "--encode-repeats"),
     warmup: int = typer.Option(3, "--warmup"),
     cap_minutes: float = typer.Option(10.0, "--cap-minutes", help="tuning time cap per concept"),
@@ -98,7 +100,7 @@ def concept_add_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     yollava_lr: Optional[float] = typer.Option(None, "--yollava-lr"),
     target: Optional[float] = typer.Option(
-        None, "--target", help="accuracy Yo'LLaVA must reach (default: PLVM's accuracy on the same items)"
+        None, "--target", help="accuracy Yo'LLaVA must reach on the stop items (default: PLVM's accuracy on them)"
     ),
     tiny: bool = TINY,
     threads: Optional[int] = THREADS,
