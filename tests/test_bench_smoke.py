@@ -487,3 +487,23 @@ def test_split_items_stops_on_every_other_positive_and_negative_and_holds_out_th
     assert not {id(it) for it in stop} & {id(it) for it in held} and len(stop) + len(held) == len(items)
     with pytest.raises(ValueError, match="2 queries"):
         split_items(items[:1] + items[4:5])
+
+
+def test_concept_add_tables_render_a_run_from_before_the_held_out_split():
+    from plvm.bench.common import Stats
+    from plvm.bench.concept_add import concept_add_tables
+
+    acc = {"positive": 1.0, "negative": 0.75, "mean": 0.875}
+    old = {  # a run that stopped on its test items: no held-out measurement to show
+        "plvm_encode_s": Stats.of([0.08, 0.08]).to_dict(),
+        "per_concept": [
+            {
+                "concept": "id0135",
+                "items": 8,
+                "plvm_accuracy": acc,
+                "yollava": {"reached": True, "stop": "target reached", "steps": 40, "tuning_s": 94.0, "target": 0.875},
+            }
+        ],
+    }
+    table = concept_add_tables(old)[0].markdown
+    assert "- (stopped on these items)" in table and "(8 items)" in table and "1,175×" in table
