@@ -9,6 +9,7 @@ tokens), so that what works now is rehearsed.
     python experiments/scripts/compact_probe.py OUT eval PAIRS        # held-out twins: compact and image-prompt AUC
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,17 +23,18 @@ from plvm.diag.attention_match import AttentionProbeConfig, twin_examples
 from plvm.diag.identity_probe import region_weights
 from plvm.eval.metrics import roc_auc
 from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.llava_mini.assembly import build_llava_mini, image_tokens, projector_lora
+from plvm.models.llava_mini.assembly import build_llava_mini, projector_lora
 from plvm.models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
 from plvm.models.llava_mini.stage1_data import AvatarWorldGenericSource
 from plvm.models.llava_mini.stage1_task import (
     AttentionMatch,
     ProjectorTrainingTask,
+    answer_attention_logodds,
     generic_conversation,
 )
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.training.attention import bce_with_logs, captured_attention, pooled_attention_logodds
-from plvm.training.head_anchor import head_grid_tokens
+from plvm.training.head_anchor import base_head_targets
 from plvm.training.loop import LoopConfig, latest_checkpoint, load_checkpoint, run_training
 from plvm.training.loss import shift_targets, weighted_answer_loss
 
@@ -57,9 +59,7 @@ word = model.get_input_embeddings().weight[processor.tokenizer(" person")["input
 
 @torch.no_grad()
 def compact(ex) -> ConceptEmbedding:
-    ref = ex.images[0]
-    feats = image_tokens(model, processor.image_processor([ref], return_tensors="pt")["pixel_values"])[0]
-    ctx = head_grid_tokens(feats, ex.reference_head, *ref.size, K)
+    ctx = base_head_targets(model, processor.image_processor, [(ex.images[0], ex.reference_head)], K)[0]
     return ConceptEmbedding(ex.name, word, torch.zeros_like(word), ctx, MINI_BASE_MODEL)
 
 
@@ -74,7 +74,8 @@ def compact_loss(examples):
     with captured_attention(model, [8, 20]) as att:
         hidden, _ = lvlm.hidden_states(batch, ct)
     h, targets, is_word, rows = shift_targets(hidden, batch.labels, batch.answer_word)
-    loss = weighted_answer_loss(lvlm.logits_for_rows(h, rows, ct), targets, is_word, 10.0)
+    logits = lvlm.logits_for_rows(h, rows, ct)
+    loss = weighted_answer_loss(logits, targets, is_word, 10.0)
     compare, labels, report, present = [], [], [], []
     for b, ex in enumerate(examples):
         query = (batch.ids[b] == lvlm.image_token_id).nonzero().squeeze(-1)
@@ -84,19 +85,15 @@ def compact_loss(examples):
         weights = torch.stack([region_weights(box, w, hgt, grid) for box, _ in ex.query_heads])
         compare.append(pooled_attention_logodds(att[8][b, 0], query, ctx_cells, weights))
         labels += [float(named) for _, named in ex.query_heads]
-        shown_any = any(named for _, named in ex.query_heads)
-        shown = [box for box, named in ex.query_heads if named or not shown_any]
-        covered = torch.stack([region_weights(box, w, hgt, grid) > 0 for box in shown]).any(0)
         answer_pos = int(batch.answer_word[b].nonzero()[0]) - 1
-        z = pooled_attention_logodds(att[20][b, 0], torch.tensor([answer_pos]), query[covered], torch.ones(1, 1))
-        report.append(z[0])
-        present.append(float(shown_any))
+        one_image = dataclasses.replace(ex, images=ex.images[-1:])  # the prompt shows only the query
+        z, shown = answer_attention_logodds(att[20][b, 0], batch.ids[b], answer_pos, one_image, lvlm.image_token_id)
+        report.append(z)
+        present.append(float(shown))
     match_loss, logs = bce_with_logs(torch.cat(compare), labels, "match")
     report_loss, report_logs = bce_with_logs(torch.stack(report), present, "report")
     with torch.no_grad():
-        word_ce = torch.nn.functional.cross_entropy(
-            lvlm.logits_for_rows(h, rows, ct)[is_word].float(), targets[is_word]
-        )
+        word_ce = torch.nn.functional.cross_entropy(logits[is_word].float(), targets[is_word])
     return loss + match_loss + report_loss, {"compact_word": float(word_ce), **logs, **report_logs}
 
 
