@@ -89,10 +89,10 @@ class PairwiseTask:
         return twins(step, 2)
 
     def loss(self, items):
-        pixels = base.reference_pixels([r for r, *_ in items])
-        e_word, e_weight, context = plvm.aligner(pixel_values=pixels)
+        z_ref = plvm.aligner.encode_reference(base.reference_pixels([r for r, *_ in items]))  # one encoder pass
+        e_word, e_weight, context = plvm.aligner(z_ref=z_ref)
         with torch.no_grad():
-            c0 = frozen(pixel_values=pixels)[2]
+            c0 = frozen_resampler(z_ref[:, 1:])
         qi = [(q, p, i) for i, (_, p, _, q) in enumerate(items)] + [(q, n, i) for i, (_, _, n, q) in enumerate(items)]
         s = log_odds(qi, e_word, e_weight, context)
         margin = s[: len(items)] - s[len(items) :]
@@ -101,7 +101,7 @@ class PairwiseTask:
         return rank + lam * drift, {"rank": float(rank), "drift": float(drift), "margin": float(margin.mean())}
 
 
-frozen = copy.deepcopy(plvm.aligner).eval()
+frozen_resampler = copy.deepcopy(plvm.aligner.resampler).eval()  # the starting context map, c₀
 torch.manual_seed(0)
 run_training(
     PairwiseTask(),
