@@ -166,7 +166,8 @@ def test_attention_match_reads_its_layers_and_heads_and_training_lowers_it(tmp_p
     assert shown == [1.0, 0.0, 1.0, 0.0]
     assert logs["loss_report"] == pytest.approx(bce(torch.stack(report), torch.tensor(shown)).item(), rel=1e-4)
 
-    run_training(task, LoopConfig(steps=30, lr=2e-2, save_every=30, log_every=10), tmp_path)
+    # lr 1e-2: at 2e-2 the tiny model's report loss rose after 30 steps on one CPU and diverged by 60
+    run_training(task, LoopConfig(steps=30, lr=1e-2, save_every=30, log_every=10), tmp_path)
     with torch.no_grad():
         _, after = task.loss(fixed)
     assert after["loss_match"] < logs["loss_match"] - 0.1, (logs["loss_match"], after["loss_match"])
