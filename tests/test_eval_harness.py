@@ -155,6 +155,38 @@ def test_harness_numbers_with_oracle_and_always_yes(toy, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["yes"]["results"]["recog"]["tp"] == 6
 
 
+class LikelihoodScorer(FakeScorer):
+    """The oracle, for ``scoring="likelihood"``: the questions come bare (no lettered options, no instruction)."""
+
+    def __init__(self, dataset):
+        super().__init__(dataset)
+        self.answers = {
+            (with_name(qa.question, dataset.name_of(qa.concept)), id(dataset.image(qa.image)) if qa.image else None): (
+                qa.concept,
+                qa.answer,
+            )
+            for qa in dataset.text_qa + dataset.visual_qa
+        }
+        self.modes: set[str] = set()
+
+    def decide_letter(self, convs, options, mode="logits", max_new_tokens=8):
+        self.modes.add(mode)
+        return super().decide_letter(convs, options, mode, max_new_tokens)
+
+
+def test_likelihood_scoring_asks_the_bare_question(toy, tmp_path):
+    ds = read_dataset(toy)
+    scorer = LikelihoodScorer(ds)
+    cfg = EvalConfig(tasks=("textqa", "vqa"), scoring="likelihood")
+    result = run_evaluation([StandIn("oracle")], ds, None, tmp_path, cfg, progress=False, scorer=scorer)
+    oracle = result.data["methods"]["oracle"]["results"]
+    for task in ("textqa", "vqa"):  # every prompt was found among the bare questions, and scored by likelihood
+        assert oracle[task]["acc"] == 1.0 and oracle[task]["wrong_concept"]["acc"] == 0.0
+    assert scorer.modes == {"likelihood"}
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        EvalConfig(scoring="letters")
+
+
 def test_multi_concept_items_ask_each_image_its_own_concepts_and_absent_ones(tmp_path):
     """A scenario larger than ``scenario_size``: each image gets its own concepts plus seeded absent ones, and
     set questions come in pairs — its own set (Yes) and one with a member swapped (No)."""

@@ -119,3 +119,42 @@ def test_letter_scores_match_the_full_distribution(lvlm):
     yn = scorer.decide_yes_no(convs)
     assert [d.pred for d in yn] == [d.score > 0 for d in yn]
     assert lengths == [scorer.prompt_length(c) for c in convs]
+
+
+def test_option_likelihoods_are_the_mean_answer_logprob(lvlm):
+    """``scoring="likelihood"``: each option's text as the answer, its mean token log-probability (end of turn
+    included) — checked against the whole-sequence logits, for a plain prompt and one with a concept whose name the
+    answer says (the concept's extra logit row), and independent of the batch size."""
+    from plvm.conversation import Conversation
+
+    d = lvlm.hidden_size
+    gen = torch.Generator().manual_seed(3)
+    bo = ConceptEmbedding(
+        "bo", torch.randn(d, generator=gen), torch.randn(d, generator=gen), torch.randn(2, d, generator=gen), "tiny"
+    )
+    plain = EvalConversation()
+    plain.raw_user("What colour?", [square(40)])
+    personal = Conversation([bo])
+    personal.user("Who is on the left?", image=square(200))
+    options = [{"A": "Red", "B": "Blue", "C": "Green"}, {"A": "<bo> is.", "B": "Nobody."}]
+    scores = Scorer(lvlm, batch_size=2).option_likelihoods([plain, personal], options)
+    one_by_one = Scorer(lvlm, batch_size=1).option_likelihoods([plain, personal], options)
+    for a, b in zip(one_by_one, scores):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert isinstance(plain.copy(), EvalConversation) and plain.turns[-1].role == "user"  # prompts untouched
+    for conv, opts, got in zip([plain, personal], options, scores):
+        for letter, text in opts.items():
+            full = conv.copy()
+            full.assistant(text)
+            batch, tensors = lvlm.prepare([full])
+            with torch.no_grad():
+                logp = torch.log_softmax(lvlm.forward(batch, tensors)[0].float(), -1)  # [T, V + C]
+            labels = batch.labels[0]
+            where = (labels[1:] != -100).nonzero().squeeze(-1)  # positions that predict an answer token
+            expected = logp[where, labels[1:][where]].mean()
+            assert got[letter] == pytest.approx(float(expected), abs=1e-5)
+    assert max(scores[1].values()) < 0
+    decisions = Scorer(lvlm).decide_letter([plain, personal], options, mode="likelihood")
+    assert [dec.pred for dec in decisions] == [max(s, key=s.get) for s in scores]
+    yes_no = Scorer(lvlm).decide_yes_no([plain], mode="likelihood")  # Yes/No: the same as "logits"
+    assert [dec.score for dec in yes_no] == [dec.score for dec in Scorer(lvlm).decide_yes_no([plain])]

@@ -132,7 +132,7 @@ class Conversation:
         return messages
 
     def copy(self) -> "Conversation":
-        other = Conversation(system=self.system)
+        other = type(self)(system=self.system)  # a subclass (e.g. the harness's) keeps its rendering
         other.turns = [Turn(t.role, t.text, list(t.images), list(t.introduces)) for t in self.turns]
         other._concepts = dict(self._concepts)
         other._pending = list(self._pending)

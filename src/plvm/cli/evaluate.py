@@ -82,7 +82,11 @@ def eval_command(
     multi_limit: Optional[int] = typer.Option(
         None, help="at most N multi-concept questions (default: --limit; more items, smaller AUC standard errors)"
     ),
-    scoring: str = typer.Option("logits", help="logits (one forward) | generate (parse the answer text)"),
+    scoring: str = typer.Option(
+        "logits",
+        help="logits (one forward) | likelihood (multiple choice: each option's text scored as the answer) | "
+        "generate (parse the answer text)",
+    ),
     negatives: int = typer.Option(3, help="recognition negatives per query image"),
     batch_size: int = typer.Option(8),
     seed: int = typer.Option(0),

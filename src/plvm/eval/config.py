@@ -16,6 +16,10 @@ TASKS = ("recog", "textqa", "vqa", "multi", "caption")
 T = TypeVar("T")
 
 
+#: ``EvalConfig.scoring`` values.
+SCORING_MODES = ("logits", "likelihood", "generate")
+
+
 def _multi_question() -> str:
     return load_paper_templates()["mc_llava_recognition_query"].replace("<sks>", "{names}")
 
@@ -34,7 +38,9 @@ class EvalConfig:
         seed: seeds negative sampling, controls, distractors and ``limit`` subsets (all methods see the
             same items).
         scoring: ``"logits"`` — Yes/No log-odds or option-letter log-probabilities from one forward;
-            ``"generate"`` — greedy answer text, parsed. Captioning always generates.
+            ``"likelihood"`` — multiple choice asked as the bare question, each option's text scored as the
+            answer (mean token log-probability; Yes/No as with ``"logits"``), for a base that knows answers but
+            does not map them to letters; ``"generate"`` — greedy answer text, parsed. Captioning always generates.
         negatives_per_image: recognition negatives per query image (other identities, sampled without
             replacement; fewer if the dataset has fewer other identities).
         recognition_question: the recognition question, ``<sks>`` = the concept.
@@ -79,8 +85,8 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
-        if self.scoring not in ("logits", "generate"):
-            raise ValueError(f"scoring must be 'logits' or 'generate', not {self.scoring!r}")
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, not {self.scoring!r}")
         if self.scenario_size < 1 or self.max_set_size < 2:
             raise ValueError(
                 f"scenario_size must be ≥ 1 and max_set_size ≥ 2, got {self.scenario_size} and {self.max_set_size}"

@@ -1,8 +1,9 @@
 """Multiple-choice question answering about a concept: text-only (no photo) and visual (a query photo).
 
 Prompt: the question (``<sks>`` → the concept), one ``"A. …"`` line per option and the MC instruction.
-Scoring: the option letter with the highest log-probability as the first answer token (one forward), or
-the letter parsed from a generated answer. Metric: accuracy (:func:`plvm.eval.metrics.choice_metrics`).
+Scoring: the option letter with the highest log-probability as the first answer token (one forward), the option
+whose text is the likeliest answer to the bare question (``scoring="likelihood"``, one forward per option), or the
+letter parsed from a generated answer. Metric: accuracy (:func:`plvm.eval.metrics.choice_metrics`).
 
 Controls, so a reader sees how much of the score personalization explains:
 
@@ -72,7 +73,9 @@ def evaluate(
         for it in chunk:
             name = ds.name_of(it.qa.concept)
             data = it.qa.concept if variant == "own" else it.wrong_concept
-            prompt = mc_prompt(with_name(it.qa.question, name), it.qa.options, cfg.mc_instruction)
+            question = with_name(it.qa.question, name)
+            # "likelihood" scores each option's text as the answer to the bare question (no lettered list)
+            prompt = question if cfg.scoring == "likelihood" else mc_prompt(question, it.qa.options, cfg.mc_instruction)
             images = [ds.image(it.qa.image)] if it.qa.image is not None else []
             convs.append(method.conversation(prompt, [Binding(name, data)], images))
         decisions = ctx.scorer.decide_letter(

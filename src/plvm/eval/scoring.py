@@ -1,4 +1,5 @@
-"""Scoring answers of the frozen LVLM: Yes/No and option-letter logits in one forward, or generation.
+"""Scoring answers of the frozen LVLM: Yes/No and option-letter logits in one forward, each option's text as the
+answer (likelihood), or generation.
 
 All methods are scored by the same :class:`Scorer` on the same :class:`~plvm.injection.PersonalizedLVLM`,
 so the only thing that differs between methods is the conversation they build.
@@ -13,6 +14,7 @@ import torch
 
 from ..conversation import Conversation
 from ..injection import PersonalizedLVLM
+from ..training.loss import shift_targets
 from .prompts import parse_letter, parse_yes_no
 from .readers import LETTERS
 
@@ -107,6 +109,44 @@ class Scorer:
                 out.append({c: float(torch.logsumexp(row[ids[c.upper()]], dim=-1)) for c in letters})
         return out
 
+    # ------------------------------------------------------------------ option texts as answers
+    @torch.no_grad()
+    def answer_logprobs(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """``[N]`` mean log-probability per token of each conversation's closing assistant turn (its labelled
+        tokens, the template's end-of-turn included) — the cloze score of multiple-choice evaluation."""
+        out = []
+        for i in range(0, len(conversations), self.batch_size):
+            batch, tensors = self.lvlm.prepare(list(conversations[i : i + self.batch_size]))
+            hidden, _ = self.lvlm.hidden_states(batch, tensors)
+            h, targets, _, rows = shift_targets(hidden, batch.labels, batch.answer_word)
+            logp = torch.log_softmax(self.lvlm.logits_for_rows(h, rows, tensors).float(), dim=-1)
+            token = logp.gather(-1, targets[:, None])[:, 0]
+            n = len(batch.lengths)
+            total = torch.zeros(n, device=token.device).index_add_(0, rows, token)
+            count = torch.zeros(n, device=token.device).index_add_(0, rows, torch.ones_like(token))
+            if bool((count == 0).any()):
+                raise ValueError("a conversation does not end with an assistant turn to score")
+            out.append((total / count).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def option_likelihoods(
+        self, conversations: Sequence[Conversation], options: Sequence[dict[str, str]]
+    ) -> list[dict[str, float]]:
+        """For each prompt, ``{letter: mean log p(option text as the answer)}`` (:meth:`answer_logprobs`)."""
+        answered, keys = [], []
+        for conv, opts in zip(conversations, options):
+            for letter, text in opts.items():
+                full = conv.copy()
+                full.assistant(text)
+                answered.append(full)
+                keys.append(letter)
+        scores = self.answer_logprobs(answered).tolist()
+        out, k = [], 0
+        for opts in options:
+            out.append({letter: scores[k + j] for j, letter in enumerate(opts)})
+            k += len(opts)
+        return out
+
     # ------------------------------------------------------------------ generation
     def generate(self, conversation: Conversation, max_new_tokens: int) -> str:
         """Greedy answer text (concept tokens appear as ``<name>``)."""
@@ -116,8 +156,9 @@ class Scorer:
     def decide_yes_no(
         self, conversations: Sequence[Conversation], mode: str = "logits", max_new_tokens: int = 8
     ) -> list[Decision]:
-        """Yes/No decisions: ``mode="logits"`` (log-odds > 0, one forward per batch) or ``"generate"`` (parse)."""
-        if mode == "logits":
+        """Yes/No decisions: ``mode="logits"`` (log-odds > 0, one forward per batch; also ``"likelihood"``, where the
+        two options are the one-word answers "Yes" and "No") or ``"generate"`` (parse)."""
+        if mode in ("logits", "likelihood"):
             return [Decision(bool(s > 0), float(s)) for s in self.yes_no(conversations)]
         if mode == "generate":
             out = []
@@ -134,9 +175,14 @@ class Scorer:
         mode: str = "logits",
         max_new_tokens: int = 8,
     ) -> list[Decision]:
-        """Multiple-choice decisions: highest letter log-probability, or the letter parsed from generated text."""
-        if mode == "logits":
-            scores = self.letters(conversations, [list(o) for o in options])
+        """Multiple-choice decisions: highest letter log-probability (``"logits"``), the option whose text is the
+        likeliest answer (``"likelihood"``; the prompt should then ask the bare question), or the letter parsed from
+        generated text (``"generate"``)."""
+        if mode in ("logits", "likelihood"):
+            if mode == "logits":
+                scores = self.letters(conversations, [list(o) for o in options])
+            else:
+                scores = self.option_likelihoods(conversations, options)
             return [Decision(max(s, key=s.get), scores=s) for s in scores]
         if mode == "generate":
             out = []
