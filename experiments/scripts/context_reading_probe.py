@@ -23,24 +23,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from v2_continuation import continued_v2, word_embedding
 
 from plvm.concept import ConceptEmbedding
 from plvm.config import MINI_BASE_MODEL
 from plvm.conversation import single_turn
 from plvm.eval.prompts import mc_prompt
 from plvm.eval.scoring import Scorer
-from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.injection import ConceptTensors
 from plvm.models.llava_mini.anchor import portrait_head_box
-from plvm.models.llava_mini.assembly import build_llava_mini, projector_lora
-from plvm.models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
-from plvm.models.llava_mini.stage1_task import GenericExample, ProjectorTrainingTask
+from plvm.models.llava_mini.stage1_task import GenericExample
 from plvm.synth import qa
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.training.head_anchor import base_head_targets
-from plvm.training.loop import LoopConfig, latest_checkpoint, load_checkpoint, run_training
+from plvm.training.loop import LoopConfig, latest_checkpoint, run_training
 from plvm.training.loss import shift_targets, weighted_answer_loss
 
-V2 = str(Path(__file__).resolve().parents[2] / "models/llava-mini-v2/projector.safetensors")
 K = 16
 
 
@@ -86,19 +84,8 @@ class ReadingTask:
     tokens and its word the embedding of " person"."""
 
     def __init__(self, visual_share: float, checkpoint: Path | None = None, free: bool = False):
-        model, processor = build_llava_mini(V2, lora=False)
-        self.lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
-        self.task = ProjectorTrainingTask(
-            self.lvlm,
-            PersonQuestions(visual_share, free=free),
-            batch_size=8,
-            lora=MiniLoraConfig(),
-            train_projector=False,
-        )
-        load_lora_state_dict(self.task.tuner, read_lora(projector_lora(V2))[0])
-        if checkpoint is not None:
-            load_checkpoint(checkpoint, self.task, None)
-        self.word = model.get_input_embeddings().weight[processor.tokenizer(" person")["input_ids"][-1]].detach()
+        self.lvlm, self.task = continued_v2(PersonQuestions(visual_share, free=free), 8, checkpoint)
+        self.word = word_embedding(self.lvlm)
 
     def __getattr__(self, name):
         return getattr(self.task, name)

@@ -17,20 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from v2_continuation import continued_v2
 
 from plvm.config import MINI_BASE_MODEL
 from plvm.eval.prompts import EvalConversation, mc_prompt
 from plvm.eval.scoring import Scorer
 from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.llava_mini.assembly import build_llava_mini, projector_lora
-from plvm.models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
-from plvm.models.llava_mini.stage1_task import GenericExample, ProjectorTrainingTask
+from plvm.models.llava_mini.assembly import build_llava_mini
+from plvm.models.llava_mini.stage1_task import GenericExample
 from plvm.synth import qa
 from plvm.synth.avatarworld import AvatarWorld
-from plvm.training.loop import LoopConfig, latest_checkpoint, load_checkpoint, run_training
+from plvm.training.loop import LoopConfig, latest_checkpoint, run_training
 from plvm.training.loss import shift_targets, weighted_answer_loss
 
-V2 = "models/llava-mini-v2/projector.safetensors"
 torch.set_num_threads(2)
 
 
@@ -42,17 +41,6 @@ def describe(a: dict) -> str:
         f"a {a['age']} {a['gender']} with {a['skin_tone']} skin, {a['hair_color']} {a['hair_style']} hair, "
         f"{a['eye_color']} eyes, " + ", ".join(extras)
     )
-
-
-def continued_v2(checkpoint=None):
-    """The v2 base with its LoRA unmerged (trainable), optionally loaded from a ``train`` checkpoint."""
-    model, processor = build_llava_mini(V2, lora=False)
-    lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
-    task = ProjectorTrainingTask(lvlm, DescribedQuestions(), batch_size=8, lora=MiniLoraConfig(), train_projector=False)
-    load_lora_state_dict(task.tuner, read_lora(projector_lora(V2))[0])
-    if checkpoint is not None:
-        load_checkpoint(Path(checkpoint), task, None)
-    return lvlm, task
 
 
 class DescribedQuestions:
@@ -126,14 +114,14 @@ def evaluate(root: Path, lvlm) -> None:
 if sys.argv[1] == "eval":
     root = Path(sys.argv[2])
     if len(sys.argv) > 4:
-        lvlm, _ = continued_v2(sys.argv[4])
+        lvlm, _ = continued_v2(DescribedQuestions(), 8, sys.argv[4])
     else:
         model, processor = build_llava_mini(sys.argv[3] if len(sys.argv) > 3 else None)
         lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
     evaluate(root, lvlm)
 else:
     out, steps = Path(sys.argv[2]), int(sys.argv[3])
-    lvlm, task = continued_v2()
+    lvlm, task = continued_v2(DescribedQuestions(), 8)
     run_training(
         TextTask(lvlm, task),
         LoopConfig(steps=steps, lr=3e-4, warmup_steps=10, save_every=50, log_every=10, threads=2),

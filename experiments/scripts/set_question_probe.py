@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from v2_continuation import continued_v2, word_embedding
 
 from plvm.concept import ConceptEmbedding
 from plvm.config import MINI_BASE_MODEL
@@ -30,19 +31,15 @@ from plvm.diag.identity_probe import region_weights
 from plvm.eval.config import EvalConfig
 from plvm.eval.metrics import roc_auc
 from plvm.eval.prompts import join_names
-from plvm.injection import ConceptTensors, PersonalizedLVLM
+from plvm.injection import ConceptTensors
 from plvm.models.llava_mini.anchor import head_box, portrait_head_box
-from plvm.models.llava_mini.assembly import build_llava_mini, projector_lora
-from plvm.models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
-from plvm.models.llava_mini.stage1_task import ProjectorTrainingTask
 from plvm.synth import qa
 from plvm.synth.avatarworld import AvatarWorld
 from plvm.training.attention import bce_with_logs, captured_attention, check_heads, pooled_attention_logodds
 from plvm.training.head_anchor import base_head_targets
-from plvm.training.loop import LoopConfig, load_checkpoint, run_training
+from plvm.training.loop import LoopConfig, run_training
 from plvm.training.loss import shift_targets, weighted_answer_loss
 
-V2 = str(Path(__file__).resolve().parents[2] / "models/llava-mini-v2/projector.safetensors")
 QUESTION = EvalConfig().multi_question
 
 
@@ -106,19 +103,12 @@ class SetTask:
 
     def __init__(self, set_share: float, checkpoint: Path | None = None, word: str = "person", find=None):
         self.word_kind, self.find = word, find
-        model, processor = build_llava_mini(V2, lora=False)
+        self.lvlm, self.task = continued_v2(SetQuestions(set_share), 4, checkpoint)
         if find is not None:
-            check_heads(model, [find])
-            model.set_attn_implementation("eager")
-        self.lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
-        self.task = ProjectorTrainingTask(
-            self.lvlm, SetQuestions(set_share), batch_size=4, lora=MiniLoraConfig(), train_projector=False
-        )
-        load_lora_state_dict(self.task.tuner, read_lora(projector_lora(V2))[0])
-        if checkpoint is not None:
-            load_checkpoint(checkpoint, self.task, None)
-        table = model.get_input_embeddings().weight.detach()
-        self.word = table[processor.tokenizer(" person")["input_ids"][-1]]
+            check_heads(self.lvlm.model, [find])
+            self.lvlm.model.set_attn_implementation("eager")  # the only attention that returns its weights
+        self.word = word_embedding(self.lvlm)
+        table = self.lvlm.model.get_input_embeddings().weight.detach()
         self.word_norm = float(table.norm(dim=-1).mean())
 
     def __getattr__(self, name):
