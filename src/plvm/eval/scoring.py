@@ -133,13 +133,12 @@ class Scorer:
         self, conversations: Sequence[Conversation], options: Sequence[dict[str, str]]
     ) -> list[dict[str, float]]:
         """For each prompt, ``{letter: mean log p(option text as the answer)}`` (:meth:`answer_logprobs`)."""
-        answered, keys = [], []
+        answered = []
         for conv, opts in zip(conversations, options):
-            for letter, text in opts.items():
+            for text in opts.values():
                 full = conv.copy()
                 full.assistant(text)
                 answered.append(full)
-                keys.append(letter)
         scores = self.answer_logprobs(answered).tolist()
         out, k = [], 0
         for opts in options:
