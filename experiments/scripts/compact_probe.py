@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from v2_continuation import continued_v2, word_embedding
 
 from plvm.concept import ConceptEmbedding
 from plvm.config import MINI_BASE_MODEL
@@ -22,13 +23,10 @@ from plvm.conversation import single_turn
 from plvm.diag.attention_match import AttentionProbeConfig, twin_examples
 from plvm.diag.identity_probe import region_weights
 from plvm.eval.metrics import roc_auc
-from plvm.injection import ConceptTensors, PersonalizedLVLM
-from plvm.models.llava_mini.assembly import build_llava_mini, projector_lora
-from plvm.models.llava_mini.lora import MiniLoraConfig, load_lora_state_dict, read_lora
+from plvm.injection import ConceptTensors
 from plvm.models.llava_mini.stage1_data import AvatarWorldGenericSource
 from plvm.models.llava_mini.stage1_task import (
     AttentionMatch,
-    ProjectorTrainingTask,
     answer_attention_logodds,
     generic_conversation,
 )
@@ -38,23 +36,17 @@ from plvm.training.head_anchor import base_head_targets
 from plvm.training.loop import LoopConfig, latest_checkpoint, load_checkpoint, run_training
 from plvm.training.loss import shift_targets, weighted_answer_loss
 
-PROJECTOR = "models/llava-mini-v2/projector.safetensors"
 K = 16
 out = Path(sys.argv[1])
 torch.set_num_threads(2)
-model, processor = build_llava_mini(PROJECTOR, lora=False)
-lvlm = PersonalizedLVLM(model, processor, base_model=MINI_BASE_MODEL)
 world = AvatarWorld(seed=0, num_identities=400)
 source = AvatarWorldGenericSource(
     world, 21, split="train", mix=(0, 0, 0, 1), same_portrait_share=0.5, image_prompt_pairs=True
 )
 match = AttentionMatch(layer=8, head=0, answer_layer=20, answer_head=0)
-task = ProjectorTrainingTask(
-    lvlm, source, batch_size=4, lora=MiniLoraConfig(), train_projector=False, word_weight=10.0, attention_match=match
-)
-tensors, _ = read_lora(projector_lora(PROJECTOR))
-load_lora_state_dict(task.tuner, tensors)
-word = model.get_input_embeddings().weight[processor.tokenizer(" person")["input_ids"][-1]].detach()
+lvlm, task = continued_v2(source, 4, word_weight=10.0, attention_match=match)
+model, processor = lvlm.model, lvlm.processor
+word = word_embedding(lvlm)
 
 
 @torch.no_grad()
